@@ -1,0 +1,146 @@
+//! A loaded base: the model, its tokenizer and its chat template, opened from a GGUF file or
+//! a Hugging Face folder.
+
+use std::path::{Path, PathBuf};
+
+use crate::chat::ChatTemplate;
+use crate::config::ModelConfig;
+use crate::error::{EngineError, Result};
+use crate::model::Llama;
+use crate::tokenizer::Tokenizer;
+use crate::weights::gguf::{self, GgufFile};
+use crate::weights::safetensors::{id_list, HfCheckpoint};
+use crate::weights::{LoadOptions, WeightBytes};
+
+pub struct Base {
+    pub model: Llama,
+    pub tokenizer: Tokenizer,
+    pub chat: Option<ChatTemplate>,
+    pub source: PathBuf,
+    pub options: LoadOptions,
+}
+
+impl Base {
+    /// Opens `path`: a `.gguf` file, or a folder with `config.json`, safetensors weights and
+    /// `tokenizer.json`.
+    pub fn load(path: &Path, options: LoadOptions) -> Result<Self> {
+        let meta = std::fs::metadata(path).map_err(|e| EngineError::io(path, e))?;
+        if meta.is_dir() {
+            Self::load_hf(path, options)
+        } else if gguf::is_gguf(path) {
+            Self::load_gguf(path, options)
+        } else {
+            Err(EngineError::format(
+                path,
+                "neither a GGUF file nor a folder with config.json and safetensors weights",
+            ))
+        }
+    }
+
+    fn load_gguf(path: &Path, options: LoadOptions) -> Result<Self> {
+        let g = GgufFile::open(path)?;
+        let cfg = g.config()?;
+        let tokenizer = Tokenizer::from_gguf(&g)?;
+        let chat = match g.get_str("tokenizer.chat_template") {
+            Ok(src) => {
+                let name =
+                    |id: Option<u32>| id.map(|i| tokenizer.token_text(i)).unwrap_or_default();
+                Some(ChatTemplate::new(
+                    src,
+                    name(tokenizer.bos_id),
+                    name(tokenizer.eos_id),
+                )?)
+            }
+            Err(_) => None,
+        };
+        let w = g.load_weights(&cfg, options.compute)?;
+        check_vocab(path, &cfg, &tokenizer)?;
+        Ok(Base {
+            model: Llama::new(cfg, w),
+            tokenizer,
+            chat,
+            source: path.to_path_buf(),
+            options,
+        })
+    }
+
+    fn load_hf(dir: &Path, options: LoadOptions) -> Result<Self> {
+        let ck = HfCheckpoint::open(dir)?;
+        let cfg = ck.config()?;
+        let bos = id_list(&ck.hf.bos_token_id).first().copied();
+        let eos = id_list(&ck.hf.eos_token_id);
+        let tok_cfg = read_tokenizer_config(dir)?;
+        let add_bos = tok_cfg
+            .as_ref()
+            .and_then(|c| c.get("add_bos_token"))
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        let tokenizer = Tokenizer::from_json_file(&dir.join("tokenizer.json"), bos, eos, add_bos)?;
+        let chat = match tok_cfg
+            .as_ref()
+            .and_then(|c| c.get("chat_template"))
+            .and_then(|v| v.as_str())
+        {
+            Some(src) => {
+                let name =
+                    |id: Option<u32>| id.map(|i| tokenizer.token_text(i)).unwrap_or_default();
+                Some(ChatTemplate::new(
+                    src,
+                    name(tokenizer.bos_id),
+                    name(tokenizer.eos_id),
+                )?)
+            }
+            None => None,
+        };
+        let w = ck.load_weights(&cfg, options.compute)?;
+        check_vocab(dir, &cfg, &tokenizer)?;
+        Ok(Base {
+            model: Llama::new(cfg, w),
+            tokenizer,
+            chat,
+            source: dir.to_path_buf(),
+            options,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.model.cfg
+    }
+
+    pub fn bytes(&self) -> WeightBytes {
+        self.model.w.bytes
+    }
+
+    /// Renders one user message with the model's chat template, ready for the reply.
+    pub fn chat_prompt(&self, user: &str) -> Result<String> {
+        let chat = self.chat.as_ref().ok_or_else(|| {
+            EngineError::Input(format!("{} has no chat template", self.source.display()))
+        })?;
+        chat.render(&[crate::chat::Message::user(user)], true)
+    }
+}
+
+fn read_tokenizer_config(dir: &Path) -> Result<Option<serde_json::Value>> {
+    let p = dir.join("tokenizer_config.json");
+    if !p.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&p).map_err(|e| EngineError::io(&p, e))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| EngineError::format(&p, format!("invalid JSON: {e}")))
+}
+
+fn check_vocab(path: &Path, cfg: &ModelConfig, tok: &Tokenizer) -> Result<()> {
+    if tok.vocab_size() > cfg.vocab_size {
+        return Err(EngineError::format(
+            path,
+            format!(
+                "the tokenizer has {} tokens but the model's vocabulary has {} rows",
+                tok.vocab_size(),
+                cfg.vocab_size
+            ),
+        ));
+    }
+    Ok(())
+}

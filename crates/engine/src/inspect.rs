@@ -1,0 +1,211 @@
+//! What a weights file holds, read from its header alone: architecture, layer count, bytes per
+//! kind of tensor, and the memory the base would take in each compute dtype.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::config::ModelConfig;
+use crate::error::{EngineError, Result};
+use crate::weights::gguf::{self, GgufFile};
+use crate::weights::safetensors::HfCheckpoint;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KindSize {
+    pub kind: &'static str,
+    pub tensors: usize,
+    pub bytes: u64,
+    pub elements: u64,
+    /// Tensor count per stored dtype.
+    pub dtypes: BTreeMap<String, usize>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InspectReport {
+    pub path: String,
+    pub format: &'static str,
+    pub architecture: String,
+    /// Absent when the file describes an architecture lensd does not run.
+    pub config: Option<ModelConfig>,
+    pub unsupported: Option<String>,
+    pub file_bytes: u64,
+    pub tensor_count: usize,
+    pub tensor_bytes: u64,
+    pub kinds: Vec<KindSize>,
+    /// Bytes of weights once loaded with each compute dtype.
+    pub resident_stored: u64,
+    pub resident_f32: u64,
+    pub tokenizer: Option<String>,
+    pub chat_template: bool,
+}
+
+/// The role of a tensor, from its name in either naming scheme.
+pub fn tensor_kind(name: &str) -> &'static str {
+    if name.contains("token_embd") || name.contains("embed_tokens") {
+        "embedding"
+    } else if name.starts_with("output.") || name.starts_with("lm_head") {
+        "head"
+    } else if name.contains("norm") {
+        "norm"
+    } else if name.contains("attn") {
+        "attention"
+    } else if name.contains("ffn") || name.contains("mlp") {
+        "mlp"
+    } else {
+        "other"
+    }
+}
+
+struct Entry {
+    name: String,
+    dtype: String,
+    elements: u64,
+    bytes: u64,
+}
+
+pub fn inspect(path: &Path) -> Result<InspectReport> {
+    let meta = std::fs::metadata(path).map_err(|e| EngineError::io(path, e))?;
+    if meta.is_dir() {
+        inspect_hf(path)
+    } else if gguf::is_gguf(path) {
+        inspect_gguf(path, meta.len())
+    } else {
+        Err(EngineError::format(
+            path,
+            "neither a GGUF file nor a Hugging Face checkpoint folder",
+        ))
+    }
+}
+
+fn inspect_gguf(path: &Path, file_bytes: u64) -> Result<InspectReport> {
+    let g = GgufFile::open(path)?;
+    let entries: Vec<Entry> = g
+        .tensor_infos()
+        .iter()
+        .map(|(name, info)| Entry {
+            name: name.clone(),
+            dtype: format!("{:?}", info.ggml_dtype),
+            elements: info.shape.elem_count() as u64,
+            bytes: GgufFile::tensor_bytes(info),
+        })
+        .collect();
+    let architecture = g.architecture().unwrap_or("unknown").to_string();
+    let (config, unsupported) = match g.config() {
+        Ok(c) => (Some(c), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    let tokenizer = g.get_str("tokenizer.ggml.model").ok().map(|m| {
+        let pre = g.get_str("tokenizer.ggml.pre").unwrap_or("default");
+        format!("{m} (pre-tokenizer {pre})")
+    });
+    let chat_template = g.get_str("tokenizer.chat_template").is_ok();
+    Ok(report(
+        path,
+        "gguf",
+        architecture,
+        config,
+        unsupported,
+        file_bytes,
+        entries,
+        tokenizer,
+        chat_template,
+    ))
+}
+
+fn inspect_hf(dir: &Path) -> Result<InspectReport> {
+    let ck = HfCheckpoint::open(dir)?;
+    let file_bytes = ck
+        .files()
+        .iter()
+        .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    let entries = ck
+        .tensor_table()
+        .into_iter()
+        .map(|(name, dtype, shape, bytes)| Entry {
+            name,
+            dtype,
+            elements: shape.iter().product::<usize>() as u64,
+            bytes,
+        })
+        .collect();
+    let (config, unsupported) = match ck.config() {
+        Ok(c) => (Some(c), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    let tokenizer = dir
+        .join("tokenizer.json")
+        .is_file()
+        .then(|| "tokenizer.json".to_string());
+    let chat_template = std::fs::read_to_string(dir.join("tokenizer_config.json"))
+        .map(|t| t.contains("\"chat_template\""))
+        .unwrap_or(false);
+    Ok(report(
+        dir,
+        "safetensors",
+        "llama".into(),
+        config,
+        unsupported,
+        file_bytes,
+        entries,
+        tokenizer,
+        chat_template,
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn report(
+    path: &Path,
+    format: &'static str,
+    architecture: String,
+    config: Option<ModelConfig>,
+    unsupported: Option<String>,
+    file_bytes: u64,
+    entries: Vec<Entry>,
+    tokenizer: Option<String>,
+    chat_template: bool,
+) -> InspectReport {
+    let mut kinds: BTreeMap<&'static str, KindSize> = BTreeMap::new();
+    let mut resident_stored = 0;
+    let mut resident_f32 = 0;
+    for e in &entries {
+        let kind = tensor_kind(&e.name);
+        let k = kinds.entry(kind).or_insert_with(|| KindSize {
+            kind,
+            tensors: 0,
+            bytes: 0,
+            elements: 0,
+            dtypes: BTreeMap::new(),
+        });
+        k.tensors += 1;
+        k.bytes += e.bytes;
+        k.elements += e.elements;
+        *k.dtypes.entry(e.dtype.clone()).or_default() += 1;
+        // Norms are always held as f32; matrices keep their stored bytes or widen to f32.
+        resident_stored += if kind == "norm" {
+            e.elements * 4
+        } else {
+            e.bytes
+        };
+        resident_f32 += e.elements * 4;
+    }
+    let order = ["embedding", "attention", "mlp", "norm", "head", "other"];
+    let mut kinds: Vec<KindSize> = kinds.into_values().collect();
+    kinds.sort_by_key(|k| order.iter().position(|o| *o == k.kind));
+    InspectReport {
+        path: path.display().to_string(),
+        format,
+        architecture,
+        config,
+        unsupported,
+        file_bytes,
+        tensor_count: entries.len(),
+        tensor_bytes: entries.iter().map(|e| e.bytes).sum(),
+        kinds,
+        resident_stored,
+        resident_f32,
+        tokenizer,
+        chat_template,
+    }
+}

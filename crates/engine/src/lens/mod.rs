@@ -1,0 +1,46 @@
+//! Lenses: maps from a layer's residual stream to a distribution over the vocabulary.
+//! `logit` unembeds the stream as it is; `tuned` first applies the layer's affine translator.
+//! Both then apply the base's final norm and unembedding, as the model does at its output.
+
+pub mod analyze;
+pub mod fit;
+pub mod stats;
+pub mod tuned;
+
+use std::path::Path;
+
+use candle_core::Tensor;
+
+use crate::config::ModelConfig;
+use crate::error::Result;
+pub use tuned::TunedLens;
+
+pub enum Lens {
+    Logit,
+    Tuned(TunedLens),
+}
+
+impl Lens {
+    /// `logit`, or a tuned-lens folder checked against the base's shape.
+    pub fn open(spec: &str, cfg: &ModelConfig) -> Result<Lens> {
+        if spec == "logit" {
+            return Ok(Lens::Logit);
+        }
+        Ok(Lens::Tuned(TunedLens::load(Path::new(spec), cfg)?))
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Lens::Logit => "logit".into(),
+            Lens::Tuned(t) => t.name(),
+        }
+    }
+
+    /// Moves rows `[R, d]` of layer `layer`'s residual stream into the final layer's basis.
+    pub fn transform(&self, layer: usize, h: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Lens::Logit => Ok(h.clone()),
+            Lens::Tuned(t) => t.transform(layer, h),
+        }
+    }
+}

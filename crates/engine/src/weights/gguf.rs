@@ -1,0 +1,336 @@
+//! GGUF files: the header (metadata and tensor table) parsed from a memory map, the llama
+//! configuration read from it, and tensors served zero-copy out of the map.
+
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::quantized::gguf_file::{Content, TensorInfo, Value};
+use candle_core::quantized::GgmlDType;
+use candle_core::{Device, Tensor};
+use memmap2::Mmap;
+
+use super::{
+    check_shape, mmap_quant, BlockWeights, ComputeDtype, Embedding, Linear, ModelWeights, Role,
+    WeightBytes,
+};
+use crate::config::{ModelConfig, RopeStyle};
+use crate::error::{EngineError, Result};
+
+const MAGIC: &[u8; 4] = b"GGUF";
+
+/// Architectures whose tensor layout the llama forward implements.
+const SUPPORTED_ARCHS: &[&str] = &["llama"];
+
+pub struct GgufFile {
+    path: PathBuf,
+    map: Arc<Mmap>,
+    content: Content,
+}
+
+/// Whether `path` starts with the GGUF magic bytes.
+pub fn is_gguf(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .map(|_| &magic == MAGIC)
+        .unwrap_or(false)
+}
+
+impl GgufFile {
+    /// Maps the file and parses its header. No tensor data is read; every tensor's byte range
+    /// is checked against the file size so that a truncated file fails here, not mid-forward.
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?;
+        // SAFETY: the mapping is read-only. A file changed underneath a running server would
+        // corrupt its numbers, as with any mmap-based loader; lensd never writes model files.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| EngineError::io(path, e))?;
+        if map.len() < 4 || &map[..4] != MAGIC {
+            return Err(EngineError::format(
+                path,
+                "not a GGUF file (the first four bytes are not `GGUF`)",
+            ));
+        }
+        let content = Content::read(&mut Cursor::new(&map[..])).map_err(|e| {
+            EngineError::format(
+                path,
+                format!("the GGUF header is corrupt or truncated: {e}"),
+            )
+        })?;
+        let g = GgufFile {
+            path: path.to_path_buf(),
+            map: Arc::new(map),
+            content,
+        };
+        for (name, info) in &g.content.tensor_infos {
+            g.byte_range(name, info)?;
+        }
+        Ok(g)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn file_len(&self) -> u64 {
+        self.map.len() as u64
+    }
+
+    pub fn metadata(&self) -> &HashMap<String, Value> {
+        &self.content.metadata
+    }
+
+    pub fn tensor_infos(&self) -> &HashMap<String, TensorInfo> {
+        &self.content.tensor_infos
+    }
+
+    pub fn tensor_data_offset(&self) -> u64 {
+        self.content.tensor_data_offset
+    }
+
+    /// Bytes a tensor occupies in the file.
+    pub fn tensor_bytes(info: &TensorInfo) -> u64 {
+        let elems = info.shape.elem_count() as u64;
+        elems / info.ggml_dtype.block_size() as u64 * info.ggml_dtype.type_size() as u64
+    }
+
+    fn byte_range(&self, name: &str, info: &TensorInfo) -> Result<(usize, usize)> {
+        let block = info.ggml_dtype.block_size();
+        if info.shape.elem_count() % block != 0 {
+            return Err(EngineError::format(
+                &self.path,
+                format!(
+                    "tensor `{name}` has {} elements, not a multiple of the {:?} block size {block}",
+                    info.shape.elem_count(),
+                    info.ggml_dtype
+                ),
+            ));
+        }
+        let start = self.content.tensor_data_offset.saturating_add(info.offset);
+        let len = Self::tensor_bytes(info);
+        let end = start.saturating_add(len);
+        if end > self.map.len() as u64 {
+            return Err(EngineError::format(
+                &self.path,
+                format!(
+                    "tensor `{name}` needs bytes {start}..{end} but the file has {} bytes (truncated?)",
+                    self.map.len()
+                ),
+            ));
+        }
+        Ok((start as usize, len as usize))
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.content.metadata.get(key)
+    }
+
+    fn meta_err(&self, key: &str, what: &str) -> EngineError {
+        EngineError::format(&self.path, format!("metadata `{key}` {what}"))
+    }
+
+    pub fn get_str(&self, key: &str) -> Result<&str> {
+        match self.get(key) {
+            Some(Value::String(s)) => Ok(s),
+            Some(_) => Err(self.meta_err(key, "is not a string")),
+            None => Err(self.meta_err(key, "is missing")),
+        }
+    }
+
+    pub fn get_usize(&self, key: &str) -> Result<usize> {
+        let v = self
+            .get(key)
+            .ok_or_else(|| self.meta_err(key, "is missing"))?;
+        let n = match v {
+            Value::U8(x) => *x as i128,
+            Value::I8(x) => *x as i128,
+            Value::U16(x) => *x as i128,
+            Value::I16(x) => *x as i128,
+            Value::U32(x) => *x as i128,
+            Value::I32(x) => *x as i128,
+            Value::U64(x) => *x as i128,
+            Value::I64(x) => *x as i128,
+            _ => return Err(self.meta_err(key, "is not an integer")),
+        };
+        usize::try_from(n).map_err(|_| self.meta_err(key, &format!("is {n}, not a valid size")))
+    }
+
+    pub fn get_f64(&self, key: &str) -> Result<f64> {
+        match self.get(key) {
+            Some(Value::F32(x)) => Ok(*x as f64),
+            Some(Value::F64(x)) => Ok(*x),
+            Some(_) => Err(self.meta_err(key, "is not a float")),
+            None => Err(self.meta_err(key, "is missing")),
+        }
+    }
+
+    pub fn get_bool(&self, key: &str) -> Option<bool> {
+        match self.get(key) {
+            Some(Value::Bool(b)) => Some(*b),
+            _ => None,
+        }
+    }
+
+    pub fn architecture(&self) -> Result<&str> {
+        self.get_str("general.architecture")
+    }
+
+    /// The llama configuration from `{arch}.*` metadata; fails for other architectures.
+    pub fn config(&self) -> Result<ModelConfig> {
+        let arch = self.architecture()?.to_string();
+        if !SUPPORTED_ARCHS.contains(&arch.as_str()) {
+            return Err(EngineError::unsupported(
+                &self.path,
+                format!(
+                    "architecture `{arch}` (supported: {})",
+                    SUPPORTED_ARCHS.join(", ")
+                ),
+            ));
+        }
+        let k = |s: &str| format!("{arch}.{s}");
+        let d_model = self.get_usize(&k("embedding_length"))?;
+        let n_heads = self.get_usize(&k("attention.head_count"))?;
+        let n_kv_heads = match self.get(&k("attention.head_count_kv")) {
+            Some(_) => self.get_usize(&k("attention.head_count_kv"))?,
+            None => n_heads,
+        };
+        let head_dim = match self.get(&k("attention.key_length")) {
+            Some(_) => self.get_usize(&k("attention.key_length"))?,
+            None if n_heads > 0 => d_model / n_heads,
+            None => 0,
+        };
+        let embd = self
+            .tensor_infos()
+            .get("token_embd.weight")
+            .ok_or_else(|| {
+                EngineError::format(&self.path, "tensor `token_embd.weight` is missing")
+            })?;
+        let vocab_size = match self.get(&k("vocab_size")) {
+            Some(_) => self.get_usize(&k("vocab_size"))?,
+            None => embd.shape.dims().first().copied().unwrap_or(0),
+        };
+        let cfg = ModelConfig {
+            architecture: arch.clone(),
+            n_layers: self.get_usize(&k("block_count"))?,
+            d_model,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            d_ff: self.get_usize(&k("feed_forward_length"))?,
+            vocab_size,
+            rms_eps: self.get_f64(&k("attention.layer_norm_rms_epsilon"))?,
+            rope_theta: if self.get(&k("rope.freq_base")).is_some() {
+                self.get_f64(&k("rope.freq_base"))?
+            } else {
+                10_000.0
+            },
+            // llama.cpp's converter permutes Q/K rows for adjacent-pair rotation.
+            rope_style: RopeStyle::Interleaved,
+            max_positions: self.get_usize(&k("context_length"))?,
+            tied_embeddings: !self.tensor_infos().contains_key("output.weight"),
+        };
+        if let Some(n) = self.get(&k("rope.dimension_count")) {
+            let n = match n {
+                Value::U32(n) => *n as usize,
+                Value::I32(n) => *n as usize,
+                Value::U64(n) => *n as usize,
+                _ => head_dim,
+            };
+            if n != head_dim {
+                return Err(EngineError::unsupported(
+                    &self.path,
+                    format!("partial rotary embedding ({n} of {head_dim} head dimensions)"),
+                ));
+            }
+        }
+        cfg.check().map_err(|m| {
+            EngineError::format(&self.path, format!("inconsistent configuration: {m}"))
+        })?;
+        Ok(cfg)
+    }
+
+    fn info(&self, name: &str) -> Result<&TensorInfo> {
+        self.tensor_infos()
+            .get(name)
+            .ok_or_else(|| EngineError::format(&self.path, format!("tensor `{name}` is missing")))
+    }
+
+    fn load_linear(
+        &self,
+        name: &str,
+        role: Role,
+        cfg: &ModelConfig,
+        compute: ComputeDtype,
+    ) -> Result<Linear> {
+        let info = self.info(name)?;
+        check_shape(&self.path, name, &role, cfg, info.shape.dims())?;
+        let (offset, len) = self.byte_range(name, info)?;
+        let q = mmap_quant::view(&self.map, offset, len, info.ggml_dtype, info.shape.dims())
+            .map_err(|m| EngineError::format(&self.path, format!("tensor `{name}`: {m}")))?;
+        let dense = compute == ComputeDtype::F32
+            || matches!(
+                info.ggml_dtype,
+                GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
+            );
+        if dense {
+            Ok(Linear::Dense(q.dequantize(&Device::Cpu)?))
+        } else {
+            Ok(Linear::Quant(Arc::new(q)))
+        }
+    }
+
+    fn load_norm(&self, name: &str, cfg: &ModelConfig) -> Result<Tensor> {
+        match self.load_linear(name, Role::Norm, cfg, ComputeDtype::F32)? {
+            Linear::Dense(t) => Ok(t),
+            Linear::Quant(_) => unreachable!("F32 compute always yields dense tensors"),
+        }
+    }
+
+    /// Builds the model's weights. With `Stored`, quantized matrices are views into the map.
+    pub fn load_weights(&self, cfg: &ModelConfig, compute: ComputeDtype) -> Result<ModelWeights> {
+        let embed = self.load_linear("token_embd.weight", Role::Embed, cfg, compute)?;
+        let mut blocks = Vec::with_capacity(cfg.n_layers);
+        for i in 0..cfg.n_layers {
+            let n = |s: &str| format!("blk.{i}.{s}.weight");
+            blocks.push(BlockWeights {
+                attn_norm: self.load_norm(&n("attn_norm"), cfg)?,
+                wq: self.load_linear(&n("attn_q"), Role::Q, cfg, compute)?,
+                wk: self.load_linear(&n("attn_k"), Role::K, cfg, compute)?,
+                wv: self.load_linear(&n("attn_v"), Role::V, cfg, compute)?,
+                wo: self.load_linear(&n("attn_output"), Role::O, cfg, compute)?,
+                ffn_norm: self.load_norm(&n("ffn_norm"), cfg)?,
+                w_gate: self.load_linear(&n("ffn_gate"), Role::Gate, cfg, compute)?,
+                w_up: self.load_linear(&n("ffn_up"), Role::Up, cfg, compute)?,
+                w_down: self.load_linear(&n("ffn_down"), Role::Down, cfg, compute)?,
+            });
+        }
+        let final_norm = self.load_norm("output_norm.weight", cfg)?;
+        let head = if cfg.tied_embeddings {
+            embed.clone()
+        } else {
+            self.load_linear("output.weight", Role::Head, cfg, compute)?
+        };
+        let mut bytes = WeightBytes::default();
+        let mut count = |l: &Linear| bytes += l.bytes(true);
+        count(&embed);
+        if !cfg.tied_embeddings {
+            count(&head);
+        }
+        for b in &blocks {
+            for l in [&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_up, &b.w_down] {
+                count(l);
+            }
+        }
+        let norms = (2 * cfg.n_layers + 1) * cfg.d_model * 4;
+        bytes.owned += norms as u64;
+        Ok(ModelWeights {
+            embed: Embedding(embed),
+            blocks,
+            final_norm,
+            head,
+            bytes,
+        })
+    }
+}

@@ -1,0 +1,171 @@
+//! Quantized tensors whose blocks stay in the memory-mapped GGUF file.
+//!
+//! candle's own GGUF reader copies every tensor into owned memory (twice, briefly). Here each
+//! tensor is a view of the shared, read-only mapping, so a base costs only the page cache it
+//! touches, and two processes serving the same file share those pages. The matrix kernels are
+//! candle's; only where the blocks live changes.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use candle_core::quantized::k_quants::{self, GgmlType};
+use candle_core::quantized::{GgmlDType, QStorage, QTensor, QuantizedType};
+use candle_core::{CpuStorage, Result as CResult};
+use half::f16;
+use memmap2::Mmap;
+
+/// Blocks of type `T` at `offset..offset + n_blocks * size_of::<T>()` of a mapping.
+struct MappedBlocks<T> {
+    map: Arc<Mmap>,
+    offset: usize,
+    n_blocks: usize,
+    _blocks: PhantomData<T>,
+}
+
+impl<T: GgmlType> MappedBlocks<T> {
+    fn blocks(&self) -> &[T] {
+        // SAFETY: `view` checked that the range lies inside the mapping and that `offset` is
+        // aligned for `T`; the mapping is read-only and lives as long as `self` holds its Arc.
+        // Every bit pattern is a valid block (blocks are plain numbers).
+        unsafe {
+            std::slice::from_raw_parts(
+                self.map.as_ptr().add(self.offset) as *const T,
+                self.n_blocks,
+            )
+        }
+    }
+}
+
+impl<T: GgmlType + 'static> QuantizedType for MappedBlocks<T> {
+    fn dtype(&self) -> GgmlDType {
+        T::DTYPE
+    }
+
+    fn matmul_t(&self, mkn: (usize, usize, usize), lhs: &[f32], dst: &mut [f32]) -> CResult<()> {
+        k_quants::matmul(mkn, lhs, self.blocks(), dst)
+    }
+
+    fn matmul_t_f16(
+        &self,
+        mkn: (usize, usize, usize),
+        lhs: &[f16],
+        dst: &mut [f16],
+    ) -> CResult<()> {
+        k_quants::matmul_f16(mkn, lhs, self.blocks(), dst)
+    }
+
+    fn embedding(&self, ids: &[u32], rows: usize, hidden: usize) -> CResult<CpuStorage> {
+        let row_blocks = hidden / T::BLCK_SIZE;
+        if hidden % T::BLCK_SIZE != 0 || self.n_blocks != rows * row_blocks {
+            candle_core::bail!(
+                "embedding of {rows}x{hidden} does not fit {} blocks of {}",
+                self.n_blocks,
+                T::BLCK_SIZE
+            )
+        }
+        let blocks = self.blocks();
+        let mut out = vec![0f32; ids.len() * hidden];
+        for (dst, &id) in out.chunks_exact_mut(hidden).zip(ids) {
+            let row = id as usize;
+            if row >= rows {
+                candle_core::bail!("token id {row} is outside the vocabulary of {rows} rows")
+            }
+            T::to_float(&blocks[row * row_blocks..(row + 1) * row_blocks], dst);
+        }
+        Ok(CpuStorage::F32(out))
+    }
+
+    fn dequantize(&self, elem_count: usize) -> CResult<CpuStorage> {
+        let mut ys = vec![0f32; elem_count];
+        T::to_float(self.blocks(), &mut ys);
+        Ok(CpuStorage::F32(ys))
+    }
+
+    fn storage_size_in_bytes(&self) -> usize {
+        self.n_blocks * std::mem::size_of::<T>()
+    }
+
+    fn as_ptr(&self) -> *const u8 {
+        self.blocks().as_ptr() as *const u8
+    }
+
+    fn block_size(&self) -> usize {
+        T::BLCK_SIZE
+    }
+
+    fn from_float(&mut self, _xs: &[f32]) {
+        // Only candle's quantize paths write into storage, and lensd never quantizes into a
+        // mapped tensor: the mapping is read-only by construction.
+        panic!("a memory-mapped GGUF tensor is read-only")
+    }
+
+    fn from_float_imatrix(&mut self, _xs: &[f32], _w: &[f32], _n_per_row: usize) {
+        panic!("a memory-mapped GGUF tensor is read-only")
+    }
+
+    fn size(&self) -> usize {
+        self.storage_size_in_bytes()
+    }
+}
+
+fn boxed<T: GgmlType + 'static>(
+    map: &Arc<Mmap>,
+    offset: usize,
+    len: usize,
+) -> std::result::Result<Box<dyn QuantizedType>, String> {
+    let size = std::mem::size_of::<T>();
+    if len % size != 0 {
+        return Err(format!(
+            "{len} bytes is not a whole number of {size}-byte blocks"
+        ));
+    }
+    let align = std::mem::align_of::<T>();
+    if (map.as_ptr() as usize + offset) % align != 0 {
+        return Err(format!(
+            "data at offset {offset} is not {align}-byte aligned"
+        ));
+    }
+    Ok(Box::new(MappedBlocks::<T> {
+        map: map.clone(),
+        offset,
+        n_blocks: len / size,
+        _blocks: PhantomData,
+    }))
+}
+
+/// A `QTensor` over `len` bytes at `offset` in `map`. The caller has checked the range lies in
+/// the mapping; this checks the block arithmetic and alignment.
+pub(crate) fn view(
+    map: &Arc<Mmap>,
+    offset: usize,
+    len: usize,
+    dtype: GgmlDType,
+    shape: &[usize],
+) -> std::result::Result<QTensor, String> {
+    use k_quants::*;
+    if offset.checked_add(len).is_none_or(|end| end > map.len()) {
+        return Err(format!(
+            "bytes {offset}..{} lie beyond the end of the file ({} bytes)",
+            offset.saturating_add(len),
+            map.len()
+        ));
+    }
+    let storage = match dtype {
+        GgmlDType::F32 => boxed::<f32>(map, offset, len)?,
+        GgmlDType::F16 => boxed::<f16>(map, offset, len)?,
+        GgmlDType::BF16 => boxed::<half::bf16>(map, offset, len)?,
+        GgmlDType::Q4_0 => boxed::<BlockQ4_0>(map, offset, len)?,
+        GgmlDType::Q4_1 => boxed::<BlockQ4_1>(map, offset, len)?,
+        GgmlDType::Q5_0 => boxed::<BlockQ5_0>(map, offset, len)?,
+        GgmlDType::Q5_1 => boxed::<BlockQ5_1>(map, offset, len)?,
+        GgmlDType::Q8_0 => boxed::<BlockQ8_0>(map, offset, len)?,
+        GgmlDType::Q8_1 => boxed::<BlockQ8_1>(map, offset, len)?,
+        GgmlDType::Q2K => boxed::<BlockQ2K>(map, offset, len)?,
+        GgmlDType::Q3K => boxed::<BlockQ3K>(map, offset, len)?,
+        GgmlDType::Q4K => boxed::<BlockQ4K>(map, offset, len)?,
+        GgmlDType::Q5K => boxed::<BlockQ5K>(map, offset, len)?,
+        GgmlDType::Q6K => boxed::<BlockQ6K>(map, offset, len)?,
+        GgmlDType::Q8K => boxed::<BlockQ8K>(map, offset, len)?,
+    };
+    QTensor::new(QStorage::Cpu(storage), shape.to_vec()).map_err(|e| e.to_string())
+}

@@ -1,0 +1,204 @@
+//! Weights of a llama-family base: where they come from (GGUF or safetensors), in which dtype
+//! they compute, and the checks that their shapes agree with the configuration.
+
+pub mod gguf;
+mod mmap_quant;
+pub mod safetensors;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Tensor};
+use serde::Serialize;
+
+use crate::config::ModelConfig;
+use crate::error::{EngineError, Result};
+
+/// The dtype the base's matrices compute in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ComputeDtype {
+    /// Keep what the file stores: quantized GGUF blocks stay quantized (and memory-mapped),
+    /// f16/bf16 safetensors stay in half precision. Smallest; best for decoding.
+    #[default]
+    Stored,
+    /// Dequantize / upcast every matrix to f32 at load. About 4-6x the memory of a 4-bit file,
+    /// but the fastest prefill on CPU, which is what lens analysis spends its time on.
+    F32,
+}
+
+impl std::str::FromStr for ComputeDtype {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "stored" => Ok(ComputeDtype::Stored),
+            "f32" => Ok(ComputeDtype::F32),
+            other => Err(format!(
+                "unknown compute dtype `{other}`: expected `stored` or `f32`"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    pub compute: ComputeDtype,
+}
+
+/// Bytes a loaded base holds: `mapped` are file pages shared through the page cache,
+/// `owned` are private allocations of this process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct WeightBytes {
+    pub mapped: u64,
+    pub owned: u64,
+}
+
+impl std::ops::AddAssign for WeightBytes {
+    fn add_assign(&mut self, o: Self) {
+        self.mapped += o.mapped;
+        self.owned += o.owned;
+    }
+}
+
+/// A weight matrix `[out, in]` applied as `x · Wᵀ`.
+#[derive(Debug, Clone)]
+pub enum Linear {
+    Quant(Arc<QTensor>),
+    /// A float matrix; inputs are cast to its dtype and outputs back to f32.
+    Dense(Tensor),
+}
+
+impl Linear {
+    /// `x`: `[rows, in]` f32 → `[rows, out]` f32.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Linear::Quant(q) => x.apply(&QMatMul::QTensor(q.clone())),
+            Linear::Dense(w) if w.dtype() == DType::F32 => x.matmul(&w.t()?),
+            Linear::Dense(w) => x.to_dtype(w.dtype())?.matmul(&w.t()?)?.to_dtype(DType::F32),
+        }
+    }
+
+    pub fn dims(&self) -> Vec<usize> {
+        match self {
+            Linear::Quant(q) => q.shape().dims().to_vec(),
+            Linear::Dense(w) => w.dims().to_vec(),
+        }
+    }
+
+    /// The matrix as a dense f32 tensor (a copy for quantized storage).
+    pub fn to_f32(&self) -> candle_core::Result<Tensor> {
+        match self {
+            Linear::Quant(q) => q.dequantize(&candle_core::Device::Cpu),
+            Linear::Dense(w) => w.to_dtype(DType::F32),
+        }
+    }
+
+    pub fn bytes(&self, mapped: bool) -> WeightBytes {
+        let n = match self {
+            Linear::Quant(q) => q.storage_size_in_bytes() as u64,
+            Linear::Dense(w) => (w.elem_count() * w.dtype().size_in_bytes()) as u64,
+        };
+        if mapped && matches!(self, Linear::Quant(_)) {
+            WeightBytes {
+                mapped: n,
+                owned: 0,
+            }
+        } else {
+            WeightBytes {
+                mapped: 0,
+                owned: n,
+            }
+        }
+    }
+
+    pub fn dtype_name(&self) -> String {
+        match self {
+            Linear::Quant(q) => format!("{:?}", q.dtype()),
+            Linear::Dense(w) => format!("{:?}", w.dtype()),
+        }
+    }
+}
+
+/// The token embedding `[vocab, d]`, looked up row by row.
+#[derive(Debug, Clone)]
+pub struct Embedding(pub Linear);
+
+impl Embedding {
+    pub fn lookup(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        match &self.0 {
+            Linear::Quant(q) => q.embedding(ids),
+            Linear::Dense(w) => w.index_select(ids, 0)?.to_dtype(DType::F32),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BlockWeights {
+    pub attn_norm: Tensor,
+    pub wq: Linear,
+    pub wk: Linear,
+    pub wv: Linear,
+    pub wo: Linear,
+    pub ffn_norm: Tensor,
+    pub w_gate: Linear,
+    pub w_up: Linear,
+    pub w_down: Linear,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelWeights {
+    pub embed: Embedding,
+    pub blocks: Vec<BlockWeights>,
+    pub final_norm: Tensor,
+    /// The unembedding `[vocab, d]`; shares storage with `embed` when the base ties them.
+    pub head: Linear,
+    pub bytes: WeightBytes,
+}
+
+/// Names a tensor by its role so that both loaders share one shape check.
+pub(crate) enum Role {
+    Embed,
+    Head,
+    Norm,
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl Role {
+    pub(crate) fn expected(&self, c: &ModelConfig) -> Vec<usize> {
+        match self {
+            Role::Embed | Role::Head => vec![c.vocab_size, c.d_model],
+            Role::Norm => vec![c.d_model],
+            Role::Q => vec![c.q_width(), c.d_model],
+            Role::K | Role::V => vec![c.kv_width(), c.d_model],
+            Role::O => vec![c.d_model, c.q_width()],
+            Role::Gate | Role::Up => vec![c.d_ff, c.d_model],
+            Role::Down => vec![c.d_model, c.d_ff],
+        }
+    }
+}
+
+pub(crate) fn check_shape(
+    path: &Path,
+    name: &str,
+    role: &Role,
+    cfg: &ModelConfig,
+    got: &[usize],
+) -> Result<()> {
+    let expected = role.expected(cfg);
+    if got != expected.as_slice() {
+        return Err(EngineError::Shape {
+            path: path.to_path_buf(),
+            tensor: name.to_string(),
+            expected,
+            got: got.to_vec(),
+        });
+    }
+    Ok(())
+}

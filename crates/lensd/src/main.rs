@@ -1,0 +1,184 @@
+//! The `lensd` command line: inspect weights, tokenize, generate, analyze text with lenses and
+//! fit tuned lenses, on the demo model by default.
+
+mod commands;
+mod render;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use lensd_engine::ComputeDtype;
+
+/// The demo base that `scripts/fetch-demo-model.sh` leaves in `models/`.
+const DEMO_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+#[derive(Parser)]
+#[command(
+    name = "lensd",
+    version,
+    about = "Serve and run interpretability lenses over transformer language models"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum Format {
+    /// Human-readable text.
+    Table,
+    /// One JSON document on standard output.
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum Dtype {
+    /// Keep the file's quantization (smallest; best for generation).
+    Stored,
+    /// Dequantize every matrix to f32 (fastest prefill; best for analysis).
+    F32,
+}
+
+impl From<Dtype> for ComputeDtype {
+    fn from(d: Dtype) -> Self {
+        match d {
+            Dtype::Stored => ComputeDtype::Stored,
+            Dtype::F32 => ComputeDtype::F32,
+        }
+    }
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// Base model: a GGUF file, or a folder with config.json, *.safetensors and tokenizer.json.
+    #[arg(long, env = "LENSD_MODEL", default_value = DEMO_MODEL)]
+    model: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show a weights file's architecture, layers and bytes per tensor kind, from the header only.
+    Inspect {
+        /// A GGUF file or a Hugging Face checkpoint folder.
+        path: PathBuf,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Split text into the model's tokens.
+    Tokenize {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Text to tokenize.
+        #[arg(long)]
+        text: String,
+        /// Recognise special tokens such as <|im_start|> written in the text.
+        #[arg(long)]
+        special: bool,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Continue a prompt, streaming tokens as they are produced.
+    Generate {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The prompt (one user message with --chat).
+        #[arg(long)]
+        prompt: String,
+        /// Render the prompt as one user message with the model's chat template.
+        #[arg(long)]
+        chat: bool,
+        /// Most tokens to generate.
+        #[arg(long, default_value_t = 128)]
+        max_tokens: usize,
+        /// Sampling temperature; 0 picks the most likely token every step.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        /// Sample only among the K most likely tokens.
+        #[arg(long)]
+        top_k: Option<usize>,
+        /// Sample only among the most likely tokens whose probabilities sum to P.
+        #[arg(long)]
+        top_p: Option<f32>,
+        /// Random seed; the same seed gives the same output.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Compute dtype of the base.
+        #[arg(long, value_enum, default_value_t = Dtype::Stored)]
+        dtype: Dtype,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Read a text through lenses: what each layer predicts at each position.
+    Analyze {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// `logit`, or a tuned-lens folder (config.json + params.pt or params.safetensors).
+        /// Repeat to compare several lenses over one forward pass.
+        #[arg(long, default_value = "logit")]
+        lens: Vec<String>,
+        /// Text to analyze.
+        #[arg(long, conflicts_with = "text_file")]
+        text: Option<String>,
+        /// Read the text to analyze from a file.
+        #[arg(long)]
+        text_file: Option<PathBuf>,
+        /// Render the text as one user message with the model's chat template first.
+        #[arg(long)]
+        chat: bool,
+        /// Recognise special tokens written in the text.
+        #[arg(long)]
+        special: bool,
+        /// Tokens kept per cell.
+        #[arg(long, default_value_t = 5)]
+        top_k: usize,
+        /// Layers to read: all, 5, 0,10,20, 20-30 or 0-30:5. Layer i is the stream entering
+        /// block i (0 = embeddings); the last layer is the model's output.
+        #[arg(long, default_value = "all")]
+        layers: String,
+        /// Compute dtype of the base.
+        #[arg(long, value_enum, default_value_t = Dtype::F32)]
+        dtype: Dtype,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Fit a tuned lens in closed form on a text corpus and compare it with the logit lens.
+    FitLens {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// UTF-8 text file to fit on.
+        #[arg(long)]
+        corpus: PathBuf,
+        /// Folder to write (config.json, params.safetensors, fit_report.json).
+        #[arg(long)]
+        out: PathBuf,
+        /// Tokens per training sequence.
+        #[arg(long, default_value_t = 128)]
+        seq_len: usize,
+        /// Most training tokens to use.
+        #[arg(long, default_value_t = 32_768)]
+        max_tokens: usize,
+        /// Tokens held out to compare the lenses.
+        #[arg(long, default_value_t = 2_048)]
+        holdout_tokens: usize,
+        /// Ridge strength toward the identity, relative to the mean Gram diagonal.
+        #[arg(long, default_value_t = 1e-3)]
+        ridge: f64,
+        /// Compute dtype of the base.
+        #[arg(long, value_enum, default_value_t = Dtype::F32)]
+        dtype: Dtype,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match commands::run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Plain-text renderings of results for `--format table`.
+
+use std::fmt::Write;
+
+use lensd_core::Analysis;
+use lensd_engine::inspect::InspectReport;
+use lensd_engine::lens::fit::FitReport;
+
+/// Widest a grid cell's token may be, in characters.
+const CELL: usize = 8;
+/// Widest a grid line may be before positions wrap into another block.
+const LINE: usize = 132;
+
+/// Makes whitespace and control characters visible in a token.
+pub fn visible(t: &str) -> String {
+    t.chars()
+        .map(|c| match c {
+            ' ' => '␣',
+            '\n' => '⏎',
+            '\t' => '⇥',
+            c if c.is_control() => '·',
+            c => c,
+        })
+        .collect()
+}
+
+fn clip(s: &str, n: usize) -> String {
+    let v: Vec<char> = s.chars().collect();
+    if v.len() <= n {
+        s.to_string()
+    } else {
+        let mut c: String = v[..n - 1].iter().collect();
+        c.push('…');
+        c
+    }
+}
+
+fn pad(s: &str, n: usize) -> String {
+    let len = s.chars().count();
+    format!("{s}{}", " ".repeat(n.saturating_sub(len)))
+}
+
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut x = n as f64;
+    let mut u = 0;
+    while x >= 1024.0 && u < UNITS.len() - 1 {
+        x /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{x:.1} {}", UNITS[u])
+    }
+}
+
+pub fn inspect(r: &InspectReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{} ({}, {})", r.path, r.format, r.architecture);
+    if let Some(c) = &r.config {
+        let _ = writeln!(
+            s,
+            "layers {}  width {}  heads {}/{} kv  head dim {}  ffn {}  vocab {}  context {}  rope base {} ({:?})  tied head: {}",
+            c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, c.d_ff, c.vocab_size,
+            c.max_positions, c.rope_theta, c.rope_style, c.tied_embeddings
+        );
+    }
+    if let Some(u) = &r.unsupported {
+        let _ = writeln!(s, "cannot run: {u}");
+    }
+    let _ = writeln!(
+        s,
+        "tokenizer: {}  chat template: {}",
+        r.tokenizer.as_deref().unwrap_or("none"),
+        if r.chat_template { "yes" } else { "no" }
+    );
+    let _ = writeln!(
+        s,
+        "\n{:<10} {:>7} {:>12} {:>14}  dtypes",
+        "kind", "tensors", "bytes", "parameters"
+    );
+    for k in &r.kinds {
+        let dtypes: Vec<String> = k.dtypes.iter().map(|(d, n)| format!("{n}×{d}")).collect();
+        let _ = writeln!(
+            s,
+            "{:<10} {:>7} {:>12} {:>14}  {}",
+            k.kind,
+            k.tensors,
+            bytes(k.bytes),
+            k.elements,
+            dtypes.join(" ")
+        );
+    }
+    let _ = writeln!(
+        s,
+        "{:<10} {:>7} {:>12}",
+        "total",
+        r.tensor_count,
+        bytes(r.tensor_bytes)
+    );
+    let _ = writeln!(
+        s,
+        "\nfile: {} ({} bytes)",
+        bytes(r.file_bytes),
+        r.file_bytes
+    );
+    let _ = writeln!(
+        s,
+        "resident when loaded: stored dtype {}, f32 {}",
+        bytes(r.resident_stored),
+        bytes(r.resident_f32)
+    );
+    s
+}
+
+/// A layers × positions grid with the lens's top-1 token in each cell, followed by the mean
+/// KL to the final output per layer.
+pub fn analysis(a: &Analysis) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "lens: {}  ({} tokens, {} layers; cell = top-1 token, kl = mean KL(final ‖ lens) in nats)",
+        a.lens,
+        a.tokens.len(),
+        a.layers.len()
+    );
+    let per_block = ((LINE - 7) / (CELL + 1)).max(1);
+    let kl = a.mean_kl_per_layer();
+    let n = a.tokens.len();
+    for start in (0..n).step_by(per_block) {
+        let end = (start + per_block).min(n);
+        let mut head = format!("{:>5} │", "layer");
+        for t in &a.tokens[start..end] {
+            head.push_str(&pad(&clip(&visible(&t.text), CELL), CELL + 1));
+        }
+        if end == n {
+            head.push_str("│    kl");
+        }
+        let _ = writeln!(s, "{}", head.trim_end());
+        let _ = writeln!(s, "{}", "─".repeat(head.trim_end().chars().count()));
+        for (row, (_, k)) in a.layers.iter().zip(&kl) {
+            let mut line = format!("{:>5} │", row.layer);
+            for c in &row.positions[start..end] {
+                let tok = c.top.first().map(|t| visible(&t.token)).unwrap_or_default();
+                line.push_str(&pad(&clip(&tok, CELL), CELL + 1));
+            }
+            if end == n {
+                let _ = write!(line, "│{k:>6.2}");
+            }
+            let _ = writeln!(s, "{}", line.trim_end());
+        }
+        s.push('\n');
+    }
+    s
+}
+
+pub fn fit_report(r: &FitReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "fitted on {} tokens, compared on {} held-out tokens (collect {:.1}s, solve {:.1}s, evaluate {:.1}s)",
+        r.train_tokens, r.holdout_tokens, r.collect_seconds, r.solve_seconds, r.eval_seconds
+    );
+    let _ = writeln!(
+        s,
+        "{:>5}  {:>10} {:>10}  {:>10} {:>10}",
+        "layer", "KL logit", "KL tuned", "top1 logit", "top1 tuned"
+    );
+    for l in &r.layers {
+        let _ = writeln!(
+            s,
+            "{:>5}  {:>10.3} {:>10.3}  {:>10.3} {:>10.3}",
+            l.layer, l.kl_logit, l.kl_tuned, l.top1_logit, l.top1_tuned
+        );
+    }
+    let (kl, kt) = r.mean_kl();
+    let _ = writeln!(s, "{:>5}  {kl:>10.3} {kt:>10.3}", "mean");
+    s
+}
