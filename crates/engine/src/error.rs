@@ -7,12 +7,9 @@ pub type Result<T> = std::result::Result<T, EngineError>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    // The cause is part of the message (not a `source`) so that it is printed once.
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     /// The file exists but its bytes are not what its format requires (truncated, corrupt).
     #[error("{path}: {msg}")]
     Format { path: PathBuf, msg: String },
@@ -45,10 +42,10 @@ pub enum EngineError {
 }
 
 impl EngineError {
-    pub fn io(path: &Path, source: std::io::Error) -> Self {
+    pub fn io(path: &Path, error: std::io::Error) -> Self {
         EngineError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         }
     }
 

@@ -82,28 +82,22 @@ pub enum FitStage {
     Evaluate,
 }
 
-/// Splits `corpus` into training and held-out sequences of `seq_len` tokens. Held-out sequences
-/// are spread evenly over the corpus so that both sides see every source it was built from.
+/// Splits `corpus` into training and held-out sequences of `seq_len` tokens. Both are spread
+/// evenly over the corpus so that each sees every source it was assembled from.
 pub fn split_corpus(corpus: &[u32], opts: &FitOptions) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
-    let seqs: Vec<Vec<u32>> = corpus
-        .chunks_exact(opts.seq_len)
-        .map(|c| c.to_vec())
-        .collect();
+    let seqs: Vec<&[u32]> = corpus.chunks_exact(opts.seq_len).collect();
     let n_hold = (opts.holdout_tokens / opts.seq_len).min(seqs.len() / 2);
-    let stride = if n_hold == 0 {
-        usize::MAX
-    } else {
-        seqs.len() / n_hold
-    };
-    let mut train = Vec::new();
-    let mut hold = Vec::new();
+    let stride = if n_hold == 0 { usize::MAX } else { seqs.len() / n_hold };
+    let (mut hold, mut rest) = (Vec::new(), Vec::new());
     for (i, s) in seqs.into_iter().enumerate() {
         if hold.len() < n_hold && i % stride == stride - 1 {
-            hold.push(s);
-        } else if train.len() * opts.seq_len < opts.max_train_tokens {
-            train.push(s);
+            hold.push(s.to_vec());
+        } else {
+            rest.push(s);
         }
     }
+    let n_train = (opts.max_train_tokens / opts.seq_len).min(rest.len());
+    let train = (0..n_train).map(|k| rest[k * rest.len() / n_train].to_vec()).collect();
     (train, hold)
 }
 
@@ -405,6 +399,13 @@ mod tests {
         let (train, hold) = split_corpus(&corpus, &opts);
         assert_eq!(hold.len(), 20);
         assert_eq!(train.len(), 80);
+        let capped = FitOptions {
+            max_train_tokens: 200,
+            ..opts.clone()
+        };
+        let (few, _) = split_corpus(&corpus, &capped);
+        assert_eq!(few.len(), 20);
+        assert!(few[19][0] >= 900, "training sequences reach the end of the corpus");
         assert_eq!(hold[0][0], 40, "the fifth sequence is the first held out");
         assert_eq!(hold[19][0], 990);
         for h in &hold {

@@ -7,7 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-use candle_core::Tensor;
+use candle_core::quantized::gguf_file;
+use candle_core::{Device, Tensor};
 use lensd_engine::{Base, ComputeDtype, LoadOptions};
 
 pub fn root() -> PathBuf {
@@ -76,4 +77,66 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap()
+}
+
+/// llama.cpp's converter reorders the rows of Q and K so that rotary pairs are adjacent.
+pub fn permute_for_interleaved_rope(w: &Tensor, heads: usize) -> Tensor {
+    let (out, inp) = w.dims2().unwrap();
+    let hd = out / heads;
+    w.reshape((heads, 2, hd / 2, inp))
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .contiguous()
+        .unwrap()
+        .reshape((out, inp))
+        .unwrap()
+}
+
+/// Writes the tiny checkpoint as an f32 GGUF file with llama.cpp's names and layout, after
+/// `edit` has had its way with the metadata and the tensors (to build broken files).
+pub fn write_tiny_gguf(
+    path: &Path,
+    edit: impl FnOnce(&mut Vec<(String, gguf_file::Value)>, &mut Vec<(String, Tensor)>),
+) {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use gguf_file::Value;
+    let w = candle_core::safetensors::load(testdata("tiny-llama/model.safetensors"), &Device::Cpu).unwrap();
+    let mut tensors: Vec<(String, Tensor)> = Vec::new();
+    let mut put = |name: String, t: Tensor| tensors.push((name, t));
+    put("token_embd.weight".into(), w["model.embed_tokens.weight"].clone());
+    put("output.weight".into(), w["lm_head.weight"].clone());
+    put("output_norm.weight".into(), w["model.norm.weight"].clone());
+    for i in 0..3 {
+        let hf = |s: &str| w[&format!("model.layers.{i}.{s}.weight")].clone();
+        put(format!("blk.{i}.attn_q.weight"), permute_for_interleaved_rope(&hf("self_attn.q_proj"), 4));
+        put(format!("blk.{i}.attn_k.weight"), permute_for_interleaved_rope(&hf("self_attn.k_proj"), 2));
+        put(format!("blk.{i}.attn_v.weight"), hf("self_attn.v_proj"));
+        put(format!("blk.{i}.attn_output.weight"), hf("self_attn.o_proj"));
+        put(format!("blk.{i}.ffn_gate.weight"), hf("mlp.gate_proj"));
+        put(format!("blk.{i}.ffn_up.weight"), hf("mlp.up_proj"));
+        put(format!("blk.{i}.ffn_down.weight"), hf("mlp.down_proj"));
+        put(format!("blk.{i}.attn_norm.weight"), hf("input_layernorm"));
+        put(format!("blk.{i}.ffn_norm.weight"), hf("post_attention_layernorm"));
+    }
+    let mut meta: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String("llama".into())),
+        ("llama.block_count".into(), Value::U32(3)),
+        ("llama.embedding_length".into(), Value::U32(64)),
+        ("llama.feed_forward_length".into(), Value::U32(128)),
+        ("llama.attention.head_count".into(), Value::U32(4)),
+        ("llama.attention.head_count_kv".into(), Value::U32(2)),
+        ("llama.attention.layer_norm_rms_epsilon".into(), Value::F32(1e-5)),
+        ("llama.rope.freq_base".into(), Value::F32(10_000.0)),
+        ("llama.context_length".into(), Value::U32(128)),
+    ];
+    edit(&mut meta, &mut tensors);
+    let q: Vec<(String, QTensor)> = tensors
+        .iter()
+        .map(|(k, t)| (k.clone(), QTensor::quantize(t, GgmlDType::F32).unwrap()))
+        .collect();
+    let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = q.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut f = std::fs::File::create(path).unwrap();
+    gguf_file::write(&mut f, &meta_refs, &tensor_refs).unwrap();
 }
