@@ -32,6 +32,9 @@ const NAME: &str = "chat";
 impl ChatTemplate {
     pub fn new(source: &str, bos: String, eos: String) -> Result<Self> {
         let mut env = Environment::new();
+        // Hugging Face renders chat templates with these two Jinja settings.
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(

@@ -9,7 +9,10 @@ pub type Result<T> = std::result::Result<T, EngineError>;
 pub enum EngineError {
     // The cause is part of the message (not a `source`) so that it is printed once.
     #[error("{path}: {error}")]
-    Io { path: PathBuf, error: std::io::Error },
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     /// The file exists but its bytes are not what its format requires (truncated, corrupt).
     #[error("{path}: {msg}")]
     Format { path: PathBuf, msg: String },

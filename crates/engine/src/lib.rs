@@ -17,3 +17,9 @@ pub use base::Base;
 pub use config::{ModelConfig, RopeStyle};
 pub use error::{EngineError, Result};
 pub use weights::{ComputeDtype, LoadOptions, WeightBytes};
+
+/// Threads candle computes with (`CANDLE_NUM_THREADS`, else `RAYON_NUM_THREADS`, else the
+/// physical cores).
+pub fn compute_threads() -> usize {
+    candle_core::utils::get_num_threads()
+}

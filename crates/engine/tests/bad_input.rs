@@ -21,7 +21,10 @@ fn load_err(path: &Path) -> EngineError {
 
 fn assert_names(e: &EngineError, path: &Path, needles: &[&str]) {
     let msg = e.to_string();
-    assert!(msg.contains(&path.display().to_string()), "error does not name the file: {msg}");
+    assert!(
+        msg.contains(&path.display().to_string()),
+        "error does not name the file: {msg}"
+    );
     for n in needles {
         assert!(msg.contains(n), "error lacks `{n}`: {msg}");
     }
@@ -50,7 +53,7 @@ fn a_gguf_cut_short_in_its_tensor_data_is_reported_as_truncated() {
     common::write_tiny_gguf(&p, |_, _| {});
     let bytes = std::fs::read(&p).unwrap();
     std::fs::write(&p, &bytes[..bytes.len() - 1000]).unwrap();
-    let e = GgufFile::open(&p).err().expect("refused");
+    let e = GgufFile::open(&p).expect_err("refused");
     assert_names(&e, &p, &["truncated", "needs bytes"]);
 }
 
@@ -85,7 +88,9 @@ fn random_corruption_of_the_header_never_panics() {
         let run = GgufFile::open(&bad).and_then(|g| {
             let cfg = g.config()?;
             let model = Llama::new(cfg.clone(), g.load_weights(&cfg, Default::default())?);
-            model.forward(&[&[1, 2, 3]], None, &[0], Logits::All).map(|_| ())
+            model
+                .forward(&[&[1, 2, 3]], None, &[0], Logits::All)
+                .map(|_| ())
         });
         if run.is_err() {
             refused += 1;
@@ -101,7 +106,7 @@ fn an_unsupported_architecture_is_named() {
     common::write_tiny_gguf(&p, |meta, _| {
         meta[0].1 = Value::String("gpt2".into());
     });
-    let e = GgufFile::open(&p).unwrap().config().err().expect("refused");
+    let e = GgufFile::open(&p).unwrap().config().expect_err("refused");
     assert!(matches!(e, EngineError::Unsupported { .. }));
     assert_names(&e, &p, &["architecture `gpt2`", "llama"]);
 }
@@ -111,11 +116,16 @@ fn a_tensor_of_the_wrong_shape_is_named_with_both_shapes() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("shape.gguf");
     common::write_tiny_gguf(&p, |_, tensors| {
-        let t = tensors.iter_mut().find(|(n, _)| n == "blk.1.attn_k.weight").unwrap();
+        let t = tensors
+            .iter_mut()
+            .find(|(n, _)| n == "blk.1.attn_k.weight")
+            .unwrap();
         t.1 = Tensor::zeros((64, 64), DType::F32, &Device::Cpu).unwrap();
     });
     let g = GgufFile::open(&p).unwrap();
-    let e = g.load_weights(&g.config().unwrap(), Default::default()).err().expect("refused");
+    let e = g
+        .load_weights(&g.config().unwrap(), Default::default())
+        .expect_err("refused");
     assert!(matches!(e, EngineError::Shape { .. }));
     assert_names(&e, &p, &["blk.1.attn_k.weight", "[64, 64]", "[32, 64]"]);
 }
@@ -124,9 +134,13 @@ fn a_tensor_of_the_wrong_shape_is_named_with_both_shapes() {
 fn a_missing_tensor_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("missing.gguf");
-    common::write_tiny_gguf(&p, |_, tensors| tensors.retain(|(n, _)| n != "blk.2.ffn_up.weight"));
+    common::write_tiny_gguf(&p, |_, tensors| {
+        tensors.retain(|(n, _)| n != "blk.2.ffn_up.weight")
+    });
     let g = GgufFile::open(&p).unwrap();
-    let e = g.load_weights(&g.config().unwrap(), Default::default()).err().expect("refused");
+    let e = g
+        .load_weights(&g.config().unwrap(), Default::default())
+        .expect_err("refused");
     assert_names(&e, &p, &["blk.2.ffn_up.weight", "missing"]);
 }
 
@@ -143,10 +157,13 @@ fn inconsistent_head_counts_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("heads.gguf");
     common::write_tiny_gguf(&p, |meta, _| {
-        let kv = meta.iter_mut().find(|(k, _)| k == "llama.attention.head_count_kv").unwrap();
+        let kv = meta
+            .iter_mut()
+            .find(|(k, _)| k == "llama.attention.head_count_kv")
+            .unwrap();
         kv.1 = Value::U32(3);
     });
-    let e = GgufFile::open(&p).unwrap().config().err().expect("refused");
+    let e = GgufFile::open(&p).unwrap().config().expect_err("refused");
     assert_names(&e, &p, &["head count 4", "3"]);
 }
 
@@ -167,14 +184,35 @@ fn safetensors_checkpoints_report_each_problem() {
     assert_names(&load_err(d), &d.join("config.json"), &["No such file"]);
 
     std::fs::write(d.join("config.json"), "{ not json").unwrap();
-    assert_names(&load_err(d), &d.join("config.json"), &["invalid config.json"]);
+    assert_names(
+        &load_err(d),
+        &d.join("config.json"),
+        &["invalid config.json"],
+    );
 
     let cfg = std::fs::read_to_string(common::testdata("tiny-llama/config.json")).unwrap();
-    std::fs::write(d.join("config.json"), cfg.replace("LlamaForCausalLM", "GPT2LMHeadModel").replace("\"llama\"", "\"gpt2\"")).unwrap();
-    assert_names(&load_err(d), &d.join("config.json"), &["unsupported", "GPT2LMHeadModel"]);
+    std::fs::write(
+        d.join("config.json"),
+        cfg.replace("LlamaForCausalLM", "GPT2LMHeadModel")
+            .replace("\"llama\"", "\"gpt2\""),
+    )
+    .unwrap();
+    assert_names(
+        &load_err(d),
+        &d.join("config.json"),
+        &["unsupported", "GPT2LMHeadModel"],
+    );
 
-    std::fs::write(d.join("config.json"), cfg.replace("\"intermediate_size\": 128", "\"intermediate_size\": 96")).unwrap();
-    assert_names(&load_err(d), d, &["mlp.gate_proj.weight", "[96, 64]", "[128, 64]"]);
+    std::fs::write(
+        d.join("config.json"),
+        cfg.replace("\"intermediate_size\": 128", "\"intermediate_size\": 96"),
+    )
+    .unwrap();
+    assert_names(
+        &load_err(d),
+        d,
+        &["mlp.gate_proj.weight", "[96, 64]", "[128, 64]"],
+    );
 
     std::fs::write(d.join("config.json"), &cfg).unwrap();
     let st = d.join("model.safetensors");

@@ -15,7 +15,10 @@ use lensd_engine::{ComputeDtype, EngineError};
 fn corpus() -> String {
     let p = common::root().join("data/demo-corpus.txt");
     std::fs::read_to_string(&p).unwrap_or_else(|_| {
-        panic!("{} is missing: run scripts/prepare-demo-corpus.sh first", p.display())
+        panic!(
+            "{} is missing: run scripts/prepare-demo-corpus.sh first",
+            p.display()
+        )
     })
 }
 
@@ -54,7 +57,10 @@ fn a_fitted_tuned_lens_beats_the_logit_lens_at_every_layer() {
 fn analysis_reads_every_layer_and_ends_at_the_models_prediction() {
     let _lock = common::compute_lock();
     let base = common::demo(ComputeDtype::F32);
-    let ids = base.tokenizer.encode("The capital of France is", false).unwrap();
+    let ids = base
+        .tokenizer
+        .encode("The capital of France is", false)
+        .unwrap();
     let opts = AnalyzeOptions {
         layers: (0..=30).collect(),
         top_k: 5,
@@ -74,8 +80,17 @@ fn analysis_reads_every_layer_and_ends_at_the_models_prediction() {
     assert_eq!(last.top[0].token, " Paris");
     assert!(last.kl_to_final.abs() < 1e-4 && last.final_rank == 1);
     assert_eq!(last.next_token_ce, None);
-    let out = base.model.forward(&[&ids], None, &[], Logits::Last).unwrap();
-    let row = out.logits.unwrap().squeeze(0).unwrap().to_vec1::<f32>().unwrap();
+    let out = base
+        .model
+        .forward(&[&ids], None, &[], Logits::Last)
+        .unwrap();
+    let row = out
+        .logits
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     assert_eq!(last.top[0].id, argmax(&row));
     for row in &a.layers {
         for c in &row.positions {
@@ -85,7 +100,9 @@ fn analysis_reads_every_layer_and_ends_at_the_models_prediction() {
         }
     }
     // Cancelling from the progress callback stops the analysis.
-    let r = analyze(base, &[&Lens::Logit], &ids, &opts, &mut |_| ControlFlow::Break(()));
+    let r = analyze(base, &[&Lens::Logit], &ids, &opts, &mut |_| {
+        ControlFlow::Break(())
+    });
     assert!(matches!(r, Err(EngineError::Cancelled)));
 }
 
@@ -93,15 +110,37 @@ fn analysis_reads_every_layer_and_ends_at_the_models_prediction() {
 fn quantized_and_f32_compute_agree_on_clear_predictions() {
     let _lock = common::compute_lock();
     let golden = common::json("logits_golden.json");
-    let (q, f) = (common::demo(ComputeDtype::Stored), common::demo(ComputeDtype::F32));
+    let (q, f) = (
+        common::demo(ComputeDtype::Stored),
+        common::demo(ComputeDtype::F32),
+    );
     let (mut clear, mut same, mut all_same, mut all) = (0, 0, 0, 0);
     for prompt in golden["prompts"].as_array().unwrap() {
         let ids = common::ids_of(&prompt["ids"]);
-        let lq = q.model.forward(&[&ids], None, &[], Logits::All).unwrap().logits.unwrap().to_vec2::<f32>().unwrap();
-        let lf = f.model.forward(&[&ids], None, &[], Logits::All).unwrap().logits.unwrap().to_vec2::<f32>().unwrap();
+        let lq = q
+            .model
+            .forward(&[&ids], None, &[], Logits::All)
+            .unwrap()
+            .logits
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let lf = f
+            .model
+            .forward(&[&ids], None, &[], Logits::All)
+            .unwrap()
+            .logits
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         for (rq, rf) in lq.iter().zip(&lf) {
             let top = argmax(rf) as usize;
-            let second = rf.iter().enumerate().filter(|(i, _)| *i != top).map(|(_, x)| *x).fold(f32::MIN, f32::max);
+            let second = rf
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != top)
+                .map(|(_, x)| *x)
+                .fold(f32::MIN, f32::max);
             let equal = argmax(rq) as usize == top;
             all += 1;
             all_same += equal as usize;
@@ -111,7 +150,9 @@ fn quantized_and_f32_compute_agree_on_clear_predictions() {
             }
         }
     }
-    eprintln!("stored vs f32 argmax: {all_same}/{all} positions, {same}/{clear} with margin >= 0.3");
+    eprintln!(
+        "stored vs f32 argmax: {all_same}/{all} positions, {same}/{clear} with margin >= 0.3"
+    );
     assert_eq!(same, clear, "the dtypes disagree where f32 is decisive");
 }
 
@@ -119,41 +160,114 @@ fn quantized_and_f32_compute_agree_on_clear_predictions() {
 fn generation_follows_its_parameters() {
     let _lock = common::compute_lock();
     let base = common::demo(ComputeDtype::F32);
-    let prompt = base.tokenizer.encode_prompt(&base.chat_prompt("What is the capital of France?").unwrap(), true).unwrap();
-    let go = |p: &SamplingParams| generate(base, &prompt, p, &mut |_| ControlFlow::Continue(())).unwrap();
+    let prompt = base
+        .tokenizer
+        .encode_prompt(
+            &base.chat_prompt("What is the capital of France?").unwrap(),
+            true,
+        )
+        .unwrap();
+    let go = |p: &SamplingParams| {
+        generate(base, &prompt, p, &mut |_| ControlFlow::Continue(())).unwrap()
+    };
 
-    let greedy = go(&SamplingParams { max_tokens: 20, ..Default::default() });
+    let greedy = go(&SamplingParams {
+        max_tokens: 20,
+        ..Default::default()
+    });
     assert_eq!(greedy.text, "The capital of France is Paris.");
     assert_eq!(greedy.stop, StopReason::Stop);
-    assert_eq!(*greedy.ids.last().unwrap(), 2, "the end-of-turn token is kept in the ids");
+    assert_eq!(
+        *greedy.ids.last().unwrap(),
+        2,
+        "the end-of-turn token is kept in the ids"
+    );
 
-    let sampled = SamplingParams { max_tokens: 12, temperature: 1.0, top_p: Some(0.95), seed: 11, ..Default::default() };
+    let sampled = SamplingParams {
+        max_tokens: 12,
+        temperature: 1.0,
+        top_p: Some(0.95),
+        seed: 11,
+        ..Default::default()
+    };
     let a = go(&sampled);
-    assert_eq!(a.ids, go(&sampled).ids, "the same seed gives the same tokens");
-    let others: Vec<Vec<u32>> = (12..16).map(|seed| go(&SamplingParams { seed, ..sampled.clone() }).ids).collect();
-    assert!(others.iter().any(|o| *o != a.ids), "other seeds change the sample");
+    assert_eq!(
+        a.ids,
+        go(&sampled).ids,
+        "the same seed gives the same tokens"
+    );
+    let others: Vec<Vec<u32>> = (12..16)
+        .map(|seed| {
+            go(&SamplingParams {
+                seed,
+                ..sampled.clone()
+            })
+            .ids
+        })
+        .collect();
+    assert!(
+        others.iter().any(|o| *o != a.ids),
+        "other seeds change the sample"
+    );
 
-    let top1 = go(&SamplingParams { max_tokens: 20, temperature: 0.8, top_k: Some(1), seed: 3, ..Default::default() });
+    let top1 = go(&SamplingParams {
+        max_tokens: 20,
+        temperature: 0.8,
+        top_k: Some(1),
+        seed: 3,
+        ..Default::default()
+    });
     assert_eq!(top1.ids, greedy.ids, "top-k 1 is greedy");
 
-    let short = go(&SamplingParams { max_tokens: 3, ..Default::default() });
+    let short = go(&SamplingParams {
+        max_tokens: 3,
+        ..Default::default()
+    });
     assert_eq!((short.ids.len(), short.stop), (3, StopReason::MaxTokens));
 
     let mut seen = 0;
-    let cancelled = generate(base, &prompt, &SamplingParams { max_tokens: 20, ..Default::default() }, &mut |_| {
-        seen += 1;
-        if seen == 2 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
-    })
+    let cancelled = generate(
+        base,
+        &prompt,
+        &SamplingParams {
+            max_tokens: 20,
+            ..Default::default()
+        },
+        &mut |_| {
+            seen += 1;
+            if seen == 2 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        },
+    )
     .unwrap();
-    assert_eq!((cancelled.ids.len(), cancelled.stop), (2, StopReason::Cancelled));
+    assert_eq!(
+        (cancelled.ids.len(), cancelled.stop),
+        (2, StopReason::Cancelled)
+    );
 
     for bad in [
-        SamplingParams { max_tokens: 0, ..Default::default() },
-        SamplingParams { temperature: -1.0, ..Default::default() },
-        SamplingParams { top_p: Some(1.5), ..Default::default() },
-        SamplingParams { top_k: Some(0), ..Default::default() },
+        SamplingParams {
+            max_tokens: 0,
+            ..Default::default()
+        },
+        SamplingParams {
+            temperature: -1.0,
+            ..Default::default()
+        },
+        SamplingParams {
+            top_p: Some(1.5),
+            ..Default::default()
+        },
+        SamplingParams {
+            top_k: Some(0),
+            ..Default::default()
+        },
     ] {
-        let e = generate(base, &prompt, &bad, &mut |_| ControlFlow::Continue(())).err().expect("refused");
+        let e =
+            generate(base, &prompt, &bad, &mut |_| ControlFlow::Continue(())).expect_err("refused");
         assert!(matches!(e, EngineError::Input(_)), "{e}");
     }
 }

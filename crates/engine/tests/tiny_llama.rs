@@ -42,7 +42,10 @@ fn every_layer_and_the_logits_match_transformers() {
     let taps: Vec<usize> = (0..=l).collect();
     for s in 0..3 {
         let ids = input_ids(&g, s);
-        let out = base.model.forward(&[&ids], None, &taps, Logits::All).unwrap();
+        let out = base
+            .model
+            .forward(&[&ids], None, &taps, Logits::All)
+            .unwrap();
         for i in 0..=l {
             let d = common::max_abs_diff(out.tap(i).unwrap(), &g[&format!("hidden.{s}.{i}")]);
             assert!(d < TOL, "sequence {s} layer {i}: max diff {d}");
@@ -82,11 +85,17 @@ fn decoding_with_the_cache_equals_the_full_forward() {
     let want = &g["logits.1"];
     let mut cache = [KvCache::default()];
     // A prefix of three tokens, then one token at a time.
-    let out = base.model.forward(&[&ids[..3]], Some(&mut cache), &[], Logits::All).unwrap();
+    let out = base
+        .model
+        .forward(&[&ids[..3]], Some(&mut cache), &[], Logits::All)
+        .unwrap();
     let d = common::max_abs_diff(&out.logits.unwrap(), &want.narrow(0, 0, 3).unwrap());
     assert!(d < TOL, "prefix: {d}");
     for (pos, id) in ids.iter().enumerate().skip(3) {
-        let out = base.model.forward(&[&[*id]], Some(&mut cache), &[], Logits::Last).unwrap();
+        let out = base
+            .model
+            .forward(&[&[*id]], Some(&mut cache), &[], Logits::Last)
+            .unwrap();
         let d = common::max_abs_diff(&out.logits.unwrap(), &want.narrow(0, pos, 1).unwrap());
         assert!(d < TOL, "position {pos}: {d}");
     }
@@ -98,8 +107,12 @@ fn convert_checkpoint(dir: &Path, dtype: DType) {
     for f in ["config.json", "tokenizer.json"] {
         std::fs::copy(tiny_dir().join(f), dir.join(f)).unwrap();
     }
-    let w = candle_core::safetensors::load(tiny_dir().join("model.safetensors"), &Device::Cpu).unwrap();
-    let w: HashMap<String, Tensor> = w.into_iter().map(|(k, v)| (k, v.to_dtype(dtype).unwrap())).collect();
+    let w =
+        candle_core::safetensors::load(tiny_dir().join("model.safetensors"), &Device::Cpu).unwrap();
+    let w: HashMap<String, Tensor> = w
+        .into_iter()
+        .map(|(k, v)| (k, v.to_dtype(dtype).unwrap()))
+        .collect();
     candle_core::safetensors::save(&w, dir.join("model.safetensors")).unwrap();
 }
 
@@ -114,11 +127,17 @@ fn half_precision_checkpoints_compute_in_their_dtype_or_in_f32() {
             let base = Base::load(dir.path(), LoadOptions { compute }).unwrap();
             let out = base.model.forward(&[&ids], None, &[], Logits::All).unwrap();
             let d = common::max_abs_diff(&out.logits.unwrap(), &g["logits.0"]);
-            assert!(d < tol, "{dtype:?} weights computing in {compute:?}: max diff {d}");
+            assert!(
+                d < tol,
+                "{dtype:?} weights computing in {compute:?}: max diff {d}"
+            );
             let stored_bytes = base.bytes().owned;
             if compute == ComputeDtype::Stored {
                 let f32_base = tiny(ComputeDtype::F32);
-                assert!(stored_bytes < f32_base.bytes().owned * 6 / 10, "{dtype:?} kept in half precision");
+                assert!(
+                    stored_bytes < f32_base.bytes().owned * 6 / 10,
+                    "{dtype:?} kept in half precision"
+                );
             }
         }
     }
@@ -133,7 +152,11 @@ fn the_same_model_as_gguf_with_interleaved_rope_gives_the_same_states() {
     let cfg = g.config().unwrap();
     assert_eq!(cfg.rope_style, lensd_engine::RopeStyle::Interleaved);
     assert!(!cfg.tied_embeddings);
-    let model = Llama::new(cfg, g.load_weights(&g.config().unwrap(), ComputeDtype::Stored).unwrap());
+    let model = Llama::new(
+        cfg,
+        g.load_weights(&g.config().unwrap(), ComputeDtype::Stored)
+            .unwrap(),
+    );
     let gold = golden();
     let ids = input_ids(&gold, 1);
     let out = model.forward(&[&ids], None, &[2, 3], Logits::All).unwrap();

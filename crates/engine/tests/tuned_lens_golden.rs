@@ -15,19 +15,34 @@ use lensd_engine::{Base, ComputeDtype, EngineError, LoadOptions};
 const TOL: f32 = 1e-4;
 
 fn tiny() -> Base {
-    Base::load(&common::testdata("tiny-llama"), LoadOptions { compute: ComputeDtype::F32 }).unwrap()
+    Base::load(
+        &common::testdata("tiny-llama"),
+        LoadOptions {
+            compute: ComputeDtype::F32,
+        },
+    )
+    .unwrap()
 }
 
 fn golden() -> (HashMap<String, Tensor>, HashMap<String, Tensor>) {
     let dev = &Device::Cpu;
     (
-        candle_core::safetensors::load(common::testdata("tiny-llama/golden.safetensors"), dev).unwrap(),
-        candle_core::safetensors::load(common::testdata("tiny-llama/tuned_lens_golden.safetensors"), dev).unwrap(),
+        candle_core::safetensors::load(common::testdata("tiny-llama/golden.safetensors"), dev)
+            .unwrap(),
+        candle_core::safetensors::load(
+            common::testdata("tiny-llama/tuned_lens_golden.safetensors"),
+            dev,
+        )
+        .unwrap(),
     )
 }
 
 fn ids(g: &HashMap<String, Tensor>, s: usize) -> Vec<u32> {
-    g[&format!("input_ids.{s}")].to_dtype(DType::U32).unwrap().to_vec1().unwrap()
+    g[&format!("input_ids.{s}")]
+        .to_dtype(DType::U32)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 fn v1(t: &Tensor) -> Vec<f32> {
@@ -45,13 +60,32 @@ fn check(a: &Analysis, want: &HashMap<String, Tensor>, prefix: &str, s: usize) {
         let top_p: Vec<Vec<f32>> = want[&key("topk_probs")].to_vec2().unwrap();
         for (pos, c) in row.positions.iter().enumerate() {
             let at = format!("{prefix}lens sequence {s} layer {i} position {pos}");
-            assert!((c.entropy - ent[pos]).abs() < TOL, "{at}: entropy {} vs {}", c.entropy, ent[pos]);
-            assert!((c.kl_to_final - kl[pos]).abs() < TOL, "{at}: KL {} vs {}", c.kl_to_final, kl[pos]);
+            assert!(
+                (c.entropy - ent[pos]).abs() < TOL,
+                "{at}: entropy {} vs {}",
+                c.entropy,
+                ent[pos]
+            );
+            assert!(
+                (c.kl_to_final - kl[pos]).abs() < TOL,
+                "{at}: KL {} vs {}",
+                c.kl_to_final,
+                kl[pos]
+            );
             for (k, t) in c.top.iter().enumerate() {
-                assert!((t.prob - top_p[pos][k]).abs() < TOL, "{at}: top-{k} prob {} vs {}", t.prob, top_p[pos][k]);
+                assert!(
+                    (t.prob - top_p[pos][k]).abs() < TOL,
+                    "{at}: top-{k} prob {} vs {}",
+                    t.prob,
+                    top_p[pos][k]
+                );
                 // Ids must agree unless two probabilities are tied within the tolerance.
                 if t.id as i64 != top_ids[pos][k] {
-                    let tied = top_p[pos].iter().filter(|p| (*p - t.prob).abs() < TOL).count() > 1;
+                    let tied = top_p[pos]
+                        .iter()
+                        .filter(|p| (*p - t.prob).abs() < TOL)
+                        .count()
+                        > 1;
                     assert!(tied, "{at}: top-{k} id {} vs {}", t.id, top_ids[pos][k]);
                 }
             }
@@ -61,14 +95,26 @@ fn check(a: &Analysis, want: &HashMap<String, Tensor>, prefix: &str, s: usize) {
 
 fn run(base: &Base, lens: &Lens, ids: &[u32], layers: Vec<usize>) -> Analysis {
     let opts = AnalyzeOptions { layers, top_k: 5 };
-    analyze(base, &[lens], ids, &opts, &mut |_| ControlFlow::Continue(())).unwrap().remove(0)
+    analyze(
+        base,
+        &[lens],
+        ids,
+        &opts,
+        &mut |_| ControlFlow::Continue(()),
+    )
+    .unwrap()
+    .remove(0)
 }
 
 #[test]
 fn a_lens_saved_by_the_tuned_lens_package_gives_its_numbers() {
     let base = tiny();
     let (g, want) = golden();
-    let lens = Lens::open(common::testdata("tiny-llama/tuned-lens").to_str().unwrap(), base.config()).unwrap();
+    let lens = Lens::open(
+        common::testdata("tiny-llama/tuned-lens").to_str().unwrap(),
+        base.config(),
+    )
+    .unwrap();
     for s in 0..3 {
         let a = run(&base, &lens, &ids(&g, s), vec![0, 1, 2]);
         check(&a, &want, "", s);
@@ -114,14 +160,20 @@ fn a_lens_for_another_base_is_refused_with_the_reason() {
     let mut cfg = base.config().clone();
     cfg.n_layers = 4;
     match TunedLens::load(&src, &cfg) {
-        Err(EngineError::LensMismatch { msg, .. }) => assert!(msg.contains("num_hidden_layers is 3") && msg.contains("4 layers"), "{msg}"),
+        Err(EngineError::LensMismatch { msg, .. }) => assert!(
+            msg.contains("num_hidden_layers is 3") && msg.contains("4 layers"),
+            "{msg}"
+        ),
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("a 3-layer lens loaded for a 4-layer base"),
     }
     let mut cfg = base.config().clone();
     cfg.d_model = 128;
     match TunedLens::load(&src, &cfg) {
-        Err(EngineError::LensMismatch { msg, .. }) => assert!(msg.contains("d_model is 64") && msg.contains("128"), "{msg}"),
+        Err(EngineError::LensMismatch { msg, .. }) => assert!(
+            msg.contains("d_model is 64") && msg.contains("128"),
+            "{msg}"
+        ),
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("a 64-wide lens loaded for a 128-wide base"),
     }
@@ -136,14 +188,30 @@ fn translator_tensors_of_the_wrong_shape_are_named() {
     let mut map = HashMap::new();
     for i in 0..3 {
         let d = if i == 1 { 32 } else { 64 };
-        map.insert(format!("{i}.weight"), Tensor::zeros((64, d), DType::F32, &Device::Cpu).unwrap());
-        map.insert(format!("{i}.bias"), Tensor::zeros(64, DType::F32, &Device::Cpu).unwrap());
+        map.insert(
+            format!("{i}.weight"),
+            Tensor::zeros((64, d), DType::F32, &Device::Cpu).unwrap(),
+        );
+        map.insert(
+            format!("{i}.bias"),
+            Tensor::zeros(64, DType::F32, &Device::Cpu).unwrap(),
+        );
     }
     candle_core::safetensors::save(&map, dir.path().join("params.safetensors")).unwrap();
-    let err = TunedLens::load(dir.path(), base.config()).err().expect("refused").to_string();
-    assert!(err.contains("`1.weight`") && err.contains("[64, 32]") && err.contains("[64, 64]"), "{err}");
+    let err = TunedLens::load(dir.path(), base.config())
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        err.contains("`1.weight`") && err.contains("[64, 32]") && err.contains("[64, 64]"),
+        "{err}"
+    );
     map.remove("2.bias");
     candle_core::safetensors::save(&map, dir.path().join("params.safetensors")).unwrap();
-    let err = TunedLens::load(dir.path(), base.config()).err().expect("refused").to_string();
-    assert!(err.contains("missing") || err.contains("`1.weight`"), "{err}");
+    let err = TunedLens::load(dir.path(), base.config())
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        err.contains("missing") || err.contains("`1.weight`"),
+        "{err}"
+    );
 }

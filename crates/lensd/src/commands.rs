@@ -180,6 +180,30 @@ pub fn run(cmd: Command) -> Result<()> {
                 }
             }
         }
+        Command::Bench {
+            model,
+            prompt_tokens,
+            decode_tokens,
+            lens_tokens,
+            reps,
+            format,
+        } => {
+            let opts = crate::bench::BenchOptions {
+                prompt_tokens,
+                decode_tokens,
+                lens_tokens,
+                reps,
+            };
+            load(&model.model, crate::Dtype::Stored)?;
+            let r = crate::bench::run(&model.model, &opts)?;
+            match format {
+                Format::Json => print_json(&r),
+                Format::Table => {
+                    print!("{}", render::bench(&r));
+                    Ok(())
+                }
+            }
+        }
         Command::FitLens {
             model,
             corpus,

@@ -1,6 +1,7 @@
 //! The `lensd` command line: inspect weights, tokenize, generate, analyze text with lenses and
 //! fit tuned lenses, on the demo model by default.
 
+mod bench;
 mod commands;
 mod render;
 
@@ -167,6 +168,26 @@ enum Command {
         /// Compute dtype of the base.
         #[arg(long, value_enum, default_value_t = Dtype::F32)]
         dtype: Dtype,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Measure prefill, decode and lens-analysis speed in both compute dtypes (see bench/run.sh
+    /// for the comparison with llama.cpp).
+    Bench {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Prompt length for the prefill and decode measurements.
+        #[arg(long, default_value_t = 128)]
+        prompt_tokens: usize,
+        /// Tokens decoded after the prompt.
+        #[arg(long, default_value_t = 128)]
+        decode_tokens: usize,
+        /// Text length of the logit-lens analysis (all layers).
+        #[arg(long, default_value_t = 64)]
+        lens_tokens: usize,
+        /// Repetitions; the best is reported.
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },

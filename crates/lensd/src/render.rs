@@ -6,6 +6,8 @@ use lensd_core::Analysis;
 use lensd_engine::inspect::InspectReport;
 use lensd_engine::lens::fit::FitReport;
 
+use crate::bench::BenchReport;
+
 /// Widest a grid cell's token may be, in characters.
 const CELL: usize = 8;
 /// Widest a grid line may be before positions wrap into another block.
@@ -176,5 +178,32 @@ pub fn fit_report(r: &FitReport) -> String {
     }
     let (kl, kt) = r.mean_kl();
     let _ = writeln!(s, "{:>5}  {kl:>10.3} {kt:>10.3}", "mean");
+    s
+}
+
+pub fn bench(r: &BenchReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{} ({} threads; prefill {} tokens, decode {} tokens, lens {} tokens × all layers; best of {})",
+        r.model, r.threads, r.prompt_tokens, r.decode_tokens, r.lens_tokens, r.reps
+    );
+    let _ = writeln!(
+        s,
+        "{:<7} {:>8} {:>12} {:>12} {:>14} {:>12}",
+        "dtype", "load s", "prefill t/s", "decode t/s", "lens cells/s", "weights"
+    );
+    for d in &r.results {
+        let _ = writeln!(
+            s,
+            "{:<7} {:>8.3} {:>12.1} {:>12.1} {:>14.0} {:>12}",
+            d.dtype,
+            d.load_seconds,
+            d.prefill_tokens_per_s,
+            d.decode_tokens_per_s,
+            d.lens_cells_per_s,
+            bytes(d.weight_bytes_owned + d.weight_bytes_mapped)
+        );
+    }
     s
 }

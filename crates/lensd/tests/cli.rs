@@ -12,7 +12,11 @@ fn root() -> PathBuf {
 
 fn demo_model() -> PathBuf {
     let p = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(p.is_file(), "{} is missing: run scripts/fetch-demo-model.sh first", p.display());
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/fetch-demo-model.sh first",
+        p.display()
+    );
     p
 }
 
@@ -31,7 +35,11 @@ fn lensd(args: &[&str]) -> Output {
 
 fn ok_json(args: &[&str]) -> Value {
     let out = lensd(args);
-    assert!(out.status.success(), "lensd {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "lensd {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("stdout is one JSON document")
 }
 
@@ -53,24 +61,51 @@ fn inspect_reads_the_header() {
     assert_eq!(v["config"]["d_model"], 576);
     assert_eq!(v["tensor_count"], 272);
     assert_eq!(v["file_bytes"], 98_362_432);
-    let kinds: Vec<&str> = v["kinds"].as_array().unwrap().iter().map(|k| k["kind"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = v["kinds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kind"].as_str().unwrap())
+        .collect();
     assert_eq!(kinds, ["embedding", "attention", "mlp", "norm"]);
     let out = lensd(&["inspect", tiny().to_str().unwrap()]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains("layers 3") && text.contains("head"), "{text}");
+    assert!(
+        out.status.success() && text.contains("layers 3") && text.contains("head"),
+        "{text}"
+    );
 }
 
 #[test]
 fn tokenize_lists_ids_and_tokens() {
-    let v = ok_json(&["tokenize", "--text", "<|im_start|>Hello world", "--special", "--format", "json"]);
+    let v = ok_json(&[
+        "tokenize",
+        "--text",
+        "<|im_start|>Hello world",
+        "--special",
+        "--format",
+        "json",
+    ]);
     assert_eq!(v["ids"], serde_json::json!([1, 19556, 905]));
-    assert_eq!(v["tokens"], serde_json::json!(["<|im_start|>", "Hello", " world"]));
+    assert_eq!(
+        v["tokens"],
+        serde_json::json!(["<|im_start|>", "Hello", " world"])
+    );
 }
 
 #[test]
 fn generate_answers_a_chat_prompt() {
     let v = ok_json(&[
-        "generate", "--prompt", "What is the capital of France?", "--chat", "--dtype", "f32", "--max-tokens", "20", "--format", "json",
+        "generate",
+        "--prompt",
+        "What is the capital of France?",
+        "--chat",
+        "--dtype",
+        "f32",
+        "--max-tokens",
+        "20",
+        "--format",
+        "json",
     ]);
     assert_eq!(v["text"], "The capital of France is Paris.");
     assert_eq!(v["ids"].as_array().unwrap().first().unwrap(), 504);
@@ -78,12 +113,28 @@ fn generate_answers_a_chat_prompt() {
 
 #[test]
 fn analyze_prints_the_grid_as_json_and_as_a_table() {
-    let v = ok_json(&["analyze", "--text", "The capital of France is", "--layers", "28-30", "--top-k", "3", "--format", "json"]);
+    let v = ok_json(&[
+        "analyze",
+        "--text",
+        "The capital of France is",
+        "--layers",
+        "28-30",
+        "--top-k",
+        "3",
+        "--format",
+        "json",
+    ]);
     let tokens = v["tokens"].as_array().unwrap();
     assert_eq!(tokens.len(), 5);
     assert_eq!(tokens[0]["text"], "The");
     let layers = v["layers"].as_array().unwrap();
-    assert_eq!(layers.iter().map(|l| l["layer"].as_u64().unwrap()).collect::<Vec<_>>(), [28, 29, 30]);
+    assert_eq!(
+        layers
+            .iter()
+            .map(|l| l["layer"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [28, 29, 30]
+    );
     let cell = &layers[2]["positions"][4];
     assert_eq!(cell["top"][0]["token"], " Paris");
     assert_eq!(cell["top"].as_array().unwrap().len(), 3);
@@ -93,25 +144,57 @@ fn analyze_prints_the_grid_as_json_and_as_a_table() {
     assert!(cell["next_token_ce"].is_null());
     assert!(layers[0]["positions"][0]["next_token_ce"].is_number());
 
-    let out = lensd(&["analyze", "--text", "The capital of France is", "--layers", "0-30:10"]);
+    let out = lensd(&[
+        "analyze",
+        "--text",
+        "The capital of France is",
+        "--layers",
+        "0-30:10",
+    ]);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    assert!(table.contains("␣Paris") && table.contains("␣capital"), "{table}");
-    assert_eq!(table.lines().filter(|l| l.trim_start().starts_with("30 │")).count(), 1, "{table}");
+    assert!(
+        table.contains("␣Paris") && table.contains("␣capital"),
+        "{table}"
+    );
+    assert_eq!(
+        table
+            .lines()
+            .filter(|l| l.trim_start().starts_with("30 │"))
+            .count(),
+        1,
+        "{table}"
+    );
 }
 
 #[test]
 fn fit_lens_writes_a_lens_that_analyze_reads() {
     let dir = tempfile::tempdir().unwrap();
     let corpus = dir.path().join("corpus.txt");
-    let words = ["the", "keeper", "watched", "a", "lens", "beam", "over", "water", "and", "light", "read", "layers"];
-    let text: Vec<&str> = (0..3000).map(|i| words[(i * 7 + i / 5) % words.len()]).collect();
+    let words = [
+        "the", "keeper", "watched", "a", "lens", "beam", "over", "water", "and", "light", "read",
+        "layers",
+    ];
+    let text: Vec<&str> = (0..3000)
+        .map(|i| words[(i * 7 + i / 5) % words.len()])
+        .collect();
     std::fs::write(&corpus, text.join(" ")).unwrap();
     let out_dir = dir.path().join("lens");
     let m = tiny();
     let report = ok_json(&[
-        "fit-lens", "--model", m.to_str().unwrap(), "--corpus", corpus.to_str().unwrap(), "--out", out_dir.to_str().unwrap(),
-        "--seq-len", "32", "--holdout-tokens", "128", "--format", "json",
+        "fit-lens",
+        "--model",
+        m.to_str().unwrap(),
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--seq-len",
+        "32",
+        "--holdout-tokens",
+        "128",
+        "--format",
+        "json",
     ]);
     assert_eq!(report["layers"].as_array().unwrap().len(), 3);
     assert_eq!(report["holdout_tokens"], 128);
@@ -119,7 +202,17 @@ fn fit_lens_writes_a_lens_that_analyze_reads() {
         assert!(out_dir.join(f).is_file(), "{f} written");
     }
     let v = ok_json(&[
-        "analyze", "--model", m.to_str().unwrap(), "--lens", "logit", "--lens", out_dir.to_str().unwrap(), "--text", "the keeper", "--format", "json",
+        "analyze",
+        "--model",
+        m.to_str().unwrap(),
+        "--lens",
+        "logit",
+        "--lens",
+        out_dir.to_str().unwrap(),
+        "--text",
+        "the keeper",
+        "--format",
+        "json",
     ]);
     let both = v.as_array().expect("two lenses give two analyses");
     assert_eq!(both[0]["lens"], "logit");
@@ -129,17 +222,44 @@ fn fit_lens_writes_a_lens_that_analyze_reads() {
 
 #[test]
 fn bad_arguments_fail_with_a_reason() {
-    fails_with(&["analyze", "--text", "x", "--layers", "31"], &["layer 31 does not exist", "0..=30"]);
-    fails_with(&["analyze", "--text", "x", "--layers", "3-1"], &["backwards"]);
+    fails_with(
+        &["analyze", "--text", "x", "--layers", "31"],
+        &["layer 31 does not exist", "0..=30"],
+    );
+    fails_with(
+        &["analyze", "--text", "x", "--layers", "3-1"],
+        &["backwards"],
+    );
     fails_with(&["analyze", "--text", "x", "--top-k", "0"], &["top_k"]);
-    fails_with(&["analyze", "--text", "x", "--lens", "testdata/tiny-llama/tuned-lens"], &["tuned-lens", "d_model is 64", "576"]);
-    fails_with(&["analyze", "--text", "x", "--lens", "/no/such/lens"], &["/no/such/lens"]);
+    fails_with(
+        &[
+            "analyze",
+            "--text",
+            "x",
+            "--lens",
+            "testdata/tiny-llama/tuned-lens",
+        ],
+        &["tuned-lens", "d_model is 64", "576"],
+    );
+    fails_with(
+        &["analyze", "--text", "x", "--lens", "/no/such/lens"],
+        &["/no/such/lens"],
+    );
     fails_with(&["analyze"], &["--text or --text-file"]);
     fails_with(&["generate", "--prompt", "x", "--top-p", "2"], &["top_p"]);
     fails_with(&["generate", "--prompt", "x", "--dtype", "f64"], &["f64"]);
-    fails_with(&["tokenize", "--model", "/no/such/model.gguf", "--text", "x"], &["/no/such/model.gguf"]);
-    fails_with(&["inspect", "Cargo.toml"], &["Cargo.toml", "neither a GGUF file"]);
-    fails_with(&["inspect", "no-such-file.gguf"], &["no-such-file.gguf: No such file"]);
+    fails_with(
+        &["tokenize", "--model", "/no/such/model.gguf", "--text", "x"],
+        &["/no/such/model.gguf"],
+    );
+    fails_with(
+        &["inspect", "Cargo.toml"],
+        &["Cargo.toml", "neither a GGUF file"],
+    );
+    fails_with(
+        &["inspect", "no-such-file.gguf"],
+        &["no-such-file.gguf: No such file"],
+    );
     let out = lensd(&["--help"]);
     let help = String::from_utf8_lossy(&out.stdout);
     for cmd in ["inspect", "tokenize", "generate", "analyze", "fit-lens"] {

@@ -87,7 +87,7 @@ pub enum FitStage {
 pub fn split_corpus(corpus: &[u32], opts: &FitOptions) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
     let seqs: Vec<&[u32]> = corpus.chunks_exact(opts.seq_len).collect();
     let n_hold = (opts.holdout_tokens / opts.seq_len).min(seqs.len() / 2);
-    let stride = if n_hold == 0 { usize::MAX } else { seqs.len() / n_hold };
+    let stride = seqs.len().checked_div(n_hold).unwrap_or(usize::MAX);
     let (mut hold, mut rest) = (Vec::new(), Vec::new());
     for (i, s) in seqs.into_iter().enumerate() {
         if hold.len() < n_hold && i % stride == stride - 1 {
@@ -97,7 +97,9 @@ pub fn split_corpus(corpus: &[u32], opts: &FitOptions) -> (Vec<Vec<u32>>, Vec<Ve
         }
     }
     let n_train = (opts.max_train_tokens / opts.seq_len).min(rest.len());
-    let train = (0..n_train).map(|k| rest[k * rest.len() / n_train].to_vec()).collect();
+    let train = (0..n_train)
+        .map(|k| rest[k * rest.len() / n_train].to_vec())
+        .collect();
     (train, hold)
 }
 
@@ -284,7 +286,7 @@ pub fn cholesky_solve(m: &mut [f64], n: usize, b: &mut [f64], cols: usize) -> Op
         for k in 0..j {
             diag -= m[j * n + k] * m[j * n + k];
         }
-        if !(diag > 0.0) {
+        if diag.is_nan() || diag <= 0.0 {
             return None;
         }
         let diag = diag.sqrt();
@@ -405,7 +407,10 @@ mod tests {
         };
         let (few, _) = split_corpus(&corpus, &capped);
         assert_eq!(few.len(), 20);
-        assert!(few[19][0] >= 900, "training sequences reach the end of the corpus");
+        assert!(
+            few[19][0] >= 900,
+            "training sequences reach the end of the corpus"
+        );
         assert_eq!(hold[0][0], 40, "the fifth sequence is the first held out");
         assert_eq!(hold[19][0], 990);
         for h in &hold {

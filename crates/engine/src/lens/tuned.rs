@@ -37,6 +37,7 @@ fn linear_kind() -> String {
     "linear_tuned_lens".into()
 }
 
+#[derive(Debug)]
 pub struct TunedLens {
     pub config: TunedLensConfig,
     /// `(W [d, d] in PyTorch's out × in layout, b [d])` per layer `0..L`.
@@ -214,7 +215,6 @@ fn read_translators(
         };
         out.push((w, b));
     }
-    drop(take);
     if let Some(extra) = tensors.keys().min() {
         return Err(EngineError::lens(
             path,

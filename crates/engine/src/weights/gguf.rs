@@ -29,6 +29,15 @@ pub struct GgufFile {
     content: Content,
 }
 
+impl std::fmt::Debug for GgufFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GgufFile")
+            .field("path", &self.path)
+            .field("tensors", &self.content.tensor_infos.len())
+            .finish()
+    }
+}
+
 /// Whether `path` starts with the GGUF magic bytes.
 pub fn is_gguf(path: &Path) -> bool {
     use std::io::Read;
@@ -98,7 +107,7 @@ impl GgufFile {
 
     fn byte_range(&self, name: &str, info: &TensorInfo) -> Result<(usize, usize)> {
         let block = info.ggml_dtype.block_size();
-        if info.shape.elem_count() % block != 0 {
+        if !info.shape.elem_count().is_multiple_of(block) {
             return Err(EngineError::format(
                 &self.path,
                 format!(
@@ -198,8 +207,7 @@ impl GgufFile {
         };
         let head_dim = match self.get(&k("attention.key_length")) {
             Some(_) => self.get_usize(&k("attention.key_length"))?,
-            None if n_heads > 0 => d_model / n_heads,
-            None => 0,
+            None => d_model.checked_div(n_heads).unwrap_or(0),
         };
         let embd = self
             .tensor_infos()

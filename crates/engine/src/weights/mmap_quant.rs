@@ -56,7 +56,7 @@ impl<T: GgmlType + 'static> QuantizedType for MappedBlocks<T> {
 
     fn embedding(&self, ids: &[u32], rows: usize, hidden: usize) -> CResult<CpuStorage> {
         let row_blocks = hidden / T::BLCK_SIZE;
-        if hidden % T::BLCK_SIZE != 0 || self.n_blocks != rows * row_blocks {
+        if !hidden.is_multiple_of(T::BLCK_SIZE) || self.n_blocks != rows * row_blocks {
             candle_core::bail!(
                 "embedding of {rows}x{hidden} does not fit {} blocks of {}",
                 self.n_blocks,
@@ -114,13 +114,13 @@ fn boxed<T: GgmlType + 'static>(
     len: usize,
 ) -> std::result::Result<Box<dyn QuantizedType>, String> {
     let size = std::mem::size_of::<T>();
-    if len % size != 0 {
+    if !len.is_multiple_of(size) {
         return Err(format!(
             "{len} bytes is not a whole number of {size}-byte blocks"
         ));
     }
     let align = std::mem::align_of::<T>();
-    if (map.as_ptr() as usize + offset) % align != 0 {
+    if !(map.as_ptr() as usize + offset).is_multiple_of(align) {
         return Err(format!(
             "data at offset {offset} is not {align}-byte aligned"
         ));

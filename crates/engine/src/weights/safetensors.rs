@@ -154,11 +154,11 @@ impl HfCheckpoint {
 
     pub fn config(&self) -> Result<ModelConfig> {
         let h = &self.hf;
-        let head_dim = h.head_dim.unwrap_or(if h.num_attention_heads > 0 {
-            h.hidden_size / h.num_attention_heads
-        } else {
-            0
-        });
+        let head_dim = h.head_dim.unwrap_or(
+            h.hidden_size
+                .checked_div(h.num_attention_heads)
+                .unwrap_or(0),
+        );
         let cfg = ModelConfig {
             architecture: "llama".into(),
             n_layers: h.num_hidden_layers,

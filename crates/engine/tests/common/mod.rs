@@ -101,23 +101,39 @@ pub fn write_tiny_gguf(
 ) {
     use candle_core::quantized::{GgmlDType, QTensor};
     use gguf_file::Value;
-    let w = candle_core::safetensors::load(testdata("tiny-llama/model.safetensors"), &Device::Cpu).unwrap();
+    let w = candle_core::safetensors::load(testdata("tiny-llama/model.safetensors"), &Device::Cpu)
+        .unwrap();
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
     let mut put = |name: String, t: Tensor| tensors.push((name, t));
-    put("token_embd.weight".into(), w["model.embed_tokens.weight"].clone());
+    put(
+        "token_embd.weight".into(),
+        w["model.embed_tokens.weight"].clone(),
+    );
     put("output.weight".into(), w["lm_head.weight"].clone());
     put("output_norm.weight".into(), w["model.norm.weight"].clone());
     for i in 0..3 {
         let hf = |s: &str| w[&format!("model.layers.{i}.{s}.weight")].clone();
-        put(format!("blk.{i}.attn_q.weight"), permute_for_interleaved_rope(&hf("self_attn.q_proj"), 4));
-        put(format!("blk.{i}.attn_k.weight"), permute_for_interleaved_rope(&hf("self_attn.k_proj"), 2));
+        put(
+            format!("blk.{i}.attn_q.weight"),
+            permute_for_interleaved_rope(&hf("self_attn.q_proj"), 4),
+        );
+        put(
+            format!("blk.{i}.attn_k.weight"),
+            permute_for_interleaved_rope(&hf("self_attn.k_proj"), 2),
+        );
         put(format!("blk.{i}.attn_v.weight"), hf("self_attn.v_proj"));
-        put(format!("blk.{i}.attn_output.weight"), hf("self_attn.o_proj"));
+        put(
+            format!("blk.{i}.attn_output.weight"),
+            hf("self_attn.o_proj"),
+        );
         put(format!("blk.{i}.ffn_gate.weight"), hf("mlp.gate_proj"));
         put(format!("blk.{i}.ffn_up.weight"), hf("mlp.up_proj"));
         put(format!("blk.{i}.ffn_down.weight"), hf("mlp.down_proj"));
         put(format!("blk.{i}.attn_norm.weight"), hf("input_layernorm"));
-        put(format!("blk.{i}.ffn_norm.weight"), hf("post_attention_layernorm"));
+        put(
+            format!("blk.{i}.ffn_norm.weight"),
+            hf("post_attention_layernorm"),
+        );
     }
     let mut meta: Vec<(String, Value)> = vec![
         ("general.architecture".into(), Value::String("llama".into())),
@@ -126,7 +142,10 @@ pub fn write_tiny_gguf(
         ("llama.feed_forward_length".into(), Value::U32(128)),
         ("llama.attention.head_count".into(), Value::U32(4)),
         ("llama.attention.head_count_kv".into(), Value::U32(2)),
-        ("llama.attention.layer_norm_rms_epsilon".into(), Value::F32(1e-5)),
+        (
+            "llama.attention.layer_norm_rms_epsilon".into(),
+            Value::F32(1e-5),
+        ),
         ("llama.rope.freq_base".into(), Value::F32(10_000.0)),
         ("llama.context_length".into(), Value::U32(128)),
     ];
