@@ -63,6 +63,7 @@ enum Command {
     Inspect {
         /// A GGUF file or a Hugging Face checkpoint folder.
         path: PathBuf,
+        /// Output: a readable table, or one JSON document.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -76,6 +77,7 @@ enum Command {
         /// Recognise special tokens such as <|im_start|> written in the text.
         #[arg(long)]
         special: bool,
+        /// Output: a readable table, or one JSON document.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -107,6 +109,7 @@ enum Command {
         /// Compute dtype of the base.
         #[arg(long, value_enum, default_value_t = Dtype::Stored)]
         dtype: Dtype,
+        /// Output: a readable table, or one JSON document.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -140,6 +143,7 @@ enum Command {
         /// Compute dtype of the base.
         #[arg(long, value_enum, default_value_t = Dtype::F32)]
         dtype: Dtype,
+        /// Output: a readable table, or one JSON document.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -168,6 +172,7 @@ enum Command {
         /// Compute dtype of the base.
         #[arg(long, value_enum, default_value_t = Dtype::F32)]
         dtype: Dtype,
+        /// Output: a readable table, or one JSON document.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -188,6 +193,7 @@ enum Command {
         /// Repetitions; the best is reported.
         #[arg(long, default_value_t = 3)]
         reps: usize,
+        /// Output: a readable table, or one JSON document.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
