@@ -41,18 +41,7 @@ impl Base {
         let g = GgufFile::open(path)?;
         let cfg = g.config()?;
         let tokenizer = Tokenizer::from_gguf(&g)?;
-        let chat = match g.get_str("tokenizer.chat_template") {
-            Ok(src) => {
-                let name =
-                    |id: Option<u32>| id.map(|i| tokenizer.token_text(i)).unwrap_or_default();
-                Some(ChatTemplate::new(
-                    src,
-                    name(tokenizer.bos_id),
-                    name(tokenizer.eos_id),
-                )?)
-            }
-            Err(_) => None,
-        };
+        let chat = chat_template(g.get_str("tokenizer.chat_template").ok(), &tokenizer)?;
         let w = g.load_weights(&cfg, options.compute)?;
         check_vocab(path, &cfg, &tokenizer)?;
         Ok(Base {
@@ -76,22 +65,11 @@ impl Base {
             .and_then(|v| v.as_bool())
             .unwrap_or(false);
         let tokenizer = Tokenizer::from_json_file(&dir.join("tokenizer.json"), bos, eos, add_bos)?;
-        let chat = match tok_cfg
+        let src = tok_cfg
             .as_ref()
             .and_then(|c| c.get("chat_template"))
-            .and_then(|v| v.as_str())
-        {
-            Some(src) => {
-                let name =
-                    |id: Option<u32>| id.map(|i| tokenizer.token_text(i)).unwrap_or_default();
-                Some(ChatTemplate::new(
-                    src,
-                    name(tokenizer.bos_id),
-                    name(tokenizer.eos_id),
-                )?)
-            }
-            None => None,
-        };
+            .and_then(|v| v.as_str());
+        let chat = chat_template(src, &tokenizer)?;
         let w = ck.load_weights(&cfg, options.compute)?;
         check_vocab(dir, &cfg, &tokenizer)?;
         Ok(Base {
@@ -118,6 +96,13 @@ impl Base {
         })?;
         chat.render(&[crate::chat::Message::user(user)], true)
     }
+}
+
+/// The chat template from `src`, given the tokenizer's BOS and EOS texts.
+fn chat_template(src: Option<&str>, tokenizer: &Tokenizer) -> Result<Option<ChatTemplate>> {
+    let text = |id: Option<u32>| id.map(|i| tokenizer.token_text(i)).unwrap_or_default();
+    src.map(|s| ChatTemplate::new(s, text(tokenizer.bos_id), text(tokenizer.eos_id)))
+        .transpose()
 }
 
 fn read_tokenizer_config(dir: &Path) -> Result<Option<serde_json::Value>> {

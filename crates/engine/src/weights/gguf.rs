@@ -8,13 +8,10 @@ use std::sync::Arc;
 
 use candle_core::quantized::gguf_file::{Content, TensorInfo, Value};
 use candle_core::quantized::GgmlDType;
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use memmap2::Mmap;
 
-use super::{
-    check_shape, mmap_quant, BlockWeights, ComputeDtype, Embedding, Linear, ModelWeights, Role,
-    WeightBytes,
-};
+use super::{check_shape, mmap_quant, ComputeDtype, Linear, ModelWeights, Role, TensorSource};
 use crate::config::{ModelConfig, RopeStyle};
 use crate::error::{EngineError, Result};
 
@@ -265,7 +262,32 @@ impl GgufFile {
             .ok_or_else(|| EngineError::format(&self.path, format!("tensor `{name}` is missing")))
     }
 
-    fn load_linear(
+    /// Builds the model's weights. With `Stored`, quantized matrices are views into the map.
+    pub fn load_weights(&self, cfg: &ModelConfig, compute: ComputeDtype) -> Result<ModelWeights> {
+        super::assemble(self, cfg, compute)
+    }
+}
+
+impl TensorSource for GgufFile {
+    fn name(&self, role: Role, layer: usize) -> String {
+        let block = |s: &str| format!("blk.{layer}.{s}.weight");
+        match role {
+            Role::Embed => "token_embd.weight".into(),
+            Role::Head => "output.weight".into(),
+            Role::FinalNorm => "output_norm.weight".into(),
+            Role::AttnNorm => block("attn_norm"),
+            Role::FfnNorm => block("ffn_norm"),
+            Role::Q => block("attn_q"),
+            Role::K => block("attn_k"),
+            Role::V => block("attn_v"),
+            Role::O => block("attn_output"),
+            Role::Gate => block("ffn_gate"),
+            Role::Up => block("ffn_up"),
+            Role::Down => block("ffn_down"),
+        }
+    }
+
+    fn load(
         &self,
         name: &str,
         role: Role,
@@ -273,7 +295,7 @@ impl GgufFile {
         compute: ComputeDtype,
     ) -> Result<Linear> {
         let info = self.info(name)?;
-        check_shape(&self.path, name, &role, cfg, info.shape.dims())?;
+        check_shape(&self.path, name, role, cfg, info.shape.dims())?;
         let (offset, len) = self.byte_range(name, info)?;
         let q = mmap_quant::view(&self.map, offset, len, info.ggml_dtype, info.shape.dims())
             .map_err(|m| EngineError::format(&self.path, format!("tensor `{name}`: {m}")))?;
@@ -289,56 +311,7 @@ impl GgufFile {
         }
     }
 
-    fn load_norm(&self, name: &str, cfg: &ModelConfig) -> Result<Tensor> {
-        match self.load_linear(name, Role::Norm, cfg, ComputeDtype::F32)? {
-            Linear::Dense(t) => Ok(t),
-            Linear::Quant(_) => unreachable!("F32 compute always yields dense tensors"),
-        }
-    }
-
-    /// Builds the model's weights. With `Stored`, quantized matrices are views into the map.
-    pub fn load_weights(&self, cfg: &ModelConfig, compute: ComputeDtype) -> Result<ModelWeights> {
-        let embed = self.load_linear("token_embd.weight", Role::Embed, cfg, compute)?;
-        let mut blocks = Vec::with_capacity(cfg.n_layers);
-        for i in 0..cfg.n_layers {
-            let n = |s: &str| format!("blk.{i}.{s}.weight");
-            blocks.push(BlockWeights {
-                attn_norm: self.load_norm(&n("attn_norm"), cfg)?,
-                wq: self.load_linear(&n("attn_q"), Role::Q, cfg, compute)?,
-                wk: self.load_linear(&n("attn_k"), Role::K, cfg, compute)?,
-                wv: self.load_linear(&n("attn_v"), Role::V, cfg, compute)?,
-                wo: self.load_linear(&n("attn_output"), Role::O, cfg, compute)?,
-                ffn_norm: self.load_norm(&n("ffn_norm"), cfg)?,
-                w_gate: self.load_linear(&n("ffn_gate"), Role::Gate, cfg, compute)?,
-                w_up: self.load_linear(&n("ffn_up"), Role::Up, cfg, compute)?,
-                w_down: self.load_linear(&n("ffn_down"), Role::Down, cfg, compute)?,
-            });
-        }
-        let final_norm = self.load_norm("output_norm.weight", cfg)?;
-        let head = if cfg.tied_embeddings {
-            embed.clone()
-        } else {
-            self.load_linear("output.weight", Role::Head, cfg, compute)?
-        };
-        let mut bytes = WeightBytes::default();
-        let mut count = |l: &Linear| bytes += l.bytes(true);
-        count(&embed);
-        if !cfg.tied_embeddings {
-            count(&head);
-        }
-        for b in &blocks {
-            for l in [&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_up, &b.w_down] {
-                count(l);
-            }
-        }
-        let norms = (2 * cfg.n_layers + 1) * cfg.d_model * 4;
-        bytes.owned += norms as u64;
-        Ok(ModelWeights {
-            embed: Embedding(embed),
-            blocks,
-            final_norm,
-            head,
-            bytes,
-        })
+    fn mapped(&self) -> bool {
+        true
     }
 }

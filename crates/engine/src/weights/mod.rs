@@ -156,11 +156,14 @@ pub struct ModelWeights {
     pub bytes: WeightBytes,
 }
 
-/// Names a tensor by its role so that both loaders share one shape check.
+/// What a tensor is for; each file format names the roles its own way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Role {
     Embed,
     Head,
-    Norm,
+    FinalNorm,
+    AttnNorm,
+    FfnNorm,
     Q,
     K,
     V,
@@ -174,7 +177,7 @@ impl Role {
     pub(crate) fn expected(&self, c: &ModelConfig) -> Vec<usize> {
         match self {
             Role::Embed | Role::Head => vec![c.vocab_size, c.d_model],
-            Role::Norm => vec![c.d_model],
+            Role::FinalNorm | Role::AttnNorm | Role::FfnNorm => vec![c.d_model],
             Role::Q => vec![c.q_width(), c.d_model],
             Role::K | Role::V => vec![c.kv_width(), c.d_model],
             Role::O => vec![c.d_model, c.q_width()],
@@ -187,7 +190,7 @@ impl Role {
 pub(crate) fn check_shape(
     path: &Path,
     name: &str,
-    role: &Role,
+    role: Role,
     cfg: &ModelConfig,
     got: &[usize],
 ) -> Result<()> {
@@ -201,4 +204,74 @@ pub(crate) fn check_shape(
         });
     }
     Ok(())
+}
+
+/// A file format's view of a llama checkpoint: how it names each tensor and how it loads one.
+pub(crate) trait TensorSource {
+    /// The tensor's name for `role`; `layer` matters for the per-block roles only.
+    fn name(&self, role: Role, layer: usize) -> String;
+    /// Loads `name`, checked against `role`'s shape, ready to compute in `compute`.
+    fn load(
+        &self,
+        name: &str,
+        role: Role,
+        cfg: &ModelConfig,
+        compute: ComputeDtype,
+    ) -> Result<Linear>;
+    /// Whether quantized tensors stay in a shared file mapping (not owned memory).
+    fn mapped(&self) -> bool;
+}
+
+/// Loads every tensor of a llama checkpoint from `src` and counts the bytes it holds.
+pub(crate) fn assemble(
+    src: &dyn TensorSource,
+    cfg: &ModelConfig,
+    compute: ComputeDtype,
+) -> Result<ModelWeights> {
+    let matrix = |role: Role, layer: usize| src.load(&src.name(role, layer), role, cfg, compute);
+    // Norm gains are tiny and always kept in f32.
+    let norm = |role: Role, layer: usize| -> Result<Tensor> {
+        Ok(src
+            .load(&src.name(role, layer), role, cfg, ComputeDtype::F32)?
+            .to_f32()?)
+    };
+    let embed = matrix(Role::Embed, 0)?;
+    let mut blocks = Vec::with_capacity(cfg.n_layers);
+    for i in 0..cfg.n_layers {
+        blocks.push(BlockWeights {
+            attn_norm: norm(Role::AttnNorm, i)?,
+            wq: matrix(Role::Q, i)?,
+            wk: matrix(Role::K, i)?,
+            wv: matrix(Role::V, i)?,
+            wo: matrix(Role::O, i)?,
+            ffn_norm: norm(Role::FfnNorm, i)?,
+            w_gate: matrix(Role::Gate, i)?,
+            w_up: matrix(Role::Up, i)?,
+            w_down: matrix(Role::Down, i)?,
+        });
+    }
+    let final_norm = norm(Role::FinalNorm, 0)?;
+    let head = if cfg.tied_embeddings {
+        embed.clone()
+    } else {
+        matrix(Role::Head, 0)?
+    };
+    let mut bytes = WeightBytes::default();
+    bytes += embed.bytes(src.mapped());
+    if !cfg.tied_embeddings {
+        bytes += head.bytes(src.mapped());
+    }
+    for b in &blocks {
+        for l in [&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_up, &b.w_down] {
+            bytes += l.bytes(src.mapped());
+        }
+    }
+    bytes.owned += ((2 * cfg.n_layers + 1) * cfg.d_model * 4) as u64;
+    Ok(ModelWeights {
+        embed: Embedding(embed),
+        blocks,
+        final_norm,
+        head,
+        bytes,
+    })
 }

@@ -8,9 +8,7 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device};
 use serde::Deserialize;
 
-use super::{
-    check_shape, BlockWeights, ComputeDtype, Embedding, Linear, ModelWeights, Role, WeightBytes,
-};
+use super::{check_shape, ComputeDtype, Linear, ModelWeights, Role, TensorSource};
 use crate::config::{ModelConfig, RopeStyle};
 use crate::error::{EngineError, Result};
 
@@ -205,6 +203,30 @@ impl HfCheckpoint {
         v
     }
 
+    pub fn load_weights(&self, cfg: &ModelConfig, compute: ComputeDtype) -> Result<ModelWeights> {
+        super::assemble(self, cfg, compute)
+    }
+}
+
+impl TensorSource for HfCheckpoint {
+    fn name(&self, role: Role, layer: usize) -> String {
+        let block = |s: &str| format!("model.layers.{layer}.{s}.weight");
+        match role {
+            Role::Embed => "model.embed_tokens.weight".into(),
+            Role::Head => "lm_head.weight".into(),
+            Role::FinalNorm => "model.norm.weight".into(),
+            Role::AttnNorm => block("input_layernorm"),
+            Role::FfnNorm => block("post_attention_layernorm"),
+            Role::Q => block("self_attn.q_proj"),
+            Role::K => block("self_attn.k_proj"),
+            Role::V => block("self_attn.v_proj"),
+            Role::O => block("self_attn.o_proj"),
+            Role::Gate => block("mlp.gate_proj"),
+            Role::Up => block("mlp.up_proj"),
+            Role::Down => block("mlp.down_proj"),
+        }
+    }
+
     fn load(
         &self,
         name: &str,
@@ -218,7 +240,7 @@ impl HfCheckpoint {
                 format!("tensor `{name}` is missing from the checkpoint"),
             )
         })?;
-        check_shape(&self.dir, name, &role, cfg, view.shape())?;
+        check_shape(&self.dir, name, role, cfg, view.shape())?;
         let t = self
             .tensors
             .load(name, &Device::Cpu)
@@ -237,54 +259,8 @@ impl HfCheckpoint {
         Ok(Linear::Dense(t))
     }
 
-    fn norm(&self, name: &str, cfg: &ModelConfig) -> Result<candle_core::Tensor> {
-        match self.load(name, Role::Norm, cfg, ComputeDtype::F32)? {
-            Linear::Dense(t) => Ok(t),
-            Linear::Quant(_) => unreachable!("safetensors tensors are dense"),
-        }
-    }
-
-    pub fn load_weights(&self, cfg: &ModelConfig, compute: ComputeDtype) -> Result<ModelWeights> {
-        let embed = self.load("model.embed_tokens.weight", Role::Embed, cfg, compute)?;
-        let mut blocks = Vec::with_capacity(cfg.n_layers);
-        for i in 0..cfg.n_layers {
-            let n = |s: &str| format!("model.layers.{i}.{s}.weight");
-            blocks.push(BlockWeights {
-                attn_norm: self.norm(&n("input_layernorm"), cfg)?,
-                wq: self.load(&n("self_attn.q_proj"), Role::Q, cfg, compute)?,
-                wk: self.load(&n("self_attn.k_proj"), Role::K, cfg, compute)?,
-                wv: self.load(&n("self_attn.v_proj"), Role::V, cfg, compute)?,
-                wo: self.load(&n("self_attn.o_proj"), Role::O, cfg, compute)?,
-                ffn_norm: self.norm(&n("post_attention_layernorm"), cfg)?,
-                w_gate: self.load(&n("mlp.gate_proj"), Role::Gate, cfg, compute)?,
-                w_up: self.load(&n("mlp.up_proj"), Role::Up, cfg, compute)?,
-                w_down: self.load(&n("mlp.down_proj"), Role::Down, cfg, compute)?,
-            });
-        }
-        let final_norm = self.norm("model.norm.weight", cfg)?;
-        let head = if cfg.tied_embeddings {
-            embed.clone()
-        } else {
-            self.load("lm_head.weight", Role::Head, cfg, compute)?
-        };
-        let mut bytes = WeightBytes::default();
-        bytes += embed.bytes(false);
-        if !cfg.tied_embeddings {
-            bytes += head.bytes(false);
-        }
-        for b in &blocks {
-            for l in [&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_up, &b.w_down] {
-                bytes += l.bytes(false);
-            }
-        }
-        bytes.owned += ((2 * cfg.n_layers + 1) * cfg.d_model * 4) as u64;
-        Ok(ModelWeights {
-            embed: Embedding(embed),
-            blocks,
-            final_norm,
-            head,
-            bytes,
-        })
+    fn mapped(&self) -> bool {
+        false
     }
 }
 
