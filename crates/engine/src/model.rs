@@ -6,7 +6,7 @@
 //! block `i` (0 = token embeddings) and layer `L` is the last block's output before the final
 //! norm, the numbering of the tuned-lens package.
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{Device, Tensor};
 use candle_nn::ops::{rms_norm, silu, softmax_last_dim};
 use candle_nn::rotary_emb::{rope, rope_i};
 
@@ -319,13 +319,4 @@ fn causal_mask(group: usize, t: usize, past: usize, tk: usize) -> candle_core::R
         }
     }
     Tensor::from_vec(m, (group * t, tk), &Device::Cpu)
-}
-
-/// Log-softmax over the last dimension in f32.
-pub fn log_softmax(x: &Tensor) -> candle_core::Result<Tensor> {
-    let x = x.to_dtype(DType::F32)?;
-    let max = x.max_keepdim(D::Minus1)?;
-    let shifted = x.broadcast_sub(&max)?;
-    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    shifted.broadcast_sub(&lse)
 }

@@ -42,7 +42,6 @@ pub struct Tokenizer {
     pub add_bos: bool,
     /// Ids that end generation: the end-of-sequence token and end-of-turn markers.
     pub stop_ids: Vec<u32>,
-    special_ids: Vec<u32>,
 }
 
 fn tok_err(e: impl std::fmt::Display) -> EngineError {
@@ -217,7 +216,6 @@ impl Tokenizer {
             eos_id: eos_ids.first().copied(),
             add_bos,
             stop_ids,
-            special_ids,
         }
     }
 
@@ -253,9 +251,5 @@ impl Tokenizer {
 
     pub fn vocab_size(&self) -> usize {
         self.special.get_vocab_size(true)
-    }
-
-    pub fn is_special(&self, id: u32) -> bool {
-        self.special_ids.contains(&id)
     }
 }

@@ -172,10 +172,6 @@ impl TunedLens {
             })
             .sum()
     }
-
-    pub fn translator(&self, layer: usize) -> Option<(&Tensor, Option<&Tensor>)> {
-        self.translators.get(layer).map(|(w, b)| (w, b.as_ref()))
-    }
 }
 
 fn read_translators(
