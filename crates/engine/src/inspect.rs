@@ -10,6 +10,7 @@ use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::weights::gguf::{self, GgufFile};
 use crate::weights::safetensors::HfCheckpoint;
+use crate::weights::ComputeDtype;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct KindSize {
@@ -64,6 +65,70 @@ struct Entry {
     bytes: u64,
 }
 
+/// Bytes of a base's weights once loaded, in each compute dtype.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Resident {
+    pub stored: u64,
+    pub f32: u64,
+}
+
+impl Resident {
+    pub fn of(&self, dtype: ComputeDtype) -> u64 {
+        match dtype {
+            ComputeDtype::Stored => self.stored,
+            ComputeDtype::F32 => self.f32,
+        }
+    }
+}
+
+/// The resident bytes of a GGUF file's weights, from its tensor table.
+pub fn gguf_resident(g: &GgufFile) -> Resident {
+    resident(&gguf_entries(g))
+}
+
+/// The resident bytes of a Hugging Face checkpoint's weights, from its safetensors headers.
+pub fn hf_resident(ck: &HfCheckpoint) -> Resident {
+    resident(&hf_entries(ck))
+}
+
+fn resident(entries: &[Entry]) -> Resident {
+    let mut r = Resident { stored: 0, f32: 0 };
+    for e in entries {
+        // Norms are always held as f32; matrices keep their stored bytes or widen to f32.
+        r.stored += if tensor_kind(&e.name) == "norm" {
+            e.elements * 4
+        } else {
+            e.bytes
+        };
+        r.f32 += e.elements * 4;
+    }
+    r
+}
+
+fn gguf_entries(g: &GgufFile) -> Vec<Entry> {
+    g.tensor_infos()
+        .iter()
+        .map(|(name, info)| Entry {
+            name: name.clone(),
+            dtype: format!("{:?}", info.ggml_dtype),
+            elements: info.shape.elem_count() as u64,
+            bytes: GgufFile::tensor_bytes(info),
+        })
+        .collect()
+}
+
+fn hf_entries(ck: &HfCheckpoint) -> Vec<Entry> {
+    ck.tensor_table()
+        .into_iter()
+        .map(|(name, dtype, shape, bytes)| Entry {
+            name,
+            dtype,
+            elements: shape.iter().product::<usize>() as u64,
+            bytes,
+        })
+        .collect()
+}
+
 pub fn inspect(path: &Path) -> Result<InspectReport> {
     let meta = std::fs::metadata(path).map_err(|e| EngineError::io(path, e))?;
     if meta.is_dir() {
@@ -80,16 +145,7 @@ pub fn inspect(path: &Path) -> Result<InspectReport> {
 
 fn inspect_gguf(path: &Path, file_bytes: u64) -> Result<InspectReport> {
     let g = GgufFile::open(path)?;
-    let entries: Vec<Entry> = g
-        .tensor_infos()
-        .iter()
-        .map(|(name, info)| Entry {
-            name: name.clone(),
-            dtype: format!("{:?}", info.ggml_dtype),
-            elements: info.shape.elem_count() as u64,
-            bytes: GgufFile::tensor_bytes(info),
-        })
-        .collect();
+    let entries = gguf_entries(&g);
     let architecture = g.architecture().unwrap_or("unknown").to_string();
     let (config, unsupported) = match g.config() {
         Ok(c) => (Some(c), None),
@@ -120,16 +176,7 @@ fn inspect_hf(dir: &Path) -> Result<InspectReport> {
         .iter()
         .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
         .sum();
-    let entries = ck
-        .tensor_table()
-        .into_iter()
-        .map(|(name, dtype, shape, bytes)| Entry {
-            name,
-            dtype,
-            elements: shape.iter().product::<usize>() as u64,
-            bytes,
-        })
-        .collect();
+    let entries = hf_entries(&ck);
     let (config, unsupported) = match ck.config() {
         Ok(c) => (Some(c), None),
         Err(e) => (None, Some(e.to_string())),
@@ -167,8 +214,7 @@ fn report(
     chat_template: bool,
 ) -> InspectReport {
     let mut kinds: BTreeMap<&'static str, KindSize> = BTreeMap::new();
-    let mut resident_stored = 0;
-    let mut resident_f32 = 0;
+    let resident = resident(&entries);
     for e in &entries {
         let kind = tensor_kind(&e.name);
         let k = kinds.entry(kind).or_insert_with(|| KindSize {
@@ -182,13 +228,6 @@ fn report(
         k.bytes += e.bytes;
         k.elements += e.elements;
         *k.dtypes.entry(e.dtype.clone()).or_default() += 1;
-        // Norms are always held as f32; matrices keep their stored bytes or widen to f32.
-        resident_stored += if kind == "norm" {
-            e.elements * 4
-        } else {
-            e.bytes
-        };
-        resident_f32 += e.elements * 4;
     }
     let order = ["embedding", "attention", "mlp", "norm", "head", "other"];
     let mut kinds: Vec<KindSize> = kinds.into_values().collect();
@@ -203,8 +242,8 @@ fn report(
         tensor_count: entries.len(),
         tensor_bytes: entries.iter().map(|e| e.bytes).sum(),
         kinds,
-        resident_stored,
-        resident_f32,
+        resident_stored: resident.stored,
+        resident_f32: resident.f32,
         tokenizer,
         chat_template,
     }

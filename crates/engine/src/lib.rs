@@ -10,6 +10,7 @@ pub mod generate;
 pub mod inspect;
 pub mod lens;
 pub mod model;
+pub mod probe;
 pub mod tokenizer;
 pub mod weights;
 

@@ -5,12 +5,15 @@ use std::ops::ControlFlow;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use lensd_core::LayerSpec;
+use lensd_core::config::{self, Budgets, Config, Resolved, Settings};
+use lensd_core::{ByteSize, LayerSpec};
 use lensd_engine::generate::{generate, SamplingParams, TextStream};
 use lensd_engine::lens::analyze::{analyze, AnalyzeOptions};
 use lensd_engine::lens::fit::{fit_tuned_lens, FitOptions, FitStage};
 use lensd_engine::lens::Lens;
+use lensd_engine::probe::{machine_memory, FileProbe};
 use lensd_engine::{Base, LoadOptions};
+use serde::Serialize;
 use serde_json::json;
 
 use crate::render;
@@ -180,6 +183,7 @@ pub fn run(cmd: Command) -> Result<()> {
                 }
             }
         }
+        Command::CheckConfig { file, format } => check_config(&file, format),
         Command::Bench {
             model,
             prompt_tokens,
@@ -261,5 +265,188 @@ pub fn run(cmd: Command) -> Result<()> {
                 }
             }
         }
+    }
+}
+
+/// `check-config`: parse, then (when the document itself is sound) check the files it names.
+fn check_config(file: &Path, format: Format) -> Result<()> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the config file {}", file.display()))?;
+    let (config, mut report) = config::parse(&text);
+    let summary = match config {
+        Some(mut config) => {
+            let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
+            config.resolve_paths(dir.unwrap_or(Path::new(".")));
+            let budgets = budgets(&config.settings)?;
+            let (checked, resolved) = config::check(&config, &FileProbe::new(), budgets);
+            report.extend(checked);
+            Some(ConfigSummary::new(&config, &resolved, budgets))
+        }
+        None => None,
+    };
+    let errors = report.errors().count();
+    let warnings = report.issues.len() - errors;
+    match format {
+        Format::Json => {
+            let mut v = json!({ "issues": report.issues, "errors": errors, "warnings": warnings });
+            if let Some(s) = &summary {
+                if let (Some(out), serde_json::Value::Object(fields)) =
+                    (v.as_object_mut(), serde_json::to_value(s)?)
+                {
+                    out.extend(fields);
+                }
+            }
+            print_json(&v)?;
+        }
+        Format::Table => {
+            print!("{report}");
+            if let Some(s) = &summary {
+                if !report.issues.is_empty() {
+                    println!();
+                }
+                print!("{s}");
+            }
+            println!(
+                "{errors} error{}, {warnings} warning{}",
+                plural(errors),
+                plural(warnings)
+            );
+        }
+    }
+    if errors > 0 {
+        bail!("{} has {errors} error{}", file.display(), plural(errors));
+    }
+    Ok(())
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+/// The configured budgets; the machine's memory is read only when one of them is unset.
+fn budgets(settings: &Settings) -> Result<Budgets> {
+    let memory = if settings.device_budget.is_some() && settings.host_budget.is_some() {
+        0
+    } else {
+        machine_memory().context(
+            "cannot read this machine's memory size for the default budgets: set \
+             settings.device_budget and settings.host_budget",
+        )?
+    };
+    Ok(Budgets::resolve(settings, memory))
+}
+
+#[derive(Serialize)]
+struct ConfigSummary {
+    groups: usize,
+    models: usize,
+    /// Distinct bases by content: groups naming the same weights share one entry.
+    bases: Vec<BaseSummary>,
+    /// Distinct lens files by content.
+    lenses: Vec<LensSummary>,
+    budgets: Budgets,
+}
+
+#[derive(Serialize)]
+struct BaseSummary {
+    content_id: String,
+    path: String,
+    n_layers: usize,
+    d_model: usize,
+    resident_bytes: u64,
+    groups: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct LensSummary {
+    content_id: String,
+    kind: &'static str,
+    path: String,
+    bytes: u64,
+    models: Vec<String>,
+}
+
+impl ConfigSummary {
+    fn new(config: &Config, resolved: &Resolved, budgets: Budgets) -> Self {
+        let mut bases: Vec<BaseSummary> = Vec::new();
+        let mut lenses: Vec<LensSummary> = Vec::new();
+        for g in &config.groups {
+            if let Some(b) = resolved.bases.get(&g.id) {
+                match bases.iter_mut().find(|s| s.content_id == b.content_id) {
+                    Some(s) => s.groups.push(g.id.clone()),
+                    None => bases.push(BaseSummary {
+                        content_id: b.content_id.clone(),
+                        path: g.base_path.display().to_string(),
+                        n_layers: b.n_layers,
+                        d_model: b.d_model,
+                        resident_bytes: b.resident_bytes,
+                        groups: vec![g.id.clone()],
+                    }),
+                }
+            }
+            for m in &g.models {
+                let (Some(l), Some(path)) = (resolved.lenses.get(&m.id), &m.lens_path) else {
+                    continue;
+                };
+                match lenses.iter_mut().find(|s| s.content_id == l.content_id) {
+                    Some(s) => s.models.push(m.id.clone()),
+                    None => lenses.push(LensSummary {
+                        content_id: l.content_id.clone(),
+                        kind: m.lens.as_str(),
+                        path: path.display().to_string(),
+                        bytes: l.bytes,
+                        models: vec![m.id.clone()],
+                    }),
+                }
+            }
+        }
+        ConfigSummary {
+            groups: config.groups.len(),
+            models: config.groups.iter().map(|g| g.models.len()).sum(),
+            bases,
+            lenses,
+            budgets,
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{} groups, {} models", self.groups, self.models)?;
+        writeln!(f, "bases ({} distinct):", self.bases.len())?;
+        for b in &self.bases {
+            writeln!(
+                f,
+                "  {:<30}  {:>10}  {} layers, d_model {}  {}  (groups {})",
+                b.content_id,
+                ByteSize(b.resident_bytes).to_string(),
+                b.n_layers,
+                b.d_model,
+                b.path,
+                b.groups.join(", ")
+            )?;
+        }
+        writeln!(f, "lens files ({} distinct):", self.lenses.len())?;
+        for l in &self.lenses {
+            writeln!(
+                f,
+                "  {}  {:>10}  {}  {}  (models {})",
+                l.content_id,
+                ByteSize(l.bytes).to_string(),
+                l.kind,
+                l.path,
+                l.models.join(", ")
+            )?;
+        }
+        writeln!(
+            f,
+            "budgets: device {}, host {}",
+            ByteSize(self.budgets.device),
+            ByteSize(self.budgets.host)
+        )
     }
 }

@@ -1,5 +1,5 @@
-//! The `lensd` command line: inspect weights, tokenize, generate, analyze text with lenses and
-//! fit tuned lenses, on the demo model by default.
+//! The `lensd` command line: inspect weights, tokenize, generate, analyze text with lenses, fit
+//! tuned lenses and check a model-groups file, on the demo model by default.
 
 mod bench;
 mod commands;
@@ -172,6 +172,18 @@ enum Command {
         /// Compute dtype of the base.
         #[arg(long, value_enum, default_value_t = Dtype::F32)]
         dtype: Dtype,
+        /// Output: a readable table, or one JSON document.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Check a model_groups.json file (the original site's format plus lensd's additions):
+    /// every key, then every base and lens file it names, against each other and against the
+    /// memory budgets. Lists every problem with its JSON path; exits non-zero on errors.
+    CheckConfig {
+        /// The configuration file. Relative paths inside it are read from the file's own
+        /// folder, wherever lensd is started. Budgets left unset default to half (device) and
+        /// a quarter (host) of this machine's memory.
+        file: PathBuf,
         /// Output: a readable table, or one JSON document.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,

@@ -68,7 +68,8 @@ impl TunedLens {
         }
     }
 
-    pub fn load(dir: &Path, cfg: &ModelConfig) -> Result<Self> {
+    /// Reads and checks a lens folder's `config.json`.
+    pub fn read_config(dir: &Path) -> Result<TunedLensConfig> {
         if !dir.is_dir() {
             return Err(EngineError::format(
                 dir,
@@ -89,6 +90,13 @@ impl TunedLens {
                 ),
             ));
         }
+        Ok(config)
+    }
+
+    /// Loads a lens for a base of shape `cfg`, refusing one made for another shape.
+    pub fn load(dir: &Path, cfg: &ModelConfig) -> Result<Self> {
+        let config = Self::read_config(dir)?;
+        let cfg_path = dir.join("config.json");
         if config.d_model != cfg.d_model {
             return Err(EngineError::lens(
                 &cfg_path,
@@ -107,6 +115,16 @@ impl TunedLens {
                 ),
             ));
         }
+        Self::open_with(dir, config)
+    }
+
+    /// Loads a lens whose fit to its base was checked elsewhere (by the config check).
+    pub fn open(dir: &Path) -> Result<Self> {
+        let config = Self::read_config(dir)?;
+        Self::open_with(dir, config)
+    }
+
+    fn open_with(dir: &Path, config: TunedLensConfig) -> Result<Self> {
         let st = dir.join("params.safetensors");
         let pt = dir.join("params.pt");
         let (params_path, tensors) = if st.is_file() {

@@ -15,31 +15,7 @@ use serde::Serialize;
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 
-/// The dtype the base's matrices compute in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum ComputeDtype {
-    /// Keep what the file stores: quantized GGUF blocks stay quantized (and memory-mapped),
-    /// f16/bf16 safetensors stay in half precision. Smallest; best for decoding.
-    #[default]
-    Stored,
-    /// Dequantize / upcast every matrix to f32 at load. About 4-6x the memory of a 4-bit file,
-    /// but the fastest prefill on CPU, which is what lens analysis spends its time on.
-    F32,
-}
-
-impl std::str::FromStr for ComputeDtype {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "stored" => Ok(ComputeDtype::Stored),
-            "f32" => Ok(ComputeDtype::F32),
-            other => Err(format!(
-                "unknown compute dtype `{other}`: expected `stored` or `f32`"
-            )),
-        }
-    }
-}
+pub use lensd_core::ComputeDtype;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LoadOptions {

@@ -1,0 +1,56 @@
+//! The narrow interface through which the scheduler drives a compute engine, so that the
+//! scheduler and the server are tested against a fake and never link the tensor library.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::registry::{BaseSpec, LensSpec, ResourceKey};
+use crate::residency::Tier;
+
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Called with (bytes done, bytes total) while a resource loads.
+pub type Progress = Box<dyn FnMut(u64, u64) + Send>;
+
+/// What to load.
+#[derive(Debug, Clone)]
+pub enum Source {
+    Base(BaseSpec),
+    Lens(LensSpec),
+}
+
+/// Why the engine could not do what it was asked; the message names the file and the cause.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct EngineFailure(pub String);
+
+pub trait Engine: Send + Sync + 'static {
+    /// True when the device and host tiers are one memory (computing on CPU): moving between
+    /// them is then bookkeeping only, and [`Engine::transfer`] is never called.
+    fn shared_memory(&self) -> bool;
+
+    /// Reads `source` from disk into `tier` under `key`.
+    fn load(
+        &self,
+        key: ResourceKey,
+        source: Source,
+        tier: Tier,
+        progress: Progress,
+    ) -> BoxFuture<Result<(), EngineFailure>>;
+
+    /// Moves a loaded resource between the device and host tiers (separate memories only).
+    fn transfer(
+        &self,
+        key: ResourceKey,
+        from: Tier,
+        to: Tier,
+    ) -> BoxFuture<Result<(), EngineFailure>>;
+
+    /// Frees a resource's memory and returns it to the operating system.
+    fn release(&self, key: &ResourceKey);
+}
+
+/// Reads the process's resident memory, so that accounted bytes can be compared with reality.
+pub trait MemoryProbe: Send + Sync + 'static {
+    fn resident_bytes(&self) -> Option<u64>;
+}

@@ -1,0 +1,299 @@
+//! Facts about bases and lenses read from their files without loading any weights, for checking
+//! a configuration before anything is loaded; and the machine's memory size, from which default
+//! budgets are derived.
+//!
+//! A base is identified by the content of its weight files, not by its path, so that two groups
+//! naming the same checkpoint (or copies of it) share one loaded copy. Hashing a multi-gigabyte
+//! file takes seconds, so each file's hash is cached by (canonical path, length, modification
+//! time): probing an unchanged file again costs a `stat`.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use lensd_core::config::{BaseFacts, LensFacts, Probe};
+use lensd_core::{ComputeDtype, LensKind};
+use memmap2::Mmap;
+
+use crate::error::{EngineError, Result};
+use crate::inspect::{gguf_resident, hf_resident};
+use crate::lens::TunedLens;
+use crate::weights::gguf::{self, GgufFile};
+use crate::weights::safetensors::HfCheckpoint;
+
+/// Deepest folder nesting read inside a talkative lens's folder; deeper means a link cycle or
+/// the wrong folder.
+const MAX_DEPTH: usize = 8;
+
+/// Reads headers of real files and hashes their content.
+#[derive(Default)]
+pub struct FileProbe {
+    hashes: Mutex<HashMap<FileKey, blake3::Hash>>,
+    hashed_bytes: AtomicU64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct FileKey {
+    path: PathBuf,
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl FileProbe {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes read for hashing so far. Probing unchanged files again adds nothing.
+    pub fn hashed_bytes(&self) -> u64 {
+        self.hashed_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The facts of the base at `path` (a GGUF file or a Hugging Face folder) for `dtype`.
+    pub fn base_facts(&self, path: &Path, dtype: ComputeDtype) -> Result<BaseFacts> {
+        let meta = fs::metadata(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                // The original site named bases by Hugging Face id; say why that no longer works.
+                EngineError::format(
+                    path,
+                    "no such file or folder: lensd reads bases from local files, so a Hugging \
+                     Face model id must be downloaded first and its folder named instead",
+                )
+            } else {
+                EngineError::io(path, e)
+            }
+        })?;
+        let (cfg, resident, files) = if meta.is_dir() {
+            let ck = HfCheckpoint::open(path)?;
+            if !path.join("tokenizer.json").is_file() {
+                return Err(EngineError::format(
+                    path,
+                    "no tokenizer.json in the folder: a Hugging Face base needs config.json, \
+                     safetensors weights and tokenizer.json",
+                ));
+            }
+            let mut shards = ck.files().to_vec();
+            shards.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+            let mut files = vec![path.join("config.json")];
+            files.extend(shards);
+            (ck.config()?, hf_resident(&ck), files)
+        } else if gguf::is_gguf(path) {
+            let g = GgufFile::open(path)?;
+            (g.config()?, gguf_resident(&g), vec![path.to_path_buf()])
+        } else {
+            return Err(EngineError::format(
+                path,
+                "neither a GGUF file nor a Hugging Face checkpoint folder (config.json, \
+                 safetensors weights and tokenizer.json)",
+            ));
+        };
+        let mut h = blake3::Hasher::new();
+        for f in &files {
+            h.update(self.file_hash(f)?.as_bytes());
+        }
+        Ok(BaseFacts {
+            content_id: format!("{}-{}", short(&h.finalize()), dtype.as_str()),
+            n_layers: cfg.n_layers,
+            d_model: cfg.d_model,
+            resident_bytes: resident.of(dtype),
+        })
+    }
+
+    /// The facts of a lens of `kind` at `path`. A logit lens has no files and no facts.
+    pub fn lens_facts(&self, kind: LensKind, path: &Path) -> Result<LensFacts> {
+        match kind {
+            LensKind::Tuned => self.tuned(path),
+            LensKind::Talkative => self.talkative(path),
+            LensKind::Logit => Err(EngineError::Input(format!(
+                "{}: a logit lens has no files to read",
+                path.display()
+            ))),
+        }
+    }
+
+    fn tuned(&self, dir: &Path) -> Result<LensFacts> {
+        // A missing folder is reported as missing, not as a file of the wrong kind.
+        fs::metadata(dir).map_err(|e| EngineError::io(dir, e))?;
+        let cfg = TunedLens::read_config(dir)?;
+        let cfg_path = dir.join("config.json");
+        // The loader prefers params.safetensors when both exist; hash what it would read.
+        let params = ["params.safetensors", "params.pt"]
+            .iter()
+            .map(|f| dir.join(f))
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                EngineError::format(dir, "neither params.safetensors nor params.pt is present")
+            })?;
+        let mut h = blake3::Hasher::new();
+        h.update(self.file_hash(&cfg_path)?.as_bytes());
+        h.update(self.file_hash(&params)?.as_bytes());
+        // Translators are held as f32 whatever the file stores: a [d, d] matrix per layer
+        // and, with `bias`, a [d] vector.
+        let d = cfg.d_model as u64;
+        let per_layer = d * d + if cfg.bias { d } else { 0 };
+        Ok(LensFacts {
+            content_id: short(&h.finalize()),
+            d_model: Some(cfg.d_model),
+            n_layers: Some(cfg.num_hidden_layers),
+            layer: None,
+            bytes: cfg.num_hidden_layers as u64 * per_layer * 4,
+        })
+    }
+
+    /// Talkative lenses have no settled inference format yet: report their size and content
+    /// only, and leave width and layer unknown.
+    fn talkative(&self, path: &Path) -> Result<LensFacts> {
+        let meta = fs::metadata(path).map_err(|e| EngineError::io(path, e))?;
+        let mut h = blake3::Hasher::new();
+        let bytes = if meta.is_dir() {
+            let mut files = Vec::new();
+            list_files(path, Path::new(""), 0, &mut files)?;
+            if files.is_empty() {
+                return Err(EngineError::format(path, "the folder holds no files"));
+            }
+            files.sort();
+            let mut bytes = 0;
+            for rel in &files {
+                let full = path.join(rel);
+                // Names are part of a folder's identity: the same bytes under other names
+                // may be read differently.
+                h.update(rel.to_string_lossy().as_bytes());
+                h.update(&[0]);
+                h.update(self.file_hash(&full)?.as_bytes());
+                bytes += fs::metadata(&full)
+                    .map_err(|e| EngineError::io(&full, e))?
+                    .len();
+            }
+            bytes
+        } else {
+            h.update(self.file_hash(path)?.as_bytes());
+            meta.len()
+        };
+        Ok(LensFacts {
+            content_id: short(&h.finalize()),
+            d_model: None,
+            n_layers: None,
+            layer: None,
+            bytes,
+        })
+    }
+
+    /// The blake3 hash of one file's bytes, from the cache when the file is unchanged.
+    fn file_hash(&self, path: &Path) -> Result<blake3::Hash> {
+        let canonical = fs::canonicalize(path).map_err(|e| EngineError::io(path, e))?;
+        let meta = fs::metadata(&canonical).map_err(|e| EngineError::io(path, e))?;
+        let key = FileKey {
+            path: canonical,
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        };
+        if let Some(h) = self.lock().get(&key) {
+            return Ok(*h);
+        }
+        // Hashed outside the lock: another probe of a different file need not wait.
+        let h = hash_file(&key.path, key.len).map_err(|e| EngineError::io(path, e))?;
+        self.hashed_bytes.fetch_add(key.len, Ordering::Relaxed);
+        self.lock().insert(key, h);
+        Ok(h)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FileKey, blake3::Hash>> {
+        // The map holds only finished hashes, so a panic elsewhere cannot leave it half-written.
+        self.hashes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Probe for FileProbe {
+    fn base(&self, path: &Path, dtype: ComputeDtype) -> std::result::Result<BaseFacts, String> {
+        self.base_facts(path, dtype).map_err(|e| e.to_string())
+    }
+
+    fn lens(&self, kind: LensKind, path: &Path) -> std::result::Result<LensFacts, String> {
+        self.lens_facts(kind, path).map_err(|e| e.to_string())
+    }
+}
+
+fn hash_file(path: &Path, len: u64) -> std::io::Result<blake3::Hash> {
+    // Mapping an empty file fails on Linux; its hash needs no bytes anyway.
+    if len == 0 {
+        return Ok(blake3::hash(&[]));
+    }
+    let file = fs::File::open(path)?;
+    // SAFETY: a read-only map of a file lensd never writes; only hashed, then dropped.
+    let map = unsafe { Mmap::map(&file) }?;
+    let mut h = blake3::Hasher::new();
+    h.update_rayon(&map);
+    Ok(h.finalize())
+}
+
+/// Every file under `root/rel`, as paths relative to `root`.
+fn list_files(root: &Path, rel: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<()> {
+    let dir = root.join(rel);
+    if depth > MAX_DEPTH {
+        return Err(EngineError::format(
+            &dir,
+            format!("folders nest deeper than {MAX_DEPTH} levels (a link cycle?)"),
+        ));
+    }
+    for entry in fs::read_dir(&dir).map_err(|e| EngineError::io(&dir, e))? {
+        let entry = entry.map_err(|e| EngineError::io(&dir, e))?;
+        let child = rel.join(entry.file_name());
+        // Follows links, so that a lens folder of links to the real files reads as those files.
+        let meta = fs::metadata(entry.path()).map_err(|e| EngineError::io(&entry.path(), e))?;
+        if meta.is_dir() {
+            list_files(root, &child, depth + 1, out)?;
+        } else {
+            out.push(child);
+        }
+    }
+    Ok(())
+}
+
+/// `blake3:` and the first 16 hex digits: 64 bits tell apart any set of checkpoints one
+/// server will see, and stay short enough to read in a table.
+fn short(h: &blake3::Hash) -> String {
+    format!("blake3:{}", &h.to_hex()[..16])
+}
+
+/// The machine's memory in bytes (`MemTotal` of `/proc/meminfo`), from which the default
+/// budgets are derived.
+pub fn machine_memory() -> Result<u64> {
+    let path = Path::new("/proc/meminfo");
+    let text = fs::read_to_string(path).map_err(|e| EngineError::io(path, e))?;
+    mem_total(&text).ok_or_else(|| EngineError::format(path, "no readable `MemTotal:` line"))
+}
+
+/// `MemTotal:  16384 kB` → bytes.
+fn mem_total(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let mut words = line.split_whitespace().skip(1);
+    let n: u64 = words.next()?.parse().ok()?;
+    match words.next() {
+        Some("kB") => n.checked_mul(1024),
+        None => Some(n),
+        Some(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mem_total_reads_kibibytes() {
+        let text = "MemTotal:       24570100 kB\nMemFree:         1000 kB\n";
+        assert_eq!(mem_total(text), Some(24_570_100 * 1024));
+        assert_eq!(mem_total("MemFree: 1 kB\n"), None);
+        assert_eq!(mem_total("MemTotal: lots kB\n"), None);
+        assert_eq!(mem_total("MemTotal: 5 MB\n"), None);
+    }
+
+    #[test]
+    fn this_machine_reports_its_memory() {
+        // Every Linux machine that runs lensd has /proc/meminfo; a few MiB at least.
+        assert!(machine_memory().unwrap() > 64 << 20);
+    }
+}
