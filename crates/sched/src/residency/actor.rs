@@ -1,0 +1,202 @@
+//! The task that owns the residency [`State`]: it takes commands from handles, runs engine
+//! jobs (loads and transfers) concurrently, and feeds their results back into the state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lensd_core::config::Budgets;
+use lensd_core::engine::{Engine, MemoryProbe};
+use lensd_core::registry::{Registry, ResourceKey};
+use lensd_core::residency::Tier;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::state::{Effect, State};
+use super::types::{Lease, MemoryReport, PreloadEvent, ResidencyError, UnloadReport};
+
+pub(crate) enum Command {
+    Acquire {
+        model: String,
+        reply: oneshot::Sender<Result<Lease, ResidencyError>>,
+    },
+    Preload {
+        group: String,
+        tier: Tier,
+        events: mpsc::UnboundedSender<PreloadEvent>,
+        reply: oneshot::Sender<Result<(), ResidencyError>>,
+    },
+    Unload {
+        group: String,
+        to: Tier,
+        reply: oneshot::Sender<Result<UnloadReport, ResidencyError>>,
+    },
+    Reload {
+        registry: Registry,
+        budgets: Budgets,
+        reply: oneshot::Sender<Result<(), ResidencyError>>,
+    },
+    Report {
+        reply: oneshot::Sender<MemoryReport>,
+    },
+}
+
+/// Messages from leases and engine jobs back to the actor.
+#[derive(Debug)]
+pub(crate) enum Internal {
+    Released(Vec<ResourceKey>),
+    JobDone {
+        job: u64,
+        result: Result<(), String>,
+    },
+    Progress {
+        job: u64,
+        done: u64,
+        total: u64,
+    },
+}
+
+pub(crate) struct Actor {
+    pub state: State,
+    pub engine: Arc<dyn Engine>,
+    pub memory: Option<Arc<dyn MemoryProbe>>,
+    pub commands: mpsc::Receiver<Command>,
+    pub internal_rx: mpsc::UnboundedReceiver<Internal>,
+    pub internal_tx: mpsc::UnboundedSender<Internal>,
+    pub start: Instant,
+    /// How often idle entries are checked against their keep-alive.
+    pub sweep: Duration,
+}
+
+impl Actor {
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    pub async fn run(mut self) {
+        let mut sweep = tokio::time::interval(self.sweep);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            // Biased toward internal messages: a lease dropped just before a command is sent
+            // must be seen as released by that command.
+            let effects = tokio::select! {
+                biased;
+                Some(msg) = self.internal_rx.recv() => self.internal(msg),
+                cmd = self.commands.recv() => match cmd {
+                    Some(cmd) => self.command(cmd),
+                    None => break,
+                },
+                _ = sweep.tick() => {
+                    let now = self.now();
+                    self.state.expire(now)
+                }
+            };
+            self.apply(effects);
+            let broken = self.state.violations();
+            if !broken.is_empty() {
+                tracing::error!(?broken, "residency bookkeeping rule broken");
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: Command) -> Vec<Effect> {
+        let now = self.now();
+        match cmd {
+            Command::Acquire { model, reply } => self.state.acquire(model, reply, now),
+            Command::Preload {
+                group,
+                tier,
+                events,
+                reply,
+            } => match self.state.preload(group, tier, events, now) {
+                Ok(effects) => {
+                    let _ = reply.send(Ok(()));
+                    effects
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    Vec::new()
+                }
+            },
+            Command::Unload { group, to, reply } => match self.state.unload(&group, to, now) {
+                Ok((report, effects)) => {
+                    let _ = reply.send(Ok(report));
+                    effects
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    Vec::new()
+                }
+            },
+            Command::Reload {
+                registry,
+                budgets,
+                reply,
+            } => match self.state.reload(registry, budgets, now) {
+                Ok(effects) => {
+                    let _ = reply.send(Ok(()));
+                    effects
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    Vec::new()
+                }
+            },
+            Command::Report { reply } => {
+                let rss = self.memory.as_ref().and_then(|m| m.resident_bytes());
+                let _ = reply.send(self.state.report(now, rss));
+                Vec::new()
+            }
+        }
+    }
+
+    fn internal(&mut self, msg: Internal) -> Vec<Effect> {
+        let now = self.now();
+        match msg {
+            Internal::Released(keys) => self.state.released(keys, now),
+            Internal::JobDone { job, result } => self.state.job_done(job, result, now),
+            Internal::Progress { job, done, total } => {
+                self.state.progress(job, done, total);
+                Vec::new()
+            }
+        }
+    }
+
+    /// Starts engine jobs and frees memory as the state asked.
+    fn apply(&mut self, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Release { key } => {
+                    tracing::debug!(resource = %key, "freeing");
+                    self.engine.release(&key);
+                }
+                Effect::Load {
+                    job,
+                    key,
+                    source,
+                    tier,
+                } => {
+                    tracing::debug!(resource = %key, tier = tier.as_str(), "loading");
+                    let tx = self.internal_tx.clone();
+                    let progress_tx = self.internal_tx.clone();
+                    let progress = Box::new(move |done, total| {
+                        let _ = progress_tx.send(Internal::Progress { job, done, total });
+                    });
+                    let fut = self.engine.load(key, source, tier, progress);
+                    tokio::spawn(async move {
+                        let result = fut.await.map_err(|e| e.to_string());
+                        let _ = tx.send(Internal::JobDone { job, result });
+                    });
+                }
+                Effect::Transfer { job, key, from, to } => {
+                    tracing::debug!(resource = %key, from = from.as_str(), to = to.as_str(), "moving");
+                    let tx = self.internal_tx.clone();
+                    let fut = self.engine.transfer(key, from, to);
+                    tokio::spawn(async move {
+                        let result = fut.await.map_err(|e| e.to_string());
+                        let _ = tx.send(Internal::JobDone { job, result });
+                    });
+                }
+            }
+        }
+    }
+}
