@@ -47,9 +47,11 @@ impl std::str::FromStr for ByteSize {
             "MiB" => 1024f64.powi(2),
             "GiB" => 1024f64.powi(3),
             "TiB" => 1024f64.powi(4),
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "`{s}` has the unknown unit `{other}`: use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB"
-            )),
+            ))
+            }
         };
         let bytes = value * mult;
         if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {

@@ -5,13 +5,13 @@ use std::ops::ControlFlow;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use lensd_core::config::{self, Budgets, Config, Resolved, Settings};
+use lensd_core::config::{Budgets, Config, Resolved};
 use lensd_core::{ByteSize, LayerSpec};
 use lensd_engine::generate::{generate, SamplingParams, TextStream};
 use lensd_engine::lens::analyze::{analyze, AnalyzeOptions};
 use lensd_engine::lens::fit::{fit_tuned_lens, FitOptions, FitStage};
 use lensd_engine::lens::Lens;
-use lensd_engine::probe::{machine_memory, FileProbe};
+use lensd_engine::probe::FileProbe;
 use lensd_engine::{Base, LoadOptions};
 use serde::Serialize;
 use serde_json::json;
@@ -270,20 +270,8 @@ pub fn run(cmd: Command) -> Result<()> {
 
 /// `check-config`: parse, then (when the document itself is sound) check the files it names.
 fn check_config(file: &Path, format: Format) -> Result<()> {
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("cannot read the config file {}", file.display()))?;
-    let (config, mut report) = config::parse(&text);
-    let summary = match config {
-        Some(mut config) => {
-            let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
-            config.resolve_paths(dir.unwrap_or(Path::new(".")));
-            let budgets = budgets(&config.settings)?;
-            let (checked, resolved) = config::check(&config, &FileProbe::new(), budgets);
-            report.extend(checked);
-            Some(ConfigSummary::new(&config, &resolved, budgets))
-        }
-        None => None,
-    };
+    let (checked, report) = lensd::service::read_config(file, &FileProbe::new())?;
+    let summary = checked.map(|c| ConfigSummary::new(&c.config, &c.resolved, c.budgets));
     let errors = report.errors().count();
     let warnings = report.issues.len() - errors;
     match format {
@@ -328,17 +316,6 @@ fn plural(n: usize) -> &'static str {
 }
 
 /// The configured budgets; the machine's memory is read only when one of them is unset.
-fn budgets(settings: &Settings) -> Result<Budgets> {
-    let memory = if settings.device_budget.is_some() && settings.host_budget.is_some() {
-        0
-    } else {
-        machine_memory().context(
-            "cannot read this machine's memory size for the default budgets: set \
-             settings.device_budget and settings.host_budget",
-        )?
-    };
-    Ok(Budgets::resolve(settings, memory))
-}
 
 #[derive(Serialize)]
 struct ConfigSummary {

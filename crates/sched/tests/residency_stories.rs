@@ -667,7 +667,9 @@ async fn budgets_hold_through_a_long_mixed_workload() {
             assert_sound(&res, &engine).await;
         }
         for t in tasks {
-            t.await.unwrap().expect("every model fits its budget, so every request is served");
+            t.await
+                .unwrap()
+                .expect("every model fits its budget, so every request is served");
             assert_sound(&res, &engine).await;
         }
     }

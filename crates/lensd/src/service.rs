@@ -1,0 +1,171 @@
+//! The model-groups service: a checked configuration, the residency manager over the CPU
+//! engine, background preloads at start-up, and reloads that keep what did not change.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use lensd_core::config::{self, Budgets, Config, Preload, Report, Resolved, Settings};
+use lensd_core::registry::{Registry, RegistryDiff};
+use lensd_core::residency::Tier;
+use lensd_engine::probe::{machine_memory, FileProbe};
+use lensd_sched::residency::{Options, PreloadEvent, Residency};
+use tokio::sync::Mutex;
+
+use crate::runtime::{CpuEngine, ProcMemory};
+
+/// A config that parsed, with the facts its files gave.
+pub struct Checked {
+    pub config: Config,
+    pub resolved: Resolved,
+    pub budgets: Budgets,
+}
+
+/// Parses `path` and, when the document is sound, checks the files it names (`None` when it is
+/// not). Relative paths in the file are resolved against its folder. The report lists every
+/// problem found; the config is fit to serve only when it has no errors.
+pub fn read_config(path: &Path, probe: &FileProbe) -> Result<(Option<Checked>, Report)> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the config file {}", path.display()))?;
+    let (config, mut report) = config::parse(&text);
+    let Some(mut config) = config else {
+        return Ok((None, report));
+    };
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    config.resolve_paths(dir.unwrap_or(Path::new(".")));
+    let budgets = budgets(&config.settings)?;
+    let (checked, resolved) = config::check(&config, probe, budgets);
+    report.extend(checked);
+    Ok((
+        Some(Checked {
+            config,
+            resolved,
+            budgets,
+        }),
+        report,
+    ))
+}
+
+/// The configured budgets, falling back to shares of this machine's memory.
+pub fn budgets(settings: &Settings) -> Result<Budgets> {
+    let memory = if settings.device_budget.is_some() && settings.host_budget.is_some() {
+        0
+    } else {
+        machine_memory().context(
+            "cannot read this machine's memory size for the default budgets: set \
+             settings.device_budget and settings.host_budget",
+        )?
+    };
+    Ok(Budgets::resolve(settings, memory))
+}
+
+pub struct Service {
+    pub residency: Residency,
+    pub engine: CpuEngine,
+    path: PathBuf,
+    probe: FileProbe,
+    registry: Mutex<Registry>,
+}
+
+impl Service {
+    /// Reads and checks the config, starts the residency manager, and starts the configured
+    /// preloads in the background: the default group to the device, `preload_groups` to the
+    /// host. Returns at once; nothing waits for the preloads.
+    pub async fn start(path: &Path) -> Result<Service> {
+        let probe = FileProbe::new();
+        let checked = checked(path, &probe)?;
+        let registry = Registry::build(&checked.config, &checked.resolved);
+        let engine = CpuEngine::new();
+        let options = Options {
+            memory: Some(Arc::new(ProcMemory)),
+            ..Options::default()
+        };
+        let residency = Residency::start(
+            registry.clone(),
+            checked.budgets,
+            Arc::new(engine.clone()),
+            options,
+        );
+        let service = Service {
+            residency,
+            engine,
+            path: path.to_path_buf(),
+            probe,
+            registry: Mutex::new(registry),
+        };
+        service.start_preloads(&checked.config.settings);
+        Ok(service)
+    }
+
+    fn start_preloads(&self, settings: &Settings) {
+        let registry = self
+            .registry
+            .try_lock()
+            .expect("no one else holds it during start-up");
+        let mut plan: Vec<(String, Tier)> = Vec::new();
+        let host_groups: Vec<String> = match &settings.preload_groups {
+            Preload::None => Vec::new(),
+            Preload::All => registry.groups.keys().cloned().collect(),
+            Preload::Groups(g) => g.clone(),
+        };
+        plan.extend(host_groups.into_iter().map(|g| (g, Tier::Host)));
+        if let Some(g) = &settings.default_group {
+            plan.push((g.clone(), Tier::Device));
+        }
+        drop(registry);
+        let residency = self.residency.clone();
+        tokio::spawn(async move {
+            for (group, tier) in plan {
+                match residency.preload(&group, tier).await {
+                    Ok(mut events) => {
+                        while let Some(ev) = events.recv().await {
+                            match ev {
+                                PreloadEvent::Done { .. } => {
+                                    tracing::info!(group, tier = tier.as_str(), "preloaded");
+                                    break;
+                                }
+                                PreloadEvent::Failed { error, .. } => {
+                                    tracing::warn!(group, %error, "preload failed");
+                                    break;
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                    Err(error) => tracing::warn!(group, %error, "preload refused"),
+                }
+            }
+        });
+    }
+
+    /// Reads the config file again and applies what changed. A config with errors changes
+    /// nothing and the error lists them.
+    pub async fn reload(&self) -> Result<RegistryDiff> {
+        let checked = checked(&self.path, &self.probe)?;
+        let next = Registry::build(&checked.config, &checked.resolved);
+        let mut current = self.registry.lock().await;
+        let diff = current.diff(&next);
+        self.residency.reload(next.clone(), checked.budgets).await?;
+        *current = next;
+        Ok(diff)
+    }
+
+    pub async fn registry(&self) -> Registry {
+        self.registry.lock().await.clone()
+    }
+}
+
+fn checked(path: &Path, probe: &FileProbe) -> Result<Checked> {
+    let (checked, report) = read_config(path, probe)?;
+    for w in report
+        .issues
+        .iter()
+        .filter(|i| i.severity == config::Severity::Warning)
+    {
+        tracing::warn!(path = %w.path, "{}", w.message);
+    }
+    match checked {
+        Some(c) if !report.has_errors() => Ok(c),
+        _ => bail!("{} has errors:\n{}", path.display(), report),
+    }
+}

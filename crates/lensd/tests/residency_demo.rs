@@ -1,0 +1,208 @@
+//! Residency with the real demo model: two groups naming one base file load it once, and the
+//! process's resident memory grows by the lens bytes (not the base bytes) for each extra lens
+//! and for the second group; unloading gives the memory back. Tolerances are stated where
+//! they are used: resident memory also holds allocator slack and the tokenizer.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use lensd::runtime::{resident_bytes, trim_heap};
+use lensd::service::Service;
+use lensd_core::registry::ResourceKey;
+use lensd_core::residency::Tier;
+
+const MIB: f64 = (1 << 20) as f64;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn rss() -> f64 {
+    trim_heap();
+    resident_bytes().expect("/proc/self/statm is readable") as f64
+}
+
+/// Fits a small tuned lens with the CLI; different ridges give different files.
+fn fit(dir: &Path, name: &str, ridge: &str) -> PathBuf {
+    let corpus = root().join("data/demo-corpus.txt");
+    assert!(
+        corpus.is_file(),
+        "{} is missing: run scripts/prepare-demo-corpus.sh first",
+        corpus.display()
+    );
+    let out = dir.join(name);
+    let status = Command::new(env!("CARGO_BIN_EXE_lensd"))
+        .current_dir(root())
+        .args([
+            "fit-lens",
+            "--corpus",
+            corpus.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .args([
+            "--max-tokens",
+            "2560",
+            "--holdout-tokens",
+            "128",
+            "--ridge",
+            ridge,
+            "--format",
+            "json",
+        ])
+        .output()
+        .expect("lensd runs");
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    out
+}
+
+fn write_config(path: &Path, model: &Path, lenses: &[PathBuf]) {
+    let lens = |id: &str, name: &str, p: &Path| serde_json::json!({"id": id, "name": name, "lens": "tuned", "lens_checkpoint_path": p});
+    let mut plain = vec![serde_json::json!({"id": "logit", "name": "Logit lens", "lens": "logit"})];
+    for (i, p) in lenses.iter().enumerate() {
+        plain.push(lens(&format!("t{}", i + 1), &format!("Tuned {}", i + 1), p));
+    }
+    let doc = serde_json::json!({
+        "model_groups": [
+            {"group_id": "plain", "group_name": "SmolLM2", "base_model_path": model, "compute_dtype": "f32", "models": plain},
+            {"group_id": "audit", "group_name": "SmolLM2 again", "base_model_path": model, "compute_dtype": "f32",
+             "models": [{"id": "audit-logit", "name": "Logit", "lens": "logit"}, lens("audit-t1", "Tuned 1", &lenses[0])]}
+        ],
+        "settings": {"device_budget": "2GiB", "host_budget": "1GiB"}
+    });
+    std::fs::write(path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_base_for_two_groups_and_memory_that_follows_the_lens_bytes() {
+    let model = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        model.is_file(),
+        "{} is missing: run scripts/fetch-demo-model.sh first",
+        model.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let lenses: Vec<PathBuf> = ["1e-3", "1e-2", "1e-1"]
+        .iter()
+        .enumerate()
+        .map(|(i, r)| fit(dir.path(), &format!("lens{i}"), r))
+        .collect();
+    let cfg = dir.path().join("model_groups.json");
+    write_config(&cfg, &model, &lenses);
+
+    let service = Service::start(&cfg).await.unwrap();
+    let registry = service.registry().await;
+    assert_eq!(registry.bases.len(), 1, "both groups name one base file");
+    assert_eq!(registry.lenses.len(), 3);
+    let base_bytes = registry.bases.values().next().unwrap().bytes as f64;
+    let lens_bytes = registry.lenses.values().next().unwrap().bytes as f64;
+
+    let r0 = rss();
+    let mut leases = vec![service.residency.acquire("logit").await.unwrap()];
+    let r1 = rss();
+    let grew = r1 - r0;
+    eprintln!(
+        "base: +{:.1} MiB for {:.1} MiB of weights",
+        grew / MIB,
+        base_bytes / MIB
+    );
+    // The f32 base is owned memory: it must show, within 15 % below and 30 % above.
+    assert!(
+        grew > 0.85 * base_bytes && grew < 1.3 * base_bytes,
+        "base grew {:.1} MiB",
+        grew / MIB
+    );
+
+    let mut last = r1;
+    for id in ["t1", "t2", "t3"] {
+        leases.push(service.residency.acquire(id).await.unwrap());
+        let now = rss();
+        eprintln!(
+            "{id}: +{:.1} MiB for {:.1} MiB of translators",
+            (now - last) / MIB,
+            lens_bytes / MIB
+        );
+        // Each extra lens costs its translators (within 20 % below and 35 % above), never a base.
+        assert!(
+            now - last > 0.8 * lens_bytes && now - last < 1.35 * lens_bytes,
+            "{id} grew {:.1} MiB",
+            (now - last) / MIB
+        );
+        last = now;
+    }
+    for id in ["audit-logit", "audit-t1"] {
+        leases.push(service.residency.acquire(id).await.unwrap());
+        let now = rss();
+        eprintln!("{id}: +{:.1} MiB", (now - last) / MIB);
+        // The second group reuses the loaded base and lens: under 8 MiB of anything.
+        assert!(
+            now - last < 8.0 * MIB,
+            "{id} grew {:.1} MiB",
+            (now - last) / MIB
+        );
+        last = now;
+    }
+    let rep = service.residency.report().await.unwrap();
+    let base = rep
+        .entries
+        .iter()
+        .find(|e| matches!(e.resource, ResourceKey::Base(_)))
+        .unwrap();
+    assert_eq!(
+        base.models,
+        ["audit-logit", "audit-t1", "logit", "t1", "t2", "t3"]
+    );
+    assert_eq!(base.leases, 6);
+    assert_eq!(
+        rep.tier(Tier::Device).used as f64,
+        base_bytes + 3.0 * lens_bytes
+    );
+    let process = rep.process_resident_bytes.unwrap() as f64;
+    eprintln!(
+        "accounted {:.1} MiB, process resident {:.1} MiB",
+        rep.accounted_bytes as f64 / MIB,
+        process / MIB
+    );
+    assert!(
+        process >= rep.accounted_bytes as f64,
+        "owned weights are resident"
+    );
+
+    // A reload that drops the third lens frees it and keeps everything else.
+    drop(leases.remove(3));
+    let dropped = lenses[2].clone();
+    write_config(&cfg, &model, &lenses[..2]);
+    let diff = service.reload().await.unwrap();
+    assert_eq!(diff.removed_models, ["t3"]);
+    assert_eq!(diff.dropped.len(), 1);
+    let now = rss();
+    eprintln!("reload without t3: {:.1} MiB", (now - last) / MIB);
+    assert!(
+        last - now > 0.8 * lens_bytes,
+        "the dropped lens {} is freed",
+        dropped.display()
+    );
+    assert_eq!(service.registry().await.bases.len(), 1);
+
+    // Unloading both groups to disk returns the base and lenses to the system.
+    leases.clear();
+    let before = rss();
+    for g in ["plain", "audit"] {
+        service.residency.unload(g, Tier::Disk).await.unwrap();
+    }
+    let after = rss();
+    eprintln!("unload: -{:.1} MiB", (before - after) / MIB);
+    assert!(
+        before - after > 0.85 * (base_bytes + 2.0 * lens_bytes),
+        "freed {:.1} MiB",
+        (before - after) / MIB
+    );
+    assert!(service
+        .engine
+        .base(&registry.models["logit"].base)
+        .is_none());
+}
