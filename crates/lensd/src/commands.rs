@@ -184,6 +184,23 @@ pub fn run(cmd: Command) -> Result<()> {
             }
         }
         Command::CheckConfig { file, format } => check_config(&file, format),
+        Command::BenchSwitch {
+            model,
+            corpus,
+            reps,
+            format,
+        } => {
+            load(&model.model, crate::Dtype::Stored)?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            let rows = runtime.block_on(crate::bench_switch::run(&model.model, &corpus, reps))?;
+            match format {
+                Format::Json => print_json(&rows),
+                Format::Table => {
+                    print!("{}", render::switches(&rows));
+                    Ok(())
+                }
+            }
+        }
         Command::Bench {
             model,
             prompt_tokens,

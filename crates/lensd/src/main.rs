@@ -2,6 +2,7 @@
 //! tuned lenses and check a model-groups file, on the demo model by default.
 
 mod bench;
+mod bench_switch;
 mod commands;
 mod render;
 
@@ -184,6 +185,21 @@ enum Command {
         /// folder, wherever lensd is started. Budgets left unset default to half (device) and
         /// a quarter (host) of this machine's memory.
         file: PathBuf,
+        /// Output: a readable table, or one JSON document.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Measure model switches on the demo model (a lens or a base, from the host tier or from
+    /// disk with a cold page cache) beside the time to read the same bytes.
+    BenchSwitch {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Text to fit the benchmark's lens on.
+        #[arg(long, default_value = "data/demo-corpus.txt")]
+        corpus: PathBuf,
+        /// Repetitions; the best is reported.
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
         /// Output: a readable table, or one JSON document.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,

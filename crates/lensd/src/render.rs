@@ -7,6 +7,7 @@ use lensd_engine::inspect::InspectReport;
 use lensd_engine::lens::fit::FitReport;
 
 use crate::bench::BenchReport;
+use crate::bench_switch::SwitchRow;
 
 /// Widest a grid cell's token may be, in characters.
 const CELL: usize = 8;
@@ -203,6 +204,30 @@ pub fn bench(r: &BenchReport) -> String {
             d.decode_tokens_per_s,
             d.lens_cells_per_s,
             bytes(d.weight_bytes_owned + d.weight_bytes_mapped)
+        );
+    }
+    s
+}
+
+pub fn switches(rows: &[SwitchRow]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| switch | bytes | lensd | raw read of the same bytes | original (documented) |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---|");
+    for r in rows {
+        let raw = r
+            .raw_read_ms
+            .map(|ms| format!("{ms:.1} ms"))
+            .unwrap_or_else(|| "–".into());
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.2} ms | {raw} | {} |",
+            r.switch,
+            bytes(r.bytes),
+            r.lensd_ms,
+            r.original
         );
     }
     s
