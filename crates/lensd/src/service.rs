@@ -10,7 +10,8 @@ use lensd_core::registry::{Registry, RegistryDiff};
 use lensd_core::residency::Tier;
 use lensd_engine::probe::{machine_memory, FileProbe};
 use lensd_sched::residency::{Options, PreloadEvent, Residency};
-use tokio::sync::Mutex;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, Mutex};
 
 use crate::runtime::{CpuEngine, ProcMemory};
 
@@ -65,6 +66,9 @@ pub struct Service {
     path: PathBuf,
     probe: FileProbe,
     registry: Mutex<Registry>,
+    /// The start-up preloads, each group with its outcome; nothing waits on it but tests.
+    pub preloads:
+        std::sync::Mutex<Option<tokio::task::JoinHandle<Vec<(String, Result<(), String>)>>>>,
 }
 
 impl Service {
@@ -92,50 +96,48 @@ impl Service {
             path: path.to_path_buf(),
             probe,
             registry: Mutex::new(registry),
+            preloads: std::sync::Mutex::new(None),
         };
-        service.start_preloads(&checked.config.settings);
+        let handle = service.start_preloads(&checked.config.settings);
+        *service.preloads.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
         Ok(service)
     }
 
-    fn start_preloads(&self, settings: &Settings) {
+    fn start_preloads(
+        &self,
+        settings: &Settings,
+    ) -> tokio::task::JoinHandle<Vec<(String, Result<(), String>)>> {
         let registry = self
             .registry
             .try_lock()
             .expect("no one else holds it during start-up");
-        let mut plan: Vec<(String, Tier)> = Vec::new();
-        let host_groups: Vec<String> = match &settings.preload_groups {
+        let mut plan: Vec<(String, Tier)> = match &settings.preload_groups {
             Preload::None => Vec::new(),
-            Preload::All => registry.groups.keys().cloned().collect(),
-            Preload::Groups(g) => g.clone(),
+            Preload::All => registry
+                .groups
+                .keys()
+                .cloned()
+                .map(|g| (g, Tier::Host))
+                .collect(),
+            Preload::Groups(g) => g.iter().cloned().map(|g| (g, Tier::Host)).collect(),
         };
-        plan.extend(host_groups.into_iter().map(|g| (g, Tier::Host)));
         if let Some(g) = &settings.default_group {
             plan.push((g.clone(), Tier::Device));
         }
         drop(registry);
         let residency = self.residency.clone();
         tokio::spawn(async move {
+            let mut outcomes = Vec::new();
             for (group, tier) in plan {
-                match residency.preload(&group, tier).await {
-                    Ok(mut events) => {
-                        while let Some(ev) = events.recv().await {
-                            match ev {
-                                PreloadEvent::Done { .. } => {
-                                    tracing::info!(group, tier = tier.as_str(), "preloaded");
-                                    break;
-                                }
-                                PreloadEvent::Failed { error, .. } => {
-                                    tracing::warn!(group, %error, "preload failed");
-                                    break;
-                                }
-                                _ => {}
-                            }
-                        }
-                    }
-                    Err(error) => tracing::warn!(group, %error, "preload refused"),
+                let outcome = preload(&residency, &group, tier).await;
+                match &outcome {
+                    Ok(()) => tracing::info!(group, tier = tier.as_str(), "preloaded"),
+                    Err(error) => tracing::warn!(group, %error, "preload failed"),
                 }
+                outcomes.push((group, outcome));
             }
-        });
+            outcomes
+        })
     }
 
     /// Reads the config file again and applies what changed. A config with errors changes
@@ -153,6 +155,50 @@ impl Service {
     pub async fn registry(&self) -> Registry {
         self.registry.lock().await.clone()
     }
+
+    /// Reloads the config on every SIGHUP for as long as the service lives; each outcome is
+    /// logged and sent on the returned channel.
+    pub fn reload_on_sighup(
+        self: &Arc<Self>,
+    ) -> Result<mpsc::UnboundedReceiver<std::result::Result<RegistryDiff, String>>> {
+        let mut hangups = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                let Some(service) = me.upgrade() else { break };
+                let outcome = service.reload().await.map_err(|e| format!("{e:#}"));
+                match &outcome {
+                    Ok(diff) => tracing::info!(?diff, "configuration reloaded"),
+                    Err(error) => tracing::error!(%error, "configuration not reloaded"),
+                }
+                if tx.send(outcome).is_err() {
+                    tracing::debug!("nobody listens to reload outcomes");
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
+
+/// Preloads `group` to `tier` and waits for the outcome.
+pub async fn preload(
+    residency: &Residency,
+    group: &str,
+    tier: Tier,
+) -> std::result::Result<(), String> {
+    let mut events = residency
+        .preload(group, tier)
+        .await
+        .map_err(|e| e.to_string())?;
+    while let Some(ev) = events.recv().await {
+        match ev {
+            PreloadEvent::Done { .. } => return Ok(()),
+            PreloadEvent::Failed { error, .. } => return Err(error),
+            _ => {}
+        }
+    }
+    Err("the residency manager stopped".into())
 }
 
 fn checked(path: &Path, probe: &FileProbe) -> Result<Checked> {
