@@ -60,6 +60,9 @@ pub fn budgets(settings: &Settings) -> Result<Budgets> {
     Ok(Budgets::resolve(settings, memory))
 }
 
+/// Each start-up preload's group and outcome.
+pub type PreloadOutcomes = tokio::task::JoinHandle<Vec<(String, std::result::Result<(), String>)>>;
+
 pub struct Service {
     pub residency: Residency,
     pub engine: CpuEngine,
@@ -67,8 +70,7 @@ pub struct Service {
     probe: FileProbe,
     registry: Mutex<Registry>,
     /// The start-up preloads, each group with its outcome; nothing waits on it but tests.
-    pub preloads:
-        std::sync::Mutex<Option<tokio::task::JoinHandle<Vec<(String, Result<(), String>)>>>>,
+    pub preloads: std::sync::Mutex<Option<PreloadOutcomes>>,
 }
 
 impl Service {
