@@ -105,10 +105,7 @@ impl Service {
         Ok(service)
     }
 
-    fn start_preloads(
-        &self,
-        settings: &Settings,
-    ) -> tokio::task::JoinHandle<Vec<(String, Result<(), String>)>> {
+    fn start_preloads(&self, settings: &Settings) -> PreloadOutcomes {
         let registry = self
             .registry
             .try_lock()
