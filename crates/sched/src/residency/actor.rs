@@ -107,40 +107,23 @@ impl Actor {
                 tier,
                 events,
                 reply,
-            } => match self.state.preload(group, tier, events, now) {
-                Ok(effects) => {
-                    let _ = reply.send(Ok(()));
-                    effects
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                    Vec::new()
-                }
-            },
-            Command::Unload { group, to, reply } => match self.state.unload(&group, to, now) {
-                Ok((report, effects)) => {
-                    let _ = reply.send(Ok(report));
-                    effects
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                    Vec::new()
-                }
-            },
+            } => answer(
+                reply,
+                self.state
+                    .preload(group, tier, events, now)
+                    .map(|fx| ((), fx)),
+            ),
+            Command::Unload { group, to, reply } => {
+                answer(reply, self.state.unload(&group, to, now))
+            }
             Command::Reload {
                 registry,
                 budgets,
                 reply,
-            } => match self.state.reload(registry, budgets, now) {
-                Ok(effects) => {
-                    let _ = reply.send(Ok(()));
-                    effects
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                    Vec::new()
-                }
-            },
+            } => answer(
+                reply,
+                self.state.reload(registry, budgets, now).map(|fx| ((), fx)),
+            ),
             Command::Report { reply } => {
                 let rss = self.memory.as_ref().and_then(|m| m.resident_bytes());
                 let _ = reply.send(self.state.report(now, rss));
@@ -197,6 +180,23 @@ impl Actor {
                     });
                 }
             }
+        }
+    }
+}
+
+/// Sends a command's answer and passes on the effects it produced (none when it failed).
+fn answer<T>(
+    reply: oneshot::Sender<Result<T, ResidencyError>>,
+    outcome: Result<(T, Vec<Effect>), ResidencyError>,
+) -> Vec<Effect> {
+    match outcome {
+        Ok((value, effects)) => {
+            let _ = reply.send(Ok(value));
+            effects
+        }
+        Err(e) => {
+            let _ = reply.send(Err(e));
+            Vec::new()
         }
     }
 }
