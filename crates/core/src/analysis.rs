@@ -45,6 +45,17 @@ pub struct Analysis {
     pub layers: Vec<LayerRow>,
 }
 
+/// The cells of one lens over a run of positions, at every requested layer: what an analysis
+/// streams as each chunk finishes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RowsChunk {
+    /// Index of the lens among those the request named.
+    pub lens: usize,
+    pub first_position: usize,
+    /// One row per requested layer, each with the chunk's positions.
+    pub layers: Vec<LayerRow>,
+}
+
 impl Analysis {
     /// Mean KL(final ‖ lens) of each layer over positions.
     pub fn mean_kl_per_layer(&self) -> Vec<(usize, f64)> {

@@ -61,10 +61,7 @@ fn analysis_reads_every_layer_and_ends_at_the_models_prediction() {
         .tokenizer
         .encode("The capital of France is", false)
         .unwrap();
-    let opts = AnalyzeOptions {
-        layers: (0..=30).collect(),
-        top_k: 5,
-    };
+    let opts = AnalyzeOptions::new((0..=30).collect(), 5);
     let mut calls = 0;
     let a = analyze(base, &[&Lens::Logit], &ids, &opts, &mut |p| {
         calls += 1;

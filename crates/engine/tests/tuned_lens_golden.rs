@@ -94,7 +94,7 @@ fn check(a: &Analysis, want: &HashMap<String, Tensor>, prefix: &str, s: usize) {
 }
 
 fn run(base: &Base, lens: &Lens, ids: &[u32], layers: Vec<usize>) -> Analysis {
-    let opts = AnalyzeOptions { layers, top_k: 5 };
+    let opts = AnalyzeOptions::new(layers, 5);
     analyze(
         base,
         &[lens],
@@ -214,4 +214,56 @@ fn translator_tensors_of_the_wrong_shape_are_named() {
         err.contains("missing") || err.contains("`1.weight`"),
         "{err}"
     );
+}
+
+#[test]
+fn streamed_chunks_reassemble_into_the_result_and_cancel_between_chunks() {
+    let base = tiny();
+    let (g, _) = golden();
+    let ids = ids(&g, 1);
+    let tuned = Lens::open(
+        common::testdata("tiny-llama/tuned-lens").to_str().unwrap(),
+        base.config(),
+    )
+    .unwrap();
+    // 4 layers and 8 rows per chunk: chunks of 2 positions.
+    let opts = AnalyzeOptions {
+        rows_per_chunk: 8,
+        ..AnalyzeOptions::new(vec![0, 1, 2, 3], 3)
+    };
+    let mut chunks = Vec::new();
+    let mut seen = 0;
+    let res = analyze(&base, &[&Lens::Logit, &tuned], &ids, &opts, &mut |p| {
+        assert!(p.rows_done > seen && p.rows_done <= p.rows_total);
+        seen = p.rows_done;
+        chunks.push(p.chunk.clone());
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    assert_eq!(
+        chunks.len(),
+        2 * ids.len() / 2,
+        "12 positions in chunks of 2, for two lenses"
+    );
+    for (li, a) in res.iter().enumerate() {
+        for (l, row) in a.layers.iter().enumerate() {
+            let streamed: Vec<_> = chunks
+                .iter()
+                .filter(|c| c.lens == li)
+                .flat_map(|c| c.layers[l].positions.clone())
+                .collect();
+            assert_eq!(streamed, row.positions, "lens {li} layer {}", row.layer);
+        }
+    }
+    let mut calls = 0;
+    let r = analyze(&base, &[&Lens::Logit], &ids, &opts, &mut |_| {
+        calls += 1;
+        if calls == 2 {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    });
+    assert!(matches!(r, Err(EngineError::Cancelled)));
+    assert_eq!(calls, 2, "nothing runs after the chunk that cancelled");
 }

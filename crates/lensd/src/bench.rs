@@ -111,7 +111,7 @@ fn one_dtype(model: &Path, compute: ComputeDtype, o: &BenchOptions) -> Result<Dt
     let lens_ids = prompt_ids(&base, o.lens_tokens)?;
     let layers: Vec<usize> = (0..=m.cfg.n_layers).collect();
     let cells = layers.len() * lens_ids.len();
-    let opts = AnalyzeOptions { layers, top_k: 5 };
+    let opts = AnalyzeOptions::new(layers, 5);
     let lens = best_of(o.reps, || {
         Ok(analyze(
             &base,

@@ -164,7 +164,7 @@ pub fn run(cmd: Command) -> Result<()> {
                 })
                 .collect::<Result<Vec<_>>>()?;
             let refs: Vec<&Lens> = lenses.iter().collect();
-            let opts = AnalyzeOptions { layers, top_k };
+            let opts = AnalyzeOptions::new(layers, top_k);
             let res = analyze(
                 &base,
                 &refs,

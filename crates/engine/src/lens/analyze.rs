@@ -6,6 +6,7 @@
 use std::ops::ControlFlow;
 
 use candle_core::Tensor;
+use lensd_core::analysis::RowsChunk;
 use lensd_core::{Analysis, Cell, LayerRow, TokenInfo, TopToken};
 use rayon::prelude::*;
 
@@ -15,24 +16,40 @@ use crate::base::Base;
 use crate::error::{EngineError, Result};
 use crate::model::Logits;
 
-/// About this many logit rows are unembedded at once (each row is `vocab` floats).
-const ROWS_PER_CHUNK: usize = 512;
+/// By default about this many logit rows are unembedded at once (each row is `vocab` floats):
+/// large enough for efficient matrix products, small enough that a chunk takes well under a
+/// second on a small CPU, which bounds how long a cancellation waits.
+pub const ROWS_PER_CHUNK: usize = 512;
 
 #[derive(Debug, Clone)]
 pub struct AnalyzeOptions {
     /// Layers `0..=L` to read; `L` is the model's own output.
     pub layers: Vec<usize>,
     pub top_k: usize,
+    /// Logit rows per chunk (see [`ROWS_PER_CHUNK`]).
+    pub rows_per_chunk: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Progress {
+impl AnalyzeOptions {
+    pub fn new(layers: Vec<usize>, top_k: usize) -> Self {
+        AnalyzeOptions {
+            layers,
+            top_k,
+            rows_per_chunk: ROWS_PER_CHUNK,
+        }
+    }
+}
+
+/// Where an analysis stands after a chunk, with that chunk's cells.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress<'a> {
     pub rows_done: usize,
     pub rows_total: usize,
+    pub chunk: &'a RowsChunk,
 }
 
-/// Reads every lens at `opts.layers` over the positions of `ids`. `on_progress` is called after
-/// each chunk and may cancel the analysis by returning `Break`.
+/// Reads every lens at `opts.layers` over the positions of `ids`. `on_progress` receives each
+/// chunk of cells as it is finished and may cancel the analysis by returning `Break`.
 pub fn analyze(
     base: &Base,
     lenses: &[&Lens],
@@ -63,11 +80,31 @@ pub fn analyze(
     let last = out.tap(n_layers).expect("final layer is always tapped");
     let t = ids.len();
     let nl = opts.layers.len();
-    let chunk = (ROWS_PER_CHUNK / nl).clamp(1, t);
+    let chunk = (opts.rows_per_chunk / nl).clamp(1, t);
     let rows_total = t * nl * lenses.len();
     let mut rows_done = 0;
-    let mut stats: Vec<Vec<RowStats>> = vec![Vec::with_capacity(t * nl); lenses.len()];
-    let mut order: Vec<Vec<(usize, usize)>> = vec![Vec::with_capacity(t * nl); lenses.len()];
+    let tokens: Vec<TokenInfo> = ids
+        .iter()
+        .map(|&id| TokenInfo {
+            id,
+            text: base.tokenizer.token_text(id),
+        })
+        .collect();
+    let mut results: Vec<Analysis> = lenses
+        .iter()
+        .map(|lens| Analysis {
+            lens: lens.name(),
+            tokens: tokens.clone(),
+            layers: opts
+                .layers
+                .iter()
+                .map(|&layer| LayerRow {
+                    layer,
+                    positions: Vec::with_capacity(t),
+                })
+                .collect(),
+        })
+        .collect();
     for p0 in (0..t).step_by(chunk) {
         let p = chunk.min(t - p0);
         let fin_logits = model.unembed(&model.final_norm(&last.narrow(0, p0, p)?)?)?;
@@ -83,60 +120,42 @@ pub fn analyze(
             let rows = Tensor::cat(&parts, 0)?;
             let logits = model.unembed(&model.final_norm(&rows)?)?;
             let flat = rows_of(&logits)?;
-            let chunk_stats: Vec<RowStats> = flat
+            // Row r holds layer r / p at position p0 + r % p.
+            let cells: Vec<Cell> = flat
                 .par_chunks(v)
                 .enumerate()
                 .map(|(r, z)| {
-                    let pos = p0 + r % p;
-                    let next = ids.get(pos + 1).copied();
-                    row_stats(z, &finals[r % p], next, opts.top_k)
+                    let next = ids.get(p0 + r % p + 1).copied();
+                    cell(base, row_stats(z, &finals[r % p], next, opts.top_k))
                 })
                 .collect();
-            for (r, s) in chunk_stats.into_iter().enumerate() {
-                order[li].push((r / p, p0 + r % p));
-                stats[li].push(s);
-            }
+            let mut cells = cells.into_iter();
+            let layers: Vec<LayerRow> = opts
+                .layers
+                .iter()
+                .map(|&layer| LayerRow {
+                    layer,
+                    positions: cells.by_ref().take(p).collect(),
+                })
+                .collect();
+            let rows_chunk = RowsChunk {
+                lens: li,
+                first_position: p0,
+                layers,
+            };
             rows_done += p * nl;
-            if on_progress(Progress {
+            let flow = on_progress(Progress {
                 rows_done,
                 rows_total,
-            })
-            .is_break()
-            {
+                chunk: &rows_chunk,
+            });
+            for (row, part) in results[li].layers.iter_mut().zip(rows_chunk.layers) {
+                row.positions.extend(part.positions);
+            }
+            if flow.is_break() {
                 return Err(EngineError::Cancelled);
             }
         }
-    }
-    let tokens: Vec<TokenInfo> = ids
-        .iter()
-        .map(|&id| TokenInfo {
-            id,
-            text: base.tokenizer.token_text(id),
-        })
-        .collect();
-    let mut results = Vec::with_capacity(lenses.len());
-    for (li, lens) in lenses.iter().enumerate() {
-        let mut grid: Vec<Vec<Option<Cell>>> = vec![vec![None; t]; nl];
-        for (&(layer_idx, pos), s) in order[li].iter().zip(std::mem::take(&mut stats[li])) {
-            grid[layer_idx][pos] = Some(cell(base, s));
-        }
-        let layers = opts
-            .layers
-            .iter()
-            .zip(grid)
-            .map(|(&layer, cells)| LayerRow {
-                layer,
-                positions: cells
-                    .into_iter()
-                    .map(|c| c.expect("every cell computed"))
-                    .collect(),
-            })
-            .collect();
-        results.push(Analysis {
-            lens: lens.name(),
-            tokens: tokens.clone(),
-            layers,
-        });
     }
     Ok(results)
 }

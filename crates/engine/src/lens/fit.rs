@@ -220,10 +220,7 @@ pub fn compare_on_holdout(
     on_progress: &mut dyn FnMut(FitStage, usize, usize),
 ) -> Result<Vec<LayerFit>> {
     let l_count = base.model.cfg.n_layers;
-    let opts = AnalyzeOptions {
-        layers: (0..l_count).collect(),
-        top_k: 1,
-    };
+    let opts = AnalyzeOptions::new((0..l_count).collect(), 1);
     let mut sums = vec![[0f64; 4]; l_count];
     let mut n = 0usize;
     for (i, s) in seqs.iter().enumerate() {
