@@ -351,7 +351,7 @@ async fn a_leased_base_is_never_evicted_and_the_load_that_needs_its_room_waits()
 
     drop(lease);
     let c = waiting.await.unwrap().unwrap();
-    assert_eq!(c.model, "c");
+    assert_eq!(c.models, ["c"]);
     let rep = res.report().await.unwrap();
     assert_eq!(tier_of(&rep, &base("one.gguf")), Tier::Host);
     assert_sound(&res, &engine).await;
@@ -402,7 +402,7 @@ async fn a_failed_load_reports_its_cause_and_leaves_the_books_consistent() {
     );
     assert_sound(&res, &engine).await;
     let ok = res.acquire("good").await.unwrap();
-    assert_eq!(ok.lens, Some(LensKey("lens-ok".into())));
+    assert_eq!(ok.lenses, [Some(LensKey("lens-ok".into()))]);
     assert!(
         matches!(res.acquire("nope").await, Err(ResidencyError::UnknownModel(m)) if m == "nope")
     );
@@ -673,4 +673,69 @@ async fn budgets_hold_through_a_long_mixed_workload() {
             assert_sound(&res, &engine).await;
         }
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn several_models_of_one_base_are_leased_together_with_load_progress() {
+    let engine = FakeEngine::new(true);
+    engine.set_load_latency(Duration::from_secs(4));
+    let reg = registry(&[G(
+        "g",
+        "base.gguf",
+        GB,
+        &[
+            ("a", Some(("lens-a", 40 * MB))),
+            ("b", Some(("lens-b", 40 * MB))),
+            ("l", None),
+        ],
+    )]);
+    let res = start(reg, 2 * GB, GB, &engine);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let models = ["a", "b", "l"].map(String::from);
+    let lease = res.acquire_all(&models, Some(tx)).await.unwrap();
+    assert_eq!(lease.models, models);
+    assert_eq!(
+        lease.lenses,
+        [
+            Some(LensKey("lens-a".into())),
+            Some(LensKey("lens-b".into())),
+            None
+        ]
+    );
+    assert_eq!(
+        engine.log(),
+        [
+            "load base base.gguf -> device",
+            "load lens lens-a -> device",
+            "load lens lens-b -> device"
+        ]
+    );
+    let mut loading = Vec::new();
+    while let Ok(ev) = rx.try_recv() {
+        if let PreloadEvent::Loading {
+            resource,
+            bytes_done,
+            bytes_total,
+        } = ev
+        {
+            loading.push((resource, bytes_done, bytes_total));
+        }
+    }
+    assert_eq!(
+        loading.len(),
+        12,
+        "four progress steps for each of three loads"
+    );
+    assert_eq!(loading[3], (base("base.gguf"), GB, GB));
+    let rep = res.report().await.unwrap();
+    assert_eq!(
+        rep.entry(&base("base.gguf")).unwrap().leases,
+        1,
+        "one lease holds the base once"
+    );
+    drop(lease);
+    assert_sound(&res, &engine).await;
+    assert!(
+        matches!(res.acquire_all(&["a".into(), "zzz".into()], None).await, Err(ResidencyError::UnknownModel(m)) if m == "zzz")
+    );
 }

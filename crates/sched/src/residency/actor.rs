@@ -16,7 +16,8 @@ use super::types::{Lease, MemoryReport, PreloadEvent, ResidencyError, UnloadRepo
 
 pub(crate) enum Command {
     Acquire {
-        model: String,
+        models: Vec<String>,
+        progress: Option<mpsc::UnboundedSender<PreloadEvent>>,
         reply: oneshot::Sender<Result<Lease, ResidencyError>>,
     },
     Preload {
@@ -101,7 +102,11 @@ impl Actor {
     fn command(&mut self, cmd: Command) -> Vec<Effect> {
         let now = self.now();
         match cmd {
-            Command::Acquire { model, reply } => self.state.acquire(model, reply, now),
+            Command::Acquire {
+                models,
+                progress,
+                reply,
+            } => self.state.acquire(models, progress, reply, now),
             Command::Preload {
                 group,
                 tier,

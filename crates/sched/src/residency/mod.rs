@@ -94,8 +94,23 @@ impl Residency {
 
     /// Waits until `model`'s base and lens are on the device and leases them.
     pub async fn acquire(&self, model: &str) -> Result<Lease, ResidencyError> {
-        let model = model.to_string();
-        self.ask(|reply| Command::Acquire { model, reply }).await?
+        self.acquire_all(&[model.to_string()], None).await
+    }
+
+    /// Waits until the base and lenses of every model in `models` (which share one base) are
+    /// on the device and leases them together. Loads it waits for are reported on `progress`.
+    pub async fn acquire_all(
+        &self,
+        models: &[String],
+        progress: Option<mpsc::UnboundedSender<PreloadEvent>>,
+    ) -> Result<Lease, ResidencyError> {
+        let models = models.to_vec();
+        self.ask(|reply| Command::Acquire {
+            models,
+            progress,
+            reply,
+        })
+        .await?
     }
 
     /// Starts bringing every resource of `group` to `tier` (device or host). Events report each

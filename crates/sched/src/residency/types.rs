@@ -12,9 +12,11 @@ use super::actor::Internal;
 /// are never moved or evicted. Dropping it ends the hold.
 #[derive(Debug)]
 pub struct Lease {
-    pub model: String,
+    /// The models leased, all on one base.
+    pub models: Vec<String>,
     pub base: BaseKey,
-    pub lens: Option<LensKey>,
+    /// Each model's lens, in the order of `models` (`None` for the logit lens).
+    pub lenses: Vec<Option<LensKey>>,
     pub(crate) keys: Vec<ResourceKey>,
     pub(crate) release: UnboundedSender<Internal>,
 }

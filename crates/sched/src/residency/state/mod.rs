@@ -64,8 +64,10 @@ pub(crate) enum Effect {
 
 pub(crate) enum Want {
     Acquire {
-        model: String,
+        models: Vec<String>,
         reply: oneshot::Sender<Result<Lease, ResidencyError>>,
+        /// Where to report loads this request waits for.
+        progress: Option<UnboundedSender<PreloadEvent>>,
     },
     Preload {
         group: String,
@@ -167,22 +169,46 @@ impl State {
 
     // ---- commands ---------------------------------------------------------------------------
 
+    /// Queues a request for every resource of `models`; the lease is sent once all are on the
+    /// device. Loads it waits for are reported on `progress`.
     pub fn acquire(
         &mut self,
-        model: String,
+        models: Vec<String>,
+        progress: Option<UnboundedSender<PreloadEvent>>,
         reply: oneshot::Sender<Result<Lease, ResidencyError>>,
         now: u64,
     ) -> Vec<Effect> {
-        match self.registry.needs(&model) {
-            Some(keys) => self.waiters.push(Waiter {
-                keys,
-                target: Tier::Device,
-                want: Want::Acquire { model, reply },
-            }),
-            None => {
-                let _ = reply.send(Err(ResidencyError::UnknownModel(model)));
+        let mut keys: Vec<ResourceKey> = Vec::new();
+        for m in &models {
+            match self.registry.needs(m) {
+                Some(needs) => {
+                    for k in needs {
+                        if !keys.contains(&k) {
+                            keys.push(k);
+                        }
+                    }
+                }
+                None => {
+                    let _ = reply.send(Err(ResidencyError::UnknownModel(m.clone())));
+                    return self.step(now);
+                }
             }
         }
+        if models.is_empty() {
+            let _ = reply.send(Err(ResidencyError::UnknownModel(String::new())));
+            return self.step(now);
+        }
+        // Bases before lenses, so that a model's base is in place before its lens loads.
+        keys.sort_by_key(|k| matches!(k, ResourceKey::Lens(_)));
+        self.waiters.push(Waiter {
+            keys,
+            target: Tier::Device,
+            want: Want::Acquire {
+                models,
+                reply,
+                progress,
+            },
+        });
         self.step(now)
     }
 
@@ -685,7 +711,7 @@ impl State {
 
     fn complete(&mut self, w: Waiter, now: u64) {
         match w.want {
-            Want::Acquire { model, reply } => {
+            Want::Acquire { models, reply, .. } => {
                 for k in &w.keys {
                     let e = self
                         .entries
@@ -694,11 +720,11 @@ impl State {
                     e.leases += 1;
                     e.last_use = now;
                 }
-                let m = &self.registry.models[&model];
+                let refs: Vec<_> = models.iter().map(|m| &self.registry.models[m]).collect();
                 let lease = Lease {
-                    model: model.clone(),
-                    base: m.base.clone(),
-                    lens: m.lens.clone(),
+                    base: refs[0].base.clone(),
+                    lenses: refs.iter().map(|m| m.lens.clone()).collect(),
+                    models,
                     keys: w.keys,
                     release: self.release.clone(),
                 };
@@ -742,16 +768,24 @@ impl State {
 
     fn notify_preloads(&mut self, key: &ResourceKey, event: PreloadEvent) {
         for w in &mut self.waiters {
-            if let Want::Preload {
-                events, announced, ..
-            } = &mut w.want
-            {
-                if w.keys.contains(key) {
+            if !w.keys.contains(key) {
+                continue;
+            }
+            match &mut w.want {
+                Want::Preload {
+                    events, announced, ..
+                } => {
                     if matches!(event, PreloadEvent::Ready { .. }) {
                         announced.insert(key.clone());
                     }
                     let _ = events.send(event.clone());
                 }
+                Want::Acquire {
+                    progress: Some(p), ..
+                } => {
+                    let _ = p.send(event.clone());
+                }
+                Want::Acquire { .. } => {}
             }
         }
     }

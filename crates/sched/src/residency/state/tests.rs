@@ -66,7 +66,7 @@ fn an_acquire_loads_the_base_then_the_lens_then_hands_out_a_lease() {
         tx,
     );
     let (reply, mut got) = oneshot::channel();
-    let fx = s.acquire("x".into(), reply, 0);
+    let fx = s.acquire(vec!["x".into()], None, reply, 0);
     assert_eq!(loads(&fx), [(1, "base b".to_string())]);
     assert_eq!(
         s.used(Tier::Device),
@@ -78,7 +78,7 @@ fn an_acquire_loads_the_base_then_the_lens_then_hands_out_a_lease() {
     assert!(got.try_recv().is_err(), "not yet");
     assert!(s.job_done(2, Ok(()), 9).is_empty());
     let lease = got.try_recv().unwrap().unwrap();
-    assert_eq!(lease.model, "x");
+    assert_eq!(lease.models, ["x"]);
     assert!(s.violations().is_empty());
     drop(lease);
     match rx.try_recv().unwrap() {
@@ -111,8 +111,8 @@ fn a_failed_lens_load_fails_every_request_that_needs_it_and_frees_its_reservatio
     );
     let (r1, mut g1) = oneshot::channel();
     let (r2, mut g2) = oneshot::channel();
-    s.acquire("x".into(), r1, 0);
-    s.acquire("x".into(), r2, 0);
+    s.acquire(vec!["x".into()], None, r1, 0);
+    s.acquire(vec!["x".into()], None, r2, 0);
     s.job_done(1, Ok(()), 1);
     s.job_done(2, Err("lx: truncated".into()), 2);
     for g in [&mut g1, &mut g2] {
