@@ -6,6 +6,7 @@ use std::pin::Pin;
 
 use crate::registry::{BaseSpec, LensSpec, ResourceKey};
 use crate::residency::Tier;
+use crate::work::{ComputeEvent, Job, JobFailure, JobOutput};
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
@@ -48,7 +49,14 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Frees a resource's memory and returns it to the operating system.
     fn release(&self, key: &ResourceKey);
+
+    /// Runs a job on the device's compute worker, one at a time. The caller holds a lease on
+    /// the job's base and lenses. `events` sees each sub-batch and may stop the job.
+    fn run(&self, job: Job, events: ComputeSink) -> BoxFuture<Result<JobOutput, JobFailure>>;
 }
+
+/// Receives a running job's events; `Break` stops the job at the next sub-batch.
+pub type ComputeSink = Box<dyn FnMut(ComputeEvent) -> std::ops::ControlFlow<()> + Send>;
 
 /// Reads the process's resident memory, so that accounted bytes can be compared with reality.
 pub trait MemoryProbe: Send + Sync + 'static {

@@ -10,6 +10,7 @@ pub mod engine;
 pub mod layers;
 pub mod registry;
 pub mod residency;
+pub mod work;
 
 pub use analysis::{Analysis, Cell, LayerRow, TokenInfo, TopToken};
 pub use bytes::ByteSize;

@@ -9,10 +9,16 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use lensd_core::engine::{BoxFuture, Engine, EngineFailure, MemoryProbe, Progress, Source};
+use lensd_core::analysis::TokenInfo;
+use lensd_core::engine::{
+    BoxFuture, ComputeSink, Engine, EngineFailure, MemoryProbe, Progress, Source,
+};
 use lensd_core::registry::{BaseKey, LensKey, ResourceKey};
 use lensd_core::residency::Tier;
+use lensd_core::work::{ComputeEvent, Job, JobFailure, JobOutput};
 use lensd_core::LensKind;
+use lensd_engine::generate::{generate, SamplingParams, StopReason, TextStream};
+use lensd_engine::lens::analyze::{analyze, AnalyzeOptions};
 use lensd_engine::lens::{Lens, TunedLens};
 use lensd_engine::{Base, LoadOptions};
 
@@ -22,14 +28,38 @@ struct Loaded {
     lenses: HashMap<LensKey, Arc<Lens>>,
 }
 
-#[derive(Clone, Default)]
+/// Work for the compute thread.
+type Task = Box<dyn FnOnce() + Send>;
+
+#[derive(Clone)]
 pub struct CpuEngine {
     loaded: Arc<Mutex<Loaded>>,
+    /// The device's one compute thread: candle's thread pool spins while it waits, so two
+    /// computations at once on a small machine are slower than one after the other.
+    compute: std::sync::mpsc::Sender<Task>,
+}
+
+impl Default for CpuEngine {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl CpuEngine {
     pub fn new() -> Self {
-        Self::default()
+        let (compute, tasks) = std::sync::mpsc::channel::<Task>();
+        std::thread::Builder::new()
+            .name("lensd-compute".into())
+            .spawn(move || {
+                for task in tasks {
+                    task();
+                }
+            })
+            .expect("the compute thread starts");
+        CpuEngine {
+            loaded: Arc::default(),
+            compute,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Loaded> {
@@ -130,6 +160,24 @@ impl Engine for CpuEngine {
         })
     }
 
+    fn run(&self, job: Job, events: ComputeSink) -> BoxFuture<Result<JobOutput, JobFailure>> {
+        let me = self.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sent = self.compute.send(Box::new(move || {
+            let _ = tx.send(me.run_blocking(job, events));
+        }));
+        Box::pin(async move {
+            if sent.is_err() {
+                return Err(JobFailure::Engine("the compute thread has stopped".into()));
+            }
+            rx.await.unwrap_or_else(|_| {
+                Err(JobFailure::Engine(
+                    "the compute thread stopped mid-job".into(),
+                ))
+            })
+        })
+    }
+
     fn release(&self, key: &ResourceKey) {
         let dropped = {
             let mut loaded = self.lock();
@@ -141,6 +189,140 @@ impl Engine for CpuEngine {
         if dropped {
             trim_heap();
         }
+    }
+}
+
+impl CpuEngine {
+    fn loaded_base(&self, key: &BaseKey) -> Result<Arc<Base>, JobFailure> {
+        self.base(key).ok_or_else(|| {
+            JobFailure::Engine(format!(
+                "base {} is not loaded; the job ran without its lease",
+                key.0
+            ))
+        })
+    }
+
+    /// Runs a job on the compute thread.
+    fn run_blocking(&self, job: Job, mut events: ComputeSink) -> Result<JobOutput, JobFailure> {
+        match job {
+            Job::Analyze {
+                base,
+                lenses,
+                text,
+                chat,
+                special,
+                layers,
+                top_k,
+            } => {
+                let base = self.loaded_base(&base)?;
+                let mut held = Vec::with_capacity(lenses.len());
+                for l in &lenses {
+                    held.push(match &l.lens {
+                        Some(k) => self.lens(k).ok_or_else(|| {
+                            JobFailure::Engine(format!("lens {} is not loaded", k.0))
+                        })?,
+                        None => Arc::new(Lens::Logit),
+                    });
+                }
+                let refs: Vec<&Lens> = held.iter().map(|l| l.as_ref()).collect();
+                let text = if chat {
+                    base.chat_prompt(&text).map_err(failure)?
+                } else {
+                    text
+                };
+                let ids = base
+                    .tokenizer
+                    .encode_prompt(&text, special || chat)
+                    .map_err(failure)?;
+                let layers = layers
+                    .resolve(base.config().n_layers)
+                    .map_err(JobFailure::Invalid)?;
+                let tokens = ids
+                    .iter()
+                    .map(|&id| TokenInfo {
+                        id,
+                        text: base.tokenizer.token_text(id),
+                    })
+                    .collect();
+                if events(ComputeEvent::Tokens(tokens)).is_break() {
+                    return Err(JobFailure::Cancelled);
+                }
+                let opts = AnalyzeOptions::new(layers, top_k);
+                let mut analyses = analyze(&base, &refs, &ids, &opts, &mut |p| {
+                    events(ComputeEvent::Rows {
+                        chunk: p.chunk.clone(),
+                        done: p.rows_done as u64,
+                        total: p.rows_total as u64,
+                    })
+                })
+                .map_err(failure)?;
+                // Results name the models the request named.
+                for (a, l) in analyses.iter_mut().zip(&lenses) {
+                    a.lens = l.model.clone();
+                }
+                Ok(JobOutput::Analysis { analyses })
+            }
+            Job::Generate {
+                base,
+                prompt,
+                chat,
+                sampling,
+            } => {
+                let base = self.loaded_base(&base)?;
+                let prompt = if chat {
+                    base.chat_prompt(&prompt).map_err(failure)?
+                } else {
+                    prompt
+                };
+                let ids = base
+                    .tokenizer
+                    .encode_prompt(&prompt, chat)
+                    .map_err(failure)?;
+                let params = SamplingParams {
+                    max_tokens: sampling.max_tokens,
+                    temperature: sampling.temperature,
+                    top_k: sampling.top_k,
+                    top_p: sampling.top_p,
+                    seed: sampling.seed,
+                };
+                let mut stream = TextStream::new(&base);
+                let mut done = 0u64;
+                let total = sampling.max_tokens as u64;
+                let g = generate(&base, &ids, &params, &mut |id| {
+                    done += 1;
+                    let text = stream.push(id).unwrap_or_default();
+                    events(ComputeEvent::Token {
+                        id,
+                        text,
+                        done,
+                        total,
+                    })
+                })
+                .map_err(failure)?;
+                if g.stop == StopReason::Cancelled {
+                    return Err(JobFailure::Cancelled);
+                }
+                let stop = match g.stop {
+                    StopReason::Stop => "stop",
+                    StopReason::MaxTokens => "max_tokens",
+                    StopReason::Cancelled => "cancelled",
+                };
+                Ok(JobOutput::Generation {
+                    prompt,
+                    ids: g.ids,
+                    text: g.text,
+                    stop: stop.into(),
+                })
+            }
+        }
+    }
+}
+
+fn failure(e: lensd_engine::EngineError) -> JobFailure {
+    match e {
+        lensd_engine::EngineError::Cancelled => JobFailure::Cancelled,
+        lensd_engine::EngineError::Input(m) => JobFailure::Invalid(m),
+        other => JobFailure::Engine(other.to_string()),
     }
 }
 

@@ -6,14 +6,27 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lensd_core::engine::{BoxFuture, Engine, EngineFailure, Progress, Source};
+use lensd_core::analysis::{Analysis, Cell, LayerRow, RowsChunk, TokenInfo, TopToken};
+use lensd_core::engine::{BoxFuture, ComputeSink, Engine, EngineFailure, Progress, Source};
 use lensd_core::registry::ResourceKey;
 use lensd_core::residency::Tier;
+use lensd_core::work::{ComputeEvent, Job, JobFailure, JobOutput};
+
+/// Layers the fake's models have (0..=FAKE_LAYERS).
+pub const FAKE_LAYERS: usize = 4;
 
 #[derive(Default)]
 struct Inner {
     load_latency: Duration,
     transfer_latency: Duration,
+    /// Time per analysis row (one layer at one position for one lens).
+    row_cost: Duration,
+    /// Time per generated token.
+    token_cost: Duration,
+    /// Positions per analysis sub-batch; 0 means 4.
+    chunk_positions: usize,
+    running: usize,
+    max_running: usize,
     failing: BTreeSet<String>,
     log: Vec<String>,
     held: BTreeMap<ResourceKey, Tier>,
@@ -44,6 +57,23 @@ impl FakeEngine {
 
     pub fn set_transfer_latency(&self, d: Duration) {
         self.lock().transfer_latency = d;
+    }
+
+    /// Costs of compute: per analysis row and per generated token.
+    pub fn set_compute_costs(&self, row: Duration, token: Duration) {
+        let mut inner = self.lock();
+        inner.row_cost = row;
+        inner.token_cost = token;
+    }
+
+    /// Positions per analysis sub-batch.
+    pub fn set_chunk_positions(&self, n: usize) {
+        self.lock().chunk_positions = n;
+    }
+
+    /// The most jobs that ever ran at once (the worker must keep it at 1).
+    pub fn max_concurrent_jobs(&self) -> usize {
+        self.lock().max_running
     }
 
     /// Loads of files whose path contains `needle` fail as if the file were corrupt.
@@ -133,5 +163,161 @@ impl Engine for FakeEngine {
         let mut inner = self.lock();
         inner.log.push(format!("free {key}"));
         inner.held.remove(key);
+    }
+
+    fn run(&self, job: Job, mut events: ComputeSink) -> BoxFuture<Result<JobOutput, JobFailure>> {
+        let me = self.clone();
+        Box::pin(async move {
+            {
+                let mut inner = me.lock();
+                inner.running += 1;
+                inner.max_running = inner.max_running.max(inner.running);
+                inner.log.push(match &job {
+                    Job::Analyze { base, lenses, .. } => {
+                        let names: Vec<&str> = lenses.iter().map(|l| l.model.as_str()).collect();
+                        format!("analyze {} [{}]", base.0, names.join(","))
+                    }
+                    Job::Generate { base, .. } => format!("generate {}", base.0),
+                });
+            }
+            let result = me.compute(job, &mut events).await;
+            me.lock().running -= 1;
+            result
+        })
+    }
+}
+
+fn fake_cell(layer: usize, pos: usize) -> Cell {
+    Cell {
+        top: vec![TopToken {
+            id: (layer * 1000 + pos) as u32,
+            token: format!("L{layer}P{pos}"),
+            prob: 0.5,
+        }],
+        entropy: 1.0,
+        kl_to_final: (FAKE_LAYERS - layer.min(FAKE_LAYERS)) as f32,
+        final_rank: 1,
+        next_token_ce: None,
+    }
+}
+
+impl FakeEngine {
+    async fn compute(&self, job: Job, events: &mut ComputeSink) -> Result<JobOutput, JobFailure> {
+        let (row_cost, token_cost, chunk) = {
+            let inner = self.lock();
+            let chunk = if inner.chunk_positions == 0 {
+                4
+            } else {
+                inner.chunk_positions
+            };
+            (inner.row_cost, inner.token_cost, chunk)
+        };
+        match job {
+            Job::Analyze {
+                lenses,
+                text,
+                layers,
+                ..
+            } => {
+                if text.contains("FAIL") {
+                    return Err(JobFailure::Engine(
+                        "the fake engine was asked to fail".into(),
+                    ));
+                }
+                let words: Vec<&str> = text.split_whitespace().collect();
+                if words.is_empty() {
+                    return Err(JobFailure::Invalid("the text has no tokens".into()));
+                }
+                let layers = layers.resolve(FAKE_LAYERS).map_err(JobFailure::Invalid)?;
+                let tokens: Vec<TokenInfo> = words
+                    .iter()
+                    .enumerate()
+                    .map(|(i, w)| TokenInfo {
+                        id: i as u32,
+                        text: w.to_string(),
+                    })
+                    .collect();
+                if events(ComputeEvent::Tokens(tokens.clone())).is_break() {
+                    return Err(JobFailure::Cancelled);
+                }
+                let t = tokens.len();
+                let total = (t * layers.len() * lenses.len()) as u64;
+                let mut done = 0;
+                let mut analyses: Vec<Analysis> = lenses
+                    .iter()
+                    .map(|l| Analysis {
+                        lens: l.model.clone(),
+                        tokens: tokens.clone(),
+                        layers: layers
+                            .iter()
+                            .map(|&layer| LayerRow {
+                                layer,
+                                positions: Vec::new(),
+                            })
+                            .collect(),
+                    })
+                    .collect();
+                for p0 in (0..t).step_by(chunk) {
+                    let p = chunk.min(t - p0);
+                    for (li, a) in analyses.iter_mut().enumerate() {
+                        tokio::time::sleep(row_cost * (p * layers.len()) as u32).await;
+                        let rows: Vec<LayerRow> = layers
+                            .iter()
+                            .map(|&layer| LayerRow {
+                                layer,
+                                positions: (p0..p0 + p).map(|pos| fake_cell(layer, pos)).collect(),
+                            })
+                            .collect();
+                        for (row, part) in a.layers.iter_mut().zip(&rows) {
+                            row.positions.extend(part.positions.iter().cloned());
+                        }
+                        done += (p * layers.len()) as u64;
+                        let chunk = RowsChunk {
+                            lens: li,
+                            first_position: p0,
+                            layers: rows,
+                        };
+                        if events(ComputeEvent::Rows { chunk, done, total }).is_break() {
+                            return Err(JobFailure::Cancelled);
+                        }
+                    }
+                }
+                Ok(JobOutput::Analysis { analyses })
+            }
+            Job::Generate {
+                prompt, sampling, ..
+            } => {
+                if prompt.contains("FAIL") {
+                    return Err(JobFailure::Engine(
+                        "the fake engine was asked to fail".into(),
+                    ));
+                }
+                let mut ids = Vec::new();
+                let mut text = String::new();
+                let total = sampling.max_tokens as u64;
+                for i in 0..sampling.max_tokens {
+                    tokio::time::sleep(token_cost).await;
+                    let piece = format!(" w{i}");
+                    ids.push(i as u32);
+                    text.push_str(&piece);
+                    if events(ComputeEvent::Token {
+                        id: i as u32,
+                        text: piece,
+                        done: i as u64 + 1,
+                        total,
+                    })
+                    .is_break()
+                    {
+                        return Err(JobFailure::Cancelled);
+                    }
+                }
+                Ok(JobOutput::Generation {
+                    prompt,
+                    ids,
+                    text,
+                    stop: "max_tokens".into(),
+                })
+            }
+        }
     }
 }

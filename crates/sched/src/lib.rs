@@ -2,4 +2,5 @@
 //! work runs next. Drives the compute engine only through `lensd_core::engine::Engine`.
 
 pub mod fake;
+pub mod queue;
 pub mod residency;

@@ -1,84 +1,17 @@
 //! Stories of the residency manager against the fake engine, under paused time: what loads,
 //! what moves, what waits, and that the budgets hold after every step.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
+use common::{base, lens, registry, G, GB, MB};
 use lensd_core::config::Budgets;
-use lensd_core::registry::{
-    BaseKey, BaseSpec, LensKey, LensSpec, ModelRef, Policy, Registry, ResourceKey,
-};
+use lensd_core::registry::{LensKey, Registry, ResourceKey};
 use lensd_core::residency::Tier;
-use lensd_core::{ComputeDtype, LensKind};
 use lensd_sched::fake::FakeEngine;
 use lensd_sched::residency::{Options, PreloadEvent, Residency, ResidencyError};
-
-/// A group: id, base file and bytes, and models with an optional (lens file, bytes).
-struct G<'a>(
-    &'a str,
-    &'a str,
-    u64,
-    &'a [(&'a str, Option<(&'a str, u64)>)],
-);
-
-fn base(path: &str) -> ResourceKey {
-    ResourceKey::Base(BaseKey(path.into()))
-}
-
-fn lens(path: &str) -> ResourceKey {
-    ResourceKey::Lens(LensKey(path.into()))
-}
-
-/// Builds a registry keyed by path, so that equal paths are equal content.
-fn registry(groups: &[G]) -> Registry {
-    let mut r = Registry::default();
-    for G(gid, bpath, bbytes, models) in groups {
-        let bkey = BaseKey(bpath.to_string());
-        r.bases.insert(
-            bkey.clone(),
-            BaseSpec {
-                path: PathBuf::from(bpath),
-                dtype: ComputeDtype::F32,
-                bytes: *bbytes,
-                n_layers: 30,
-                d_model: 576,
-            },
-        );
-        r.policies
-            .entry(ResourceKey::Base(bkey.clone()))
-            .or_insert(Policy::default());
-        let mut ids = Vec::new();
-        for (mid, l) in *models {
-            let lkey = l.map(|(p, bytes)| {
-                let k = LensKey(p.to_string());
-                r.lenses.insert(
-                    k.clone(),
-                    LensSpec {
-                        kind: LensKind::Tuned,
-                        path: PathBuf::from(p),
-                        bytes,
-                    },
-                );
-                r.policies
-                    .entry(ResourceKey::Lens(k.clone()))
-                    .or_insert(Policy::default());
-                k
-            });
-            r.models.insert(
-                mid.to_string(),
-                ModelRef {
-                    group: gid.to_string(),
-                    base: bkey.clone(),
-                    lens: lkey,
-                },
-            );
-            ids.push(mid.to_string());
-        }
-        r.groups.insert(gid.to_string(), ids);
-    }
-    r
-}
 
 fn start(r: Registry, device: u64, host: u64, engine: &FakeEngine) -> Residency {
     let options = Options {
@@ -146,9 +79,6 @@ impl SharedIs for FakeEngine {
 fn tier_of(rep: &lensd_sched::residency::MemoryReport, key: &ResourceKey) -> Tier {
     rep.entry(key).unwrap().tier
 }
-
-const GB: u64 = 1 << 30;
-const MB: u64 = 1 << 20;
 
 #[tokio::test(start_paused = true)]
 async fn within_a_group_only_the_lens_loads() {

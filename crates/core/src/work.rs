@@ -1,0 +1,216 @@
+//! What users ask for (analyze, generate), what the compute engine is handed once a request
+//! is resolved against the registry, and the events a request produces.
+
+use serde::{Deserialize, Serialize};
+
+use crate::analysis::{Analysis, RowsChunk, TokenInfo};
+use crate::layers::LayerSpec;
+use crate::registry::{BaseKey, LensKey};
+
+pub type RequestId = u64;
+
+/// Who asked: a connection or an API key. Fairness and limits are per client.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ClientId(pub String);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sampling {
+    pub max_tokens: usize,
+    /// 0 picks the most likely token every step.
+    pub temperature: f32,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    pub seed: u64,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Sampling {
+            max_tokens: 128,
+            temperature: 0.0,
+            top_k: None,
+            top_p: None,
+            seed: 0,
+        }
+    }
+}
+
+/// The text an analysis reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Text {
+    /// Given text; with `chat`, rendered as one user message with the model's chat template.
+    Given { text: String, chat: bool },
+    /// The prompt and reply of an earlier generate request of the same client, once it has
+    /// really finished.
+    Generated { request: RequestId },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnalyzeWork {
+    /// One or more models of one base: one forward pass, every lens on the same states.
+    pub models: Vec<String>,
+    pub text: Text,
+    pub layers: LayerSpec,
+    pub top_k: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerateWork {
+    pub model: String,
+    pub prompt: String,
+    pub chat: bool,
+    pub sampling: Sampling,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Work {
+    Analyze(AnalyzeWork),
+    Generate(GenerateWork),
+}
+
+impl Work {
+    /// The models the work needs leased.
+    pub fn models(&self) -> Vec<String> {
+        match self {
+            Work::Analyze(a) => a.models.clone(),
+            Work::Generate(g) => vec![g.model.clone()],
+        }
+    }
+}
+
+/// One lens of a job: the model that names it and its weights (`None` for the logit lens).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobLens {
+    pub model: String,
+    pub lens: Option<LensKey>,
+}
+
+/// Work resolved for the engine: the text is final and every model is a base and a lens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Job {
+    Analyze {
+        base: BaseKey,
+        lenses: Vec<JobLens>,
+        text: String,
+        /// Render `text` as one user message with the chat template first.
+        chat: bool,
+        /// Recognise special tokens written in the text.
+        special: bool,
+        layers: LayerSpec,
+        top_k: usize,
+    },
+    Generate {
+        base: BaseKey,
+        prompt: String,
+        chat: bool,
+        sampling: Sampling,
+    },
+}
+
+/// What a job reports while it runs. Returning `Break` from the callback stops it at the next
+/// sub-batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ComputeEvent {
+    /// The analysed text's tokens, before any rows.
+    Tokens(Vec<TokenInfo>),
+    /// One sub-batch of cells; `done` of `total` rows are finished.
+    Rows {
+        chunk: RowsChunk,
+        done: u64,
+        total: u64,
+    },
+    /// One generated token; `done` of at most `total`.
+    Token {
+        id: u32,
+        text: String,
+        done: u64,
+        total: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum JobOutput {
+    Analysis {
+        analyses: Vec<Analysis>,
+    },
+    Generation {
+        prompt: String,
+        ids: Vec<u32>,
+        text: String,
+        stop: String,
+    },
+}
+
+/// Why a job did not produce its output.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobFailure {
+    #[error("cancelled")]
+    Cancelled,
+    /// The request cannot be served as asked (too long for the model, bad option).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Engine(String),
+}
+
+/// Events of one request, in order: `queued`, any `position` changes, `loading` while its
+/// weights come in, then `progress` with `rows` or `token`, and exactly one of `completed`,
+/// `error` or `cancelled`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum RequestEvent {
+    Queued {
+        request: RequestId,
+        position: usize,
+    },
+    Position {
+        position: usize,
+    },
+    Loading {
+        resource: String,
+        bytes_done: u64,
+        bytes_total: u64,
+    },
+    Started,
+    Tokens {
+        tokens: Vec<TokenInfo>,
+    },
+    Progress {
+        done: u64,
+        total: u64,
+        eta_ms: Option<u64>,
+    },
+    Rows {
+        chunk: RowsChunk,
+    },
+    Token {
+        id: u32,
+        text: String,
+    },
+    Completed {
+        output: JobOutput,
+    },
+    Error {
+        error_type: String,
+        message: String,
+    },
+    /// `partial`: some rows or tokens had already been sent.
+    Cancelled {
+        partial: bool,
+        reason: String,
+    },
+}
+
+impl RequestEvent {
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            RequestEvent::Completed { .. }
+                | RequestEvent::Error { .. }
+                | RequestEvent::Cancelled { .. }
+        )
+    }
+}

@@ -1,0 +1,382 @@
+//! The request queue and its device worker: every request names its own models, waits its turn
+//! under the scheduling policy (see [`policy`]), and streams its events until exactly one
+//! terminal event. Nobody's request changes what another client gets.
+
+mod cancel;
+pub mod policy;
+mod state;
+mod worker;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lensd_core::engine::Engine;
+use lensd_core::registry::{BaseKey, Registry};
+use lensd_core::residency::Tier;
+use lensd_core::work::{ClientId, RequestEvent, RequestId, Work};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+pub use policy::PolicyKind;
+pub use state::Finished;
+
+use crate::residency::Residency;
+use state::{State, Task};
+
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    /// Requests waiting at most; beyond it submissions fail with `queue_full`.
+    pub capacity: usize,
+    /// Requests one client may have waiting.
+    pub per_client: usize,
+    /// Waiting longer than this puts a request first, whatever its base.
+    pub aging: Duration,
+    pub policy: PolicyKind,
+    /// Assumed cost of switching bases until one has been measured.
+    pub initial_switch_cost: Duration,
+    /// How often deadlines and aging are checked.
+    pub tick: Duration,
+    /// Whether any client may preload a group when switching models (else only admins).
+    pub users_may_preload: bool,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            capacity: 256,
+            per_client: 16,
+            aging: Duration::from_secs(30),
+            policy: PolicyKind::GroupAware,
+            initial_switch_cost: Duration::from_secs(1),
+            tick: Duration::from_millis(250),
+            users_may_preload: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the queue is full ({limit} requests waiting); try again later")]
+    QueueFull { limit: usize },
+    #[error("this client already has {limit} requests waiting, the most allowed; wait for one to finish")]
+    ClientLimit { limit: usize },
+    #[error("unknown model `{0}`")]
+    UnknownModel(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the scheduler has stopped")]
+    Stopped,
+}
+
+impl SubmitError {
+    /// The stable name clients see.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            SubmitError::QueueFull { .. } => "queue_full",
+            SubmitError::ClientLimit { .. } => "client_limit",
+            SubmitError::UnknownModel(_) => "unknown_model",
+            SubmitError::Invalid(_) => "invalid_request",
+            SubmitError::Stopped => "unavailable",
+        }
+    }
+}
+
+/// What a model switch did: the client's default changed, nothing else was disturbed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Switched {
+    pub model: String,
+    pub group: String,
+    /// The model's base is already on the device: its next request starts at once.
+    pub fast_switch: bool,
+    /// Whether a preload of the group was started.
+    pub preloading: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueueStatus {
+    pub queued: usize,
+    pub running: bool,
+}
+
+pub(crate) enum Command {
+    Submit {
+        client: ClientId,
+        work: Work,
+        deadline: Option<Duration>,
+        reply: oneshot::Sender<
+            Result<(RequestId, mpsc::UnboundedReceiver<RequestEvent>), SubmitError>,
+        >,
+    },
+    Cancel {
+        id: RequestId,
+        reply: oneshot::Sender<bool>,
+    },
+    CancelClient {
+        client: ClientId,
+        reply: oneshot::Sender<usize>,
+    },
+    Next {
+        on_device: BTreeSet<BaseKey>,
+        reply: oneshot::Sender<Task>,
+    },
+    Finished {
+        id: RequestId,
+        outcome: Finished,
+        switch_cost_ms: Option<u64>,
+    },
+    SetRegistry {
+        registry: Registry,
+    },
+    Switch {
+        client: ClientId,
+        model: String,
+        preload: bool,
+        admin: bool,
+        reply: oneshot::Sender<Result<Switched, SubmitError>>,
+    },
+    Status {
+        reply: oneshot::Sender<QueueStatus>,
+    },
+}
+
+#[derive(Clone)]
+pub struct Scheduler {
+    tx: mpsc::Sender<Command>,
+}
+
+struct Actor {
+    state: State,
+    commands: mpsc::Receiver<Command>,
+    /// A worker waiting for work, with what its device holds.
+    idle: Option<(BTreeSet<BaseKey>, oneshot::Sender<Task>)>,
+    defaults: HashMap<ClientId, String>,
+    residency: Residency,
+    config: QueueConfig,
+    start: Instant,
+}
+
+impl Actor {
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    async fn run(mut self) {
+        let mut tick = tokio::time::interval(self.config.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                cmd = self.commands.recv() => match cmd {
+                    Some(cmd) => self.command(cmd),
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    let now = self.now();
+                    self.state.expire(now);
+                }
+            }
+            self.dispatch();
+        }
+    }
+
+    /// Hands the next request to an idle worker, if the policy picks one.
+    fn dispatch(&mut self) {
+        let Some((on_device, reply)) = self.idle.take() else {
+            return;
+        };
+        let now = self.now();
+        match self.state.next(on_device.clone(), now) {
+            Some(task) => {
+                if let Err(task) = reply.send(task) {
+                    // The worker is gone; nobody will run this request.
+                    let _ = task.events.send(RequestEvent::Error {
+                        error_type: "unavailable".into(),
+                        message: "the compute worker stopped".into(),
+                    });
+                }
+            }
+            None => self.idle = Some((on_device, reply)),
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        let now = self.now();
+        match cmd {
+            Command::Submit {
+                client,
+                mut work,
+                deadline,
+                reply,
+            } => {
+                if work.models().is_empty() {
+                    if let Some(m) = self.defaults.get(&client) {
+                        match &mut work {
+                            Work::Analyze(a) => a.models = vec![m.clone()],
+                            Work::Generate(g) => g.model = m.clone(),
+                        }
+                    }
+                }
+                let deadline_ms = deadline.map(|d| now + d.as_millis() as u64);
+                let _ = reply.send(self.state.submit(client, work, deadline_ms, now));
+            }
+            Command::Cancel { id, reply } => {
+                let _ = reply.send(self.state.cancel(id, "cancelled by the client", now));
+            }
+            Command::CancelClient { client, reply } => {
+                self.defaults.remove(&client);
+                let _ = reply.send(self.state.cancel_client(&client, now));
+            }
+            Command::Next { on_device, reply } => self.idle = Some((on_device, reply)),
+            Command::Finished {
+                id,
+                outcome,
+                switch_cost_ms,
+            } => self.state.finished(id, outcome, switch_cost_ms, now),
+            Command::SetRegistry { registry } => {
+                self.defaults.retain(|_, m| registry.models.contains_key(m));
+                self.state.set_registry(registry, now);
+            }
+            Command::Switch {
+                client,
+                model,
+                preload,
+                admin,
+                reply,
+            } => {
+                let Some(m) = self.state.registry().models.get(&model) else {
+                    let _ = reply.send(Err(SubmitError::UnknownModel(model)));
+                    return;
+                };
+                let fast_switch = self
+                    .idle
+                    .as_ref()
+                    .is_some_and(|(on, _)| on.contains(&m.base));
+                let group = m.group.clone();
+                let preloading = preload && (admin || self.config.users_may_preload);
+                if preloading {
+                    let residency = self.residency.clone();
+                    let g = group.clone();
+                    // In the background: a switch never waits for weights or blocks others.
+                    tokio::spawn(async move {
+                        if let Ok(mut events) = residency.preload(&g, Tier::Device).await {
+                            while events.recv().await.is_some() {}
+                        }
+                    });
+                }
+                self.defaults.insert(client, model.clone());
+                let _ = reply.send(Ok(Switched {
+                    model,
+                    group,
+                    fast_switch,
+                    preloading,
+                }));
+            }
+            Command::Status { reply } => {
+                let _ = reply.send(QueueStatus {
+                    queued: self.state.queued_len(),
+                    running: self.state.is_running(),
+                });
+            }
+        }
+    }
+}
+
+impl Scheduler {
+    /// Starts the queue actor and one compute worker for the device behind `engine`.
+    pub fn start(
+        config: QueueConfig,
+        registry: Registry,
+        residency: Residency,
+        engine: Arc<dyn Engine>,
+    ) -> Scheduler {
+        let (tx, commands) = mpsc::channel(1024);
+        let start = Instant::now();
+        let actor = Actor {
+            state: State::new(config.clone(), registry),
+            commands,
+            idle: None,
+            defaults: HashMap::new(),
+            residency: residency.clone(),
+            config,
+            start,
+        };
+        tokio::spawn(actor.run());
+        let worker = worker::Worker {
+            commands: tx.clone(),
+            residency,
+            engine,
+            start,
+        };
+        tokio::spawn(worker.run());
+        Scheduler { tx }
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Queues `work` for `client`; its events arrive on the returned receiver, beginning with
+    /// `queued`. With no model named, the client's default (see [`Scheduler::switch_model`]).
+    pub async fn submit(
+        &self,
+        client: &ClientId,
+        work: Work,
+        deadline: Option<Duration>,
+    ) -> Result<(RequestId, mpsc::UnboundedReceiver<RequestEvent>), SubmitError> {
+        let client = client.clone();
+        self.ask(|reply| Command::Submit {
+            client,
+            work,
+            deadline,
+            reply,
+        })
+        .await
+        .unwrap_or(Err(SubmitError::Stopped))
+    }
+
+    /// Cancels a request; false when it is unknown or already over.
+    pub async fn cancel(&self, id: RequestId) -> bool {
+        self.ask(|reply| Command::Cancel { id, reply })
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Cancels all of a client's work (it disconnected); returns how many requests.
+    pub async fn cancel_client(&self, client: &ClientId) -> usize {
+        let client = client.clone();
+        self.ask(|reply| Command::CancelClient { client, reply })
+            .await
+            .unwrap_or(0)
+    }
+
+    /// Sets the client's default model and, when allowed, starts preloading its group.
+    pub async fn switch_model(
+        &self,
+        client: &ClientId,
+        model: &str,
+        preload: bool,
+        admin: bool,
+    ) -> Result<Switched, SubmitError> {
+        let (client, model) = (client.clone(), model.to_string());
+        self.ask(|reply| Command::Switch {
+            client,
+            model,
+            preload,
+            admin,
+            reply,
+        })
+        .await
+        .unwrap_or(Err(SubmitError::Stopped))
+    }
+
+    pub async fn set_registry(&self, registry: Registry) {
+        let _ = self.tx.send(Command::SetRegistry { registry }).await;
+    }
+
+    pub async fn status(&self) -> Option<QueueStatus> {
+        self.ask(|reply| Command::Status { reply }).await
+    }
+}
