@@ -9,6 +9,7 @@ use lensd_core::config::{self, Budgets, Config, Preload, Report, Resolved, Setti
 use lensd_core::registry::{Registry, RegistryDiff};
 use lensd_core::residency::Tier;
 use lensd_engine::probe::{machine_memory, FileProbe};
+use lensd_sched::queue::{QueueConfig, Scheduler};
 use lensd_sched::residency::{Options, PreloadEvent, Residency};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, Mutex};
@@ -65,6 +66,7 @@ pub type PreloadOutcomes = tokio::task::JoinHandle<Vec<(String, std::result::Res
 
 pub struct Service {
     pub residency: Residency,
+    pub scheduler: Scheduler,
     pub engine: CpuEngine,
     path: PathBuf,
     probe: FileProbe,
@@ -92,8 +94,15 @@ impl Service {
             Arc::new(engine.clone()),
             options,
         );
+        let scheduler = Scheduler::start(
+            QueueConfig::default(),
+            registry.clone(),
+            residency.clone(),
+            Arc::new(engine.clone()),
+        );
         let service = Service {
             residency,
+            scheduler,
             engine,
             path: path.to_path_buf(),
             probe,
@@ -147,6 +156,7 @@ impl Service {
         let mut current = self.registry.lock().await;
         let diff = current.diff(&next);
         self.residency.reload(next.clone(), checked.budgets).await?;
+        self.scheduler.set_registry(next.clone()).await;
         *current = next;
         Ok(diff)
     }

@@ -3,8 +3,9 @@
 //! and for the second group; unloading gives the memory back. Tolerances are stated where
 //! they are used: resident memory also holds allocator slack and the tokenizer.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use lensd::runtime::{resident_bytes, trim_heap};
 use lensd::service::Service;
@@ -13,51 +14,9 @@ use lensd_core::residency::Tier;
 
 const MIB: f64 = (1 << 20) as f64;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 fn rss() -> f64 {
     trim_heap();
     resident_bytes().expect("/proc/self/statm is readable") as f64
-}
-
-/// Fits a small tuned lens with the CLI; different ridges give different files.
-fn fit(dir: &Path, name: &str, ridge: &str) -> PathBuf {
-    let corpus = root().join("data/demo-corpus.txt");
-    assert!(
-        corpus.is_file(),
-        "{} is missing: run scripts/prepare-demo-corpus.sh first",
-        corpus.display()
-    );
-    let out = dir.join(name);
-    let status = Command::new(env!("CARGO_BIN_EXE_lensd"))
-        .current_dir(root())
-        .args([
-            "fit-lens",
-            "--corpus",
-            corpus.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .args([
-            "--max-tokens",
-            "2560",
-            "--holdout-tokens",
-            "128",
-            "--ridge",
-            ridge,
-            "--format",
-            "json",
-        ])
-        .output()
-        .expect("lensd runs");
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
-    );
-    out
 }
 
 fn write_config(path: &Path, model: &Path, lenses: &[PathBuf]) {
@@ -79,17 +38,12 @@ fn write_config(path: &Path, model: &Path, lenses: &[PathBuf]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_base_for_two_groups_and_memory_that_follows_the_lens_bytes() {
-    let model = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        model.is_file(),
-        "{} is missing: run scripts/fetch-demo-model.sh first",
-        model.display()
-    );
+    let model = common::demo_model();
     let dir = tempfile::tempdir().unwrap();
     let lenses: Vec<PathBuf> = ["1e-3", "1e-2", "1e-1"]
         .iter()
         .enumerate()
-        .map(|(i, r)| fit(dir.path(), &format!("lens{i}"), r))
+        .map(|(i, r)| common::fit(dir.path(), &format!("lens{i}"), r))
         .collect();
     let cfg = dir.path().join("model_groups.json");
     write_config(&cfg, &model, &lenses);

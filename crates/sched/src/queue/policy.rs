@@ -146,7 +146,14 @@ mod tests {
     }
 
     /// (queue, bases on the device, switch cost, now, expected pick, why)
-    type Case = (Vec<Waiting>, &'static [&'static str], u64, u64, Option<usize>, &'static str);
+    type Case = (
+        Vec<Waiting>,
+        &'static [&'static str],
+        u64,
+        u64,
+        Option<usize>,
+        &'static str,
+    );
 
     #[test]
     fn the_policy_in_a_table() {

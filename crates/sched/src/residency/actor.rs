@@ -79,19 +79,24 @@ impl Actor {
         loop {
             // Biased toward internal messages: a lease dropped just before a command is sent
             // must be seen as released by that command.
-            let effects = tokio::select! {
+            let (effects, reply) = tokio::select! {
                 biased;
-                Some(msg) = self.internal_rx.recv() => self.internal(msg),
+                Some(msg) = self.internal_rx.recv() => (self.internal(msg), None),
                 cmd = self.commands.recv() => match cmd {
                     Some(cmd) => self.command(cmd),
                     None => break,
                 },
                 _ = sweep.tick() => {
                     let now = self.now();
-                    self.state.expire(now)
+                    (self.state.expire(now), None)
                 }
             };
+            // Memory is freed before the command is answered, so that an answered unload or
+            // reload has really given its memory back.
             self.apply(effects);
+            if let Some(reply) = reply {
+                reply();
+            }
             let broken = self.state.violations();
             if !broken.is_empty() {
                 tracing::error!(?broken, "residency bookkeeping rule broken");
@@ -99,14 +104,14 @@ impl Actor {
         }
     }
 
-    fn command(&mut self, cmd: Command) -> Vec<Effect> {
+    fn command(&mut self, cmd: Command) -> (Vec<Effect>, Option<Reply>) {
         let now = self.now();
         match cmd {
             Command::Acquire {
                 models,
                 progress,
                 reply,
-            } => self.state.acquire(models, progress, reply, now),
+            } => (self.state.acquire(models, progress, reply, now), None),
             Command::Preload {
                 group,
                 tier,
@@ -132,7 +137,7 @@ impl Actor {
             Command::Report { reply } => {
                 let rss = self.memory.as_ref().and_then(|m| m.resident_bytes());
                 let _ = reply.send(self.state.report(now, rss));
-                Vec::new()
+                (Vec::new(), None)
             }
         }
     }
@@ -189,19 +194,26 @@ impl Actor {
     }
 }
 
-/// Sends a command's answer and passes on the effects it produced (none when it failed).
-fn answer<T>(
+/// An answer to send once the command's effects have been carried out.
+type Reply = Box<dyn FnOnce() + Send>;
+
+/// Splits a command's outcome into its effects (none when it failed) and its answer.
+fn answer<T: Send + 'static>(
     reply: oneshot::Sender<Result<T, ResidencyError>>,
     outcome: Result<(T, Vec<Effect>), ResidencyError>,
-) -> Vec<Effect> {
+) -> (Vec<Effect>, Option<Reply>) {
     match outcome {
-        Ok((value, effects)) => {
-            let _ = reply.send(Ok(value));
-            effects
-        }
-        Err(e) => {
-            let _ = reply.send(Err(e));
-            Vec::new()
-        }
+        Ok((value, effects)) => (
+            effects,
+            Some(Box::new(move || {
+                let _ = reply.send(Ok(value));
+            })),
+        ),
+        Err(e) => (
+            Vec::new(),
+            Some(Box::new(move || {
+                let _ = reply.send(Err(e));
+            })),
+        ),
     }
 }
