@@ -184,6 +184,26 @@ pub fn run(cmd: Command) -> Result<()> {
             }
         }
         Command::CheckConfig { file, format } => check_config(&file, format),
+        Command::BenchSched {
+            model,
+            clients,
+            requests,
+            format,
+        } => {
+            load(&model.model, crate::Dtype::Stored)?;
+            let report = crate::bench_sched::run(&model.model, clients, requests)?;
+            match format {
+                Format::Json => print_json(&report),
+                Format::Table => {
+                    print!("{}", render::sched(&report.rows));
+                    println!(
+                        "\ncancelling a running analysis on the demo model: {:.0} ms to its cancelled event",
+                        report.cancel_ms
+                    );
+                    Ok(())
+                }
+            }
+        }
         Command::BenchSwitch {
             model,
             corpus,

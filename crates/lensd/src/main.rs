@@ -2,6 +2,7 @@
 //! tuned lenses and check a model-groups file, on the demo model by default.
 
 mod bench;
+mod bench_sched;
 mod bench_switch;
 mod commands;
 mod render;
@@ -185,6 +186,21 @@ enum Command {
         /// folder, wherever lensd is started. Budgets left unset default to half (device) and
         /// a quarter (host) of this machine's memory.
         file: PathBuf,
+        /// Output: a readable table, or one JSON document.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Compare the group-aware scheduling policy with first-in-first-out on the same workload,
+    /// simulated with the demo model's costs and on the demo model itself.
+    BenchSched {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Simulated clients (the real run uses at most 4).
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// Requests per client (the real run sends at most 4 each).
+        #[arg(long, default_value_t = 12)]
+        requests: usize,
         /// Output: a readable table, or one JSON document.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,

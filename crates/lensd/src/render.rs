@@ -7,6 +7,7 @@ use lensd_engine::inspect::InspectReport;
 use lensd_engine::lens::fit::FitReport;
 
 use crate::bench::BenchReport;
+use crate::bench_sched::SchedRow;
 use crate::bench_switch::SwitchRow;
 
 /// Widest a grid cell's token may be, in characters.
@@ -228,6 +229,27 @@ pub fn switches(rows: &[SwitchRow]) -> String {
             bytes(r.bytes),
             r.lensd_ms,
             r.original
+        );
+    }
+    s
+}
+
+pub fn sched(rows: &[SchedRow]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "| workload | policy | requests | seconds | requests/s | wait p50 | wait p95 | base swaps |");
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.1} | {:.2} | {:.0} ms | {:.0} ms | {} |",
+            r.workload,
+            r.policy,
+            r.requests,
+            r.seconds,
+            r.requests_per_s,
+            r.wait_p50_ms,
+            r.wait_p95_ms,
+            r.base_swaps
         );
     }
     s

@@ -26,6 +26,8 @@ use lensd_engine::{Base, LoadOptions};
 struct Loaded {
     bases: HashMap<BaseKey, Arc<Base>>,
     lenses: HashMap<LensKey, Arc<Lens>>,
+    /// Bases loaded from disk since start.
+    base_loads: usize,
 }
 
 /// Work for the compute thread.
@@ -71,6 +73,11 @@ impl CpuEngine {
         self.lock().bases.get(key).cloned()
     }
 
+    /// How many bases were loaded from disk since start.
+    pub fn base_loads(&self) -> usize {
+        self.lock().base_loads
+    }
+
     /// A loaded lens, for the compute worker.
     pub fn lens(&self, key: &LensKey) -> Option<Arc<Lens>> {
         self.lock().lenses.get(key).cloned()
@@ -87,7 +94,9 @@ impl CpuEngine {
                     },
                 )
                 .map_err(fail)?;
-                self.lock().bases.insert(k, Arc::new(base));
+                let mut loaded = self.lock();
+                loaded.bases.insert(k, Arc::new(base));
+                loaded.base_loads += 1;
             }
             (ResourceKey::Lens(k), Source::Lens(spec)) => {
                 let lens = match spec.kind {

@@ -80,6 +80,11 @@ impl Service {
     /// preloads in the background: the default group to the device, `preload_groups` to the
     /// host. Returns at once; nothing waits for the preloads.
     pub async fn start(path: &Path) -> Result<Service> {
+        Self::start_with(path, QueueConfig::default()).await
+    }
+
+    /// [`Service::start`] with a chosen queue configuration.
+    pub async fn start_with(path: &Path, queue: QueueConfig) -> Result<Service> {
         let probe = FileProbe::new();
         let checked = checked(path, &probe)?;
         let registry = Registry::build(&checked.config, &checked.resolved);
@@ -95,7 +100,7 @@ impl Service {
             options,
         );
         let scheduler = Scheduler::start(
-            QueueConfig::default(),
+            queue,
             registry.clone(),
             residency.clone(),
             Arc::new(engine.clone()),
