@@ -103,6 +103,41 @@ async fn two_clients_on_two_groups_of_one_base_never_see_a_switch() {
         .count();
     assert!(rows >= 1, "rows are streamed");
 
+    // One request naming two models of the base: one forward pass, both lenses; at the last
+    // layer every lens is the model itself, so their cells there agree.
+    let both = Work::Analyze(AnalyzeWork {
+        models: vec!["tuned".into(), "audit-logit".into()],
+        text: Text::Given {
+            text: "The capital of France is".into(),
+            chat: false,
+        },
+        layers: "29-30".parse::<LayerSpec>().unwrap(),
+        top_k: 3,
+    });
+    let (_, mut rx) = s
+        .submit(&ClientId("dave".into()), both, None)
+        .await
+        .unwrap();
+    let evs = drain(&mut rx).await;
+    let Some(RequestEvent::Completed {
+        output: JobOutput::Analysis { analyses },
+    }) = evs.last()
+    else {
+        panic!("not completed")
+    };
+    assert_eq!(
+        analyses.iter().map(|a| a.lens.as_str()).collect::<Vec<_>>(),
+        ["tuned", "audit-logit"]
+    );
+    assert_eq!(
+        analyses[0].layers[1], analyses[1].layers[1],
+        "layer 30 is the model's own output for both"
+    );
+    assert_ne!(
+        analyses[0].layers[0], analyses[1].layers[0],
+        "layer 29 differs between the tuned and the logit lens"
+    );
+
     // A long analysis cancelled after its first rows ends as cancelled with partial rows.
     let long = "The lighthouse keeper wrote down the wind and the swell every night. ".repeat(30);
     let work = Work::Analyze(AnalyzeWork {
