@@ -149,6 +149,9 @@ pub enum JobOutput {
 pub enum JobFailure {
     #[error("cancelled")]
     Cancelled,
+    /// The input is larger than a configured limit, which the message names.
+    #[error("{0}")]
+    Limit(String),
     /// The request cannot be served as asked (too long for the model, bad option).
     #[error("{0}")]
     Invalid(String),
@@ -160,10 +163,9 @@ pub enum JobFailure {
 /// weights come in, then `progress` with `rows` or `token`, and exactly one of `completed`,
 /// `error` or `cancelled`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum RequestEvent {
     Queued {
-        request: RequestId,
         position: usize,
     },
     Position {

@@ -79,7 +79,7 @@ async fn two_clients_on_two_groups_of_one_base_never_see_a_switch() {
             matches!(evs.last(), Some(RequestEvent::Completed { .. })),
             "{who} ended with {:?}",
             evs.last()
-                .map(|e| serde_json::to_value(e).unwrap()["event"].clone())
+                .map(|e| serde_json::to_value(e).unwrap()["type"].clone())
         );
     }
     assert_eq!(

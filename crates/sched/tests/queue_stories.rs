@@ -159,7 +159,7 @@ fn assert_grammar(events: &[RequestEvent]) {
 /// An event's name, for messages (events can be large).
 fn kind(ev: &RequestEvent) -> String {
     let json = serde_json::to_value(ev).unwrap();
-    let name = json["event"].as_str().unwrap_or("?").to_string();
+    let name = json["type"].as_str().unwrap_or("?").to_string();
     match ev {
         RequestEvent::Error {
             error_type,

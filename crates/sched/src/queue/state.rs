@@ -251,10 +251,7 @@ impl State {
                 continue;
             }
             let ev = match q.position {
-                None => RequestEvent::Queued {
-                    request: q.task.id,
-                    position: pos,
-                },
+                None => RequestEvent::Queued { position: pos },
                 Some(_) => RequestEvent::Position { position: pos },
             };
             q.position = Some(pos);

@@ -219,6 +219,13 @@ impl Worker {
                 send(cancelled(partial));
                 (Finished::Failed, load_ms)
             }
+            Err(JobFailure::Limit(message)) => {
+                send(RequestEvent::Error {
+                    error_type: "limit_exceeded".into(),
+                    message,
+                });
+                (Finished::Failed, load_ms)
+            }
             Err(JobFailure::Invalid(message)) => {
                 send(RequestEvent::Error {
                     error_type: "invalid_request".into(),

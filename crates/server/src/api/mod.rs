@@ -1,0 +1,115 @@
+//! The HTTP API: the router, how a caller is recognised, and the handlers by area.
+
+pub mod ops;
+pub mod v1;
+pub mod v2;
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, Method};
+use axum::routing::{get, post};
+use axum::Router;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::state::Shared;
+
+/// The caller of a request and the client it counts as (its key's name, else its address).
+pub struct Who {
+    pub caller: Caller,
+    pub client: String,
+}
+
+impl FromRequestParts<Shared> for Who {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Shared,
+    ) -> Result<Self, Self::Rejection> {
+        let presented = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let caller = state.keys.caller(presented)?;
+        let client = if caller.label.is_empty() {
+            match parts.extensions.get::<ConnectInfo<SocketAddr>>() {
+                Some(ConnectInfo(addr)) => format!("ip:{}", addr.ip()),
+                None => "local".to_string(),
+            }
+        } else {
+            format!("key:{}", caller.label)
+        };
+        Ok(Who { caller, client })
+    }
+}
+
+/// A JSON body whose rejections (malformed JSON, a missing field, too many bytes) become the
+/// server's structured errors.
+pub struct Body<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<Shared> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(
+        req: axum::extract::Request,
+        state: &Shared,
+    ) -> Result<Self, Self::Rejection> {
+        use axum::extract::rejection::JsonRejection;
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Body(v)),
+            Err(JsonRejection::BytesRejection(e))
+                if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                Err(ApiError::TooLarge(format!(
+                    "the body is larger than the limit of {} bytes",
+                    state.limits.max_message_bytes
+                )))
+            }
+            Err(e) => Err(ApiError::BadRequest(e.body_text())),
+        }
+    }
+}
+
+pub fn router(state: Shared) -> Router {
+    let cors = if state.allowed_origins.iter().any(|o| o == "*") {
+        CorsLayer::new().allow_origin(AllowOrigin::any())
+    } else {
+        let origins: Vec<HeaderValue> = state
+            .allowed_origins
+            .iter()
+            .filter_map(|o| o.parse().ok())
+            .collect();
+        CorsLayer::new().allow_origin(origins)
+    }
+    .allow_methods([Method::GET, Method::POST])
+    .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]);
+    let body_limit = state.limits.max_message_bytes;
+    Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/api/openapi.json", get(ops::openapi))
+        .route("/share/{id}", get(ops::share))
+        .route("/api/v1/models", get(v1::models))
+        .route("/api/v1/models/switch", post(v1::switch))
+        .route("/api/v2/groups", get(v2::groups))
+        .route("/api/v2/groups/{id}", get(v2::group))
+        .route("/api/v2/groups/{id}/preload", post(v2::preload))
+        .route("/api/v2/groups/{id}/unload", post(v2::unload))
+        .route("/api/v2/models/{id}", get(v2::model))
+        .route("/api/v2/memory", get(v2::memory))
+        .route("/api/v2/analyze", post(v2::analyze))
+        .route("/api/v2/generate", post(v2::generate))
+        .route("/api/v2/requests/{id}", get(v2::request))
+        .route("/api/v2/requests/{id}/cancel", post(v2::cancel))
+        .route("/api/v2/requests/{id}/events", get(v2::events))
+        .route("/api/v2/admin/reload", post(v2::reload))
+        .route("/ws", get(crate::ws::upgrade))
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(cors)
+        .with_state(state)
+}

@@ -1,0 +1,84 @@
+//! The lensd server: REST v1 and v2, the WebSocket protocol, access control, limits, metrics
+//! and persistence, over the scheduler and residency actors. Never touches tensors.
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod limits;
+pub mod metrics;
+pub mod openapi;
+pub mod protocol;
+pub mod reqlog;
+pub mod share;
+pub mod state;
+pub mod store;
+pub mod tracker;
+pub mod views;
+pub mod ws;
+
+pub use state::{AppState, Control, Parts, Phase, Shared};
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// Serves `state` on `listener` until `signal` resolves, then shuts down in order: no new work
+/// is accepted and connected clients are told; running and queued work may finish within the
+/// grace period; what remains is cancelled (each request ends with its `cancelled` event and
+/// is stored); then connections close.
+pub async fn serve(
+    state: Shared,
+    listener: tokio::net::TcpListener,
+    signal: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = api::router(state.clone());
+    let (stopped, stop) = tokio::sync::oneshot::channel::<()>();
+    let draining = state.clone();
+    tokio::spawn(async move {
+        signal.await;
+        drain(&draining).await;
+        let _ = stopped.send(());
+    });
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async {
+        let _ = stop.await;
+    })
+    .await
+}
+
+/// The shutdown sequence up to closing connections.
+pub async fn drain(state: &Shared) {
+    state.closing.store(true, Ordering::SeqCst);
+    let _ = state.shutdown.send(Phase::Draining);
+    let grace = state.limits.shutdown_grace;
+    tracing::info!(
+        ?grace,
+        active = state.requests.active().len(),
+        "shutting down"
+    );
+    let deadline = tokio::time::Instant::now() + grace;
+    let tick = Duration::from_millis(100);
+    while !state.requests.active().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(tick).await;
+    }
+    let left = state.requests.active();
+    if !left.is_empty() {
+        tracing::info!(
+            count = left.len(),
+            "cancelling work still running after the grace period"
+        );
+        for t in &left {
+            state.scheduler.cancel(t.internal).await;
+        }
+        // Each ends at its next sub-batch; give them a bounded time to report and be stored.
+        let end = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !state.requests.active().is_empty() && tokio::time::Instant::now() < end {
+            tokio::time::sleep(tick).await;
+        }
+    }
+    let _ = state.shutdown.send(Phase::Closing);
+}

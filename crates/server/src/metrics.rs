@@ -1,0 +1,33 @@
+//! Prometheus metrics: one recorder per process, and the names the server records.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+pub const QUEUE_DEPTH: &str = "lensd_queue_depth";
+pub const WAIT_SECONDS: &str = "lensd_request_wait_seconds";
+pub const COMPUTE_SECONDS: &str = "lensd_request_compute_seconds";
+pub const REQUESTS: &str = "lensd_requests_total";
+pub const BASE_LOADS: &str = "lensd_base_loads_total";
+pub const SWITCH_SECONDS: &str = "lensd_switch_seconds";
+pub const TIER_BYTES: &str = "lensd_tier_bytes";
+pub const TIER_BUDGET: &str = "lensd_tier_budget_bytes";
+pub const CONNECTIONS: &str = "lensd_websocket_connections";
+
+/// The process's recorder, installed on first use; `None` if another recorder was installed.
+pub fn handle() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [
+                0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+            ];
+            PrometheusBuilder::new()
+                .set_buckets(&buckets)
+                .ok()?
+                .install_recorder()
+                .map_err(|e| tracing::warn!(%e, "metrics recorder not installed"))
+                .ok()
+        })
+        .clone()
+}

@@ -1,0 +1,140 @@
+//! What every handler shares: the actors, the configuration snapshot, keys, limits, tracked
+//! requests, storage, and shutdown.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use lensd_core::engine::BoxFuture;
+use lensd_core::registry::RegistryDiff;
+use lensd_sched::queue::Scheduler;
+use lensd_sched::residency::{MemoryReport, Residency};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::watch;
+
+use crate::auth::Keys;
+use crate::limits::{Limits, Rate};
+use crate::reqlog::RequestLog;
+use crate::store::Store;
+use crate::tracker::Requests;
+use crate::views::{Snapshot, DEFAULT_LOAD_BYTES_PER_MS};
+
+/// Operations the server asks of the process that runs it.
+pub trait Control: Send + Sync + 'static {
+    /// Reads the configuration again and applies it; returns the new snapshot and what changed.
+    fn reload(&self) -> BoxFuture<Result<(Snapshot, RegistryDiff), String>>;
+}
+
+pub struct AppState {
+    pub scheduler: Scheduler,
+    pub residency: Residency,
+    pub snapshot: RwLock<Arc<Snapshot>>,
+    pub control: Option<Arc<dyn Control>>,
+    pub keys: Keys,
+    pub limits: Limits,
+    pub rate: Rate,
+    pub requests: Requests,
+    pub store: Option<Arc<Store>>,
+    pub log: Option<Arc<RequestLog>>,
+    /// Each client's current model (v1 switch, `switch_model`), by client label.
+    pub defaults: Mutex<HashMap<String, String>>,
+    pub metrics: Option<PrometheusHandle>,
+    /// Measured speed of bringing bases in, for switch estimates.
+    pub load_bytes_per_ms: AtomicU64,
+    pub connections: AtomicUsize,
+    pub next_connection: AtomicU64,
+    /// Set once shutdown begins: no new work is accepted.
+    pub closing: AtomicBool,
+    /// Tells WebSocket sessions how shutdown goes.
+    pub shutdown: watch::Sender<Phase>,
+    pub allowed_origins: Vec<String>,
+}
+
+pub type Shared = Arc<AppState>;
+
+/// Where the server is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Serving,
+    /// No new work; running work may finish within the grace period.
+    Draining,
+    /// Everything has ended; connections close.
+    Closing,
+}
+
+/// What the server needs to start; the rest has defaults.
+pub struct Parts {
+    pub scheduler: Scheduler,
+    pub residency: Residency,
+    pub snapshot: Snapshot,
+    pub control: Option<Arc<dyn Control>>,
+    pub keys: Keys,
+    pub limits: Limits,
+    pub store: Option<Arc<Store>>,
+    pub log: Option<Arc<RequestLog>>,
+    pub allowed_origins: Vec<String>,
+}
+
+impl AppState {
+    pub fn new(p: Parts) -> Shared {
+        let (shutdown, _) = watch::channel(Phase::Serving);
+        Arc::new(AppState {
+            scheduler: p.scheduler,
+            residency: p.residency,
+            snapshot: RwLock::new(Arc::new(p.snapshot)),
+            control: p.control,
+            rate: Rate::new(&p.limits),
+            keys: p.keys,
+            limits: p.limits,
+            requests: Requests::default(),
+            store: p.store,
+            log: p.log,
+            defaults: Mutex::new(HashMap::new()),
+            metrics: crate::metrics::handle(),
+            load_bytes_per_ms: AtomicU64::new(DEFAULT_LOAD_BYTES_PER_MS),
+            connections: AtomicUsize::new(0),
+            next_connection: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
+            shutdown,
+            allowed_origins: p.allowed_origins,
+        })
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_snapshot(&self, s: Snapshot) {
+        *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(s);
+    }
+
+    pub async fn report(&self) -> Option<MemoryReport> {
+        self.residency.report().await.ok()
+    }
+
+    pub fn default_model(&self, client: &str) -> Option<String> {
+        self.defaults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(client)
+            .cloned()
+    }
+
+    pub fn set_default_model(&self, client: &str, model: &str) {
+        self.defaults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(client.to_string(), model.to_string());
+    }
+
+    pub fn bytes_per_ms(&self) -> u64 {
+        self.load_bytes_per_ms.load(Ordering::Relaxed)
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,420 @@
+//! Requests the server has accepted: their public ids, events so far, subscribers (WebSocket
+//! sessions and server-sent-event streams), and what happens when they end: metrics, the
+//! request log, and the results database.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lensd_core::work::{ClientId, RequestEvent, RequestId, Text, Work};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::time::Instant;
+use utoipa::ToSchema;
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::metrics as m;
+use crate::reqlog::LogRecord;
+use crate::state::Shared;
+use crate::store::StoredResult;
+use crate::views;
+
+/// Finished requests kept in memory for status queries; older ones are read from the database.
+const KEPT_FINISHED: usize = 1000;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Status {
+    Queued { position: usize },
+    Running { done: u64, total: u64 },
+    Completed,
+    Error { error_type: String, message: String },
+    Cancelled { partial: bool },
+}
+
+struct Inner {
+    status: Status,
+    /// Every event so far, so that a late subscriber sees the whole request.
+    events: Vec<RequestEvent>,
+    subscribers: Vec<UnboundedSender<RequestEvent>>,
+    started: Option<Instant>,
+    loading_since: Option<Instant>,
+    loading_bytes: u64,
+}
+
+pub struct Tracked {
+    pub id: String,
+    pub internal: RequestId,
+    /// The scheduler's client: a connection or a key.
+    pub client: String,
+    /// Who submitted it, for access checks.
+    pub owner: String,
+    pub kind: &'static str,
+    pub models: Vec<String>,
+    pub input: serde_json::Value,
+    pub text_chars: usize,
+    submitted: Instant,
+    created_at: i64,
+    inner: Mutex<Inner>,
+    /// Ended, logged and stored.
+    settled: std::sync::atomic::AtomicBool,
+}
+
+impl Tracked {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn status(&self) -> Status {
+        self.lock().status.clone()
+    }
+
+    /// Every event so far and a receiver of those that follow, with no gap between them.
+    pub fn subscribe(&self) -> (Vec<RequestEvent>, UnboundedReceiver<RequestEvent>) {
+        let (tx, rx) = unbounded_channel();
+        let mut inner = self.lock();
+        let past = inner.events.clone();
+        if !past.last().is_some_and(|e| e.is_terminal()) {
+            inner.subscribers.push(tx);
+        }
+        (past, rx)
+    }
+
+    /// The terminal event, once there is one.
+    pub fn outcome(&self) -> Option<RequestEvent> {
+        self.lock()
+            .events
+            .last()
+            .filter(|e| e.is_terminal())
+            .cloned()
+    }
+}
+
+#[derive(Default)]
+pub struct Requests {
+    map: Mutex<HashMap<String, Arc<Tracked>>>,
+    finished: Mutex<VecDeque<String>>,
+}
+
+impl Requests {
+    pub fn get(&self, id: &str) -> Option<Arc<Tracked>> {
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    fn insert(&self, t: Arc<Tracked>) {
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(t.id.clone(), t);
+    }
+
+    fn finished(&self, id: &str) {
+        let mut f = self.finished.lock().unwrap_or_else(|e| e.into_inner());
+        f.push_back(id.to_string());
+        while f.len() > KEPT_FINISHED {
+            if let Some(old) = f.pop_front() {
+                self.map
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&old);
+            }
+        }
+    }
+
+    /// Requests not yet ended, logged and stored.
+    pub fn active(&self) -> Vec<Arc<Tracked>> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.values()
+            .filter(|t| !t.settled.load(Ordering::SeqCst))
+            .cloned()
+            .collect()
+    }
+}
+
+fn public_id() -> String {
+    let n: u64 = rand::rng().random();
+    format!("r-{n:016x}")
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Checks a request against the caller's rights and the limits, queues it, and starts
+/// tracking it. `client` is the scheduler's client (a connection or a key).
+pub async fn submit(
+    state: &Shared,
+    caller: &Caller,
+    client: &str,
+    mut work: Work,
+    deadline: Option<Duration>,
+) -> ApiResult<Arc<Tracked>> {
+    if state.is_closing() {
+        return Err(ApiError::Unavailable(
+            "the server is shutting down and accepts no new work".into(),
+        ));
+    }
+    state.rate.check(client)?;
+    let snap = state.snapshot();
+    // A request without a model uses the client's current one.
+    let default = state.default_model(client);
+    let (kind, text_chars) = match &mut work {
+        Work::Analyze(a) => {
+            if a.models.is_empty() {
+                a.models.extend(default);
+            }
+            state.limits.check_lenses(a.models.len())?;
+            if a.top_k == 0 || a.top_k > 100 {
+                return Err(ApiError::BadRequest(format!(
+                    "`top_k` must be between 1 and 100, got {}",
+                    a.top_k
+                )));
+            }
+            let chars = match &mut a.text {
+                Text::Given { text, .. } => {
+                    state.limits.check_text("text", text)?;
+                    text.chars().count()
+                }
+                // Already mapped from the client's public id by `chained`.
+                Text::Generated { .. } => 0,
+            };
+            ("analysis", chars)
+        }
+        Work::Generate(g) => {
+            if g.model.is_empty() {
+                g.model = default.unwrap_or_default();
+            }
+            state.limits.check_text("prompt", &g.prompt)?;
+            state.limits.check_new_tokens(g.sampling.max_tokens)?;
+            ("generation", g.prompt.chars().count())
+        }
+    };
+    let models = work.models();
+    if models.is_empty() || models.iter().any(|m| m.is_empty()) {
+        return Err(ApiError::BadRequest(
+            "name a model (`models` or `model_id`), or switch to one first".into(),
+        ));
+    }
+    for model in &models {
+        if views::find(&snap, caller.role, model).is_none() {
+            return Err(ApiError::UnknownModel(model.clone()));
+        }
+    }
+    let input = serde_json::to_value(&work).unwrap_or_default();
+    let (internal, rx) = state
+        .scheduler
+        .submit(&ClientId(client.to_string()), work, deadline)
+        .await
+        .map_err(ApiError::from)?;
+    let t = Arc::new(Tracked {
+        id: public_id(),
+        internal,
+        client: client.to_string(),
+        owner: caller.label.clone(),
+        kind,
+        models,
+        input,
+        text_chars,
+        submitted: Instant::now(),
+        created_at: unix_now(),
+        inner: Mutex::new(Inner {
+            status: Status::Queued { position: 0 },
+            events: Vec::new(),
+            subscribers: Vec::new(),
+            started: None,
+            loading_since: None,
+            loading_bytes: 0,
+        }),
+        settled: std::sync::atomic::AtomicBool::new(false),
+    });
+    state.requests.insert(t.clone());
+    tokio::spawn(pump(state.clone(), t.clone(), rx));
+    Ok(t)
+}
+
+/// The scheduler's id of a generation the caller made, named by its public id.
+pub fn chained(state: &Shared, caller: &Caller, generation: &str) -> ApiResult<RequestId> {
+    let t = state
+        .requests
+        .get(generation)
+        .ok_or_else(|| ApiError::NotFound(format!("request {generation} is not known")))?;
+    if t.kind != "generation" || t.owner != caller.label {
+        return Err(ApiError::BadRequest(format!(
+            "request {generation} is not a generation of yours"
+        )));
+    }
+    Ok(t.internal)
+}
+
+/// Forwards a request's events to its subscribers and records how it went.
+async fn pump(state: Shared, t: Arc<Tracked>, mut rx: UnboundedReceiver<RequestEvent>) {
+    while let Some(ev) = rx.recv().await {
+        // The one place where engine messages are cleaned of file paths before anyone sees them.
+        let ev = match ev {
+            RequestEvent::Error {
+                error_type,
+                message,
+            } => RequestEvent::Error {
+                error_type,
+                message: views::scrub(&state.snapshot(), &message),
+            },
+            other => other,
+        };
+        let terminal = ev.is_terminal();
+        {
+            let mut inner = t.lock();
+            observe(&state, &t, &mut inner, &ev);
+            inner.events.push(ev.clone());
+            inner.subscribers.retain(|s| s.send(ev.clone()).is_ok());
+            if terminal {
+                inner.subscribers.clear();
+            }
+        }
+        if terminal {
+            finish(&state, &t, &ev).await;
+            break;
+        }
+    }
+}
+
+/// Status and metrics from one event.
+fn observe(state: &Shared, t: &Tracked, inner: &mut Inner, ev: &RequestEvent) {
+    match ev {
+        RequestEvent::Queued { position } | RequestEvent::Position { position } => {
+            inner.status = Status::Queued {
+                position: *position,
+            };
+        }
+        RequestEvent::Started => {
+            inner.started = Some(Instant::now());
+            inner.status = Status::Running { done: 0, total: 0 };
+            metrics::histogram!(m::WAIT_SECONDS).record(t.submitted.elapsed().as_secs_f64());
+        }
+        RequestEvent::Loading {
+            resource,
+            bytes_done,
+            bytes_total,
+        } => {
+            if resource.starts_with("base") {
+                if *bytes_done == 0 {
+                    metrics::counter!(m::BASE_LOADS).increment(1);
+                    inner.loading_since = Some(Instant::now());
+                }
+                inner.loading_bytes = *bytes_total;
+            }
+        }
+        RequestEvent::Tokens { .. } | RequestEvent::Rows { .. } | RequestEvent::Token { .. } => {
+            if let Some(since) = inner.loading_since.take() {
+                let secs = since.elapsed().as_secs_f64();
+                metrics::histogram!(m::SWITCH_SECONDS).record(secs);
+                let ms = (secs * 1e3).max(1.0) as u64;
+                if inner.loading_bytes > 0 {
+                    // A moving average of how fast bases come in, for switch estimates.
+                    let old = state.load_bytes_per_ms.load(Ordering::Relaxed);
+                    let new = inner.loading_bytes / ms;
+                    state
+                        .load_bytes_per_ms
+                        .store((old * 3 + new) / 4, Ordering::Relaxed);
+                }
+            }
+        }
+        RequestEvent::Progress { done, total, .. } => {
+            inner.status = Status::Running {
+                done: *done,
+                total: *total,
+            }
+        }
+        RequestEvent::Completed { .. } => inner.status = Status::Completed,
+        RequestEvent::Error {
+            error_type,
+            message,
+        } => {
+            inner.status = Status::Error {
+                error_type: error_type.clone(),
+                message: message.clone(),
+            }
+        }
+        RequestEvent::Cancelled { partial, .. } => {
+            inner.status = Status::Cancelled { partial: *partial }
+        }
+    }
+}
+
+async fn finish(state: &Shared, t: &Arc<Tracked>, ev: &RequestEvent) {
+    let (wait_ms, compute_ms) = {
+        let inner = t.lock();
+        let wait = inner
+            .started
+            .map(|s| s.duration_since(t.submitted).as_millis() as u64);
+        let compute = inner.started.map(|s| s.elapsed().as_millis() as u64);
+        (wait, compute)
+    };
+    if let Some(ms) = compute_ms {
+        metrics::histogram!(m::COMPUTE_SECONDS).record(ms as f64 / 1e3);
+    }
+    let (outcome, output, error) = match ev {
+        RequestEvent::Completed { output } => (
+            "completed".to_string(),
+            serde_json::to_value(output).ok(),
+            None,
+        ),
+        RequestEvent::Error {
+            error_type,
+            message,
+        } => (format!("error:{error_type}"), None, Some(message.clone())),
+        RequestEvent::Cancelled { .. } => ("cancelled".to_string(), None, None),
+        _ => ("unknown".to_string(), None, None),
+    };
+    metrics::counter!(m::REQUESTS, "kind" => t.kind, "outcome" => outcome.split(':').next().unwrap_or("").to_string()).increment(1);
+    if let Some(log) = &state.log {
+        let rec = LogRecord {
+            ts: time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            request: t.id.clone(),
+            client: t.client.clone(),
+            kind: t.kind.to_string(),
+            models: t.models.clone(),
+            text_chars: t.text_chars,
+            tokens: None,
+            options: t.input.clone(),
+            outcome: outcome.clone(),
+            wait_ms,
+            compute_ms,
+        };
+        if let Err(e) = log.write(&rec) {
+            tracing::warn!(%e, "request log not written");
+        }
+    }
+    if let Some(store) = state.store.clone() {
+        let rec = StoredResult {
+            id: t.id.clone(),
+            kind: t.kind.to_string(),
+            models: t.models.clone(),
+            client: t.owner.clone(),
+            created_at: t.created_at,
+            input: t.input.clone(),
+            outcome: outcome.split(':').next().unwrap_or("").to_string(),
+            output,
+            error,
+            timings: serde_json::json!({ "wait_ms": wait_ms, "compute_ms": compute_ms }),
+        };
+        let saved = tokio::task::spawn_blocking(move || store.save(&rec)).await;
+        match saved {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(%e, request = %t.id, "result not stored"),
+            Err(e) => tracing::error!(%e, request = %t.id, "result not stored"),
+        }
+    }
+    t.settled.store(true, Ordering::SeqCst);
+    state.requests.finished(&t.id);
+}

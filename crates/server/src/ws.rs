@@ -1,0 +1,481 @@
+//! `/ws`: one session per connection. Messages are parsed into the protocol's types; a
+//! malformed or unknown one gets an `error` frame and the session goes on. Each connection is
+//! its own client for fairness, and closing it cancels its work.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt};
+use lensd_core::residency::Tier;
+use lensd_core::work::{ClientId, RequestEvent, Text};
+use lensd_sched::residency::PreloadEvent;
+use tokio::sync::mpsc;
+
+use crate::api::v1::switch_to;
+use crate::api::v2::group_views;
+use crate::api::Who;
+use crate::auth::{Caller, Role};
+use crate::error::ApiError;
+use crate::protocol::{
+    ClientMessage, EventFrame, LimitsView, QueueEntry, ServerMessage, PROTOCOL_VERSION,
+};
+use crate::state::{Phase, Shared};
+use crate::tracker::{self, Status, Tracked};
+use crate::views;
+
+/// Frames for the client, in order.
+enum Out {
+    Message(ServerMessage),
+    Event(EventFrame),
+}
+
+pub async fn upgrade(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let caller = state.keys.caller(presented)?;
+    let open = state.connections.fetch_add(1, Ordering::SeqCst);
+    if open >= state.limits.max_connections {
+        state.connections.fetch_sub(1, Ordering::SeqCst);
+        return Err(ApiError::RateLimited(format!(
+            "the server has {} WebSocket connections open, the most it allows; try again later",
+            state.limits.max_connections
+        )));
+    }
+    let max = state.limits.max_message_bytes;
+    Ok(ws
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| async move {
+            session(state.clone(), socket, caller).await;
+            state.connections.fetch_sub(1, Ordering::SeqCst);
+        }))
+}
+
+struct Session {
+    state: Shared,
+    who: Who,
+    session: String,
+    out: mpsc::UnboundedSender<Out>,
+    requests: HashMap<String, Arc<Tracked>>,
+}
+
+async fn session(state: Shared, socket: WebSocket, caller: Caller) {
+    let n = state.next_connection.fetch_add(1, Ordering::SeqCst) + 1;
+    let session_id = format!("ws-{n}");
+    let (mut sink, mut stream) = socket.split();
+    let (out, mut out_rx) = mpsc::unbounded_channel::<Out>();
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = out_rx.recv().await {
+            let text = match &frame {
+                Out::Message(m) => serde_json::to_string(m),
+                Out::Event(e) => serde_json::to_string(e),
+            };
+            let Ok(text) = text else { continue };
+            if sink.send(Message::Text(text.into())).await.is_err() {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let mut s = Session {
+        who: Who {
+            caller,
+            client: session_id.clone(),
+        },
+        session: session_id.clone(),
+        state: state.clone(),
+        out,
+        requests: HashMap::new(),
+    };
+    s.send(ServerMessage::ConnectionEstablished {
+        session: session_id.clone(),
+        role: s.who.caller.role,
+        protocol_version: PROTOCOL_VERSION,
+        limits: LimitsView {
+            max_text_chars: state.limits.max_text_chars,
+            max_lenses: state.limits.max_lenses,
+            max_new_tokens: state.limits.max_new_tokens,
+            max_message_bytes: state.limits.max_message_bytes,
+            requests_per_minute: state.limits.requests_per_minute,
+        },
+        current_model: None,
+    });
+    let mut shutdown = state.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            frame = stream.next() => match frame {
+                Some(Ok(Message::Text(text))) => s.handle(text.as_str()).await,
+                Some(Ok(Message::Binary(_))) => s.error(ApiError::BadRequest("binary frames are not part of the protocol; send JSON text".into()), None),
+                Some(Ok(Message::Close(_))) | None => break,
+                Some(Ok(_)) => {}
+                // Oversized or broken frames end the connection at the transport level.
+                Some(Err(e)) => {
+                    tracing::debug!(session = %s.session, %e, "websocket closed");
+                    break;
+                }
+            },
+            changed = shutdown.changed() => {
+                let phase = *shutdown.borrow();
+                match (changed, phase) {
+                    (Ok(()), Phase::Draining) => {
+                        s.send(ServerMessage::ServerShutdown { grace_seconds: state.limits.shutdown_grace.as_secs() });
+                    }
+                    (Ok(()), Phase::Closing) | (Err(_), _) => break,
+                    _ => {}
+                }
+            }
+        }
+    }
+    // The client went away: its queued and running work is cancelled.
+    let cancelled = state
+        .scheduler
+        .cancel_client(&ClientId(session_id.clone()))
+        .await;
+    if cancelled > 0 {
+        tracing::info!(session = %session_id, cancelled, "client disconnected; its work was cancelled");
+    }
+    drop(s);
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+}
+
+impl Session {
+    fn send(&self, m: ServerMessage) {
+        let _ = self.out.send(Out::Message(m));
+    }
+
+    fn error(&self, e: ApiError, request_id: Option<String>) {
+        let body = e.body();
+        let message = views::scrub(&self.state.snapshot(), &body.message);
+        self.send(ServerMessage::Error {
+            error_type: body.error_type,
+            message,
+            request_id,
+        });
+    }
+
+    async fn handle(&mut self, text: &str) {
+        let msg: ClientMessage = match serde_json::from_str(text) {
+            Ok(m) => m,
+            Err(e) => {
+                let kind = serde_json::from_str::<serde_json::Value>(text)
+                    .ok()
+                    .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(String::from));
+                let what = match kind {
+                    Some(t) => format!("message `{t}`: {e}"),
+                    None => format!("the frame is not a protocol message: {e}"),
+                };
+                self.error(ApiError::BadRequest(what), None);
+                return;
+            }
+        };
+        if let Err(e) = self.dispatch(msg).await {
+            self.error(e, None);
+        }
+    }
+
+    async fn dispatch(&mut self, msg: ClientMessage) -> Result<(), ApiError> {
+        let state = self.state.clone();
+        match msg {
+            ClientMessage::Auth { key } => {
+                self.who.caller = state.keys.caller(Some(&key))?;
+                self.send(ServerMessage::ConnectionEstablished {
+                    session: self.session.clone(),
+                    role: self.who.caller.role,
+                    protocol_version: PROTOCOL_VERSION,
+                    limits: LimitsView {
+                        max_text_chars: state.limits.max_text_chars,
+                        max_lenses: state.limits.max_lenses,
+                        max_new_tokens: state.limits.max_new_tokens,
+                        max_message_bytes: state.limits.max_message_bytes,
+                        requests_per_minute: state.limits.requests_per_minute,
+                    },
+                    current_model: state.default_model(&self.who.client),
+                });
+            }
+            ClientMessage::ListModelGroups => {
+                let current = state.default_model(&self.who.client);
+                let groups = group_views(&state, &self.who, current.as_deref()).await;
+                self.send(ServerMessage::ModelGroupsList {
+                    groups,
+                    current_model: current,
+                });
+            }
+            ClientMessage::SwitchModel { model_id } => self.switch(&model_id, false).await?,
+            ClientMessage::SwitchModelGrouped {
+                model_id,
+                group_id,
+                preload,
+            } => {
+                if let Some(g) = group_id {
+                    let snap = state.snapshot();
+                    let in_group = snap
+                        .config
+                        .model(&model_id)
+                        .is_some_and(|(grp, _)| grp.id == g);
+                    if !in_group {
+                        return Err(ApiError::BadRequest(format!(
+                            "model `{model_id}` is not in group `{g}`"
+                        )));
+                    }
+                }
+                self.switch(&model_id, preload).await?;
+            }
+            ClientMessage::PreloadGroup { group_id, tier } => {
+                self.who.caller.require(Role::Admin, "preloading a group")?;
+                let t = match tier.as_deref() {
+                    None | Some("device") => Tier::Device,
+                    Some("host") => Tier::Host,
+                    Some(other) => {
+                        return Err(ApiError::BadRequest(format!(
+                            "unknown tier `{other}`: use device or host"
+                        )))
+                    }
+                };
+                self.preload(group_id, t).await?;
+            }
+            ClientMessage::UnloadGroup { group_id, to } => {
+                self.who.caller.require(Role::Admin, "unloading a group")?;
+                let t = match to.as_deref() {
+                    None | Some("host") => Tier::Host,
+                    Some("disk") => Tier::Disk,
+                    Some(other) => {
+                        return Err(ApiError::BadRequest(format!(
+                            "unknown tier `{other}`: use host or disk"
+                        )))
+                    }
+                };
+                let r = state
+                    .residency
+                    .unload(&group_id, t)
+                    .await
+                    .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+                self.send(ServerMessage::GroupSwitchStatus {
+                    group_id,
+                    status: "unloaded".into(),
+                    resource: None,
+                    bytes_done: None,
+                    bytes_total: None,
+                    message: Some(format!("{} moved, {} kept", r.moved.len(), r.kept.len())),
+                });
+            }
+            ClientMessage::GetModelInfo { model_id } => {
+                let snap = state.snapshot();
+                let (g, m) = views::find(&snap, self.who.caller.role, &model_id)
+                    .ok_or_else(|| ApiError::UnknownModel(model_id.clone()))?;
+                let report = state.report().await;
+                self.send(ServerMessage::ModelInfo {
+                    model: views::model_view(&snap, report.as_ref(), g, m),
+                });
+            }
+            ClientMessage::Analyze(req) => {
+                let work = req.work(req.given())?;
+                self.submit(work, req.deadline_ms, req.client_tag.clone())
+                    .await?;
+            }
+            ClientMessage::Generate(req) => {
+                let work = req.work()?;
+                self.submit(work, req.deadline_ms, req.client_tag.clone())
+                    .await?;
+            }
+            ClientMessage::GenerateAndAnalyze {
+                generate,
+                models,
+                options,
+            } => {
+                let work = generate.work()?;
+                let gen = self
+                    .submit(work, generate.deadline_ms, generate.client_tag.clone())
+                    .await?;
+                let request = tracker::chained(&state, &self.who.caller, &gen)?;
+                let analyze = crate::protocol::AnalyzeRequest {
+                    models: if models.is_empty() {
+                        generate.model_id.clone().into_iter().collect()
+                    } else {
+                        models
+                    },
+                    model_id: None,
+                    text: String::new(),
+                    chat: false,
+                    options,
+                    deadline_ms: None,
+                    client_tag: generate.client_tag.clone(),
+                };
+                let work = analyze.work(Text::Generated { request })?;
+                self.submit(work, None, generate.client_tag).await?;
+            }
+            ClientMessage::CancelRequest { request_id } => {
+                let t = self.requests.get(&request_id).ok_or_else(|| {
+                    ApiError::NotFound(format!("no request `{request_id}` on this connection"))
+                })?;
+                if !state.scheduler.cancel(t.internal).await {
+                    return Err(ApiError::BadRequest(format!(
+                        "request `{request_id}` has already ended"
+                    )));
+                }
+            }
+            ClientMessage::Interrupt => {
+                for t in self.requests.values() {
+                    state.scheduler.cancel(t.internal).await;
+                }
+            }
+            ClientMessage::Status => self.queue_update(),
+        }
+        Ok(())
+    }
+
+    async fn switch(&mut self, model: &str, preload: bool) -> Result<(), ApiError> {
+        let r = switch_to(&self.state, &self.who, model, preload).await?;
+        self.send(ServerMessage::ModelSwitched {
+            model_id: r.model_id,
+            group_id: r.group_id,
+            fast_switch: r.fast_switch,
+            preloading: r.preloading,
+        });
+        Ok(())
+    }
+
+    async fn preload(&self, group_id: String, tier: Tier) -> Result<(), ApiError> {
+        let mut events = self
+            .state
+            .residency
+            .preload(&group_id, tier)
+            .await
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let out = self.out.clone();
+        let snap = self.state.snapshot();
+        let status = move |status: &str,
+                           resource: Option<String>,
+                           done: Option<u64>,
+                           total: Option<u64>,
+                           message: Option<String>| {
+            let _ = out.send(Out::Message(ServerMessage::GroupSwitchStatus {
+                group_id: group_id.clone(),
+                status: status.into(),
+                resource,
+                bytes_done: done,
+                bytes_total: total,
+                message,
+            }));
+        };
+        status("preloading", None, None, None, None);
+        tokio::spawn(async move {
+            while let Some(ev) = events.recv().await {
+                match ev {
+                    PreloadEvent::Loading {
+                        resource,
+                        bytes_done,
+                        bytes_total,
+                    } => status(
+                        "loading",
+                        Some(kind(&resource)),
+                        Some(bytes_done),
+                        Some(bytes_total),
+                        None,
+                    ),
+                    PreloadEvent::Ready { .. } => {}
+                    PreloadEvent::Done { .. } => {
+                        status("preloaded", None, None, None, None);
+                        break;
+                    }
+                    PreloadEvent::Failed { error, .. } => {
+                        status(
+                            "failed",
+                            None,
+                            None,
+                            None,
+                            Some(views::scrub(&snap, &error)),
+                        );
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Queues work for this connection and forwards its events. Returns its public id.
+    async fn submit(
+        &mut self,
+        work: lensd_core::work::Work,
+        deadline_ms: Option<u64>,
+        tag: Option<String>,
+    ) -> Result<String, ApiError> {
+        let t = tracker::submit(
+            &self.state,
+            &self.who.caller,
+            &self.who.client,
+            work,
+            deadline_ms.map(Duration::from_millis),
+        )
+        .await?;
+        self.send(ServerMessage::Accepted {
+            request_id: t.id.clone(),
+            kind: t.kind.into(),
+            client_tag: tag,
+        });
+        self.requests.insert(t.id.clone(), t.clone());
+        let (past, mut rx) = t.subscribe();
+        let out = self.out.clone();
+        let id = t.id.clone();
+        tokio::spawn(async move {
+            let forward = |ev: RequestEvent| {
+                out.send(Out::Event(EventFrame {
+                    request_id: id.clone(),
+                    event: ev,
+                }))
+                .is_ok()
+            };
+            for ev in past {
+                forward(ev);
+            }
+            while let Some(ev) = rx.recv().await {
+                if !forward(ev) {
+                    break;
+                }
+            }
+        });
+        Ok(t.id.clone())
+    }
+
+    /// This connection's unfinished requests with their places.
+    fn queue_update(&self) {
+        let requests = self
+            .requests
+            .values()
+            .filter_map(|t| match t.status() {
+                Status::Queued { position } => Some(QueueEntry {
+                    request_id: t.id.clone(),
+                    kind: t.kind.into(),
+                    position: Some(position),
+                    state: "queued".into(),
+                }),
+                Status::Running { .. } => Some(QueueEntry {
+                    request_id: t.id.clone(),
+                    kind: t.kind.into(),
+                    position: None,
+                    state: "running".into(),
+                }),
+                _ => None,
+            })
+            .collect();
+        self.send(ServerMessage::QueueUpdate { requests });
+    }
+}
+
+fn kind(resource: &lensd_core::registry::ResourceKey) -> String {
+    match resource {
+        lensd_core::registry::ResourceKey::Base(_) => "base".into(),
+        lensd_core::registry::ResourceKey::Lens(_) => "lens".into(),
+    }
+}
