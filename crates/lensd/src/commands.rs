@@ -184,6 +184,38 @@ pub fn run(cmd: Command) -> Result<()> {
             }
         }
         Command::CheckConfig { file, format } => check_config(&file, format),
+        Command::Serve {
+            config,
+            addr,
+            data,
+            keys,
+            allow_origins,
+            max_text_chars,
+            rate_per_minute,
+            max_connections,
+            retention_days,
+            users_may_preload,
+            shutdown_grace,
+        } => {
+            let limits = lensd_server::limits::Limits {
+                max_text_chars,
+                requests_per_minute: rate_per_minute,
+                max_connections,
+                shutdown_grace: std::time::Duration::from_secs(shutdown_grace),
+                ..Default::default()
+            };
+            let options = crate::serve::ServeOptions {
+                config,
+                addr,
+                data,
+                keys,
+                allow_origins,
+                limits,
+                retention_days,
+                users_may_preload,
+            };
+            tokio::runtime::Runtime::new()?.block_on(crate::serve::run(options))
+        }
         Command::BenchSched {
             model,
             clients,

@@ -6,6 +6,7 @@ mod bench_sched;
 mod bench_switch;
 mod commands;
 mod render;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -190,6 +191,44 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Serve the HTTP API, the WebSocket protocol and share pages. Without --config, the demo
+    /// model with the logit lens and the fitted demo tuned lens, in two groups sharing its base.
+    Serve {
+        /// Model groups (the original's model_groups.json with lensd's additions); relative paths
+        /// in it are read from its folder.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Address to listen on (port 0 picks a free one).
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        addr: String,
+        /// Folder for the results database, the request log and the generated default config.
+        #[arg(long, default_value = "data/server")]
+        data: PathBuf,
+        /// API keys: {"keys": [{"key": "...", "role": "user"|"admin", "name": "..."}]}.
+        #[arg(long, env = "LENSD_KEYS_FILE")]
+        keys: Option<PathBuf>,
+        /// Origins allowed to call the API from a browser (repeat; `*` for any).
+        #[arg(long = "allow-origin")]
+        allow_origins: Vec<String>,
+        /// Most characters of text in one request.
+        #[arg(long, default_value_t = 20_000)]
+        max_text_chars: usize,
+        /// Submissions per client per minute.
+        #[arg(long, default_value_t = 120)]
+        rate_per_minute: u32,
+        /// WebSocket connections open at once.
+        #[arg(long, default_value_t = 512)]
+        max_connections: usize,
+        /// Days results are kept.
+        #[arg(long, default_value_t = 30)]
+        retention_days: u64,
+        /// Let any client preload a group when switching models (else only admins).
+        #[arg(long)]
+        users_may_preload: bool,
+        /// Seconds running work may finish after a shutdown begins.
+        #[arg(long, default_value_t = 20)]
+        shutdown_grace: u64,
+    },
     /// Compare the group-aware scheduling policy with first-in-first-out on the same workload,
     /// simulated with the demo model's costs and on the demo model itself.
     BenchSched {
@@ -245,6 +284,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match commands::run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

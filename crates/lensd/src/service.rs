@@ -71,6 +71,7 @@ pub struct Service {
     path: PathBuf,
     probe: FileProbe,
     registry: Mutex<Registry>,
+    config: std::sync::Mutex<Config>,
     /// The start-up preloads, each group with its outcome; nothing waits on it but tests.
     pub preloads: std::sync::Mutex<Option<PreloadOutcomes>>,
 }
@@ -112,6 +113,7 @@ impl Service {
             path: path.to_path_buf(),
             probe,
             registry: Mutex::new(registry),
+            config: std::sync::Mutex::new(checked.config.clone()),
             preloads: std::sync::Mutex::new(None),
         };
         let handle = service.start_preloads(&checked.config.settings);
@@ -163,7 +165,16 @@ impl Service {
         self.residency.reload(next.clone(), checked.budgets).await?;
         self.scheduler.set_registry(next.clone()).await;
         *current = next;
+        *self.config.lock().unwrap_or_else(|e| e.into_inner()) = checked.config;
         Ok(diff)
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Config {
+        self.config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub async fn registry(&self) -> Registry {

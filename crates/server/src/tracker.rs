@@ -349,6 +349,16 @@ fn observe(state: &Shared, t: &Tracked, inner: &mut Inner, ev: &RequestEvent) {
     }
 }
 
+/// A request's options for the log: everything but the text itself.
+fn options_of(input: &serde_json::Value) -> serde_json::Value {
+    let mut v = input.clone();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("text");
+        o.remove("prompt");
+    }
+    v
+}
+
 async fn finish(state: &Shared, t: &Arc<Tracked>, ev: &RequestEvent) {
     let (wait_ms, compute_ms) = {
         let inner = t.lock();
@@ -386,7 +396,7 @@ async fn finish(state: &Shared, t: &Arc<Tracked>, ev: &RequestEvent) {
             models: t.models.clone(),
             text_chars: t.text_chars,
             tokens: None,
-            options: t.input.clone(),
+            options: options_of(&t.input),
             outcome: outcome.clone(),
             wait_ms,
             compute_ms,

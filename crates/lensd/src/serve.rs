@@ -1,0 +1,175 @@
+//! `lensd serve`: the model-groups service behind the HTTP and WebSocket server, with the
+//! results database, the request log, keys and limits, until SIGINT or SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use lensd::service::Service;
+use lensd_core::engine::BoxFuture;
+use lensd_core::registry::RegistryDiff;
+use lensd_sched::queue::QueueConfig;
+use lensd_server::auth::Keys;
+use lensd_server::limits::Limits;
+use lensd_server::reqlog::RequestLog;
+use lensd_server::store::Store;
+use lensd_server::views::Snapshot;
+use lensd_server::{AppState, Control, Parts};
+
+pub struct ServeOptions {
+    pub config: Option<PathBuf>,
+    pub addr: String,
+    pub data: PathBuf,
+    pub keys: Option<PathBuf>,
+    pub allow_origins: Vec<String>,
+    pub limits: Limits,
+    pub retention_days: u64,
+    pub users_may_preload: bool,
+}
+
+/// The demo lens that `scripts/demo.sh` fits.
+const DEMO_LENS: &str = "models/lenses/smollm2-135m-tuned";
+
+/// The embedded default: the demo model with the logit lens and the fitted demo tuned lens, in
+/// two groups that name the same base (one copy of it, and of the lens, is loaded).
+fn default_config(data: &Path) -> Result<PathBuf> {
+    let model = std::fs::canonicalize(crate::DEMO_MODEL).with_context(|| {
+        format!(
+            "the demo model {} is missing: run scripts/fetch-demo-model.sh, or pass --config",
+            crate::DEMO_MODEL
+        )
+    })?;
+    let lens = std::fs::canonicalize(DEMO_LENS)
+        .ok()
+        .filter(|p| p.join("params.safetensors").is_file());
+    let tuned = |id: &str, name: &str| {
+        lens.as_ref().map(|p| serde_json::json!({"id": id, "name": name, "lens": "tuned", "lens_checkpoint_path": p,
+            "description": "Affine translators fitted in closed form on Python's documentation and licence texts"}))
+    };
+    if lens.is_none() {
+        tracing::warn!("the demo tuned lens is missing ({DEMO_LENS}); serving the logit lens only. Run scripts/demo.sh to fit it");
+    }
+    let mut main = vec![
+        serde_json::json!({"id": "smollm2-logit", "name": "Logit lens", "lens": "logit",
+        "description": "The model's own final norm and unembedding applied at every layer"}),
+    ];
+    main.extend(tuned("smollm2-tuned", "Tuned lens"));
+    let mut compare = vec![
+        serde_json::json!({"id": "smollm2-compare-logit", "name": "Logit lens (compare)", "lens": "logit"}),
+    ];
+    compare.extend(tuned("smollm2-compare-tuned", "Tuned lens (compare)"));
+    let doc = serde_json::json!({
+        "model_groups": [
+            {"group_id": "smollm2-135m", "group_name": "SmolLM2 135M Instruct", "base_model_path": model,
+             "description": "The demo model, SmolLM2-135M-Instruct (Q4_1 GGUF), computing in f32", "models": main},
+            {"group_id": "smollm2-135m-compare", "group_name": "SmolLM2 135M Instruct (second group)", "base_model_path": model,
+             "description": "The same base file as the first group: lensd loads it once", "models": compare}
+        ],
+        "settings": {"default_group": "smollm2-135m"}
+    });
+    std::fs::create_dir_all(data).with_context(|| format!("cannot create {}", data.display()))?;
+    let path = data.join("model_groups.default.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&doc)?)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
+}
+
+struct ServiceControl(Arc<Service>);
+
+impl Control for ServiceControl {
+    fn reload(&self) -> BoxFuture<Result<(Snapshot, RegistryDiff), String>> {
+        let service = self.0.clone();
+        Box::pin(async move {
+            let diff = service.reload().await.map_err(|e| format!("{e:#}"))?;
+            Ok((
+                Snapshot {
+                    config: service.config(),
+                    registry: service.registry().await,
+                },
+                diff,
+            ))
+        })
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+    }
+    tracing::info!("shutdown requested");
+}
+
+pub async fn run(o: ServeOptions) -> Result<()> {
+    let config = match &o.config {
+        Some(c) => c.clone(),
+        None => default_config(&o.data)?,
+    };
+    let queue = QueueConfig {
+        users_may_preload: o.users_may_preload,
+        ..QueueConfig::default()
+    };
+    let service = Arc::new(Service::start_with(&config, queue).await?);
+    let keys = match &o.keys {
+        Some(k) => Keys::from_file(k).map_err(anyhow::Error::msg)?,
+        None => Keys::default(),
+    };
+    std::fs::create_dir_all(&o.data)
+        .with_context(|| format!("cannot create {}", o.data.display()))?;
+    let store = Arc::new(Store::open(&o.data.join("results.sqlite3"))?);
+    let retention = Duration::from_secs(o.retention_days * 86_400);
+    {
+        // Results older than the retention period are removed now and every hour.
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                every.tick().await;
+                let cutoff = unix_now() - retention.as_secs() as i64;
+                let s = store.clone();
+                match tokio::task::spawn_blocking(move || s.purge_older_than(cutoff)).await {
+                    Ok(Ok(n)) if n > 0 => tracing::info!(removed = n, "old results removed"),
+                    Ok(Err(e)) => tracing::warn!(%e, "old results not removed"),
+                    _ => {}
+                }
+            }
+        });
+    }
+    let log = Arc::new(
+        RequestLog::open(&o.data.join("logs"))
+            .with_context(|| format!("cannot open the request log in {}", o.data.display()))?,
+    );
+    let snapshot = Snapshot {
+        config: service.config(),
+        registry: service.registry().await,
+    };
+    let state = AppState::new(Parts {
+        scheduler: service.scheduler.clone(),
+        residency: service.residency.clone(),
+        snapshot,
+        control: Some(Arc::new(ServiceControl(service.clone()))),
+        keys,
+        limits: o.limits,
+        store: Some(store),
+        log: Some(log),
+        allowed_origins: o.allow_origins,
+    });
+    let listener = tokio::net::TcpListener::bind(&o.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", o.addr))?;
+    let addr = listener.local_addr()?;
+    // The first line on standard output says where to connect (tests read it).
+    println!("lensd listening on http://{addr}");
+    tracing::info!(%addr, config = %config.display(), "serving");
+    lensd_server::serve(state, listener, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
