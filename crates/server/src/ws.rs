@@ -112,6 +112,7 @@ async fn session(state: Shared, socket: WebSocket, caller: Caller) {
         current_model: None,
     });
     let mut shutdown = state.shutdown.subscribe();
+    let mut told = false;
     loop {
         tokio::select! {
             frame = stream.next() => match frame {
@@ -127,12 +128,13 @@ async fn session(state: Shared, socket: WebSocket, caller: Caller) {
             },
             changed = shutdown.changed() => {
                 let phase = *shutdown.borrow();
-                match (changed, phase) {
-                    (Ok(()), Phase::Draining) => {
-                        s.send(ServerMessage::ServerShutdown { grace_seconds: state.limits.shutdown_grace.as_secs() });
-                    }
-                    (Ok(()), Phase::Closing) | (Err(_), _) => break,
-                    _ => {}
+                // Both phases may pass before this session looks: tell the client once either way.
+                if phase != Phase::Serving && !told {
+                    told = true;
+                    s.send(ServerMessage::ServerShutdown { grace_seconds: state.limits.shutdown_grace.as_secs() });
+                }
+                if changed.is_err() || phase == Phase::Closing {
+                    break;
                 }
             }
         }
