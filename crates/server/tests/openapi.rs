@@ -7,6 +7,15 @@ use axum::http::StatusCode;
 use common::{call, events, server, ADMIN};
 use serde_json::{json, Value};
 
+/// (method, path, key, body, schema of the response)
+type Check = (
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    Option<&'static str>,
+    &'static str,
+);
+
 fn validate(doc: &Value, schema: &str, instance: &Value) {
     let mut root = doc.clone();
     root["$ref"] = json!(format!("#/components/schemas/{schema}"));
@@ -54,7 +63,7 @@ async fn responses_match_the_generated_document() {
     ] {
         assert!(paths.contains(&p), "{p} is not documented");
     }
-    let checks: Vec<(&str, &str, Option<&str>, Option<&str>, &str)> = vec![
+    let checks: Vec<Check> = vec![
         ("GET", "/healthz", None, None, "Health"),
         ("GET", "/api/v1/models", Some(ADMIN), None, "ModelsResponse"),
         (
