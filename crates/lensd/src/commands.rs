@@ -191,6 +191,7 @@ pub fn run(cmd: Command) -> Result<()> {
             keys,
             allow_origins,
             max_text_chars,
+            max_tokens,
             rate_per_minute,
             max_connections,
             retention_days,
@@ -213,6 +214,7 @@ pub fn run(cmd: Command) -> Result<()> {
                 limits,
                 retention_days,
                 users_may_preload,
+                max_tokens,
             };
             tokio::runtime::Runtime::new()?.block_on(crate::serve::run(options))
         }

@@ -213,6 +213,9 @@ enum Command {
         /// Most characters of text in one request.
         #[arg(long, default_value_t = 20_000)]
         max_text_chars: usize,
+        /// Most tokens of an analysed text or a prompt.
+        #[arg(long, default_value_t = 4096)]
+        max_tokens: usize,
         /// Submissions per client per minute.
         #[arg(long, default_value_t = 120)]
         rate_per_minute: u32,

@@ -39,6 +39,8 @@ pub struct CpuEngine {
     /// The device's one compute thread: candle's thread pool spins while it waits, so two
     /// computations at once on a small machine are slower than one after the other.
     compute: std::sync::mpsc::Sender<Task>,
+    /// Most tokens an analysed text or a prompt may have.
+    max_input_tokens: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Default for CpuEngine {
@@ -61,6 +63,7 @@ impl CpuEngine {
         CpuEngine {
             loaded: Arc::default(),
             compute,
+            max_input_tokens: Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX)),
         }
     }
 
@@ -71,6 +74,24 @@ impl CpuEngine {
     /// A loaded base, for the compute worker.
     pub fn base(&self, key: &BaseKey) -> Option<Arc<Base>> {
         self.lock().bases.get(key).cloned()
+    }
+
+    /// Refuses texts and prompts of more tokens than `n`.
+    pub fn set_max_input_tokens(&self, n: usize) {
+        self.max_input_tokens
+            .store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn check_tokens(&self, n: usize) -> Result<(), JobFailure> {
+        let max = self
+            .max_input_tokens
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if n > max {
+            return Err(JobFailure::Limit(format!(
+                "the text has {n} tokens; the limit is {max}"
+            )));
+        }
+        Ok(())
     }
 
     /// How many bases were loaded from disk since start.
@@ -243,6 +264,7 @@ impl CpuEngine {
                     .tokenizer
                     .encode_prompt(&text, special || chat)
                     .map_err(failure)?;
+                self.check_tokens(ids.len())?;
                 let layers = layers
                     .resolve(base.config().n_layers)
                     .map_err(JobFailure::Invalid)?;
@@ -287,6 +309,7 @@ impl CpuEngine {
                     .tokenizer
                     .encode_prompt(&prompt, chat)
                     .map_err(failure)?;
+                self.check_tokens(ids.len())?;
                 let params = SamplingParams {
                     max_tokens: sampling.max_tokens,
                     temperature: sampling.temperature,

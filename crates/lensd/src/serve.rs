@@ -26,6 +26,7 @@ pub struct ServeOptions {
     pub limits: Limits,
     pub retention_days: u64,
     pub users_may_preload: bool,
+    pub max_tokens: usize,
 }
 
 /// The demo lens that `scripts/demo.sh` fits.
@@ -118,6 +119,7 @@ pub async fn run(o: ServeOptions) -> Result<()> {
         ..QueueConfig::default()
     };
     let service = Arc::new(Service::start_with(&config, queue).await?);
+    service.engine.set_max_input_tokens(o.max_tokens);
     let keys = match &o.keys {
         Some(k) => Keys::from_file(k).map_err(anyhow::Error::msg)?,
         None => Keys::default(),

@@ -1,0 +1,317 @@
+//! `lensd serve` end to end with the demo model: a WebSocket client lists groups, analyses
+//! with a tuned lens and gets correct numbers, cancels a request, survives a malformed frame;
+//! a result outlives a restart and is served at /share/{id}; and a bounded load check of 200
+//! clients.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(config: &Path, data: &Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lensd"))
+            .current_dir(common::root())
+            .args(["serve", "--addr", "127.0.0.1:0", "--shutdown-grace", "2"])
+            .arg("--config")
+            .arg(config)
+            .arg("--data")
+            .arg(data)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("lensd serve starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("lensd listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Server { child, addr }
+    }
+
+    /// SIGTERM, then wait for the ordered shutdown to finish.
+    fn stop(mut self) {
+        unsafe { libc_kill(self.child.id() as i32, 15) };
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "lensd exited with {status}");
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status: u16 = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+async fn connect(addr: &str) -> Ws {
+    tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .unwrap()
+        .0
+}
+
+async fn recv(ws: &mut Ws) -> Value {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(120), ws.next())
+            .await
+            .expect("a frame")
+            .unwrap()
+            .unwrap();
+        if let Message::Text(t) = m {
+            return serde_json::from_str(&t).unwrap();
+        }
+    }
+}
+
+async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::Text(v.to_string().into())).await.unwrap();
+}
+
+fn config(dir: &Path) -> std::path::PathBuf {
+    let lens = common::fit(dir, "lens", "1e-3");
+    let model = common::demo_model();
+    let cfg = dir.join("model_groups.json");
+    let doc = json!({
+        "model_groups": [
+            {"group_id": "demo", "group_name": "SmolLM2", "base_model_path": model,
+             "models": [{"id": "logit", "name": "Logit", "lens": "logit"}, {"id": "tuned", "name": "Tuned", "lens": "tuned", "lens_checkpoint_path": lens}]},
+            {"group_id": "demo-2", "group_name": "SmolLM2 again", "base_model_path": model,
+             "models": [{"id": "logit-2", "name": "Logit", "lens": "logit"}]}
+        ],
+        "settings": {"default_group": "demo", "device_budget": "2GiB", "host_budget": "1GiB"}
+    });
+    std::fs::write(&cfg, doc.to_string()).unwrap();
+    cfg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_client_analyses_cancels_and_its_result_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let data = dir.path().join("data");
+    let server = Server::start(&cfg, &data);
+    let mut ws = connect(&server.addr).await;
+    assert_eq!(recv(&mut ws).await["type"], "connection_established");
+    send(&mut ws, json!({"type": "list_model_groups"})).await;
+    let groups = recv(&mut ws).await;
+    let ids: Vec<&str> = groups["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["group_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["demo", "demo-2"]);
+
+    send(&mut ws, json!({"type": "analyze", "model_id": "tuned", "text": "The capital of France is", "options": {"layers": "20-30:5", "top_k": 3}})).await;
+    let id = recv(&mut ws).await["request_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A malformed frame in between changes nothing.
+    ws.send(Message::Text("{broken".into())).await.unwrap();
+    let mut kinds = Vec::new();
+    let mut got_error_frame = false;
+    let completed = loop {
+        let v = recv(&mut ws).await;
+        if v["type"] == "error" && v["request_id"].is_null() {
+            got_error_frame = true;
+            continue;
+        }
+        kinds.push(v["type"].as_str().unwrap().to_string());
+        if v["type"] == "completed" {
+            break v;
+        }
+    };
+    assert!(got_error_frame);
+    assert_eq!(kinds.first().map(String::as_str), Some("queued"));
+    for k in ["started", "tokens", "rows", "progress"] {
+        assert!(kinds.iter().any(|x| x == k), "no {k} in {kinds:?}");
+    }
+    let layers = &completed["output"]["analyses"][0]["layers"];
+    let last = layers.as_array().unwrap().last().unwrap();
+    assert_eq!(last["layer"], 30);
+    let cell = last["positions"].as_array().unwrap().last().unwrap();
+    assert_eq!(cell["top"][0]["token"], " Paris");
+    assert!(
+        (cell["top"][0]["prob"].as_f64().unwrap() - 0.7725).abs() < 0.01,
+        "{cell}"
+    );
+    assert!(cell["kl_to_final"].as_f64().unwrap().abs() < 1e-4);
+
+    // A second, long request is cancelled once it runs.
+    let long = "The keeper wrote down the wind and the swell. ".repeat(40);
+    send(
+        &mut ws,
+        json!({"type": "analyze", "model_id": "tuned", "text": long}),
+    )
+    .await;
+    let second = recv(&mut ws).await["request_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    loop {
+        let v = recv(&mut ws).await;
+        if v["request_id"] == second && v["type"] == "rows" {
+            break;
+        }
+    }
+    send(
+        &mut ws,
+        json!({"type": "cancel_request", "request_id": second}),
+    )
+    .await;
+    loop {
+        let v = recv(&mut ws).await;
+        if v["request_id"] == second
+            && ["completed", "error", "cancelled"].contains(&v["type"].as_str().unwrap())
+        {
+            assert_eq!(v["type"], "cancelled");
+            break;
+        }
+    }
+    drop(ws);
+    server.stop();
+
+    // After a restart the result is still there, and shared.
+    let server = Server::start(&cfg, &data);
+    let (status, body) = http_get(&server.addr, &format!("/api/v2/requests/{id}")).await;
+    assert_eq!(status, 200, "{body}");
+    let r: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(r["status"]["state"], "completed");
+    assert_eq!(r["result"]["analyses"][0]["layers"][2]["layer"], 30);
+    let (status, page) = http_get(&server.addr, &format!("/share/{id}")).await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("Paris") && page.contains(&id),
+        "the share page shows the result"
+    );
+    let (status, _) = http_get(&server.addr, &format!("/api/v2/requests/{second}")).await;
+    assert_eq!(status, 200, "the cancelled request is stored too");
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_clients_each_get_exactly_one_terminal_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let server = Server::start(&cfg, &dir.path().join("data"));
+    let addr = server.addr.clone();
+    let memory = |body: String| -> u64 {
+        serde_json::from_str::<Value>(&body).unwrap()["process_resident_bytes"]
+            .as_u64()
+            .unwrap()
+    };
+    // Warm up: every model once, so that the base and lens are loaded before measuring.
+    let mut ws = connect(&addr).await;
+    recv(&mut ws).await;
+    for model in ["logit", "tuned", "logit-2"] {
+        send(&mut ws, json!({"type": "analyze", "model_id": model, "text": "warm up", "options": {"layers": "30", "top_k": 1}})).await;
+        loop {
+            let v = recv(&mut ws).await;
+            if ["completed", "error", "cancelled"].contains(&v["type"].as_str().unwrap())
+                && !v["request_id"].is_null()
+            {
+                assert_eq!(v["type"], "completed");
+                break;
+            }
+        }
+    }
+    drop(ws);
+    let before = memory(http_get(&addr, "/api/v2/memory").await.1);
+    let t = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let addr = addr.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ws = connect(&addr).await;
+            recv(&mut ws).await;
+            send(&mut ws, json!({"type": "list_model_groups"})).await;
+            assert_eq!(recv(&mut ws).await["type"], "model_groups_list");
+            let model = ["logit", "tuned", "logit-2"][i % 3];
+            send(&mut ws, json!({"type": "analyze", "model_id": model, "text": format!("Client {i} says hello"), "options": {"layers": "30", "top_k": 1}})).await;
+            let id = recv(&mut ws).await["request_id"].as_str().unwrap().to_string();
+            let mut terminals = Vec::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+            while terminals.is_empty() {
+                let v = tokio::time::timeout_at(deadline, recv(&mut ws)).await.expect("ends");
+                if v["request_id"] == id && ["completed", "error", "cancelled"].contains(&v["type"].as_str().unwrap()) {
+                    terminals.push(v["type"].as_str().unwrap().to_string());
+                }
+            }
+            // Nothing else arrives for this request after its terminal event.
+            send(&mut ws, json!({"type": "status"})).await;
+            loop {
+                let v = recv(&mut ws).await;
+                assert!(v["request_id"] != id, "an event after the terminal one: {v}");
+                if v["type"] == "queue_update" {
+                    assert_eq!(v["requests"], json!([]));
+                    break;
+                }
+            }
+            terminals
+        }));
+    }
+    let mut completed = 0;
+    for task in tasks {
+        let terminals = task.await.unwrap();
+        assert_eq!(terminals.len(), 1);
+        completed += (terminals[0] == "completed") as usize;
+    }
+    let elapsed = t.elapsed();
+    let after = memory(http_get(&addr, "/api/v2/memory").await.1);
+    eprintln!(
+        "200 clients: {completed} completed in {:.1} s; server resident memory {:.0} MiB before, {:.0} MiB after",
+        elapsed.as_secs_f64(),
+        before as f64 / 1048576.0,
+        after as f64 / 1048576.0
+    );
+    assert_eq!(completed, 200);
+    // Bounded: 200 connections and their results add little beside the loaded weights.
+    assert!(
+        after < before + 128 * 1024 * 1024,
+        "memory grew from {before} to {after} bytes"
+    );
+    server.stop();
+}
