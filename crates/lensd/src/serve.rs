@@ -76,13 +76,22 @@ fn default_config(data: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
-struct ServiceControl(Arc<Service>);
+/// Reloads for the server's admin endpoint. Errors name the configuration file by role, not
+/// by path: no response may contain a server path.
+struct ServiceControl {
+    service: Arc<Service>,
+    path: PathBuf,
+}
 
 impl Control for ServiceControl {
     fn reload(&self) -> BoxFuture<Result<(Snapshot, RegistryDiff), String>> {
-        let service = self.0.clone();
+        let service = self.service.clone();
+        let path = self.path.display().to_string();
         Box::pin(async move {
-            let diff = service.reload().await.map_err(|e| format!("{e:#}"))?;
+            let diff = service
+                .reload()
+                .await
+                .map_err(|e| format!("{e:#}").replace(&path, "the configuration file"))?;
             Ok((
                 Snapshot {
                     config: service.config(),
@@ -157,13 +166,31 @@ pub async fn run(o: ServeOptions) -> Result<()> {
         scheduler: service.scheduler.clone(),
         residency: service.residency.clone(),
         snapshot,
-        control: Some(Arc::new(ServiceControl(service.clone()))),
+        control: Some(Arc::new(ServiceControl {
+            service: service.clone(),
+            path: config.clone(),
+        })),
         keys,
         limits: o.limits,
         store: Some(store),
         log: Some(log),
         allowed_origins: o.allow_origins,
     });
+    {
+        // SIGHUP reloads the configuration like the admin endpoint does.
+        let mut reloads = service.reload_on_sighup()?;
+        let (state, service) = (state.clone(), service.clone());
+        tokio::spawn(async move {
+            while let Some(outcome) = reloads.recv().await {
+                if outcome.is_ok() {
+                    state.set_snapshot(Snapshot {
+                        config: service.config(),
+                        registry: service.registry().await,
+                    });
+                }
+            }
+        });
+    }
     let listener = tokio::net::TcpListener::bind(&o.addr)
         .await
         .with_context(|| format!("cannot listen on {}", o.addr))?;

@@ -25,9 +25,14 @@ struct Server {
 
 impl Server {
     fn start(config: &Path, data: &Path) -> Server {
+        Self::start_with(config, data, &[])
+    }
+
+    fn start_with(config: &Path, data: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_lensd"))
             .current_dir(common::root())
             .args(["serve", "--addr", "127.0.0.1:0", "--shutdown-grace", "2"])
+            .args(extra)
             .arg("--config")
             .arg(config)
             .arg("--data")
@@ -68,12 +73,16 @@ impl Drop for Server {
 }
 
 async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    http(addr, "GET", path, None).await
+}
+
+async fn http(addr: &str, method: &str, path: &str, key: Option<&str>) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.unwrap();
     let text = String::from_utf8_lossy(&buf).to_string();
@@ -111,17 +120,23 @@ async fn send(ws: &mut Ws, v: Value) {
 
 fn config(dir: &Path) -> std::path::PathBuf {
     let lens = common::fit(dir, "lens", "1e-3");
+    write_config(dir, &lens, true)
+}
+
+fn write_config(dir: &Path, lens: &Path, second_group: bool) -> std::path::PathBuf {
     let model = common::demo_model();
     let cfg = dir.join("model_groups.json");
-    let doc = json!({
-        "model_groups": [
-            {"group_id": "demo", "group_name": "SmolLM2", "base_model_path": model,
-             "models": [{"id": "logit", "name": "Logit", "lens": "logit"}, {"id": "tuned", "name": "Tuned", "lens": "tuned", "lens_checkpoint_path": lens}]},
-            {"group_id": "demo-2", "group_name": "SmolLM2 again", "base_model_path": model,
-             "models": [{"id": "logit-2", "name": "Logit", "lens": "logit"}]}
-        ],
-        "settings": {"default_group": "demo", "device_budget": "2GiB", "host_budget": "1GiB"}
-    });
+    let mut groups = vec![
+        json!({"group_id": "demo", "group_name": "SmolLM2", "base_model_path": model,
+        "models": [{"id": "logit", "name": "Logit", "lens": "logit"}, {"id": "tuned", "name": "Tuned", "lens": "tuned", "lens_checkpoint_path": lens}]}),
+    ];
+    if second_group {
+        groups.push(
+            json!({"group_id": "demo-2", "group_name": "SmolLM2 again", "base_model_path": model,
+            "models": [{"id": "logit-2", "name": "Logit", "lens": "logit"}]}),
+        );
+    }
+    let doc = json!({"model_groups": groups, "settings": {"default_group": "demo", "device_budget": "2GiB", "host_budget": "1GiB"}});
     std::fs::write(&cfg, doc.to_string()).unwrap();
     cfg
 }
@@ -312,6 +327,53 @@ async fn two_hundred_clients_each_get_exactly_one_terminal_event() {
     assert!(
         after < before + 128 * 1024 * 1024,
         "memory grew from {before} to {after} bytes"
+    );
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_reloads_the_configuration_of_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let keys = dir.path().join("keys.json");
+    std::fs::write(
+        &keys,
+        r#"{"keys": [{"key": "admin-key-for-the-e2e-test", "role": "admin", "name": "ops"}]}"#,
+    )
+    .unwrap();
+    let server = Server::start_with(
+        &cfg,
+        &dir.path().join("data"),
+        &["--keys", keys.to_str().unwrap()],
+    );
+    write_config(dir.path(), &dir.path().join("lens"), false);
+    let (status, body) = http(&server.addr, "POST", "/api/v2/admin/reload", None).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = http(
+        &server.addr,
+        "POST",
+        "/api/v2/admin/reload",
+        Some("admin-key-for-the-e2e-test"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let diff: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(diff["removed_models"], json!(["logit-2"]));
+    let (_, body) = http_get(&server.addr, "/api/v2/groups").await;
+    let groups: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(groups["groups"].as_array().unwrap().len(), 1);
+    std::fs::write(&cfg, "{ broken").unwrap();
+    let (status, body) = http(
+        &server.addr,
+        "POST",
+        "/api/v2/admin/reload",
+        Some("admin-key-for-the-e2e-test"),
+    )
+    .await;
+    assert_eq!(status, 400, "a broken file is refused: {body}");
+    assert!(
+        !body.contains(dir.path().to_str().unwrap()),
+        "no server path in {body}"
     );
     server.stop();
 }

@@ -167,6 +167,15 @@ impl Session {
     }
 
     async fn handle(&mut self, text: &str) {
+        let limit = self.state.limits.max_message_bytes;
+        if text.len() > limit {
+            let e = ApiError::TooLarge(format!(
+                "the message has {} bytes; the limit is {limit}",
+                text.len()
+            ));
+            self.error(e, None);
+            return;
+        }
         let msg: ClientMessage = match serde_json::from_str(text) {
             Ok(m) => m,
             Err(e) => {
