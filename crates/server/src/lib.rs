@@ -14,6 +14,7 @@ pub mod state;
 pub mod store;
 pub mod tracker;
 pub mod views;
+pub mod web;
 pub mod ws;
 
 pub use state::{AppState, Control, Parts, Phase, Shared};

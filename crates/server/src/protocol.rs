@@ -297,6 +297,11 @@ pub enum ServerMessage {
     ServerShutdown {
         grace_seconds: u64,
     },
+    /// Where models live changed (a load, a preload, an unload), whoever caused it: ask for
+    /// `list_model_groups` again to see it.
+    ResidencyChanged {
+        reason: String,
+    },
 }
 
 /// One event of one request: `{"type": "rows", "request_id": "r-…", …}`.

@@ -48,6 +48,8 @@ pub struct AppState {
     /// Tells WebSocket sessions how shutdown goes.
     pub shutdown: watch::Sender<Phase>,
     pub allowed_origins: Vec<String>,
+    /// Messages for every connected client (residency changes).
+    pub broadcast: tokio::sync::broadcast::Sender<crate::protocol::ServerMessage>,
 }
 
 pub type Shared = Arc<AppState>;
@@ -97,6 +99,7 @@ impl AppState {
             closing: AtomicBool::new(false),
             shutdown,
             allowed_origins: p.allowed_origins,
+            broadcast: tokio::sync::broadcast::channel(64).0,
         })
     }
 
@@ -132,6 +135,15 @@ impl AppState {
 
     pub fn bytes_per_ms(&self) -> u64 {
         self.load_bytes_per_ms.load(Ordering::Relaxed)
+    }
+
+    /// Tells every connected client that where models live has changed.
+    pub fn residency_changed(&self, reason: &str) {
+        let _ = self
+            .broadcast
+            .send(crate::protocol::ServerMessage::ResidencyChanged {
+                reason: reason.to_string(),
+            });
     }
 
     pub fn is_closing(&self) -> bool {

@@ -113,8 +113,15 @@ async fn session(state: Shared, socket: WebSocket, caller: Caller) {
     });
     let mut shutdown = state.shutdown.subscribe();
     let mut told = false;
+    let mut broadcast = state.broadcast.subscribe();
     loop {
         tokio::select! {
+            msg = broadcast.recv() => {
+                // A client that fell behind just misses a notice; the next one tells the same.
+                if let Ok(m) = msg {
+                    s.send(m);
+                }
+            }
             frame = stream.next() => match frame {
                 Some(Ok(Message::Text(text))) => s.handle(text.as_str()).await,
                 Some(Ok(Message::Binary(_))) => s.error(ApiError::BadRequest("binary frames are not part of the protocol; send JSON text".into()), None),
@@ -365,6 +372,7 @@ impl Session {
             .map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let out = self.out.clone();
         let snap = self.state.snapshot();
+        let notify = self.state.clone();
         let status = move |status: &str,
                            resource: Option<String>,
                            done: Option<u64>,
@@ -397,6 +405,7 @@ impl Session {
                     PreloadEvent::Ready { .. } => {}
                     PreloadEvent::Done { .. } => {
                         status("preloaded", None, None, None, None);
+                        notify.residency_changed("preloaded");
                         break;
                     }
                     PreloadEvent::Failed { error, .. } => {

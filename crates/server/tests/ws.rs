@@ -397,3 +397,28 @@ async fn the_connection_limit_and_shutdown() {
     .await;
     assert!(end.is_ok(), "the connection closes after the drain");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_client_hears_when_another_clients_request_loads_weights() {
+    let s = server();
+    let (url, _stop) = listen(s.state.clone()).await;
+    let mut watcher = connect(&url, None).await;
+    recv(&mut watcher).await;
+    let mut worker = connect(&url, None).await;
+    recv(&mut worker).await;
+    send(
+        &mut worker,
+        json!({"type": "analyze", "model_id": "pub-tuned", "text": "a b"}),
+    )
+    .await;
+    let first = until(&mut watcher, "residency_changed")
+        .await
+        .pop()
+        .unwrap();
+    assert_eq!(first["reason"], "loading");
+    let second = until(&mut watcher, "residency_changed")
+        .await
+        .pop()
+        .unwrap();
+    assert_eq!(second["reason"], "loaded");
+}

@@ -89,6 +89,8 @@ pub fn router(state: Shared) -> Router {
     .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]);
     let body_limit = state.limits.max_message_bytes;
     Router::new()
+        .route("/", get(crate::web::index))
+        .route("/static/{*path}", get(crate::web::asset))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
