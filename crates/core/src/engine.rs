@@ -10,7 +10,8 @@ use crate::work::{ComputeEvent, Job, JobFailure, JobOutput};
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
-/// Called with (bytes done, bytes total) while a resource loads.
+/// Called with (bytes done, bytes total) while a resource loads: first with
+/// zero bytes done when reading starts, then as bytes arrive.
 pub type Progress = Box<dyn FnMut(u64, u64) + Send>;
 
 /// What to load.

@@ -125,6 +125,7 @@ impl Engine for FakeEngine {
                 Source::Lens(l) => (l.path.display().to_string(), l.bytes),
             };
             let latency = me.lock().load_latency;
+            progress(0, bytes);
             for step in 1..=4u64 {
                 tokio::time::sleep(latency / 4).await;
                 progress(bytes * step / 4, bytes);

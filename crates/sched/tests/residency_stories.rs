@@ -382,7 +382,13 @@ async fn preload_reports_progress_and_races_requests_without_double_loads() {
         .collect();
     assert_eq!(
         base_progress,
-        [(GB / 4, GB), (GB / 2, GB), (3 * GB / 4, GB), (GB, GB)]
+        [
+            (0, GB),
+            (GB / 4, GB),
+            (GB / 2, GB),
+            (3 * GB / 4, GB),
+            (GB, GB)
+        ]
     );
     for key in [base("base.gguf"), lens("lens-a"), lens("lens-b")] {
         assert!(
@@ -653,10 +659,11 @@ async fn several_models_of_one_base_are_leased_together_with_load_progress() {
     }
     assert_eq!(
         loading.len(),
-        12,
-        "four progress steps for each of three loads"
+        15,
+        "a start and four progress steps for each of three loads"
     );
-    assert_eq!(loading[3], (base("base.gguf"), GB, GB));
+    assert_eq!(loading[0], (base("base.gguf"), 0, GB));
+    assert_eq!(loading[4], (base("base.gguf"), GB, GB));
     let rep = res.report().await.unwrap();
     assert_eq!(
         rep.entry(&base("base.gguf")).unwrap().leases,

@@ -307,8 +307,7 @@ fn observe(state: &Shared, t: &Tracked, inner: &mut Inner, ev: &RequestEvent) {
             bytes_done,
             bytes_total,
         } => {
-            if *bytes_done == 0 {
-                inner.loading_any = true;
+            if *bytes_done == 0 && !std::mem::replace(&mut inner.loading_any, true) {
                 state.residency_changed("loading");
             }
             if resource.starts_with("base") {
