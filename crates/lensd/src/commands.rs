@@ -197,6 +197,7 @@ pub fn run(cmd: Command) -> Result<()> {
             retention_days,
             users_may_preload,
             shutdown_grace,
+            web_dir,
         } => {
             let limits = lensd_server::limits::Limits {
                 max_text_chars,
@@ -215,6 +216,7 @@ pub fn run(cmd: Command) -> Result<()> {
                 retention_days,
                 users_may_preload,
                 max_tokens,
+                web_dir,
             };
             tokio::runtime::Runtime::new()?.block_on(crate::serve::run(options))
         }

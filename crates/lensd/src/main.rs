@@ -231,6 +231,10 @@ enum Command {
         /// Seconds running work may finish after a shutdown begins.
         #[arg(long, default_value_t = 20)]
         shutdown_grace: u64,
+        /// Serve the web page from this folder instead of the copy built into the binary
+        /// (for working on the page without rebuilding).
+        #[arg(long)]
+        web_dir: Option<PathBuf>,
     },
     /// Compare the group-aware scheduling policy with first-in-first-out on the same workload,
     /// simulated with the demo model's costs and on the demo model itself.

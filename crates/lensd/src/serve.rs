@@ -23,6 +23,8 @@ pub struct ServeOptions {
     pub data: PathBuf,
     pub keys: Option<PathBuf>,
     pub allow_origins: Vec<String>,
+    /// The web page's folder, read at each request, instead of the built-in copy.
+    pub web_dir: Option<PathBuf>,
     pub limits: Limits,
     pub retention_days: u64,
     pub users_may_preload: bool,
@@ -175,6 +177,7 @@ pub async fn run(o: ServeOptions) -> Result<()> {
         store: Some(store),
         log: Some(log),
         allowed_origins: o.allow_origins,
+        web_dir: o.web_dir,
     });
     {
         // SIGHUP reloads the configuration like the admin endpoint does.

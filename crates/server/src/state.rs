@@ -48,6 +48,8 @@ pub struct AppState {
     /// Tells WebSocket sessions how shutdown goes.
     pub shutdown: watch::Sender<Phase>,
     pub allowed_origins: Vec<String>,
+    /// Where to read the web page from instead of the built-in copy.
+    pub web_dir: Option<std::path::PathBuf>,
     /// Messages for every connected client (residency changes).
     pub broadcast: tokio::sync::broadcast::Sender<crate::protocol::ServerMessage>,
 }
@@ -75,6 +77,7 @@ pub struct Parts {
     pub store: Option<Arc<Store>>,
     pub log: Option<Arc<RequestLog>>,
     pub allowed_origins: Vec<String>,
+    pub web_dir: Option<std::path::PathBuf>,
 }
 
 impl AppState {
@@ -99,6 +102,7 @@ impl AppState {
             closing: AtomicBool::new(false),
             shutdown,
             allowed_origins: p.allowed_origins,
+            web_dir: p.web_dir,
             broadcast: tokio::sync::broadcast::channel(64).0,
         })
     }

@@ -75,6 +75,16 @@ pub struct TestServer {
 }
 
 pub fn server_with(limits: Limits, queue: QueueConfig, engine: FakeEngine) -> TestServer {
+    server_full(limits, queue, engine, None)
+}
+
+/// A server whose web page is read from `web_dir` (the built-in copy when `None`).
+pub fn server_full(
+    limits: Limits,
+    queue: QueueConfig,
+    engine: FakeEngine,
+    web_dir: Option<std::path::PathBuf>,
+) -> TestServer {
     let snap = snapshot();
     let residency = Residency::start(
         snap.registry.clone(),
@@ -104,6 +114,7 @@ pub fn server_with(limits: Limits, queue: QueueConfig, engine: FakeEngine) -> Te
         store: Some(Arc::new(Store::open_in_memory().unwrap())),
         log: None,
         allowed_origins: vec!["http://localhost:8000".into()],
+        web_dir,
     });
     TestServer { state, engine }
 }
