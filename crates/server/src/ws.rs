@@ -293,7 +293,13 @@ impl Session {
                     .ok_or_else(|| ApiError::UnknownModel(model_id.clone()))?;
                 let report = state.report().await;
                 self.send(ServerMessage::ModelInfo {
-                    model: views::model_view(&snap, report.as_ref(), g, m),
+                    model: views::model_view(
+                        &snap,
+                        report.as_ref(),
+                        g,
+                        m,
+                        state.load_bytes_per_ms.load(Ordering::Relaxed),
+                    ),
                 });
             }
             ClientMessage::Analyze(req) => {

@@ -160,6 +160,12 @@ async fn groups_models_and_memory() {
         ),
         (StatusCode::OK, Some("tuned"), Some(8 << 20))
     );
+    let ready = m["residency"]["estimated_ready_ms"].as_u64().unwrap();
+    let base_ms = g["estimated_switch_ms"].as_u64().unwrap();
+    assert!(
+        ready > base_ms,
+        "a model on disk needs its base ({base_ms} ms) and its lens: {ready} ms"
+    );
     assert_eq!(
         call(&s.state, "GET", "/api/v2/models/be", None, None)
             .await

@@ -1,5 +1,7 @@
 //! REST v1: the original's flat model list and the switch of the caller's current model.
 
+use std::sync::atomic::Ordering;
+
 use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -22,7 +24,12 @@ pub async fn models(State(state): State<Shared>, who: Who) -> ApiResult<Json<Mod
     let snap = state.snapshot();
     let report = state.report().await;
     Ok(Json(ModelsResponse {
-        models: views::models(&snap, report.as_ref(), who.caller.role),
+        models: views::models(
+            &snap,
+            report.as_ref(),
+            who.caller.role,
+            state.load_bytes_per_ms.load(Ordering::Relaxed),
+        ),
         current_model: state.default_model(&who.client),
     }))
 }

@@ -2,6 +2,8 @@
 //! memory report, submitting work, a request's status, result, cancellation and event stream,
 //! and configuration reload.
 
+use std::sync::atomic::Ordering;
+
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -209,7 +211,13 @@ pub async fn model(
     let (g, m) = views::find(&snap, who.caller.role, &id)
         .ok_or_else(|| ApiError::UnknownModel(id.clone()))?;
     let report = state.report().await;
-    Ok(Json(views::model_view(&snap, report.as_ref(), g, m)))
+    Ok(Json(views::model_view(
+        &snap,
+        report.as_ref(),
+        g,
+        m,
+        state.load_bytes_per_ms.load(Ordering::Relaxed),
+    )))
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
