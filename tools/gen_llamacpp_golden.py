@@ -71,13 +71,13 @@ def read_chat_template(llm: Llama) -> tuple[str, dict]:
     return template, specials
 
 
-def render(template: str, specials: dict, messages: list) -> str:
+def render(template: str, specials: dict, messages: list, add_generation_prompt=True) -> str:
     # Same Jinja settings as Hugging Face's apply_chat_template.
     env = ImmutableSandboxedEnvironment(
         trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols]
     )
     return env.from_string(template).render(
-        messages=messages, add_generation_prompt=True, **specials
+        messages=messages, add_generation_prompt=add_generation_prompt, **specials
     )
 
 

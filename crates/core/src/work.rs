@@ -35,12 +35,66 @@ impl Default for Sampling {
     }
 }
 
+/// One turn of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub const ROLES: [&'static str; 3] = ["system", "user", "assistant"];
+
+    pub fn new(role: &str, content: impl Into<String>) -> Self {
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// Text as it is handed to a model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "form", rename_all = "snake_case")]
+pub enum Prompt {
+    /// Tokenized as written: special-token markup in it stays text.
+    Plain { text: String },
+    /// Already rendered with the chat template, special tokens included (a generation's
+    /// prompt and reply).
+    Rendered { text: String },
+    /// Turns rendered with the model's chat template. An analysis opens the assistant's turn
+    /// after them unless the last turn is the assistant's; a generation always does.
+    Chat { messages: Vec<ChatMessage> },
+}
+
+impl Prompt {
+    pub fn plain(text: impl Into<String>) -> Self {
+        Prompt::Plain { text: text.into() }
+    }
+
+    /// One user message.
+    pub fn user(text: impl Into<String>) -> Self {
+        Prompt::Chat {
+            messages: vec![ChatMessage::new("user", text)],
+        }
+    }
+
+    /// Characters of text, for limits and logs.
+    pub fn chars(&self) -> usize {
+        match self {
+            Prompt::Plain { text } | Prompt::Rendered { text } => text.chars().count(),
+            Prompt::Chat { messages } => messages.iter().map(|m| m.content.chars().count()).sum(),
+        }
+    }
+}
+
 /// The text an analysis reads.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Text {
-    /// Given text; with `chat`, rendered as one user message with the model's chat template.
-    Given { text: String, chat: bool },
+    /// Given by the client.
+    Given(Prompt),
     /// The prompt and reply of an earlier generate request of the same client, once it has
     /// really finished.
     Generated { request: RequestId },
@@ -58,8 +112,7 @@ pub struct AnalyzeWork {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GenerateWork {
     pub model: String,
-    pub prompt: String,
-    pub chat: bool,
+    pub prompt: Prompt,
     pub sampling: Sampling,
 }
 
@@ -93,18 +146,13 @@ pub enum Job {
     Analyze {
         base: BaseKey,
         lenses: Vec<JobLens>,
-        text: String,
-        /// Render `text` as one user message with the chat template first.
-        chat: bool,
-        /// Recognise special tokens written in the text.
-        special: bool,
+        text: Prompt,
         layers: LayerSpec,
         top_k: usize,
     },
     Generate {
         base: BaseKey,
-        prompt: String,
-        chat: bool,
+        prompt: Prompt,
         sampling: Sampling,
     },
 }

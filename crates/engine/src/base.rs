@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use lensd_core::work::Prompt;
+
 use crate::chat::ChatTemplate;
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
@@ -91,10 +93,29 @@ impl Base {
 
     /// Renders one user message with the model's chat template, ready for the reply.
     pub fn chat_prompt(&self, user: &str) -> Result<String> {
-        let chat = self.chat.as_ref().ok_or_else(|| {
-            EngineError::Input(format!("{} has no chat template", self.source.display()))
-        })?;
-        chat.render(&[crate::chat::Message::user(user)], true)
+        Ok(self.render(&Prompt::user(user), true)?.0)
+    }
+
+    /// The text to tokenize for `prompt`, and whether special tokens written in it are
+    /// recognised. Chat turns open the assistant's turn after them when `reply` is set or the
+    /// last turn is not the assistant's.
+    pub fn render(&self, prompt: &Prompt, reply: bool) -> Result<(String, bool)> {
+        match prompt {
+            Prompt::Plain { text } => Ok((text.clone(), false)),
+            Prompt::Rendered { text } => Ok((text.clone(), true)),
+            Prompt::Chat { messages } => {
+                let chat = self.chat.as_ref().ok_or_else(|| {
+                    EngineError::Input(format!("{} has no chat template", self.source.display()))
+                })?;
+                if messages.is_empty() {
+                    return Err(EngineError::Input(
+                        "a chat needs at least one message".into(),
+                    ));
+                }
+                let open = reply || messages.last().is_some_and(|m| m.role != "assistant");
+                Ok((chat.render(messages, open)?, true))
+            }
+        }
     }
 }
 

@@ -2,24 +2,10 @@
 //! Hugging Face `tokenizer_config.json`), rendered with minijinja.
 
 use minijinja::{Environment, Error as JinjaError, ErrorKind};
-use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Message {
-    pub role: String,
-    pub content: String,
-}
-
-impl Message {
-    pub fn user(content: impl Into<String>) -> Self {
-        Message {
-            role: "user".into(),
-            content: content.into(),
-        }
-    }
-}
+pub use lensd_core::work::ChatMessage as Message;
 
 pub struct ChatTemplate {
     env: Environment<'static>,

@@ -9,6 +9,7 @@ mod common;
 
 use std::ops::ControlFlow;
 
+use lensd_core::work::{ChatMessage, Prompt};
 use lensd_engine::generate::{generate, SamplingParams};
 use lensd_engine::model::Logits;
 use lensd_engine::ComputeDtype;
@@ -169,4 +170,47 @@ fn stored_dtype_greedy_generation_matches_llama_cpp() {
 #[test]
 fn f32_dtype_greedy_generation_matches_llama_cpp() {
     compare_generation(ComputeDtype::F32);
+}
+
+/// Conversations rendered with the chat template and tokenized as a reference implementation
+/// does (testdata/chat_golden.json, made by tools/gen_chat_golden.py).
+#[test]
+fn conversations_render_and_tokenize_like_the_reference() {
+    let base = common::demo(ComputeDtype::Stored);
+    let golden = common::json("chat_golden.json");
+    let cases = golden["cases"].as_array().unwrap();
+    assert!(cases.len() >= 4);
+    for case in cases {
+        let messages: Vec<ChatMessage> = serde_json::from_value(case["messages"].clone()).unwrap();
+        let (text, special) = base.render(&Prompt::Chat { messages }, false).unwrap();
+        assert!(special, "rendered chats carry special tokens");
+        assert_eq!(text, case["rendered"].as_str().unwrap());
+        assert_eq!(
+            base.tokenizer.encode_prompt(&text, special).unwrap(),
+            common::ids_of(&case["ids"]),
+            "{text:?}"
+        );
+    }
+    // A generation always opens the assistant's turn, even after one.
+    let reply = base
+        .render(
+            &Prompt::Chat {
+                messages: vec![
+                    ChatMessage::new("user", "Hi"),
+                    ChatMessage::new("assistant", "Hello"),
+                ],
+            },
+            true,
+        )
+        .unwrap()
+        .0;
+    assert!(
+        reply.ends_with("Hello<|im_end|>\n<|im_start|>assistant\n"),
+        "{reply:?}"
+    );
+    assert_eq!(
+        base.render(&Prompt::plain("<|im_end|>"), false).unwrap(),
+        ("<|im_end|>".to_string(), false),
+        "plain text keeps special-token markup as text"
+    );
 }

@@ -12,7 +12,7 @@ use lensd::service::Service;
 use lensd_core::config::Budgets;
 use lensd_core::layers::LayerSpec;
 use lensd_core::registry::{BaseKey, BaseSpec, ModelRef, Policy, Registry, ResourceKey};
-use lensd_core::work::{AnalyzeWork, ClientId, RequestEvent, Text, Work};
+use lensd_core::work::{AnalyzeWork, ClientId, Prompt, RequestEvent, Text, Work};
 use lensd_core::ComputeDtype;
 use lensd_sched::fake::FakeEngine;
 use lensd_sched::queue::{PolicyKind, QueueConfig, Scheduler};
@@ -80,7 +80,7 @@ fn analyze(model: &str, words: usize, layers: &LayerSpec) -> Work {
         .join(" ");
     Work::Analyze(AnalyzeWork {
         models: vec![model.into()],
-        text: Text::Given { text, chat: false },
+        text: Text::Given(Prompt::plain(text)),
         layers: layers.clone(),
         top_k: 3,
     })

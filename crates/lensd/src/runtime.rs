@@ -239,8 +239,6 @@ impl CpuEngine {
                 base,
                 lenses,
                 text,
-                chat,
-                special,
                 layers,
                 top_k,
             } => {
@@ -255,14 +253,10 @@ impl CpuEngine {
                     });
                 }
                 let refs: Vec<&Lens> = held.iter().map(|l| l.as_ref()).collect();
-                let text = if chat {
-                    base.chat_prompt(&text).map_err(failure)?
-                } else {
-                    text
-                };
+                let (text, special) = base.render(&text, false).map_err(failure)?;
                 let ids = base
                     .tokenizer
-                    .encode_prompt(&text, special || chat)
+                    .encode_prompt(&text, special)
                     .map_err(failure)?;
                 self.check_tokens(ids.len())?;
                 let layers = layers
@@ -296,18 +290,13 @@ impl CpuEngine {
             Job::Generate {
                 base,
                 prompt,
-                chat,
                 sampling,
             } => {
                 let base = self.loaded_base(&base)?;
-                let prompt = if chat {
-                    base.chat_prompt(&prompt).map_err(failure)?
-                } else {
-                    prompt
-                };
+                let (prompt, special) = base.render(&prompt, true).map_err(failure)?;
                 let ids = base
                     .tokenizer
-                    .encode_prompt(&prompt, chat)
+                    .encode_prompt(&prompt, special)
                     .map_err(failure)?;
                 self.check_tokens(ids.len())?;
                 let params = SamplingParams {

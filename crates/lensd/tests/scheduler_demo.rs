@@ -5,16 +5,13 @@ mod common;
 
 use lensd::service::Service;
 use lensd_core::layers::LayerSpec;
-use lensd_core::work::{AnalyzeWork, ClientId, JobOutput, RequestEvent, Text, Work};
+use lensd_core::work::{AnalyzeWork, ClientId, JobOutput, Prompt, RequestEvent, Text, Work};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 fn analyze(model: &str, text: &str) -> Work {
     Work::Analyze(AnalyzeWork {
         models: vec![model.into()],
-        text: Text::Given {
-            text: text.into(),
-            chat: false,
-        },
+        text: Text::Given(Prompt::plain(text)),
         layers: "26-30".parse::<LayerSpec>().unwrap(),
         top_k: 3,
     })
@@ -107,10 +104,7 @@ async fn two_clients_on_two_groups_of_one_base_never_see_a_switch() {
     // layer every lens is the model itself, so their cells there agree.
     let both = Work::Analyze(AnalyzeWork {
         models: vec!["tuned".into(), "audit-logit".into()],
-        text: Text::Given {
-            text: "The capital of France is".into(),
-            chat: false,
-        },
+        text: Text::Given(Prompt::plain("The capital of France is")),
         layers: "29-30".parse::<LayerSpec>().unwrap(),
         top_k: 3,
     });
@@ -142,10 +136,7 @@ async fn two_clients_on_two_groups_of_one_base_never_see_a_switch() {
     let long = "The lighthouse keeper wrote down the wind and the swell every night. ".repeat(30);
     let work = Work::Analyze(AnalyzeWork {
         models: vec!["tuned".into()],
-        text: Text::Given {
-            text: long,
-            chat: false,
-        },
+        text: Text::Given(Prompt::plain(long)),
         layers: LayerSpec::All,
         top_k: 1,
     });

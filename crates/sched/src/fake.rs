@@ -10,7 +10,7 @@ use lensd_core::analysis::{Analysis, Cell, LayerRow, RowsChunk, TokenInfo, TopTo
 use lensd_core::engine::{BoxFuture, ComputeSink, Engine, EngineFailure, Progress, Source};
 use lensd_core::registry::ResourceKey;
 use lensd_core::residency::Tier;
-use lensd_core::work::{ComputeEvent, Job, JobFailure, JobOutput};
+use lensd_core::work::{ComputeEvent, Job, JobFailure, JobOutput, Prompt};
 
 /// Layers the fake's models have (0..=FAKE_LAYERS).
 pub const FAKE_LAYERS: usize = 4;
@@ -220,6 +220,7 @@ impl FakeEngine {
                 layers,
                 ..
             } => {
+                let text = render(&text);
                 if text.contains("FAIL") {
                     return Err(JobFailure::Engine(
                         "the fake engine was asked to fail".into(),
@@ -288,6 +289,7 @@ impl FakeEngine {
             Job::Generate {
                 prompt, sampling, ..
             } => {
+                let prompt = render(&prompt);
                 if prompt.contains("FAIL") {
                     return Err(JobFailure::Engine(
                         "the fake engine was asked to fail".into(),
@@ -320,5 +322,16 @@ impl FakeEngine {
                 })
             }
         }
+    }
+}
+
+/// The fake chat template: one line per turn, `role: content`.
+fn render(p: &Prompt) -> String {
+    match p {
+        Prompt::Plain { text } | Prompt::Rendered { text } => text.clone(),
+        Prompt::Chat { messages } => messages
+            .iter()
+            .map(|m| format!("{}: {}\n", m.role, m.content))
+            .collect(),
     }
 }

@@ -12,7 +12,7 @@ use lensd_core::config::Budgets;
 use lensd_core::layers::LayerSpec;
 use lensd_core::registry::Registry;
 use lensd_core::work::{
-    AnalyzeWork, ClientId, GenerateWork, RequestEvent, RequestId, Sampling, Text, Work,
+    AnalyzeWork, ClientId, GenerateWork, Prompt, RequestEvent, RequestId, Sampling, Text, Work,
 };
 use lensd_sched::fake::FakeEngine;
 use lensd_sched::queue::{PolicyKind, QueueConfig, Scheduler, SubmitError};
@@ -30,7 +30,7 @@ fn analyze(model: &str, words: usize) -> Work {
         .join(" ");
     Work::Analyze(AnalyzeWork {
         models: vec![model.into()],
-        text: Text::Given { text, chat: false },
+        text: Text::Given(Prompt::plain(text)),
         layers: LayerSpec::All,
         top_k: 1,
     })
@@ -39,8 +39,7 @@ fn analyze(model: &str, words: usize) -> Work {
 fn generate(model: &str, tokens: usize) -> Work {
     Work::Generate(GenerateWork {
         model: model.into(),
-        prompt: "say".into(),
-        chat: false,
+        prompt: Prompt::plain("say"),
         sampling: Sampling {
             max_tokens: tokens,
             ..Sampling::default()
@@ -514,10 +513,7 @@ async fn limits_deadlines_and_bad_requests_end_with_clear_errors() {
     assert_eq!(e.error_type(), "unknown_model");
     let mixed = Work::Analyze(AnalyzeWork {
         models: vec!["a1".into(), "b1".into()],
-        text: Text::Given {
-            text: "x".into(),
-            chat: false,
-        },
+        text: Text::Given(Prompt::plain("x")),
         layers: LayerSpec::All,
         top_k: 1,
     });
@@ -669,10 +665,7 @@ async fn switching_models_sets_a_default_and_disturbs_nobody() {
     // x's next request without a model uses b2.
     let no_model = Work::Analyze(AnalyzeWork {
         models: vec![],
-        text: Text::Given {
-            text: "a b".into(),
-            chat: false,
-        },
+        text: Text::Given(Prompt::plain("a b")),
         layers: LayerSpec::All,
         top_k: 1,
     });

@@ -43,8 +43,8 @@ impl Default for Limits {
 }
 
 impl Limits {
-    pub fn check_text(&self, field: &str, text: &str) -> Result<(), ApiError> {
-        let n = text.chars().count();
+    /// `n` characters of text in `field`.
+    pub fn check_text(&self, field: &str, n: usize) -> Result<(), ApiError> {
         if n > self.max_text_chars {
             return Err(ApiError::TooLarge(format!(
                 "`{field}` has {n} characters; the limit is {}",

@@ -2,7 +2,9 @@
 //! types in one place. `docs/protocol.md` shows an example of each; a test parses them all.
 
 use lensd_core::layers::LayerSpec;
-use lensd_core::work::{AnalyzeWork, GenerateWork, RequestEvent, Sampling, Text, Work};
+use lensd_core::work::{
+    AnalyzeWork, ChatMessage, GenerateWork, Prompt, RequestEvent, Sampling, Text, Work,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -56,10 +58,15 @@ pub struct AnalyzeRequest {
     /// One model, as the original protocol named it; joins `models`.
     #[serde(default)]
     pub model_id: Option<String>,
-    pub text: String,
+    /// The text to read (or `messages`).
+    #[serde(default)]
+    pub text: Option<String>,
     /// Render the text as one user message with the model's chat template.
     #[serde(default)]
     pub chat: bool,
+    /// A conversation to read instead of `text`, rendered with the model's chat template.
+    #[serde(default)]
+    pub messages: Option<Vec<Turn>>,
     #[serde(default)]
     pub options: AnalyzeOptions,
     /// Give up if not finished within this many milliseconds.
@@ -76,10 +83,15 @@ pub struct AnalyzeRequest {
 pub struct GenerateRequest {
     #[serde(default)]
     pub model_id: Option<String>,
-    pub prompt: String,
+    /// The prompt (or `messages`).
+    #[serde(default)]
+    pub prompt: Option<String>,
     /// Render the prompt as one user message with the chat template (default true).
     #[serde(default = "yes")]
     pub chat: bool,
+    /// A conversation to continue instead of `prompt`: the reply is the assistant's next turn.
+    #[serde(default)]
+    pub messages: Option<Vec<Turn>>,
     #[serde(default = "sixty_four")]
     pub max_tokens: usize,
     #[serde(default)]
@@ -94,6 +106,53 @@ pub struct GenerateRequest {
     pub deadline_ms: Option<u64>,
     #[serde(default)]
     pub client_tag: Option<String>,
+}
+
+/// One turn of a conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Turn {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    pub content: String,
+}
+
+/// The prompt from a text field with its `chat` flag, or from `messages`; exactly one.
+fn prompt(
+    field: &str,
+    text: &Option<String>,
+    chat: bool,
+    messages: &Option<Vec<Turn>>,
+) -> Result<Prompt, ApiError> {
+    match (text, messages) {
+        (Some(_), Some(_)) => Err(ApiError::BadRequest(format!(
+            "give `{field}` or `messages`, not both"
+        ))),
+        (None, None) => Err(ApiError::BadRequest(format!(
+            "missing `{field}` (or `messages`)"
+        ))),
+        (Some(t), None) if chat => Ok(Prompt::user(t.clone())),
+        (Some(t), None) => Ok(Prompt::plain(t.clone())),
+        (None, Some(turns)) => {
+            if turns.is_empty() {
+                return Err(ApiError::BadRequest(
+                    "`messages` needs at least one message".into(),
+                ));
+            }
+            let mut messages = Vec::with_capacity(turns.len());
+            for (i, t) in turns.iter().enumerate() {
+                if !ChatMessage::ROLES.contains(&t.role.as_str()) {
+                    return Err(ApiError::BadRequest(format!(
+                        "`messages[{i}].role` must be one of {}, got `{}`",
+                        ChatMessage::ROLES.join(", "),
+                        t.role
+                    )));
+                }
+                messages.push(ChatMessage::new(&t.role, t.content.clone()));
+            }
+            Ok(Prompt::Chat { messages })
+        }
+    }
 }
 
 fn layers(spec: &str) -> Result<LayerSpec, ApiError> {
@@ -121,11 +180,13 @@ impl AnalyzeRequest {
         }))
     }
 
-    pub fn given(&self) -> Text {
-        Text::Given {
-            text: self.text.clone(),
-            chat: self.chat,
-        }
+    pub fn given(&self) -> Result<Text, ApiError> {
+        Ok(Text::Given(prompt(
+            "text",
+            &self.text,
+            self.chat,
+            &self.messages,
+        )?))
     }
 }
 
@@ -151,8 +212,7 @@ impl GenerateRequest {
         }
         Ok(Work::Generate(GenerateWork {
             model: self.model_id.clone().unwrap_or_default(),
-            prompt: self.prompt.clone(),
-            chat: self.chat,
+            prompt: prompt("prompt", &self.prompt, self.chat, &self.messages)?,
             sampling: Sampling {
                 max_tokens: self.max_tokens,
                 temperature: self.temperature,

@@ -194,7 +194,7 @@ fn write_input(out: &mut String, input: &Value) -> fmt::Result {
     let (text, key) = input_text(input);
     if let Some(text) = text {
         writeln!(out, "<h2>Input</h2>")?;
-        writeln!(out, "<pre class=\"text\">{}</pre>", escape(text))?;
+        writeln!(out, "<pre class=\"text\">{}</pre>", escape(&text))?;
     }
     let mut rest = input.clone();
     if let (Some(key), Some(fields)) = (key, rest.as_object_mut()) {
@@ -209,14 +209,26 @@ fn write_input(out: &mut String, input: &Value) -> fmt::Result {
 }
 
 /// The text of a request and the field it sits in: `text` (a string, or an object with its
-/// own `text`, as the analyze request's text source is) or `prompt` for a generation.
-fn input_text(input: &Value) -> (Option<&str>, Option<&'static str>) {
+/// own `text` or chat `messages`, as the analyze request's text source is) or `prompt` for a
+/// generation. A conversation shows one `role: content` paragraph per turn.
+fn input_text(input: &Value) -> (Option<String>, Option<&'static str>) {
     for key in ["text", "prompt"] {
         match input.get(key) {
-            Some(Value::String(s)) => return (Some(s), Some(key)),
+            Some(Value::String(s)) => return (Some(s.clone()), Some(key)),
             Some(nested) => {
                 if let Some(s) = nested.get("text").and_then(Value::as_str) {
-                    return (Some(s), Some(key));
+                    return (Some(s.to_string()), Some(key));
+                }
+                if let Some(turns) = nested.get("messages").and_then(Value::as_array) {
+                    let text = turns
+                        .iter()
+                        .map(|t| {
+                            let field = |f: &str| t.get(f).and_then(Value::as_str).unwrap_or("");
+                            format!("{}: {}", field("role"), field("content"))
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n\n");
+                    return (Some(text), Some(key));
                 }
             }
             None => {}
@@ -529,6 +541,22 @@ mod tests {
         let page = render(&r);
         assert!(page.contains("<strong>cancelled</strong>"));
         assert!(!page.contains("Partial output"));
+    }
+
+    #[test]
+    fn a_conversation_shows_each_turn_escaped() {
+        let input = json!({"text": {"kind": "given", "form": "chat", "messages": [
+            {"role": "user", "content": "Hi <b>"},
+            {"role": "assistant", "content": "Hello"}]}, "top_k": 5});
+        let page = render(&stored("analysis", input, None));
+        assert!(
+            page.contains("user: Hi &lt;b&gt;\n\nassistant: Hello"),
+            "{page}"
+        );
+        assert!(
+            !page.contains("messages"),
+            "the turns are shown as text: {page}"
+        );
     }
 
     #[test]

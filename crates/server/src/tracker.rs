@@ -182,9 +182,10 @@ pub async fn submit(
                 )));
             }
             let chars = match &mut a.text {
-                Text::Given { text, .. } => {
-                    state.limits.check_text("text", text)?;
-                    text.chars().count()
+                Text::Given(p) => {
+                    let n = p.chars();
+                    state.limits.check_text("text", n)?;
+                    n
                 }
                 // Already mapped from the client's public id by `chained`.
                 Text::Generated { .. } => 0,
@@ -195,9 +196,10 @@ pub async fn submit(
             if g.model.is_empty() {
                 g.model = default.unwrap_or_default();
             }
-            state.limits.check_text("prompt", &g.prompt)?;
+            let n = g.prompt.chars();
+            state.limits.check_text("prompt", n)?;
             state.limits.check_new_tokens(g.sampling.max_tokens)?;
-            ("generation", g.prompt.chars().count())
+            ("generation", n)
         }
     };
     let models = work.models();
@@ -273,9 +275,17 @@ async fn pump(state: Shared, t: Arc<Tracked>, mut rx: UnboundedReceiver<RequestE
             other => other,
         };
         let terminal = ev.is_terminal();
+        if terminal {
+            // Stored before anyone hears of the end, so that a client that follows the
+            // terminal event to the stored result or its share page finds it.
+            observe(&state, &t, &mut t.lock(), &ev);
+            persist(&state, &t, &ev).await;
+        }
         {
             let mut inner = t.lock();
-            observe(&state, &t, &mut inner, &ev);
+            if !terminal {
+                observe(&state, &t, &mut inner, &ev);
+            }
             inner.events.push(ev.clone());
             inner.subscribers.retain(|s| s.send(ev.clone()).is_ok());
             if terminal {
@@ -283,7 +293,8 @@ async fn pump(state: Shared, t: Arc<Tracked>, mut rx: UnboundedReceiver<RequestE
             }
         }
         if terminal {
-            finish(&state, &t, &ev).await;
+            t.settled.store(true, Ordering::SeqCst);
+            state.requests.finished(&t.id);
             break;
         }
     }
@@ -368,7 +379,8 @@ fn options_of(input: &serde_json::Value) -> serde_json::Value {
     v
 }
 
-async fn finish(state: &Shared, t: &Arc<Tracked>, ev: &RequestEvent) {
+/// Metrics, the request log and the store, for a request's terminal event.
+async fn persist(state: &Shared, t: &Arc<Tracked>, ev: &RequestEvent) {
     let (wait_ms, compute_ms) = {
         let inner = t.lock();
         let wait = inner
@@ -434,6 +446,4 @@ async fn finish(state: &Shared, t: &Arc<Tracked>, ev: &RequestEvent) {
             Err(e) => tracing::error!(%e, request = %t.id, "result not stored"),
         }
     }
-    t.settled.store(true, Ordering::SeqCst);
-    state.requests.finished(&t.id);
 }

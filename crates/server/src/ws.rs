@@ -303,7 +303,7 @@ impl Session {
                 });
             }
             ClientMessage::Analyze(req) => {
-                let work = req.work(req.given())?;
+                let work = req.work(req.given()?)?;
                 self.submit(work, req.deadline_ms, req.client_tag.clone())
                     .await?;
             }
@@ -329,8 +329,9 @@ impl Session {
                         models
                     },
                     model_id: None,
-                    text: String::new(),
+                    text: None,
                     chat: false,
+                    messages: None,
                     options,
                     deadline_ms: None,
                     client_tag: generate.client_tag.clone(),

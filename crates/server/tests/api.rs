@@ -339,7 +339,7 @@ async fn a_generation_streams_tokens_and_can_be_analysed_after_it_finishes() {
     .await;
     assert_eq!(st, StatusCode::ACCEPTED, "{g}");
     let gid = g["request_id"].as_str().unwrap().to_string();
-    let body = format!(r#"{{"model_id": "pub-tuned", "text": "", "after": "{gid}"}}"#);
+    let body = format!(r#"{{"model_id": "pub-tuned", "after": "{gid}"}}"#);
     let (st, a) = call(&s.state, "POST", "/api/v2/analyze", Some(USER), Some(&body)).await;
     assert_eq!(st, StatusCode::ACCEPTED, "{a}");
     let gen_events = events(&s.state, &gid, Some(USER)).await;
@@ -354,13 +354,33 @@ async fn a_generation_streams_tokens_and_can_be_analysed_after_it_finishes() {
         .as_array()
         .unwrap()
         .len();
-    assert_eq!(tokens, 5, "the prompt and the four generated words");
+    assert_eq!(
+        tokens, 6,
+        "the prompt as the fake engine renders a chat (`user: say`) and the four generated words"
+    );
     let (st, e) = call(&s.state, "POST", "/api/v2/analyze", None, Some(&body)).await;
     assert_eq!(
         st,
         StatusCode::BAD_REQUEST,
         "someone else's generation: {e}"
     );
+}
+
+#[tokio::test]
+async fn a_conversation_is_read_with_the_models_chat_template() {
+    let s = server();
+    let body = r#"{"model_id": "pub-logit", "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there"}]}"#;
+    let (st, a) = call(&s.state, "POST", "/api/v2/analyze", None, Some(body)).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{a}");
+    let evs = events(&s.state, a["request_id"].as_str().unwrap(), None).await;
+    let tokens: Vec<&str> = evs.iter().find(|e| e["type"] == "tokens").unwrap()["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["text"].as_str().unwrap())
+        .collect();
+    // The fake engine's template writes one `role: content` line per turn.
+    assert_eq!(tokens, ["user:", "Hi", "assistant:", "Hello", "there"]);
 }
 
 #[tokio::test]
@@ -381,6 +401,34 @@ async fn bad_input_gets_structured_errors_that_name_the_problem() {
             StatusCode::BAD_REQUEST,
             "bad_request",
             "text",
+        ),
+        (
+            "/api/v2/analyze",
+            r#"{"model_id": "pub-logit", "text": "x", "messages": [{"role": "user", "content": "x"}]}"#,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "not both",
+        ),
+        (
+            "/api/v2/analyze",
+            r#"{"model_id": "pub-logit", "messages": []}"#,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "at least one message",
+        ),
+        (
+            "/api/v2/generate",
+            r#"{"model_id": "pub-logit", "messages": [{"role": "user", "content": "x"}, {"role": "robot", "content": "y"}]}"#,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "messages[1].role",
+        ),
+        (
+            "/api/v2/analyze",
+            r#"{"model_id": "pub-logit", "messages": [{"role": "user", "content": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}, {"role": "assistant", "content": "yyyyyyyyyyyyyyyyyyyyyy"}]}"#,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "limit is 50",
         ),
         (
             "/api/v2/analyze",

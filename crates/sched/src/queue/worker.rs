@@ -10,7 +10,9 @@ use std::time::Instant as StdInstant;
 use lensd_core::engine::Engine;
 use lensd_core::registry::{BaseKey, ResourceKey};
 use lensd_core::residency::Tier;
-use lensd_core::work::{ComputeEvent, Job, JobFailure, JobOutput, RequestEvent, Text, Work};
+use lensd_core::work::{
+    ComputeEvent, Job, JobFailure, JobOutput, Prompt, RequestEvent, Text, Work,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -246,23 +248,20 @@ impl Worker {
     fn job(&self, task: &Task) -> Result<Job, String> {
         Ok(match &task.work {
             Work::Analyze(a) => {
-                let (text, chat, special) = match &a.text {
-                    Text::Given { text, chat } => (text.clone(), *chat, *chat),
+                let text = match &a.text {
+                    Text::Given(p) => p.clone(),
                     // A generation's text is already rendered, special tokens included.
-                    Text::Generated { request } => {
-                        let text = task
+                    Text::Generated { request } => Prompt::Rendered {
+                        text: task
                             .generated
                             .clone()
-                            .ok_or_else(|| format!("the generation {request} left no text"))?;
-                        (text, false, true)
-                    }
+                            .ok_or_else(|| format!("the generation {request} left no text"))?,
+                    },
                 };
                 Job::Analyze {
                     base: task.base.clone(),
                     lenses: task.lenses.clone(),
                     text,
-                    chat,
-                    special,
                     layers: a.layers.clone(),
                     top_k: a.top_k,
                 }
@@ -270,7 +269,6 @@ impl Worker {
             Work::Generate(g) => Job::Generate {
                 base: task.base.clone(),
                 prompt: g.prompt.clone(),
-                chat: g.chat,
                 sampling: g.sampling.clone(),
             },
         })

@@ -343,12 +343,18 @@ pub async fn analyze(
     let after = body.as_object_mut().and_then(|o| o.remove("after"));
     let req: AnalyzeRequest = serde_json::from_value(body)
         .map_err(|e| ApiError::BadRequest(format!("invalid analyze request: {e}")))?;
+    let given = req.text.is_some() || req.messages.is_some();
     let text = match after {
+        Some(_) if given => {
+            return Err(ApiError::BadRequest(
+                "give `after` or `text` / `messages`, not both".into(),
+            ))
+        }
         Some(serde_json::Value::String(id)) => Text::Generated {
             request: tracker::chained(&state, &who.caller, &id)?,
         },
         Some(_) => return Err(ApiError::BadRequest("`after` must be a request id".into())),
-        None => req.given(),
+        None => req.given()?,
     };
     let work = req.work(text)?;
     let t = tracker::submit(
