@@ -190,6 +190,7 @@ pub async fn run(o: ServeOptions) -> Result<()> {
                         config: service.config(),
                         registry: service.registry().await,
                     });
+                    state.residency_changed("reloaded");
                 }
             }
         });

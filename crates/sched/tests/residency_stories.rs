@@ -11,7 +11,7 @@ use lensd_core::config::Budgets;
 use lensd_core::registry::{LensKey, Registry, ResourceKey};
 use lensd_core::residency::Tier;
 use lensd_sched::fake::FakeEngine;
-use lensd_sched::residency::{Options, PreloadEvent, Residency, ResidencyError};
+use lensd_sched::residency::{Options, PlacementChanged, PreloadEvent, Residency, ResidencyError};
 
 fn start(r: Registry, device: u64, host: u64, engine: &FakeEngine) -> Residency {
     let options = Options {
@@ -675,4 +675,48 @@ async fn several_models_of_one_base_are_leased_together_with_load_progress() {
     assert!(
         matches!(res.acquire_all(&["a".into(), "zzz".into()], None).await, Err(ResidencyError::UnknownModel(m)) if m == "zzz")
     );
+}
+
+/// Every change notice so far, as in-flight counts.
+fn drain(rx: &mut tokio::sync::broadcast::Receiver<PlacementChanged>) -> Vec<usize> {
+    std::iter::from_fn(|| rx.try_recv().ok())
+        .map(|c| c.in_flight)
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn listeners_hear_of_every_placement_change_whoever_caused_it() {
+    let engine = FakeEngine::new(true);
+    engine.set_load_latency(Duration::from_secs(2));
+    let mut reg = registry(&[G("g", "base.gguf", GB, &[("a", Some(("lens-a", 40 * MB)))])]);
+    for p in reg.policies.values_mut() {
+        p.keep_alive = Some(Duration::from_secs(60));
+    }
+    let res = start(reg, 2 * GB, 2 * GB, &engine);
+    let mut rx = res.changes();
+
+    // A request's load: in flight, then settled.
+    drop(res.acquire("a").await.unwrap());
+    let seen = drain(&mut rx);
+    assert!(seen.len() >= 2, "{seen:?}");
+    assert!(seen[0] > 0, "the load start is announced: {seen:?}");
+    assert_eq!(seen.last(), Some(&0), "and its end: {seen:?}");
+
+    // Using what is resident changes nothing.
+    drop(res.acquire("a").await.unwrap());
+    assert_eq!(drain(&mut rx), Vec::<usize>::new());
+
+    // A keep-alive expiry nobody asked for.
+    tokio::time::sleep(Duration::from_secs(70)).await;
+    res.report().await.unwrap();
+    assert_eq!(drain(&mut rx), [0]);
+    assert_eq!(
+        tier_of(&res.report().await.unwrap(), &base("base.gguf")),
+        Tier::Host
+    );
+
+    // An unload.
+    res.unload("g", Tier::Disk).await.unwrap();
+    assert_eq!(drain(&mut rx), [0]);
+    assert_eq!(drain(&mut rx), Vec::<usize>::new());
 }

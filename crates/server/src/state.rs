@@ -83,6 +83,8 @@ pub struct Parts {
 impl AppState {
     pub fn new(p: Parts) -> Shared {
         let (shutdown, _) = watch::channel(Phase::Serving);
+        let broadcast = tokio::sync::broadcast::channel(64).0;
+        forward_placement(p.residency.changes(), broadcast.clone());
         Arc::new(AppState {
             scheduler: p.scheduler,
             residency: p.residency,
@@ -103,7 +105,7 @@ impl AppState {
             shutdown,
             allowed_origins: p.allowed_origins,
             web_dir: p.web_dir,
-            broadcast: tokio::sync::broadcast::channel(64).0,
+            broadcast,
         })
     }
 
@@ -141,7 +143,7 @@ impl AppState {
         self.load_bytes_per_ms.load(Ordering::Relaxed)
     }
 
-    /// Tells every connected client that where models live has changed.
+    /// Tells every connected client that the models or where they live have changed.
     pub fn residency_changed(&self, reason: &str) {
         let _ = self
             .broadcast
@@ -153,4 +155,28 @@ impl AppState {
     pub fn is_closing(&self) -> bool {
         self.closing.load(Ordering::SeqCst)
     }
+}
+
+/// Tells every connected client when where models live changes, whoever caused it: a load for
+/// anyone's request, a preload, an unload, an eviction, a keep-alive expiry.
+fn forward_placement(
+    mut changes: tokio::sync::broadcast::Receiver<lensd_sched::residency::PlacementChanged>,
+    clients: tokio::sync::broadcast::Sender<crate::protocol::ServerMessage>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    tokio::spawn(async move {
+        loop {
+            let reason = match changes.recv().await {
+                Ok(c) if c.in_flight > 0 => "loading",
+                Ok(_) => "settled",
+                // The next notice tells the state after the ones skipped.
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => break,
+            };
+            // No client connected is fine.
+            let _ = clients.send(crate::protocol::ServerMessage::ResidencyChanged {
+                reason: reason.to_string(),
+            });
+        }
+    });
 }

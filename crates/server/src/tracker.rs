@@ -43,8 +43,6 @@ struct Inner {
     started: Option<Instant>,
     loading_since: Option<Instant>,
     loading_bytes: u64,
-    /// Something was loaded for this request and the clients have not heard it finished.
-    loading_any: bool,
 }
 
 pub struct Tracked {
@@ -237,7 +235,6 @@ pub async fn submit(
             started: None,
             loading_since: None,
             loading_bytes: 0,
-            loading_any: false,
         }),
         settled: std::sync::atomic::AtomicBool::new(false),
     });
@@ -318,9 +315,6 @@ fn observe(state: &Shared, t: &Tracked, inner: &mut Inner, ev: &RequestEvent) {
             bytes_done,
             bytes_total,
         } => {
-            if *bytes_done == 0 && !std::mem::replace(&mut inner.loading_any, true) {
-                state.residency_changed("loading");
-            }
             if resource.starts_with("base") {
                 if *bytes_done == 0 {
                     metrics::counter!(m::BASE_LOADS).increment(1);
@@ -330,9 +324,6 @@ fn observe(state: &Shared, t: &Tracked, inner: &mut Inner, ev: &RequestEvent) {
             }
         }
         RequestEvent::Tokens { .. } | RequestEvent::Rows { .. } | RequestEvent::Token { .. } => {
-            if std::mem::take(&mut inner.loading_any) {
-                state.residency_changed("loaded");
-            }
             if let Some(since) = inner.loading_since.take() {
                 let secs = since.elapsed().as_secs_f64();
                 metrics::histogram!(m::SWITCH_SECONDS).record(secs);

@@ -379,7 +379,6 @@ impl Session {
             .map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let out = self.out.clone();
         let snap = self.state.snapshot();
-        let notify = self.state.clone();
         let status = move |status: &str,
                            resource: Option<String>,
                            done: Option<u64>,
@@ -412,7 +411,6 @@ impl Session {
                     PreloadEvent::Ready { .. } => {}
                     PreloadEvent::Done { .. } => {
                         status("preloaded", None, None, None, None);
-                        notify.residency_changed("preloaded");
                         break;
                     }
                     PreloadEvent::Failed { error, .. } => {

@@ -416,9 +416,27 @@ async fn every_client_hears_when_another_clients_request_loads_weights() {
         .pop()
         .unwrap();
     assert_eq!(first["reason"], "loading");
-    let second = until(&mut watcher, "residency_changed")
+    loop {
+        let next = until(&mut watcher, "residency_changed")
+            .await
+            .pop()
+            .unwrap();
+        if next["reason"] == "settled" {
+            break;
+        }
+        assert_eq!(next["reason"], "loading", "{next}");
+    }
+    // Now the list shows the weights on the device.
+    send(&mut watcher, json!({"type": "list_model_groups"})).await;
+    let list = until(&mut watcher, "model_groups_list")
         .await
         .pop()
         .unwrap();
-    assert_eq!(second["reason"], "loaded");
+    let public = list["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["group_id"] == "public")
+        .unwrap();
+    assert_eq!(public["base_tier"], "device", "{public}");
 }

@@ -8,11 +8,13 @@ use lensd_core::config::Budgets;
 use lensd_core::engine::{Engine, MemoryProbe};
 use lensd_core::registry::{Registry, ResourceKey};
 use lensd_core::residency::Tier;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::state::{Effect, State};
-use super::types::{Lease, MemoryReport, PreloadEvent, ResidencyError, UnloadReport};
+use super::types::{
+    Lease, MemoryReport, PlacementChanged, PreloadEvent, ResidencyError, UnloadReport,
+};
 
 pub(crate) enum Command {
     Acquire {
@@ -66,6 +68,7 @@ pub(crate) struct Actor {
     pub start: Instant,
     /// How often idle entries are checked against their keep-alive.
     pub sweep: Duration,
+    pub changes: broadcast::Sender<PlacementChanged>,
 }
 
 impl Actor {
@@ -76,6 +79,7 @@ impl Actor {
     pub async fn run(mut self) {
         let mut sweep = tokio::time::interval(self.sweep);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut placement = self.state.placement();
         loop {
             // Biased toward internal messages: a lease dropped just before a command is sent
             // must be seen as released by that command.
@@ -96,6 +100,13 @@ impl Actor {
             self.apply(effects);
             if let Some(reply) = reply {
                 reply();
+            }
+            let now_placed = self.state.placement();
+            if now_placed != placement {
+                let in_flight = now_placed.iter().filter(|(_, _, busy)| *busy).count();
+                // Nobody listening is fine.
+                let _ = self.changes.send(PlacementChanged { in_flight });
+                placement = now_placed;
             }
             let broken = self.state.violations();
             if !broken.is_empty() {

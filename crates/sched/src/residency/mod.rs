@@ -16,11 +16,11 @@ use lensd_core::config::Budgets;
 use lensd_core::engine::{Engine, MemoryProbe};
 use lensd_core::registry::Registry;
 use lensd_core::residency::Tier;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub use types::{
-    EntryReport, EntryState, Lease, MemoryReport, PreloadEvent, ResidencyError, TierUsage,
-    UnloadReport,
+    EntryReport, EntryState, Lease, MemoryReport, PlacementChanged, PreloadEvent, ResidencyError,
+    TierUsage, UnloadReport,
 };
 
 use actor::{Actor, Command};
@@ -28,10 +28,13 @@ use state::State;
 
 /// Commands waiting for the actor; senders wait when it is full.
 const COMMAND_QUEUE: usize = 256;
+/// Placement changes kept for slow listeners; one that falls further behind skips ahead.
+const CHANGES_KEPT: usize = 64;
 
 #[derive(Clone)]
 pub struct Residency {
     tx: mpsc::Sender<Command>,
+    changes: broadcast::Sender<PlacementChanged>,
 }
 
 pub struct Options {
@@ -59,6 +62,7 @@ impl Residency {
         options: Options,
     ) -> Residency {
         let (tx, commands) = mpsc::channel(COMMAND_QUEUE);
+        let (changes, _) = broadcast::channel(CHANGES_KEPT);
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
         let state = State::new(
             registry,
@@ -75,9 +79,15 @@ impl Residency {
             internal_tx,
             start: tokio::time::Instant::now(),
             sweep: options.sweep,
+            changes: changes.clone(),
         };
         tokio::spawn(actor.run());
-        Residency { tx }
+        Residency { tx, changes }
+    }
+
+    /// Every later change of where resources live, whoever caused it.
+    pub fn changes(&self) -> broadcast::Receiver<PlacementChanged> {
+        self.changes.subscribe()
     }
 
     async fn ask<T>(

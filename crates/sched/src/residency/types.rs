@@ -29,6 +29,14 @@ impl Drop for Lease {
     }
 }
 
+/// Sent whenever where resources live changes (a load starts or ends, a transfer, an eviction,
+/// an unload, a keep-alive expiry), by whatever caused it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlacementChanged {
+    /// Resources being loaded or moved right now.
+    pub in_flight: usize,
+}
+
 /// Progress of a preload, one event at a time, ending with `Done` or `Failed`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]

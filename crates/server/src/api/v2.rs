@@ -542,6 +542,7 @@ pub async fn reload(State(state): State<Shared>, who: Who) -> ApiResult<Json<Rel
         .set_registry(snapshot.registry.clone())
         .await;
     state.set_snapshot(snapshot);
+    state.residency_changed("reloaded");
     Ok(Json(ReloadResponse {
         added_models: diff.added_models,
         removed_models: diff.removed_models,

@@ -125,6 +125,15 @@ impl State {
         }
     }
 
+    /// Where every known resource is, and whether it is being loaded or moved: what clients
+    /// are told about when it changes.
+    pub fn placement(&self) -> Vec<(ResourceKey, Tier, bool)> {
+        self.entries
+            .iter()
+            .map(|(k, e)| (k.clone(), e.tier, e.job.is_some()))
+            .collect()
+    }
+
     fn budget(&self, tier: Tier) -> u64 {
         match tier {
             Tier::Device => self.budgets.device,
