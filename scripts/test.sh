@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs lensd's whole test suite on a fresh machine: fetches the demo model and assembles the
-# demo corpus the tests read (both idempotent), runs every Rust test, then the web page's tests
-# in a real browser (scripts/test-web.sh, which installs Chromium as root when it is missing).
+# demo corpus the tests read (both idempotent), runs every Rust test and the Python tests of the
+# talkative-lens converter, then the web page's tests in a real browser (scripts/test-web.sh,
+# which installs Chromium as root when it is missing).
 # Extra arguments go to `cargo test` (for example a test name filter); LENSD_WEB_TESTS=0 skips
 # the browser tests.
 set -euo pipefail
@@ -9,6 +10,14 @@ cd "$(dirname "$0")/.."
 scripts/fetch-demo-model.sh
 scripts/prepare-demo-corpus.sh
 cargo test --release --workspace "$@"
+# The talkative-lens converter's tests (tools/test_convert_talkative.py) need Python with numpy
+# only, in a virtual environment under target/.
+if [ ! -x target/pyenv/bin/python ]; then
+  python3 -m venv target/pyenv
+fi
+target/pyenv/bin/python -c 'import numpy' 2>/dev/null ||
+  target/pyenv/bin/pip install --quiet --disable-pip-version-check numpy==2.4.6
+target/pyenv/bin/python tools/test_convert_talkative.py
 if [ "${LENSD_WEB_TESTS:-1}" != 0 ]; then
   cargo build --release -p lensd
   scripts/test-web.sh

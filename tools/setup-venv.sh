@@ -36,6 +36,7 @@ PACKAGES=(
   "transformers==5.24.0"
   "tokenizers==0.23.3"
   "accelerate==1.15.0"  # transformers needs it to load GGUF files (compare_llamacpp_hf.py)
+  "peft==0.21.2"  # applies the LoRA donor in talkative_reference.py
   # llama-cpp-python's own runtime dependencies (it is installed with --no-deps below)
   "typing-extensions"
   "diskcache"
@@ -115,4 +116,4 @@ else
   log "demo model not present (scripts/fetch-demo-model.sh); skipping the decode smoke test"
 fi
 
-log "done: $("$venv/bin/python" -c 'import llama_cpp, torch, transformers, tuned_lens; print("llama_cpp", llama_cpp.__version__, "torch", torch.__version__, "transformers", transformers.__version__)')"
+log "done: $("$venv/bin/python" -c 'import llama_cpp, peft, torch, transformers, tuned_lens; print("llama_cpp", llama_cpp.__version__, "torch", torch.__version__, "transformers", transformers.__version__, "peft", peft.__version__)')"

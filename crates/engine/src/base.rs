@@ -150,3 +150,57 @@ fn check_vocab(path: &Path, cfg: &ModelConfig, tok: &Tokenizer) -> Result<()> {
     }
     Ok(())
 }
+
+/// One explained position of a talkative lens, with its texts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Explained {
+    pub row: crate::lens::talkative::ExplainedRow,
+    pub token_text: String,
+    /// Each explanation token decoded alone (special tokens included), then `[token]` when
+    /// the lens adds the current token.
+    pub structured: Vec<String>,
+    pub explanation: String,
+}
+
+impl Base {
+    /// The id that replaces an explanation token for salience: `" "` when it is one token,
+    /// else end-of-sequence.
+    pub fn space_id(&self) -> Result<u32> {
+        let ids = self.tokenizer.encode(" ", false)?;
+        match (ids.as_slice(), self.tokenizer.eos_id) {
+            ([one], _) => Ok(*one),
+            (_, Some(eos)) => Ok(eos),
+            _ => Err(EngineError::Input(
+                "the tokenizer has neither a single-token space nor an end-of-sequence token"
+                    .into(),
+            )),
+        }
+    }
+
+    /// Names the tokens of explained rows.
+    pub fn describe(
+        &self,
+        lens: &crate::lens::talkative::TalkativeLens,
+        rows: Vec<crate::lens::talkative::ExplainedRow>,
+    ) -> Vec<Explained> {
+        rows.into_iter()
+            .map(|row| {
+                let token_text = self.tokenizer.token_text(row.token);
+                let mut structured: Vec<String> = row
+                    .explanation_ids
+                    .iter()
+                    .map(|&t| self.tokenizer.token_text(t))
+                    .collect();
+                if lens.manifest.add_current_token {
+                    structured.push(format!("[{token_text}]"));
+                }
+                Explained {
+                    explanation: structured.join(" "),
+                    row,
+                    token_text,
+                    structured,
+                }
+            })
+            .collect()
+    }
+}

@@ -9,6 +9,7 @@ pub mod error;
 pub mod generate;
 pub mod inspect;
 pub mod lens;
+pub mod lora;
 pub mod model;
 pub mod probe;
 pub mod tokenizer;

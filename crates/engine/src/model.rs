@@ -6,24 +6,47 @@
 //! block `i` (0 = token embeddings) and layer `L` is the last block's output before the final
 //! norm, the numbering of the tuned-lens package.
 
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use candle_core::{Device, Tensor};
 use candle_nn::ops::{rms_norm, silu, softmax_last_dim};
 use candle_nn::rotary_emb::{rope, rope_i};
 
 use crate::config::{ModelConfig, RopeStyle};
 use crate::error::{EngineError, Result};
-use crate::weights::{BlockWeights, ModelWeights};
+use crate::lora::{Adapter, BlockAdapter};
+use crate::weights::{BlockWeights, Linear, ModelWeights};
 
 pub struct Llama {
     pub cfg: ModelConfig,
     pub w: ModelWeights,
     inv_freq: Vec<f32>,
+    /// Work done so far, for tests and benchmarks.
+    pub counters: Counters,
 }
 
-/// Keys and values of one sequence for every layer, `[n_kv_heads, T, head_dim]` each.
+/// How much the model has run: block applications (one block over one batch counts once) and
+/// batched passes.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub blocks: AtomicU64,
+    pub passes: AtomicU64,
+}
+
+impl Counters {
+    pub fn read(&self) -> (u64, u64) {
+        (
+            self.blocks.load(Ordering::Relaxed),
+            self.passes.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Keys and values of one sequence, `[n_kv_heads, T, head_dim]` per block that has run.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
-    layers: Vec<(Tensor, Tensor)>,
+    layers: Vec<Option<(Tensor, Tensor)>>,
     len: usize,
 }
 
@@ -35,6 +58,38 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// The first `len` positions of the blocks in `blocks` (others are left out): what a
+    /// continuation from position `len` through those blocks needs.
+    pub fn prefix(&self, len: usize, blocks: Range<usize>) -> Result<KvCache> {
+        if len > self.len {
+            return Err(EngineError::Input(format!(
+                "a prefix of {len} positions of a cache of {}",
+                self.len
+            )));
+        }
+        let mut layers = vec![None; self.layers.len().min(blocks.end)];
+        for b in blocks {
+            if let Some(Some((k, v))) = self.layers.get(b) {
+                layers[b] = Some((k.narrow(1, 0, len)?, v.narrow(1, 0, len)?));
+            }
+        }
+        Ok(KvCache { layers, len })
+    }
+}
+
+/// A replacement of residual rows entering a block: called with the block index and the packed
+/// residual `[N, d]` before the block runs; returns the rows to use instead, or `None`.
+pub type Patch<'a> = &'a dyn Fn(usize, &Tensor) -> candle_core::Result<Option<Tensor>>;
+
+/// What a run of blocks over packed rows does besides computing them.
+#[derive(Default, Clone, Copy)]
+pub struct Run<'a> {
+    /// Residual streams to return (layer numbering as in [`Llama::forward`]).
+    pub taps: &'a [usize],
+    /// A LoRA adapter applied to the blocks' linear maps.
+    pub adapter: Option<&'a Adapter>,
+    pub patch: Option<Patch<'a>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +121,24 @@ impl Llama {
         let inv_freq = (0..hd / 2)
             .map(|i| (1.0 / cfg.rope_theta.powf((2 * i) as f64 / hd as f64)) as f32)
             .collect();
-        Llama { cfg, w, inv_freq }
+        Llama {
+            cfg,
+            w,
+            inv_freq,
+            counters: Counters::default(),
+        }
+    }
+
+    /// Token embeddings of `ids`: `[len, d]`.
+    pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
+        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
+            return Err(EngineError::Input(format!(
+                "token id {bad} is outside the vocabulary (size {})",
+                self.cfg.vocab_size
+            )));
+        }
+        let t = Tensor::from_vec(ids.to_vec(), ids.len(), &Device::Cpu)?;
+        Ok(self.w.embed.lookup(&t)?)
     }
 
     /// `[N, hd/2]` cosines and sines for the given absolute positions.
@@ -123,7 +195,7 @@ impl Llama {
     pub fn forward(
         &self,
         seqs: &[&[u32]],
-        mut caches: Option<&mut [KvCache]>,
+        caches: Option<&mut [KvCache]>,
         taps: &[usize],
         logits: Logits,
     ) -> Result<ForwardOutput> {
@@ -133,15 +205,6 @@ impl Llama {
                 "every sequence needs at least one token".into(),
             ));
         }
-        if let Some(c) = caches.as_deref() {
-            if c.len() != seqs.len() {
-                return Err(EngineError::Input(format!(
-                    "{} caches given for {} sequences",
-                    c.len(),
-                    seqs.len()
-                )));
-            }
-        }
         if let Some(&bad) = taps.iter().find(|&&l| l > cfg.n_layers) {
             return Err(EngineError::Input(format!(
                 "layer {bad} does not exist: the model has layers 0..={}",
@@ -149,56 +212,18 @@ impl Llama {
             )));
         }
         let mut ids = Vec::new();
-        let mut positions = Vec::new();
         let mut offsets = Vec::with_capacity(seqs.len());
-        for (s, seq) in seqs.iter().enumerate() {
-            let past = caches.as_deref().map_or(0, |c| c[s].len);
-            if past + seq.len() > cfg.max_positions {
-                return Err(EngineError::Input(format!(
-                    "sequence {s} reaches {} tokens, beyond the model's context length of {}",
-                    past + seq.len(),
-                    cfg.max_positions
-                )));
-            }
-            if let Some(&bad) = seq.iter().find(|&&t| t as usize >= cfg.vocab_size) {
-                return Err(EngineError::Input(format!(
-                    "token id {bad} is outside the vocabulary (size {})",
-                    cfg.vocab_size
-                )));
-            }
+        for seq in seqs {
             offsets.push(ids.len());
             ids.extend_from_slice(seq);
-            positions.extend(past..past + seq.len());
         }
-        let n = ids.len();
-        let (cos, sin) = self.rope_tables(&positions)?;
-        let ids_t = Tensor::from_vec(ids, n, &Device::Cpu)?;
-        let mut x = self.w.embed.lookup(&ids_t)?;
-        let mut tapped = Vec::with_capacity(taps.len());
-        let want = |l: usize| taps.contains(&l);
-        for (i, block) in self.w.blocks.iter().enumerate() {
-            if want(i) {
-                tapped.push((i, x.clone()));
-            }
-            x = self.block(
-                i,
-                block,
-                &x,
-                &cos,
-                &sin,
-                seqs,
-                &offsets,
-                caches.as_deref_mut(),
-            )?;
-        }
-        if want(cfg.n_layers) {
-            tapped.push((cfg.n_layers, x.clone()));
-        }
-        if let Some(c) = caches {
-            for (cache, seq) in c.iter_mut().zip(seqs) {
-                cache.len += seq.len();
-            }
-        }
+        let x = self.embed(&ids)?;
+        let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
+        let run = Run {
+            taps,
+            ..Run::default()
+        };
+        let (x, tapped) = self.run_blocks(x, &lens, caches, 0..cfg.n_layers, run)?;
         let logits = match logits {
             Logits::None => None,
             Logits::All => Some(self.unembed(&self.final_norm(&x)?)?),
@@ -219,29 +244,137 @@ impl Llama {
         })
     }
 
+    /// Runs blocks `blocks` over packed rows `x` (`[N, d]`, the residual entering the first of
+    /// them; `lens` rows per sequence), each sequence continuing its cache when `caches` is
+    /// given. Returns the residual after the last block and the taps in `blocks.start..=end`.
+    pub fn run_blocks(
+        &self,
+        mut x: Tensor,
+        lens: &[usize],
+        mut caches: Option<&mut [KvCache]>,
+        blocks: Range<usize>,
+        run: Run<'_>,
+    ) -> Result<(Tensor, Vec<(usize, Tensor)>)> {
+        let cfg = &self.cfg;
+        if blocks.end > cfg.n_layers || blocks.start > blocks.end {
+            return Err(EngineError::Input(format!(
+                "blocks {blocks:?} do not exist: the model has blocks 0..{}",
+                cfg.n_layers
+            )));
+        }
+        if lens.is_empty() || lens.contains(&0) {
+            return Err(EngineError::Input(
+                "every sequence needs at least one row".into(),
+            ));
+        }
+        if x.dim(0)? != lens.iter().sum::<usize>() {
+            return Err(EngineError::Input(format!(
+                "{} rows given for sequences of {} rows",
+                x.dim(0)?,
+                lens.iter().sum::<usize>()
+            )));
+        }
+        if let Some(c) = caches.as_deref() {
+            if c.len() != lens.len() {
+                return Err(EngineError::Input(format!(
+                    "{} caches given for {} sequences",
+                    c.len(),
+                    lens.len()
+                )));
+            }
+        }
+        if let Some(a) = run.adapter {
+            if a.blocks.len() != cfg.n_layers {
+                return Err(EngineError::Input(format!(
+                    "the adapter has {} blocks, the model {}",
+                    a.blocks.len(),
+                    cfg.n_layers
+                )));
+            }
+        }
+        let mut positions = Vec::with_capacity(x.dim(0)?);
+        let mut offsets = Vec::with_capacity(lens.len());
+        let mut n = 0;
+        for (s, &len) in lens.iter().enumerate() {
+            let past = caches.as_deref().map_or(0, |c| c[s].len);
+            if past + len > cfg.max_positions {
+                return Err(EngineError::Input(format!(
+                    "sequence {s} reaches {} positions, beyond the model's context length of {}",
+                    past + len,
+                    cfg.max_positions
+                )));
+            }
+            offsets.push(n);
+            positions.extend(past..past + len);
+            n += len;
+        }
+        let (cos, sin) = self.rope_tables(&positions)?;
+        let mut tapped = Vec::with_capacity(run.taps.len());
+        let want = |l: usize| run.taps.contains(&l);
+        self.counters.passes.fetch_add(1, Ordering::Relaxed);
+        for i in blocks.clone() {
+            if let Some(patch) = run.patch {
+                if let Some(y) = patch(i, &x)? {
+                    x = y;
+                }
+            }
+            if want(i) {
+                tapped.push((i, x.clone()));
+            }
+            let lora = run.adapter.map(|a| &a.blocks[i]);
+            x = self.block(
+                i,
+                &self.w.blocks[i],
+                lora,
+                &x,
+                (&cos, &sin),
+                lens,
+                &offsets,
+                caches.as_deref_mut(),
+            )?;
+            self.counters.blocks.fetch_add(1, Ordering::Relaxed);
+        }
+        if want(blocks.end) {
+            tapped.push((blocks.end, x.clone()));
+        }
+        if let Some(c) = caches {
+            for (cache, len) in c.iter_mut().zip(lens) {
+                cache.len += len;
+            }
+        }
+        Ok((x, tapped))
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn block(
         &self,
         layer: usize,
         b: &BlockWeights,
+        lora: Option<&BlockAdapter>,
         x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        seqs: &[&[u32]],
+        (cos, sin): (&Tensor, &Tensor),
+        lens: &[usize],
         offsets: &[usize],
         mut caches: Option<&mut [KvCache]>,
     ) -> candle_core::Result<Tensor> {
         let cfg = &self.cfg;
         let eps = cfg.rms_eps as f32;
+        let lin =
+            |w: &Linear, pick: fn(&BlockAdapter) -> Option<&crate::lora::Pair>, h: &Tensor| {
+                let y = w.forward(h)?;
+                match lora.and_then(pick) {
+                    Some(pair) => y + pair.apply(h)?,
+                    None => Ok(y),
+                }
+            };
         let h = rms_norm(x, &b.attn_norm, eps)?;
-        let q = self.apply_rope(&b.wq.forward(&h)?, cos, sin, cfg.n_heads)?;
-        let k = self.apply_rope(&b.wk.forward(&h)?, cos, sin, cfg.n_kv_heads)?;
+        let q = self.apply_rope(&lin(&b.wq, |a| a.q.as_ref(), &h)?, cos, sin, cfg.n_heads)?;
+        let k = self.apply_rope(&lin(&b.wk, |a| a.k.as_ref(), &h)?, cos, sin, cfg.n_kv_heads)?;
         let v =
-            b.wv.forward(&h)?
-                .reshape((x.dim(0)?, cfg.n_kv_heads, cfg.head_dim))?;
-        let mut outs = Vec::with_capacity(seqs.len());
-        for (s, seq) in seqs.iter().enumerate() {
-            let (o, t) = (offsets[s], seq.len());
+            lin(&b.wv, |a| a.v.as_ref(), &h)?.reshape((x.dim(0)?, cfg.n_kv_heads, cfg.head_dim))?;
+        let mut outs = Vec::with_capacity(lens.len());
+        for (s, &t) in lens.iter().enumerate() {
+            let o = offsets[s];
             let cache = caches.as_deref_mut().map(|c| &mut c[s]);
             outs.push(self.attention(
                 layer,
@@ -256,10 +389,11 @@ impl Llama {
         } else {
             Tensor::cat(&outs, 0)?
         };
-        let x = (x + b.wo.forward(&attn)?)?;
+        let x = (x + lin(&b.wo, |a| a.o.as_ref(), &attn)?)?;
         let h = rms_norm(&x, &b.ffn_norm, eps)?;
-        let ff = (silu(&b.w_gate.forward(&h)?)? * b.w_up.forward(&h)?)?;
-        x + b.w_down.forward(&ff)?
+        let ff = (silu(&lin(&b.w_gate, |a| a.gate.as_ref(), &h)?)?
+            * lin(&b.w_up, |a| a.up.as_ref(), &h)?)?;
+        x + lin(&b.w_down, |a| a.down.as_ref(), &ff)?
     }
 
     /// Causal attention of one sequence's new tokens over its cached and new keys.
@@ -281,13 +415,20 @@ impl Llama {
         let mut past = 0;
         if let Some(cache) = cache {
             past = cache.len;
-            if let Some((pk, pv)) = cache.layers.get(layer) {
-                k = Tensor::cat(&[pk, &k], 1)?;
-                v = Tensor::cat(&[pv, &v], 1)?;
-                cache.layers[layer] = (k.clone(), v.clone());
-            } else {
-                cache.layers.push((k.clone(), v.clone()));
+            if cache.layers.len() <= layer {
+                cache.layers.resize(layer + 1, None);
             }
+            match &cache.layers[layer] {
+                Some((pk, pv)) => {
+                    k = Tensor::cat(&[pk, &k], 1)?;
+                    v = Tensor::cat(&[pv, &v], 1)?;
+                }
+                None if past > 0 => {
+                    candle_core::bail!("the cache holds {past} positions but none of block {layer}")
+                }
+                None => {}
+            }
+            cache.layers[layer] = Some((k.clone(), v.clone()));
         }
         let tk = k.dim(1)?;
         // Query heads that share a key/value head are stacked as rows: [nkv, group * T, hd].

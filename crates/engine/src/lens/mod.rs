@@ -5,6 +5,7 @@
 pub mod analyze;
 pub mod fit;
 pub mod stats;
+pub mod talkative;
 pub mod tuned;
 
 use std::path::Path;

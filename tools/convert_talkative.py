@@ -1,0 +1,684 @@
+#!/usr/bin/env python3
+"""Convert a checkpoint of the original talkative-lens training code into a lensd artifact.
+
+    python3 tools/convert_talkative.py CHECKPOINT_OR_FOLDER --out FOLDER
+        [--name NAME] [--base-config CONFIG_JSON]
+
+Writes FOLDER/talkative.json and FOLDER/lens.safetensors as specified in docs/talkative.md
+("The artifact", "Converting the original checkpoints"). A folder argument means its newest
+`*.pt` file.
+
+Only Python and numpy are needed: torch is never imported. A PyTorch checkpoint is a zip
+archive holding `<prefix>/data.pkl` (a pickle) and `<prefix>/data/<key>` (the raw bytes of each
+storage). The pickle is read with an unpickler that only knows an explicit list of globals
+(the tensor rebuild function, storage types, OrderedDict and the pieces numpy uses to pickle
+an RNG state) and refuses any other Python object by name before anything is called, so a
+hostile checkpoint cannot run code.
+
+Exit status: 0 when the artifact was written, 2 when the input was refused (one line on
+stderr names the file and what was wrong), 1 for usage errors.
+"""
+
+import argparse
+import collections
+import hashlib
+import io
+import json
+import os
+import pickle
+import struct
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "lensd.talkative"
+VERSION = 1
+
+
+class Refusal(Exception):
+    """The input cannot be converted; the message says why (without the file name)."""
+
+
+# ---- tensors and storages -------------------------------------------------------------------
+
+# torch storage type name -> (our dtype name, numpy dtype of the raw elements). bf16 has no
+# numpy dtype: its elements are kept as raw uint16 and written back as BF16.
+STORAGE_TYPES = {
+    "FloatStorage": ("f32", np.dtype("<f4")),
+    "HalfStorage": ("f16", np.dtype("<f2")),
+    "BFloat16Storage": ("bf16", np.dtype("<u2")),
+    "DoubleStorage": ("f64", np.dtype("<f8")),
+    "LongStorage": ("i64", np.dtype("<i8")),
+    "IntStorage": ("i32", np.dtype("<i4")),
+    "ShortStorage": ("i16", np.dtype("<i2")),
+    "CharStorage": ("i8", np.dtype("i1")),
+    "ByteStorage": ("u8", np.dtype("u1")),
+    "BoolStorage": ("bool", np.dtype("?")),
+}
+
+# our dtype name -> safetensors dtype name
+SAFETENSORS_DTYPES = {
+    "f32": "F32",
+    "f16": "F16",
+    "bf16": "BF16",
+    "f64": "F64",
+    "i64": "I64",
+    "i32": "I32",
+    "i16": "I16",
+    "i8": "I8",
+    "u8": "U8",
+    "bool": "BOOL",
+}
+
+LENS_DTYPES = ("f32", "f16", "bf16")
+
+
+class StorageType:
+    """Stands for a torch.*Storage class named in the pickle."""
+
+    __slots__ = ("name", "dtype", "np_dtype")
+
+    def __init__(self, name):
+        self.name = name
+        self.dtype, self.np_dtype = STORAGE_TYPES[name]
+
+    def __reduce__(self):  # never pickled again
+        raise TypeError("StorageType is not picklable")
+
+    def __setstate__(self, state):  # a pickle's BUILD must not rewrite it
+        raise Refusal("its pickle tries to set the state of a storage or tensor")
+
+
+class Storage:
+    __slots__ = ("key", "dtype", "array")
+
+    def __init__(self, key, dtype, array):
+        self.key = key
+        self.dtype = dtype
+        self.array = array  # 1-D numpy array of the raw elements (bf16 as uint16)
+
+    def __setstate__(self, state):  # a pickle's BUILD must not rewrite it
+        raise Refusal("its pickle tries to set the state of a storage or tensor")
+
+
+class Tensor:
+    """A tensor rebuilt from a checkpoint: a C-contiguous numpy array and our dtype name."""
+
+    __slots__ = ("dtype", "array")
+
+    def __init__(self, dtype, array):
+        self.dtype = dtype
+        self.array = array
+
+    @property
+    def shape(self):
+        return tuple(self.array.shape)
+
+    def __repr__(self):
+        return f"Tensor({self.dtype}, {list(self.shape)})"
+
+    def __setstate__(self, state):  # a pickle's BUILD must not rewrite it
+        raise Refusal("its pickle tries to set the state of a storage or tensor")
+
+
+class Opaque:
+    """Stands for a numpy object of a saved RNG state (or a torch dtype); the converter drops
+    these, so they are kept as inert data and never turned into real numpy objects."""
+
+    __slots__ = ("what", "args", "state")
+
+    def __init__(self, what, args=()):
+        self.what = what
+        self.args = args
+        self.state = None
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def __repr__(self):
+        return f"<{self.what}>"
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
+                       backward_hooks=None, metadata=None):
+    """numpy version of torch._utils._rebuild_tensor_v2: a strided view of the storage, copied."""
+    if not isinstance(storage, Storage):
+        raise Refusal(f"a tensor's storage is a {type(storage).__name__}, not a storage")
+    if not _is_int(storage_offset) or storage_offset < 0:
+        raise Refusal(f"a tensor has the storage offset {storage_offset!r}")
+    if not isinstance(size, tuple) or not isinstance(stride, tuple) or len(size) != len(stride):
+        raise Refusal(f"a tensor has the size {size!r} and stride {stride!r}")
+    for v in size + stride:
+        if not _is_int(v) or v < 0:
+            raise Refusal(f"a tensor has the size {size!r} and stride {stride!r}")
+    numel = 1
+    for s in size:
+        numel *= s
+    n = storage.array.shape[0]
+    if numel == 0:
+        return Tensor(storage.dtype, np.zeros(size, dtype=storage.array.dtype))
+    last = storage_offset + sum((s - 1) * st for s, st in zip(size, stride))
+    if last >= n:
+        raise Refusal(
+            f"a tensor of size {list(size)} (offset {storage_offset}, stride {list(stride)}) "
+            f"reaches past the end of storage data/{storage.key}, which holds {n} elements"
+        )
+    item = storage.array.dtype.itemsize
+    view = np.lib.stride_tricks.as_strided(
+        storage.array[storage_offset:],
+        shape=size,
+        strides=tuple(st * item for st in stride),
+        writeable=False,
+    )
+    return Tensor(storage.dtype, np.ascontiguousarray(view).copy())
+
+
+def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
+    if not isinstance(data, Tensor):
+        raise Refusal("a parameter holds no tensor")
+    return data
+
+
+def _np_reconstruct(cls, shape, dtype_code):
+    return Opaque("numpy.ndarray", (shape, dtype_code))
+
+
+def _np_dtype(*args):
+    return Opaque("numpy.dtype", args)
+
+
+def _np_scalar(*args):
+    return Opaque("numpy scalar", args)
+
+
+def _codecs_encode(text, encoding="utf-8"):
+    # pickle protocol 2 stores bytes as _codecs.encode(str, "latin1"); nothing else is allowed.
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise Refusal(f"it calls _codecs.encode with {encoding!r}, which is not how bytes are stored")
+    return text.encode("latin1")
+
+
+def _plain_set(items=()):
+    return set(items)
+
+
+def _plain_frozenset(items=()):
+    return frozenset(items)
+
+
+_NDARRAY_MARKER = Opaque("numpy.ndarray class")
+
+ALLOWED_GLOBALS = {
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("numpy.core.multiarray", "_reconstruct"): _np_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct,
+    ("numpy.core.multiarray", "scalar"): _np_scalar,
+    ("numpy._core.multiarray", "scalar"): _np_scalar,
+    ("numpy", "ndarray"): _NDARRAY_MARKER,
+    ("numpy", "dtype"): _np_dtype,
+    ("_codecs", "encode"): _codecs_encode,
+    ("builtins", "set"): _plain_set,
+    ("builtins", "frozenset"): _plain_frozenset,
+}
+for _name in STORAGE_TYPES:
+    ALLOWED_GLOBALS[("torch", _name)] = StorageType(_name)
+# torch dtypes (e.g. a config's model dtype saved as torch.bfloat16) are kept as names.
+for _name in ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8",
+              "uint8", "bool"):
+    ALLOWED_GLOBALS[("torch", _name)] = Opaque(f"torch.{_name}")
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file, load_storage):
+        super().__init__(file)
+        self._load_storage = load_storage
+
+    def find_class(self, module, name):
+        found = ALLOWED_GLOBALS.get((module, name))
+        if found is None:
+            raise Refusal(
+                f"it holds the Python object {module}.{name}, not a tensor or plain data; "
+                "nothing was run"
+            )
+        return found
+
+    def persistent_load(self, pid):
+        if (not isinstance(pid, tuple) or len(pid) != 5 or pid[0] != "storage"
+                or not isinstance(pid[1], StorageType) or not isinstance(pid[2], str)
+                or not _is_int(pid[4])):
+            raise Refusal(f"it holds the persistent id {pid!r}, which is not a tensor storage")
+        return self._load_storage(pid[1], pid[2], pid[4])
+
+
+# ---- reading the zip ------------------------------------------------------------------------
+
+
+def load_checkpoint(path):
+    """Read a PyTorch zip checkpoint; return its object with tensors as Tensor."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise Refusal(f"cannot read it: {e.strerror or e}")
+    if not zipfile.is_zipfile(path):
+        if head[:2] == b"PK":
+            raise Refusal("it starts like a zip archive but has no readable central directory: "
+                          "the file is truncated or damaged")
+        if head[:1] == b"\x80":
+            raise Refusal("it is not a zip archive: it looks like the legacy (pre-1.6) torch.save "
+                          "format, which is not supported; re-save it with torch.save's default")
+        raise Refusal("it is not a zip archive, so not a PyTorch checkpoint")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return _load_from_zip(zf)
+    except Refusal:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as e:
+        raise Refusal(f"the zip archive is damaged ({e})")
+
+
+def _load_from_zip(zf):
+    names = zf.namelist()
+    pkls = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+    if len(pkls) != 1:
+        if not pkls:
+            raise Refusal("it is a zip archive without <prefix>/data.pkl, so not a PyTorch checkpoint")
+        raise Refusal(f"it holds several pickles ({', '.join(sorted(pkls))})")
+    prefix = pkls[0][: -len("data.pkl")]
+    big_endian = False
+    if prefix + "byteorder" in names:
+        order = zf.read(prefix + "byteorder").decode("ascii", "replace").strip()
+        if order not in ("little", "big"):
+            raise Refusal(f"its byteorder entry says {order!r}")
+        big_endian = order == "big"
+    storages = {}
+
+    def load_storage(stype, key, numel):
+        if key in storages:
+            st = storages[key]
+            if st.dtype != stype.dtype:
+                raise Refusal(f"storage data/{key} is used as both {st.dtype} and {stype.dtype}")
+            return st
+        entry = prefix + "data/" + key
+        if "/" in key or ".." in key or entry not in names:
+            raise Refusal(f"it names the storage data/{key}, which the archive does not hold")
+        raw = zf.read(entry)
+        dt = stype.np_dtype
+        if big_endian:
+            dt = dt.newbyteorder(">")
+        if len(raw) != numel * dt.itemsize:
+            raise Refusal(f"storage data/{key} holds {len(raw)} bytes, but {numel} {stype.dtype} "
+                          f"elements need {numel * dt.itemsize}")
+        arr = np.frombuffer(raw, dtype=dt)
+        if big_endian:
+            arr = arr.astype(dt.newbyteorder("<"))
+        st = Storage(key, stype.dtype, arr)
+        storages[key] = st
+        return st
+
+    data = zf.read(pkls[0])
+    unpickler = _RestrictedUnpickler(io.BytesIO(data), load_storage)
+    try:
+        return unpickler.load()
+    except Refusal:
+        raise
+    except Exception as e:  # a malformed pickle: anything else the unpickler raised
+        raise Refusal(f"its {pkls[0]} is not a valid checkpoint pickle ({type(e).__name__}: {e})")
+
+
+# ---- safetensors --------------------------------------------------------------------------
+
+
+def safetensors_bytes(tensors):
+    """Serialise {name: Tensor} as safetensors: u64 header length, JSON header (names sorted,
+    padded with spaces to a multiple of 8 bytes), then the data in the same order."""
+    header = {}
+    chunks = []
+    offset = 0
+    for name in sorted(tensors):
+        t = tensors[name]
+        raw = np.ascontiguousarray(t.array).astype(t.array.dtype.newbyteorder("<"), copy=False).tobytes()
+        header[name] = {
+            "dtype": SAFETENSORS_DTYPES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + len(raw)],
+        }
+        chunks.append(raw)
+        offset += len(raw)
+    text = json.dumps(header, separators=(",", ":"), sort_keys=True).encode("utf-8")
+    text += b" " * ((-len(text)) % 8)
+    return struct.pack("<Q", len(text)) + text + b"".join(chunks)
+
+
+_SAFETENSORS_NP = {
+    "F32": ("f32", "<f4"), "F16": ("f16", "<f2"), "BF16": ("bf16", "<u2"), "F64": ("f64", "<f8"),
+    "I64": ("i64", "<i8"), "I32": ("i32", "<i4"), "I16": ("i16", "<i2"), "I8": ("i8", "i1"),
+    "U8": ("u8", "u1"), "BOOL": ("bool", "?"),
+}
+
+
+def read_safetensors(path):
+    """Read a safetensors file into {name: Tensor} (bf16 as raw uint16)."""
+    data = Path(path).read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8: 8 + n])
+    header.pop("__metadata__", None)
+    base = 8 + n
+    out = {}
+    for name, info in header.items():
+        dtype, npdt = _SAFETENSORS_NP[info["dtype"]]
+        a, b = info["data_offsets"]
+        arr = np.frombuffer(data[base + a: base + b], dtype=np.dtype(npdt)).reshape(info["shape"])
+        out[name] = Tensor(dtype, arr.copy())
+    return out
+
+
+# ---- the artifact ---------------------------------------------------------------------------
+
+
+def build_manifest(*, layer, t_text, add_current_token, patched_layers, decoder_prompt,
+                   output_layer, encoder_prompt, dtype, base, content_sha256, source=None):
+    """The talkative.json object, keys in the order of docs/talkative.md."""
+    m = {
+        "format": FORMAT,
+        "version": VERSION,
+        "layer": layer,
+        "t_text": t_text,
+        "add_current_token": add_current_token,
+        "decoder": {"patched_layers": patched_layers, "prompt": decoder_prompt},
+        "encoder": {"output_layer": output_layer, "prompt": encoder_prompt},
+        "dtype": dtype,
+        "base": base,
+        "content_sha256": content_sha256,
+    }
+    if source is not None:
+        m["source"] = source
+    return m
+
+
+def manifest_text(manifest):
+    return json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
+
+
+def write_artifact(out_dir, manifest_fields, tensors):
+    """Write lens.safetensors and talkative.json into out_dir; return the manifest."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    blob = safetensors_bytes(tensors)
+    manifest = build_manifest(content_sha256=hashlib.sha256(blob).hexdigest(), **manifest_fields)
+    for name, content in (("lens.safetensors", blob),
+                          ("talkative.json", manifest_text(manifest).encode("utf-8"))):
+        tmp = out_dir / (name + ".tmp")
+        tmp.write_bytes(content)
+        os.replace(tmp, out_dir / name)
+    return manifest
+
+
+# ---- from a checkpoint to the artifact ------------------------------------------------------
+
+DECODER_TENSORS = ["proj_weight", "proj_bias", "prompt_left_emb", "prompt_right_emb"]
+ENCODER_TENSORS = ["proj.weight", "proj.bias", "soft_prompt_embeddings",
+                   "soft_prompt_embeddings_postfix", "special_last_token_vector"]
+ENCODER_OPTIONAL = {"soft_prompt_embeddings_postfix"}
+CONFIG_KEYS = [
+    "layer_l",
+    "t_text",
+    "decoder_prompt",
+    "encoder_prompt",
+    "model_name",
+    "trainable_components.decoder.patch_all_layers",
+    "trainable_components.encoder.output_layer",
+    "trainable_components.encoder.add_current_token",
+]
+
+
+def _ignored(key):
+    # docs/talkative.md: prompt_ids and anything containing "base" (the wrapped base model's
+    # own weights) are not part of the lens.
+    return key == "prompt_ids" or "base" in key
+
+
+def _state_dict(obj, part):
+    models = obj.get("models")
+    if not isinstance(models, dict):
+        keys = ", ".join(sorted(map(str, obj))) or "none"
+        raise Refusal(f"it has no models dict (its top-level keys are: {keys})")
+    sd = models.get(part)
+    if not isinstance(sd, dict):
+        keys = ", ".join(sorted(map(str, models))) or "none"
+        raise Refusal(f"it has no models.{part} (models holds: {keys})")
+    return sd
+
+
+def _collect(sd, part, wanted, optional=()):
+    found = {}
+    for key, value in sd.items():
+        if not isinstance(key, str):
+            raise Refusal(f"models.{part} has the non-string key {key!r}")
+        if key in wanted:
+            if not isinstance(value, Tensor):
+                raise Refusal(f"models.{part}.{key} is a {type(value).__name__}, not a tensor")
+            found[key] = value
+        elif not _ignored(key):
+            raise Refusal(f"models.{part} holds {key}, which is not a lens tensor "
+                          f"(expected {', '.join(wanted)})")
+    missing = [k for k in wanted if k not in found and k not in optional]
+    if missing:
+        raise Refusal(f"models.{part} lacks {', '.join(missing)}")
+    return found
+
+
+def _config_value(config, dotted):
+    cur = config
+    for part in dotted.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            raise KeyError(dotted)
+        cur = cur[part]
+    return cur
+
+
+def _shape(t):
+    return "[" + ", ".join(str(s) for s in t.shape) + "]"
+
+
+def convert(obj, name=None, base_config=None, source_name=None):
+    """From an unpickled checkpoint to (manifest fields, {artifact name: Tensor})."""
+    if not isinstance(obj, dict):
+        raise Refusal(f"it holds a {type(obj).__name__}, not a dict with models and config")
+    dec = _collect(_state_dict(obj, "decoder"), "decoder", DECODER_TENSORS)
+    enc = _collect(_state_dict(obj, "encoder"), "encoder", ENCODER_TENSORS, ENCODER_OPTIONAL)
+
+    config = obj.get("config")
+    if not isinstance(config, dict):
+        raise Refusal("it has no config dict")
+    values, missing = {}, []
+    for key in CONFIG_KEYS:
+        try:
+            values[key] = _config_value(config, key)
+        except KeyError:
+            missing.append(key)
+    if missing:
+        raise Refusal(f"its config lacks {', '.join(missing)}")
+
+    def want_int(key, low):
+        v = values[key]
+        if not _is_int(v) or v < low:
+            raise Refusal(f"config {key} is {v!r}, not an integer >= {low}")
+        return v
+
+    layer = want_int("layer_l", 0)
+    t_text = want_int("t_text", 1)
+    output_layer = want_int("trainable_components.encoder.output_layer", 0)
+    add_current = values["trainable_components.encoder.add_current_token"]
+    if not isinstance(add_current, bool):
+        raise Refusal(f"config trainable_components.encoder.add_current_token is {add_current!r}, "
+                      "not true or false")
+    for key in ("decoder_prompt", "encoder_prompt", "model_name"):
+        if not isinstance(values[key], str):
+            raise Refusal(f"config {key} is {values[key]!r}, not a string")
+
+    # Shapes: d from the decoder's projections; everything else must agree.
+    pw = dec["proj_weight"]
+    if len(pw.shape) != 3 or pw.shape[1] != pw.shape[2] or pw.shape[0] < 1 or pw.shape[1] < 1:
+        raise Refusal(f"models.decoder.proj_weight has shape {_shape(pw)}, expected [P, d, d]")
+    n_proj, d = pw.shape[0], pw.shape[1]
+    expect = {
+        ("decoder", "proj_bias"): lambda s: s == (n_proj, d),
+        ("decoder", "prompt_left_emb"): lambda s: len(s) == 2 and s[1] == d,
+        ("decoder", "prompt_right_emb"): lambda s: len(s) == 2 and s[1] == d,
+        ("encoder", "proj.weight"): lambda s: s == (d, d),
+        ("encoder", "proj.bias"): lambda s: s == (d,),
+        ("encoder", "soft_prompt_embeddings"): lambda s: len(s) == 2 and s[1] == d,
+        ("encoder", "soft_prompt_embeddings_postfix"): lambda s: len(s) == 2 and s[1] == d,
+        ("encoder", "special_last_token_vector"): lambda s: s == (d,),
+    }
+    wanted_shape = {
+        "proj_bias": f"[{n_proj}, {d}]", "proj.weight": f"[{d}, {d}]", "proj.bias": f"[{d}]",
+        "special_last_token_vector": f"[{d}]",
+    }
+    for (part, key), ok in expect.items():
+        group = dec if part == "decoder" else enc
+        if key not in group:
+            continue
+        t = group[key]
+        if not ok(t.shape):
+            want = wanted_shape.get(key, f"[n, {d}]")
+            raise Refusal(f"models.{part}.{key} has shape {_shape(t)}, expected {want} "
+                          f"(d = {d} from models.decoder.proj_weight {_shape(pw)})")
+
+    pal = values["trainable_components.decoder.patch_all_layers"]
+    if pal is True:
+        patched = n_proj
+    elif pal is False:
+        patched = 1
+    elif _is_int(pal) and pal >= 1:
+        patched = pal
+    else:
+        raise Refusal(f"config trainable_components.decoder.patch_all_layers is {pal!r}, "
+                      "not true, false or a positive integer")
+    if patched != n_proj:
+        raise Refusal(f"config trainable_components.decoder.patch_all_layers is {pal!r} "
+                      f"(P = {patched}), but models.decoder.proj_weight has shape {_shape(pw)} "
+                      f"({n_proj} projections)")
+
+    tensors = {
+        "decoder.proj_weight": dec["proj_weight"],
+        "decoder.proj_bias": dec["proj_bias"],
+        "decoder.prompt_left_emb": dec["prompt_left_emb"],
+        "decoder.prompt_right_emb": dec["prompt_right_emb"],
+    }
+    for key in ENCODER_TENSORS:
+        if key in enc:
+            tensors["encoder." + key] = enc[key]
+    dtypes = {t.dtype for t in tensors.values()}
+    if len(dtypes) != 1:
+        counts = collections.Counter(t.dtype for t in tensors.values())
+        common = max(sorted(counts), key=lambda k: counts[k])
+        odd = ", ".join(f"{n} is {t.dtype}" for n, t in sorted(tensors.items())
+                        if t.dtype != common)
+        raise Refusal(f"the lens tensors do not share one dtype: {odd}, the others {common}")
+    dtype = dtypes.pop()
+    if dtype not in LENS_DTYPES:
+        raise Refusal(f"the lens tensors are {dtype}; only f32, f16 and bf16 are supported")
+
+    base = {"name": name if name is not None else values["model_name"], "d_model": d}
+    if base_config is not None:
+        n_layers, vocab, hidden = base_config
+        if hidden != d:
+            raise Refusal(f"the lens has d = {d} but the base config's hidden_size is {hidden}")
+        for what, v in (("layer_l", layer), ("output_layer", output_layer)):
+            if v >= n_layers:
+                raise Refusal(f"config {what} = {v} but the base has {n_layers} blocks")
+        if patched > n_layers:
+            raise Refusal(f"the decoder patches {patched} blocks but the base has {n_layers}")
+        base["n_layers"] = n_layers
+        base["vocab_size"] = vocab
+
+    source = {"converted_from": source_name} if source_name else {}
+    step = obj.get("step")
+    if _is_int(step):
+        source["step"] = step
+    fields = dict(
+        layer=layer,
+        t_text=t_text,
+        add_current_token=add_current,
+        patched_layers=patched,
+        decoder_prompt=values["decoder_prompt"],
+        output_layer=output_layer,
+        encoder_prompt=values["encoder_prompt"],
+        dtype=dtype,
+        base=base,
+        source=source or None,
+    )
+    return fields, tensors
+
+
+def read_base_config(path):
+    try:
+        cfg = json.loads(Path(path).read_text(encoding="utf-8"))
+        return int(cfg["num_hidden_layers"]), int(cfg["vocab_size"]), int(cfg["hidden_size"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise Refusal(f"cannot read num_hidden_layers, vocab_size and hidden_size ({e})")
+
+
+def pick_checkpoint(path):
+    """A file is itself; a folder means its newest *.pt (ties broken by name)."""
+    path = Path(path)
+    if path.is_dir():
+        cands = [p for p in path.glob("*.pt") if p.is_file()]
+        if not cands:
+            raise Refusal("the folder holds no *.pt file")
+        return max(cands, key=lambda p: (p.stat().st_mtime_ns, p.name))
+    if not path.exists():
+        raise Refusal("no such file or folder")
+    return path
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("checkpoint", help="a .pt checkpoint of the original code, or a folder of them")
+    ap.add_argument("--out", required=True, help="folder for talkative.json and lens.safetensors")
+    ap.add_argument("--name", help="base.name in the manifest (default: config model_name)")
+    ap.add_argument("--base-config",
+                    help="the base's Hugging Face config.json: checks d and the layer indices, "
+                         "and records n_layers and vocab_size in the manifest")
+    args = ap.parse_args(argv)
+
+    shown = args.checkpoint
+    try:
+        ckpt = pick_checkpoint(args.checkpoint)
+        shown = str(ckpt)
+        base_config = None
+        if args.base_config:
+            try:
+                base_config = read_base_config(args.base_config)
+            except Refusal as e:
+                shown = args.base_config
+                raise e
+        obj = load_checkpoint(ckpt)
+        fields, tensors = convert(obj, name=args.name, base_config=base_config,
+                                  source_name=ckpt.name)
+        manifest = write_artifact(args.out, fields, tensors)
+    except Refusal as e:
+        print(f"refusing {shown}: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # anything unforeseen in a hostile or odd file is a refusal too
+        print(f"refusing {shown}: could not convert it ({type(e).__name__}: {e})", file=sys.stderr)
+        return 2
+    shapes = ", ".join(f"{n} {list(t.shape)}" for n, t in sorted(tensors.items()))
+    print(f"wrote {args.out}: {manifest['dtype']}, d = {manifest['base']['d_model']}, "
+          f"P = {manifest['decoder']['patched_layers']}; {shapes}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
