@@ -2,9 +2,10 @@
 # Runs the web page's real-browser tests (web/tests, docs/web.md): Debian's Chromium driven by
 # playwright-core under Node's test runner, each test file against its own `lensd serve` of the
 # built binary (LENSD_BIN, default target/release/lensd), with the page built into it.
-# Fetches the demo model and fits the demo tuned lens first when they are missing. Extra
-# arguments go to `node --test` (for example --test-name-pattern=cancel). Screenshots land in
-# web/tests/artifacts/ (or $LENSD_WEB_ARTIFACTS).
+# Fetches the demo model, fits the demo tuned lens and writes the untrained demo talkative lens
+# first when they are missing. Extra arguments go to `node --test` (for example
+# --test-name-pattern=cancel). Screenshots land in web/tests/artifacts/ (or
+# $LENSD_WEB_ARTIFACTS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,6 +40,10 @@ if [ ! -f "$lens/params.safetensors" ]; then
   scripts/prepare-demo-corpus.sh
   "$LENSD_BIN" fit-lens --corpus data/demo-corpus.txt --out "$lens"
 fi
+talkative=models/lenses/smollm2-135m-talkative-untrained
+if [ ! -f "$talkative/talkative.json" ]; then
+  "$LENSD_BIN" init-talkative --out "$talkative" --layer 15
+fi
 
 # playwright-core is the only dependency; it brings no browser of its own.
 if [ ! -f web/tests/node_modules/.package-lock.json ] ||
@@ -53,4 +58,4 @@ if node --help | grep -q -- '--test-concurrency'; then
 fi
 cd web/tests
 exec node --test "${concurrency[@]}" "$@" \
-  analyze.test.js io.test.js residency.test.js config.test.js reconnect.test.js chat.test.js
+  analyze.test.js io.test.js talkative.test.js residency.test.js config.test.js reconnect.test.js chat.test.js

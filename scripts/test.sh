@@ -19,6 +19,7 @@ target/pyenv/bin/python -c 'import numpy' 2>/dev/null ||
   target/pyenv/bin/pip install --quiet --disable-pip-version-check numpy==2.4.6
 target/pyenv/bin/python tools/test_convert_talkative.py
 if [ "${LENSD_WEB_TESTS:-1}" != 0 ]; then
-  cargo build --release -p lensd
+  # `cargo test` built target/release/lensd for the binary's own tests; the browser tests
+  # serve with that build.
   scripts/test-web.sh
 fi

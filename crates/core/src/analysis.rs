@@ -37,12 +37,41 @@ pub struct LayerRow {
     pub positions: Vec<Cell>,
 }
 
+/// What a talkative lens says about one position (docs/talkative.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Explanation {
+    pub position: usize,
+    /// The analysed token's text.
+    pub token: String,
+    /// `explanation_structured` joined by spaces.
+    pub explanation: String,
+    /// Each explanation token on its own, then `[token]` when the lens adds the current token.
+    pub explanation_structured: Vec<String>,
+    pub explanation_ids: Vec<u32>,
+    /// Mean squared error of the reconstruction.
+    pub mse: f32,
+    /// RMSE over the activation's RMS.
+    pub relative_rmse: f32,
+    /// Per explanation token, the fractional increase in MSE when it is replaced by a space;
+    /// empty when not asked for.
+    #[serde(default)]
+    pub token_salience: Vec<f32>,
+    /// KL (nats) of the next-token distribution with the reconstruction patched in; absent
+    /// when not asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kl_divergence: Option<f32>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Analysis {
-    /// `logit`, or the name of a tuned lens.
+    /// The model that names the lens.
     pub lens: String,
     pub tokens: Vec<TokenInfo>,
+    /// Logit and tuned lenses: layers × positions.
     pub layers: Vec<LayerRow>,
+    /// Talkative lenses: one explanation per position.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub explanations: Vec<Explanation>,
 }
 
 /// The cells of one lens over a run of positions, at every requested layer: what an analysis
@@ -54,6 +83,9 @@ pub struct RowsChunk {
     pub first_position: usize,
     /// One row per requested layer, each with the chunk's positions.
     pub layers: Vec<LayerRow>,
+    /// A talkative lens's explanations of the chunk's positions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub explanations: Vec<Explanation>,
 }
 
 impl Analysis {

@@ -50,6 +50,8 @@ pub struct LensSpec {
     pub kind: LensKind,
     pub path: PathBuf,
     pub bytes: u64,
+    /// A talkative lens's LoRA adapter for the activations (its bytes count in `bytes`).
+    pub donor: Option<PathBuf>,
 }
 
 /// Residency policy of a resource, merged over every model that uses it.
@@ -122,6 +124,7 @@ impl Registry {
                             kind,
                             path: path.clone(),
                             bytes: lf.bytes,
+                            donor: m.donor.clone(),
                         });
                         Some(key)
                     }

@@ -107,6 +107,32 @@ pub struct AnalyzeWork {
     pub text: Text,
     pub layers: LayerSpec,
     pub top_k: usize,
+    #[serde(default)]
+    pub explain: ExplainSettings,
+}
+
+/// How talkative lenses explain (docs/talkative.md); other lenses ignore it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExplainSettings {
+    /// Candidates per position; the lowest reconstruction error wins (1–64).
+    pub best_of_k: usize,
+    /// 0 is greedy.
+    pub temperature: f32,
+    pub seed: u64,
+    pub salience: bool,
+    pub kl: bool,
+}
+
+impl Default for ExplainSettings {
+    fn default() -> Self {
+        ExplainSettings {
+            best_of_k: 8,
+            temperature: 1.0,
+            seed: 42,
+            salience: true,
+            kl: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -149,6 +175,8 @@ pub enum Job {
         text: Prompt,
         layers: LayerSpec,
         top_k: usize,
+        #[serde(default)]
+        explain: ExplainSettings,
     },
     Generate {
         base: BaseKey,

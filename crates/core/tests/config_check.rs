@@ -85,7 +85,12 @@ impl Probe for FakeProbe {
         Ok(facts)
     }
 
-    fn lens(&self, kind: LensKind, path: &Path) -> Result<LensFacts, String> {
+    fn lens(
+        &self,
+        kind: LensKind,
+        path: &Path,
+        _donor: Option<&Path>,
+    ) -> Result<LensFacts, String> {
         assert_ne!(kind, LensKind::Logit, "a logit lens has no files to probe");
         self.calls
             .borrow_mut()
@@ -298,7 +303,7 @@ fn a_lens_made_for_another_base_is_a_mismatch() {
         "{}",
         m(2)
     );
-    assert!(m(5).contains("reads layer 9"), "{}", m(5));
+    assert!(m(5).contains("output of block 9"), "{}", m(5));
     assert!(message(&report, "model_groups[0].models[4].layer").contains("reads layer 2, not 3"));
     // A mismatched lens is still described: its facts are what the report is about.
     assert!(resolved.lenses.contains_key("wide"));

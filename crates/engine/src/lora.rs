@@ -2,8 +2,8 @@
 //! computes `W x + s · B (A x)`, so one copy of the base serves both the plain and the adapted
 //! model (docs/talkative.md, "Donors").
 
-use std::collections::{BTreeSet, HashMap};
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
@@ -43,9 +43,25 @@ pub struct BlockAdapter {
 
 #[derive(Debug, Clone)]
 pub struct Adapter {
+    /// From block 0 to the last adapted block.
     pub blocks: Vec<BlockAdapter>,
     pub rank: usize,
     pub scale: f64,
+    pub path: PathBuf,
+}
+
+impl BlockAdapter {
+    fn slot(&mut self, module: &str) -> &mut Option<Pair> {
+        match module {
+            "q_proj" => &mut self.q,
+            "k_proj" => &mut self.k,
+            "v_proj" => &mut self.v,
+            "o_proj" => &mut self.o,
+            "gate_proj" => &mut self.gate,
+            "up_proj" => &mut self.up,
+            _ => &mut self.down,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -64,8 +80,6 @@ struct PeftConfig {
     bias: Option<String>,
     #[serde(default)]
     modules_to_save: Option<serde_json::Value>,
-    #[serde(default)]
-    layers_to_transform: Option<serde_json::Value>,
     #[serde(default)]
     rank_pattern: Option<serde_json::Value>,
     #[serde(default)]
@@ -93,10 +107,29 @@ fn empty(v: &Option<serde_json::Value>) -> bool {
     }
 }
 
+/// Splits `base_model.model.model.layers.{i}.{self_attn|mlp}.{module}.lora_{A|B}.weight`.
+fn parse_name(name: &str) -> Option<(usize, &str, &str)> {
+    let rest = name.strip_prefix("base_model.model.model.layers.")?;
+    let (block, rest) = rest.split_once('.')?;
+    let (part, rest) = rest.split_once('.')?;
+    let (module, rest) = rest.split_once('.')?;
+    let ab = rest.strip_suffix(".weight")?.strip_prefix("lora_")?;
+    let expected_part = if module.starts_with(['q', 'k', 'v', 'o']) {
+        "self_attn"
+    } else {
+        "mlp"
+    };
+    (part == expected_part && MODULES.contains(&module) && (ab == "A" || ab == "B")).then_some((
+        block.parse().ok()?,
+        module,
+        ab,
+    ))
+}
+
 impl Adapter {
-    /// Reads `adapter_config.json` and `adapter_model.safetensors` from `dir` and checks every
-    /// tensor against the base's shapes.
-    pub fn load(dir: &Path, cfg: &ModelConfig) -> Result<Adapter> {
+    /// Reads `adapter_config.json` and `adapter_model.safetensors` from `dir`; shapes are
+    /// checked against each other here and against a base by [`Adapter::check`].
+    pub fn open(dir: &Path) -> Result<Adapter> {
         let config_path = dir.join("adapter_config.json");
         let text =
             std::fs::read_to_string(&config_path).map_err(|e| EngineError::io(&config_path, e))?;
@@ -118,11 +151,8 @@ impl Adapter {
         if pc.fan_in_fan_out {
             return Err(unsupported("setting `fan_in_fan_out`".into()));
         }
-        if pc.bias.as_deref().is_some_and(|b| b != "none") {
-            return Err(unsupported(format!(
-                "setting `bias: {}` (only `none`)",
-                pc.bias.as_deref().unwrap_or_default()
-            )));
+        if let Some(b) = pc.bias.as_deref().filter(|b| *b != "none") {
+            return Err(unsupported(format!("setting `bias: {b}` (only `none`)")));
         }
         if !empty(&pc.modules_to_save) {
             return Err(unsupported(
@@ -159,24 +189,6 @@ impl Adapter {
                 MODULES.join(", ")
             )));
         }
-        let layers: Option<BTreeSet<usize>> = match &pc.layers_to_transform {
-            None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::Number(n)) => n.as_u64().map(|n| [n as usize].into()),
-            Some(serde_json::Value::Array(a)) => Some(
-                a.iter()
-                    .map(|v| v.as_u64().map(|n| n as usize))
-                    .collect::<Option<_>>()
-                    .ok_or_else(|| {
-                        EngineError::format(&config_path, "`layers_to_transform` must list blocks")
-                    })?,
-            ),
-            Some(_) => {
-                return Err(EngineError::format(
-                    &config_path,
-                    "`layers_to_transform` must list blocks",
-                ))
-            }
-        };
         let scale = if pc.use_rslora {
             pc.lora_alpha / (pc.r as f64).sqrt()
         } else {
@@ -192,82 +204,125 @@ impl Adapter {
         }
         let tensors: HashMap<String, Tensor> = candle_core::safetensors::load(&st, &Device::Cpu)
             .map_err(|e| EngineError::format(&st, format!("invalid safetensors file: {e}")))?;
-        let mut unused: BTreeSet<&String> = tensors.keys().collect();
-        let (d, ff) = (cfg.d_model, cfg.d_ff);
-        let (qd, kvd) = (cfg.q_width(), cfg.kv_width());
-        let dims = |m: &str| match m {
-            "q_proj" => (d, qd),
-            "k_proj" | "v_proj" => (d, kvd),
-            "o_proj" => (qd, d),
-            "gate_proj" | "up_proj" => (d, ff),
-            _ => (ff, d),
-        };
-        let mut blocks = vec![BlockAdapter::default(); cfg.n_layers];
-        let mut found = 0;
-        for (i, block) in blocks.iter_mut().enumerate() {
-            if layers.as_ref().is_some_and(|l| !l.contains(&i)) {
-                continue;
+        // (block, module) → its A and B, as they are found.
+        type Found<'a> = (Option<&'a Tensor>, Option<&'a Tensor>);
+        let mut pairs: BTreeMap<(usize, &str), Found> = BTreeMap::new();
+        for (name, t) in &tensors {
+            let Some((block, module, ab)) = parse_name(name) else {
+                return Err(EngineError::format(
+                    &st,
+                    format!("unexpected tensor `{name}`: not a LoRA matrix of a llama block's linear map"),
+                ));
+            };
+            if !targets.iter().any(|m| m == module) {
+                return Err(EngineError::format(
+                    &st,
+                    format!(
+                        "tensor `{name}` adapts `{module}`, which `target_modules` does not list"
+                    ),
+                ));
             }
-            for m in &targets {
-                let part = if m.ends_with("_proj") && ["q", "k", "v", "o"].contains(&&m[..1]) {
+            let slot = pairs.entry((block, module)).or_default();
+            if ab == "A" {
+                slot.0 = Some(t);
+            } else {
+                slot.1 = Some(t);
+            }
+        }
+        if pairs.is_empty() {
+            return Err(EngineError::format(&st, "the adapter adapts nothing"));
+        }
+        let n_blocks = pairs.keys().map(|(b, _)| b + 1).max().unwrap_or(0);
+        let mut blocks = vec![BlockAdapter::default(); n_blocks];
+        for ((block, module), (a, b)) in pairs {
+            let name = |ab: &str| {
+                let part = if module.starts_with(['q', 'k', 'v', 'o']) {
                     "self_attn"
                 } else {
                     "mlp"
                 };
-                let name = |ab: &str| {
-                    format!("base_model.model.model.layers.{i}.{part}.{m}.lora_{ab}.weight")
-                };
-                let (na, nb) = (name("A"), name("B"));
-                let (Some(a), Some(b)) = (tensors.get(&na), tensors.get(&nb)) else {
-                    return Err(EngineError::format(
-                        &st,
-                        format!("missing `{na}` or `{nb}` for target `{m}` of block {i}"),
-                    ));
-                };
-                unused.remove(&na);
-                unused.remove(&nb);
-                let (input, output) = dims(m);
-                for (n, t, want) in [(&na, a, [pc.r, input]), (&nb, b, [output, pc.r])] {
-                    if t.dims() != want {
-                        return Err(EngineError::Shape {
-                            path: st.clone(),
-                            tensor: n.clone(),
-                            expected: want.to_vec(),
-                            got: t.dims().to_vec(),
-                        });
-                    }
-                }
-                let pair = Pair {
-                    a_t: a.to_dtype(DType::F32)?.t()?.contiguous()?,
-                    b_t: (b.to_dtype(DType::F32)?.t()? * scale)?.contiguous()?,
-                };
-                let slot = match m.as_str() {
-                    "q_proj" => &mut block.q,
-                    "k_proj" => &mut block.k,
-                    "v_proj" => &mut block.v,
-                    "o_proj" => &mut block.o,
-                    "gate_proj" => &mut block.gate,
-                    "up_proj" => &mut block.up,
-                    _ => &mut block.down,
-                };
-                *slot = Some(pair);
-                found += 1;
+                format!("base_model.model.model.layers.{block}.{part}.{module}.lora_{ab}.weight")
+            };
+            let (Some(a), Some(b)) = (a, b) else {
+                return Err(EngineError::format(
+                    &st,
+                    format!("`{}` and `{}` must come in pairs", name("A"), name("B")),
+                ));
+            };
+            let (ra, rb) = (a.dims(), b.dims());
+            if ra.len() != 2 || rb.len() != 2 || ra[0] != pc.r || rb[1] != pc.r {
+                return Err(EngineError::format(
+                    &st,
+                    format!(
+                        "`{}` is {ra:?} and `{}` is {rb:?}; rank {} needs A [{}, in] and B [out, {}]",
+                        name("A"),
+                        name("B"),
+                        pc.r,
+                        pc.r,
+                        pc.r
+                    ),
+                ));
             }
-        }
-        if let Some(extra) = unused.into_iter().next() {
-            return Err(EngineError::format(
-                &st,
-                format!("unexpected tensor `{extra}`: not a LoRA pair of a target module of the base's blocks"),
-            ));
-        }
-        if found == 0 {
-            return Err(EngineError::format(&st, "the adapter adapts nothing"));
+            let pair = Pair {
+                a_t: a.to_dtype(DType::F32)?.t()?.contiguous()?,
+                b_t: (b.to_dtype(DType::F32)?.t()? * scale)?.contiguous()?,
+            };
+            let slot = blocks[block].slot(module);
+            *slot = Some(pair);
         }
         Ok(Adapter {
             blocks,
             rank: pc.r,
             scale,
+            path: dir.to_path_buf(),
         })
+    }
+
+    /// Checks that every adapted map exists in the base with the adapter's shapes.
+    pub fn check(&self, cfg: &ModelConfig) -> Result<()> {
+        let st = self.path.join("adapter_model.safetensors");
+        if self.blocks.len() > cfg.n_layers {
+            return Err(EngineError::LensMismatch {
+                path: st,
+                msg: format!(
+                    "the adapter adapts block {} but the base has blocks 0..{}",
+                    self.blocks.len() - 1,
+                    cfg.n_layers
+                ),
+            });
+        }
+        let (d, ff) = (cfg.d_model, cfg.d_ff);
+        let (qd, kvd) = (cfg.q_width(), cfg.kv_width());
+        for (i, b) in self.blocks.iter().enumerate() {
+            for (module, pair, (input, output)) in [
+                ("q_proj", &b.q, (d, qd)),
+                ("k_proj", &b.k, (d, kvd)),
+                ("v_proj", &b.v, (d, kvd)),
+                ("o_proj", &b.o, (qd, d)),
+                ("gate_proj", &b.gate, (d, ff)),
+                ("up_proj", &b.up, (d, ff)),
+                ("down_proj", &b.down, (ff, d)),
+            ] {
+                let Some(p) = pair else { continue };
+                let (got_in, got_out) = (p.a_t.dim(0)?, p.b_t.dim(1)?);
+                if (got_in, got_out) != (input, output) {
+                    return Err(EngineError::LensMismatch {
+                        path: st.clone(),
+                        msg: format!(
+                            "block {i}'s `{module}` maps {got_in} → {got_out}, the base's maps {input} → {output}"
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Adapter::open`] and [`Adapter::check`].
+    pub fn load(dir: &Path, cfg: &ModelConfig) -> Result<Adapter> {
+        let a = Adapter::open(dir)?;
+        a.check(cfg)?;
+        Ok(a)
     }
 
     /// Bytes the adapter's tensors take in memory.

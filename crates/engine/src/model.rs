@@ -284,7 +284,7 @@ impl Llama {
             }
         }
         if let Some(a) = run.adapter {
-            if a.blocks.len() != cfg.n_layers {
+            if a.blocks.len() > cfg.n_layers {
                 return Err(EngineError::Input(format!(
                     "the adapter has {} blocks, the model {}",
                     a.blocks.len(),
@@ -321,7 +321,7 @@ impl Llama {
             if want(i) {
                 tapped.push((i, x.clone()));
             }
-            let lora = run.adapter.map(|a| &a.blocks[i]);
+            let lora = run.adapter.and_then(|a| a.blocks.get(i));
             x = self.block(
                 i,
                 &self.w.blocks[i],

@@ -20,13 +20,11 @@ use memmap2::Mmap;
 
 use crate::error::{EngineError, Result};
 use crate::inspect::{gguf_resident, hf_resident};
+use crate::lens::talkative::{self, TalkativeLens};
 use crate::lens::TunedLens;
+use crate::lora::Adapter;
 use crate::weights::gguf::{self, GgufFile};
 use crate::weights::safetensors::HfCheckpoint;
-
-/// Deepest folder nesting read inside a talkative lens's folder; deeper means a link cycle or
-/// the wrong folder.
-const MAX_DEPTH: usize = 8;
 
 /// Reads headers of real files and hashes their content.
 #[derive(Default)]
@@ -104,9 +102,19 @@ impl FileProbe {
 
     /// The facts of a lens of `kind` at `path`. A logit lens has no files and no facts.
     pub fn lens_facts(&self, kind: LensKind, path: &Path) -> Result<LensFacts> {
+        self.lens_facts_with(kind, path, None)
+    }
+
+    /// The facts of a lens and, for a talkative lens, its donor adapter.
+    pub fn lens_facts_with(
+        &self,
+        kind: LensKind,
+        path: &Path,
+        donor: Option<&Path>,
+    ) -> Result<LensFacts> {
         match kind {
             LensKind::Tuned => self.tuned(path),
-            LensKind::Talkative => self.talkative(path),
+            LensKind::Talkative => self.talkative(path, donor),
             LensKind::Logit => Err(EngineError::Input(format!(
                 "{}: a logit lens has no files to read",
                 path.display()
@@ -143,40 +151,48 @@ impl FileProbe {
         })
     }
 
-    /// Talkative lenses have no settled inference format yet: report their size and content
-    /// only, and leave width and layer unknown.
-    fn talkative(&self, path: &Path) -> Result<LensFacts> {
-        let meta = fs::metadata(path).map_err(|e| EngineError::io(path, e))?;
+    /// A talkative lens folder (docs/talkative.md), read whole: its tensors are small and any
+    /// problem is best reported when the configuration is checked. Its LoRA donor, when the
+    /// model names one, is part of the lens: its bytes count and its files are in the identity.
+    fn talkative(&self, dir: &Path, donor: Option<&Path>) -> Result<LensFacts> {
+        fs::metadata(dir).map_err(|e| EngineError::io(dir, e))?;
+        if !dir.join(talkative::MANIFEST).is_file() {
+            return Err(EngineError::format(
+                dir,
+                format!(
+                    "not a lensd talkative lens (no {}): convert a checkpoint of the original \
+                     training code with tools/convert_talkative.py (docs/talkative.md)",
+                    talkative::MANIFEST
+                ),
+            ));
+        }
+        let lens = TalkativeLens::open(dir)?;
         let mut h = blake3::Hasher::new();
-        let bytes = if meta.is_dir() {
-            let mut files = Vec::new();
-            list_files(path, Path::new(""), 0, &mut files)?;
-            if files.is_empty() {
-                return Err(EngineError::format(path, "the folder holds no files"));
+        for f in [talkative::MANIFEST, talkative::TENSORS] {
+            h.update(self.file_hash(&dir.join(f))?.as_bytes());
+        }
+        let mut bytes = lens.bytes();
+        if let Some(donor) = donor {
+            if !donor.is_dir() {
+                return Err(EngineError::format(
+                    donor,
+                    "the donor (different_activations_orig_path) must be a local folder with a \
+                     PEFT LoRA adapter (adapter_config.json, adapter_model.safetensors); \
+                     lensd does not fetch models by name",
+                ));
             }
-            files.sort();
-            let mut bytes = 0;
-            for rel in &files {
-                let full = path.join(rel);
-                // Names are part of a folder's identity: the same bytes under other names
-                // may be read differently.
-                h.update(rel.to_string_lossy().as_bytes());
-                h.update(&[0]);
-                h.update(self.file_hash(&full)?.as_bytes());
-                bytes += fs::metadata(&full)
-                    .map_err(|e| EngineError::io(&full, e))?
-                    .len();
+            let adapter = Adapter::open(donor)?;
+            h.update(b"donor");
+            for f in ["adapter_config.json", "adapter_model.safetensors"] {
+                h.update(self.file_hash(&donor.join(f))?.as_bytes());
             }
-            bytes
-        } else {
-            h.update(self.file_hash(path)?.as_bytes());
-            meta.len()
-        };
+            bytes += adapter.bytes();
+        }
         Ok(LensFacts {
             content_id: short(&h.finalize()),
-            d_model: None,
-            n_layers: None,
-            layer: None,
+            d_model: Some(lens.manifest.base.d_model),
+            n_layers: lens.manifest.base.n_layers,
+            layer: Some(lens.manifest.layer),
             bytes,
         })
     }
@@ -211,8 +227,14 @@ impl Probe for FileProbe {
         self.base_facts(path, dtype).map_err(|e| e.to_string())
     }
 
-    fn lens(&self, kind: LensKind, path: &Path) -> std::result::Result<LensFacts, String> {
-        self.lens_facts(kind, path).map_err(|e| e.to_string())
+    fn lens(
+        &self,
+        kind: LensKind,
+        path: &Path,
+        donor: Option<&Path>,
+    ) -> std::result::Result<LensFacts, String> {
+        self.lens_facts_with(kind, path, donor)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -227,29 +249,6 @@ fn hash_file(path: &Path, len: u64) -> std::io::Result<blake3::Hash> {
     let mut h = blake3::Hasher::new();
     h.update_rayon(&map);
     Ok(h.finalize())
-}
-
-/// Every file under `root/rel`, as paths relative to `root`.
-fn list_files(root: &Path, rel: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<()> {
-    let dir = root.join(rel);
-    if depth > MAX_DEPTH {
-        return Err(EngineError::format(
-            &dir,
-            format!("folders nest deeper than {MAX_DEPTH} levels (a link cycle?)"),
-        ));
-    }
-    for entry in fs::read_dir(&dir).map_err(|e| EngineError::io(&dir, e))? {
-        let entry = entry.map_err(|e| EngineError::io(&dir, e))?;
-        let child = rel.join(entry.file_name());
-        // Follows links, so that a lens folder of links to the real files reads as those files.
-        let meta = fs::metadata(entry.path()).map_err(|e| EngineError::io(&entry.path(), e))?;
-        if meta.is_dir() {
-            list_files(root, &child, depth + 1, out)?;
-        } else {
-            out.push(child);
-        }
-    }
-    Ok(())
 }
 
 /// `blake3:` and the first 16 hex digits: 64 bits tell apart any set of checkpoints one

@@ -137,38 +137,54 @@ fn a_tuned_lens_reads_its_config_and_sizes_its_translators() {
 }
 
 #[test]
-fn a_talkative_lens_is_sized_and_hashed_by_its_files() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("talk");
-    fs::create_dir_all(dir.join("sub")).unwrap();
-    fs::write(dir.join("a.pt"), vec![1u8; 1000]).unwrap();
-    fs::write(dir.join("sub/b.json"), b"{}").unwrap();
+fn a_talkative_lens_is_read_whole_with_its_donor() {
+    let lens_dir = common::testdata("talkative/lens");
+    let donor = common::testdata("talkative/donor");
     let probe = FileProbe::new();
-    let facts = probe.lens_facts(LensKind::Talkative, &dir).unwrap();
-    assert_eq!(facts.bytes, 1002);
+    let facts = probe.lens_facts(LensKind::Talkative, &lens_dir).unwrap();
     assert_eq!(
         (facts.d_model, facts.n_layers, facts.layer),
-        (None, None, None)
+        (Some(64), Some(3), Some(0))
+    );
+    let lens = lensd_engine::lens::talkative::TalkativeLens::open(&lens_dir).unwrap();
+    assert_eq!(facts.bytes, lens.bytes());
+    // Every tensor of the file, held as f32: the file is f32 too, plus its header.
+    let file = fs::metadata(lens_dir.join("lens.safetensors"))
+        .unwrap()
+        .len();
+    assert!(
+        facts.bytes < file && facts.bytes + 4096 > file,
+        "{} vs {file}",
+        facts.bytes
     );
 
-    let file = probe
-        .lens_facts(LensKind::Talkative, &dir.join("a.pt"))
+    let with = probe
+        .lens_facts_with(LensKind::Talkative, &lens_dir, Some(&donor))
         .unwrap();
-    assert_eq!(file.bytes, 1000);
-    assert_ne!(file.content_id, facts.content_id);
+    let adapter = lensd_engine::lora::Adapter::open(&donor).unwrap();
+    assert_eq!(with.bytes, facts.bytes + adapter.bytes());
+    assert_ne!(
+        with.content_id, facts.content_id,
+        "the donor is part of the lens"
+    );
 
-    // A renamed file changes what the folder is.
-    fs::rename(dir.join("sub/b.json"), dir.join("sub/c.json")).unwrap();
-    let renamed = probe.lens_facts(LensKind::Talkative, &dir).unwrap();
-    assert_ne!(renamed.content_id, facts.content_id);
-
-    let empty = tmp.path().join("empty");
-    fs::create_dir(&empty).unwrap();
-    let e = probe
-        .lens_facts(LensKind::Talkative, &empty)
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("empty") && e.contains("no files"), "{e}");
+    let tmp = tempfile::tempdir().unwrap();
+    let original = tmp.path().join("run");
+    fs::create_dir(&original).unwrap();
+    fs::copy(
+        common::testdata("talkative/original/checkpoint.pt"),
+        original.join("checkpoint.pt"),
+    )
+    .unwrap();
+    let e = err(probe.lens_facts(LensKind::Talkative, &original));
+    assert!(
+        e.contains("convert_talkative.py") && e.contains("run"),
+        "{e}"
+    );
+    let e = err(probe.lens_facts(LensKind::Talkative, &tmp.path().join("missing")));
+    assert!(e.contains("missing"), "{e}");
+    let e = err(probe.lens_facts_with(LensKind::Talkative, &lens_dir, Some(&original)));
+    assert!(e.contains("adapter_config.json"), "{e}");
 }
 
 fn err<T>(r: Result<T, lensd_engine::EngineError>) -> String {
@@ -305,4 +321,46 @@ fn a_lens_for_another_base_is_reported_at_its_model() {
         "{}",
         errors[2].1
     );
+}
+
+#[test]
+fn a_talkative_lens_with_a_donor_checks_clean_and_its_mistakes_are_placed() {
+    let talk = common::testdata("talkative/lens");
+    let donor = common::testdata("talkative/donor");
+    let doc = json!({"model_groups": [{"group_id": "t", "group_name": "T", "base_model_path": tiny(),
+    "models": [
+        {"id": "talk", "name": "Talkative", "layer": 0, "lens_checkpoint_path": talk,
+         "different_activations_orig_path": donor},
+        {"id": "plain", "name": "Talkative without donor", "lens": "talkative", "lens_checkpoint_path": talk},
+        {"id": "elsewhere", "name": "Wrong layer", "layer": 2, "lens": "talkative", "lens_checkpoint_path": talk},
+        {"id": "hub", "name": "Donor by name", "lens": "talkative", "lens_checkpoint_path": talk,
+         "different_activations_orig_path": "someone/llama-lora"}
+    ]}]});
+    let (config, report) = parse(&doc.to_string());
+    let config = config.unwrap_or_else(|| panic!("{report}"));
+    let (report, resolved) = check(&config, &FileProbe::new(), roomy());
+    let issues: Vec<(&str, Severity)> = report
+        .issues
+        .iter()
+        .map(|i| (i.path.as_str(), i.severity))
+        .collect();
+    assert_eq!(
+        issues,
+        [
+            ("model_groups[0].models[2].layer", Severity::Warning),
+            (
+                "model_groups[0].models[3].lens_checkpoint_path",
+                Severity::Error
+            ),
+        ],
+        "{report}"
+    );
+    assert!(report.issues[1]
+        .message
+        .contains("local folder with a PEFT LoRA adapter"));
+    // The donor is part of the lens: more bytes, another identity.
+    let (with, without) = (&resolved.lenses["talk"], &resolved.lenses["plain"]);
+    assert!(with.bytes > without.bytes);
+    assert_ne!(with.content_id, without.content_id);
+    assert_eq!(without.layer, Some(0));
 }

@@ -356,7 +356,17 @@ fn bad_artifacts_are_refused_naming_the_problem() {
     let e = err("width", &|at| {
         edit_manifest(at, |m| m["base"]["d_model"] = 128.into())
     });
-    assert!(e.contains("d_model 128"), "{e}");
+    // The manifest and the tensors disagree about the width.
+    assert!(
+        e.contains("decoder.proj_weight") && e.contains("128"),
+        "{e}"
+    );
+    // A lens of consistent files for another base: refused when checked against it.
+    let lens = TalkativeLens::open(&dir().join("lens")).unwrap();
+    let mut wide = cfg.clone();
+    wide.d_model = 128;
+    let e = lens.check(&wide).unwrap_err().to_string();
+    assert!(e.contains("d_model 64, the base has 128"), "{e}");
     let e = err("layer", &|at| edit_manifest(at, |m| m["layer"] = 3.into()));
     assert!(e.contains("`layer` 3"), "{e}");
     let e = err("version", &|at| {

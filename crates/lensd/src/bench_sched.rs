@@ -83,6 +83,7 @@ fn analyze(model: &str, words: usize, layers: &LayerSpec) -> Work {
         text: Text::Given(Prompt::plain(text)),
         layers: layers.clone(),
         top_k: 3,
+        explain: Default::default(),
     })
 }
 

@@ -281,6 +281,31 @@ pub fn run(cmd: Command) -> Result<()> {
                 }
             }
         }
+        Command::InitTalkative {
+            model,
+            out,
+            layer,
+            t_text,
+            patched_layers,
+            output_layer,
+        } => {
+            let base = load(&model.model, crate::Dtype::F32)?;
+            let name = model
+                .model
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let spec = lensd_engine::lens::talkative::UntrainedSpec {
+                layer,
+                t_text,
+                patched_layers,
+                output_layer: output_layer.unwrap_or(layer),
+                ..Default::default()
+            };
+            lensd_engine::lens::talkative::write_untrained(&base, &name, &out, &spec)?;
+            eprintln!("wrote an untrained talkative lens to {}", out.display());
+            Ok(())
+        }
         Command::FitLens {
             model,
             corpus,

@@ -179,6 +179,28 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Write a talkative lens that was never trained (identity projections, soft prompts from
+    /// the prompts' token embeddings) for a base, to exercise the talkative path where no
+    /// trained lens exists (docs/talkative.md).
+    InitTalkative {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Folder to write (talkative.json, lens.safetensors).
+        #[arg(long)]
+        out: PathBuf,
+        /// The block whose output the lens reads.
+        #[arg(long)]
+        layer: usize,
+        /// Tokens per explanation.
+        #[arg(long, default_value_t = 8)]
+        t_text: usize,
+        /// Blocks whose placeholder input the decoder overwrites.
+        #[arg(long, default_value_t = 2)]
+        patched_layers: usize,
+        /// The encoder's last block (default: `layer`).
+        #[arg(long)]
+        output_layer: Option<usize>,
+    },
     /// Check a model_groups.json file (the original site's format plus lensd's additions):
     /// every key, then every base and lens file it names, against each other and against the
     /// memory budgets. Lists every problem with its JSON path; exits non-zero on errors.

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use lensd_core::analysis::TokenInfo;
+use lensd_core::analysis::{Analysis, Explanation, RowsChunk, TokenInfo};
 use lensd_core::engine::{
     BoxFuture, ComputeSink, Engine, EngineFailure, MemoryProbe, Progress, Source,
 };
@@ -17,15 +17,24 @@ use lensd_core::registry::{BaseKey, LensKey, ResourceKey};
 use lensd_core::residency::Tier;
 use lensd_core::work::{ComputeEvent, Job, JobFailure, JobOutput};
 use lensd_core::LensKind;
+use lensd_engine::base::Explained;
 use lensd_engine::generate::{generate, SamplingParams, StopReason, TextStream};
 use lensd_engine::lens::analyze::{analyze, AnalyzeOptions};
+use lensd_engine::lens::talkative::{ExplainOptions, TalkativeLens};
 use lensd_engine::lens::{Lens, TunedLens};
+use lensd_engine::lora::Adapter;
 use lensd_engine::{Base, LoadOptions};
+
+/// A loaded lens: one that fills layers × positions, or a talkative lens with its donor.
+pub enum Held {
+    Cells(Lens),
+    Talkative(Box<(TalkativeLens, Option<Adapter>)>),
+}
 
 #[derive(Default)]
 struct Loaded {
     bases: HashMap<BaseKey, Arc<Base>>,
-    lenses: HashMap<LensKey, Arc<Lens>>,
+    lenses: HashMap<LensKey, Arc<Held>>,
     /// Bases loaded from disk since start.
     base_loads: usize,
 }
@@ -100,7 +109,7 @@ impl CpuEngine {
     }
 
     /// A loaded lens, for the compute worker.
-    pub fn lens(&self, key: &LensKey) -> Option<Arc<Lens>> {
+    pub fn lens(&self, key: &LensKey) -> Option<Arc<Held>> {
         self.lock().lenses.get(key).cloned()
     }
 
@@ -121,14 +130,18 @@ impl CpuEngine {
             }
             (ResourceKey::Lens(k), Source::Lens(spec)) => {
                 let lens = match spec.kind {
-                    LensKind::Tuned => Lens::Tuned(TunedLens::open(&spec.path).map_err(fail)?),
-                    LensKind::Logit => Lens::Logit,
-                    LensKind::Talkative => {
-                        return Err(EngineFailure(format!(
-                            "{}: talkative lenses cannot be loaded by this version of lensd",
-                            spec.path.display()
-                        )))
+                    LensKind::Tuned => {
+                        Held::Cells(Lens::Tuned(TunedLens::open(&spec.path).map_err(fail)?))
                     }
+                    LensKind::Logit => Held::Cells(Lens::Logit),
+                    LensKind::Talkative => Held::Talkative(Box::new((
+                        TalkativeLens::open(&spec.path).map_err(fail)?,
+                        spec.donor
+                            .as_deref()
+                            .map(Adapter::open)
+                            .transpose()
+                            .map_err(fail)?,
+                    ))),
                 };
                 self.lock().lenses.insert(k, Arc::new(lens));
             }
@@ -241,6 +254,7 @@ impl CpuEngine {
                 text,
                 layers,
                 top_k,
+                explain,
             } => {
                 let base = self.loaded_base(&base)?;
                 let mut held = Vec::with_capacity(lenses.len());
@@ -249,10 +263,9 @@ impl CpuEngine {
                         Some(k) => self.lens(k).ok_or_else(|| {
                             JobFailure::Engine(format!("lens {} is not loaded", k.0))
                         })?,
-                        None => Arc::new(Lens::Logit),
+                        None => Arc::new(Held::Cells(Lens::Logit)),
                     });
                 }
-                let refs: Vec<&Lens> = held.iter().map(|l| l.as_ref()).collect();
                 let (text, special) = base.render(&text, false).map_err(failure)?;
                 let ids = base
                     .tokenizer
@@ -262,29 +275,107 @@ impl CpuEngine {
                 let layers = layers
                     .resolve(base.config().n_layers)
                     .map_err(JobFailure::Invalid)?;
-                let tokens = ids
+                let tokens: Vec<TokenInfo> = ids
                     .iter()
                     .map(|&id| TokenInfo {
                         id,
                         text: base.tokenizer.token_text(id),
                     })
                     .collect();
-                if events(ComputeEvent::Tokens(tokens)).is_break() {
+                if events(ComputeEvent::Tokens(tokens.clone())).is_break() {
                     return Err(JobFailure::Cancelled);
                 }
-                let opts = AnalyzeOptions::new(layers, top_k);
-                let mut analyses = analyze(&base, &refs, &ids, &opts, &mut |p| {
-                    events(ComputeEvent::Rows {
-                        chunk: p.chunk.clone(),
-                        done: p.rows_done as u64,
-                        total: p.rows_total as u64,
+                // Lenses that fill layers × positions share one forward pass; each talkative
+                // lens then explains every position. Progress counts cells and explained
+                // positions together.
+                let cell_lenses: Vec<(usize, &Lens)> = held
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, h)| match h.as_ref() {
+                        Held::Cells(l) => Some((i, l)),
+                        Held::Talkative(..) => None,
                     })
-                })
-                .map_err(failure)?;
-                // Results name the models the request named.
-                for (a, l) in analyses.iter_mut().zip(&lenses) {
-                    a.lens = l.model.clone();
+                    .collect();
+                let talkative = held.len() - cell_lenses.len();
+                let cells_total = (cell_lenses.len() * layers.len() * ids.len()) as u64;
+                let total = cells_total + (talkative * ids.len()) as u64;
+                let mut analyses: Vec<Option<Analysis>> = vec![None; held.len()];
+                if !cell_lenses.is_empty() {
+                    let refs: Vec<&Lens> = cell_lenses.iter().map(|(_, l)| *l).collect();
+                    let opts = AnalyzeOptions::new(layers, top_k);
+                    let found = analyze(&base, &refs, &ids, &opts, &mut |p| {
+                        let mut chunk = p.chunk.clone();
+                        chunk.lens = cell_lenses[chunk.lens].0;
+                        events(ComputeEvent::Rows {
+                            chunk,
+                            done: p.rows_done as u64,
+                            total,
+                        })
+                    })
+                    .map_err(failure)?;
+                    for ((i, _), a) in cell_lenses.iter().zip(found) {
+                        analyses[*i] = Some(a);
+                    }
                 }
+                let mut done = cells_total;
+                let space = base.space_id().map_err(failure)?;
+                let positions: Vec<usize> = (0..ids.len()).collect();
+                let opts = ExplainOptions {
+                    best_of_k: explain.best_of_k,
+                    temperature: explain.temperature,
+                    seed: explain.seed,
+                    salience: explain.salience,
+                    kl: explain.kl,
+                    batch_positions: (32 / explain.best_of_k).max(1),
+                };
+                for (i, h) in held.iter().enumerate() {
+                    let Held::Talkative(talkative) = h.as_ref() else {
+                        continue;
+                    };
+                    let (lens, donor) = talkative.as_ref();
+                    let mut explanations = Vec::with_capacity(ids.len());
+                    lens.explain(
+                        &base.model,
+                        &ids,
+                        &positions,
+                        donor.as_ref(),
+                        space,
+                        &opts,
+                        &mut |rows| {
+                            let named: Vec<Explanation> = base
+                                .describe(lens, rows.to_vec())
+                                .into_iter()
+                                .map(explanation)
+                                .collect();
+                            done += rows.len() as u64;
+                            let chunk = RowsChunk {
+                                lens: i,
+                                first_position: rows.first().map_or(0, |r| r.position),
+                                layers: Vec::new(),
+                                explanations: named.clone(),
+                            };
+                            explanations.extend(named);
+                            events(ComputeEvent::Rows { chunk, done, total }).is_continue()
+                        },
+                    )
+                    .map_err(failure)?;
+                    analyses[i] = Some(Analysis {
+                        lens: String::new(),
+                        tokens: tokens.clone(),
+                        layers: Vec::new(),
+                        explanations,
+                    });
+                }
+                // Results name the models the request named.
+                let analyses = analyses
+                    .into_iter()
+                    .zip(&lenses)
+                    .map(|(a, l)| {
+                        let mut a = a.expect("every lens ran");
+                        a.lens = l.model.clone();
+                        a
+                    })
+                    .collect();
                 Ok(JobOutput::Analysis { analyses })
             }
             Job::Generate {
@@ -336,6 +427,20 @@ impl CpuEngine {
                 })
             }
         }
+    }
+}
+
+fn explanation(e: Explained) -> Explanation {
+    Explanation {
+        position: e.row.position,
+        token: e.token_text,
+        explanation: e.explanation,
+        explanation_structured: e.structured,
+        explanation_ids: e.row.explanation_ids,
+        mse: e.row.mse,
+        relative_rmse: e.row.relative_rmse,
+        token_salience: e.row.token_salience,
+        kl_divergence: e.row.kl_divergence,
     }
 }
 

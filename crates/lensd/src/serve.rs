@@ -33,9 +33,12 @@ pub struct ServeOptions {
 
 /// The demo lens that `scripts/demo.sh` fits.
 const DEMO_LENS: &str = "models/lenses/smollm2-135m-tuned";
+/// The untrained talkative lens that `scripts/demo.sh` writes (`lensd init-talkative`).
+const DEMO_TALKATIVE: &str = "models/lenses/smollm2-135m-talkative-untrained";
 
-/// The embedded default: the demo model with the logit lens and the fitted demo tuned lens, in
-/// two groups that name the same base (one copy of it, and of the lens, is loaded).
+/// The embedded default: the demo model with the logit lens, the fitted demo tuned lens and an
+/// untrained talkative lens, in two groups that name the same base (one copy of it, and of the
+/// lens, is loaded).
 fn default_config(data: &Path) -> Result<PathBuf> {
     let model = std::fs::canonicalize(crate::DEMO_MODEL).with_context(|| {
         format!(
@@ -58,6 +61,16 @@ fn default_config(data: &Path) -> Result<PathBuf> {
         "description": "The model's own final norm and unembedding applied at every layer"}),
     ];
     main.extend(tuned("smollm2-tuned", "Tuned lens"));
+    match std::fs::canonicalize(DEMO_TALKATIVE)
+        .ok()
+        .filter(|p| p.join("talkative.json").is_file())
+    {
+        Some(p) => main.push(serde_json::json!({"id": "smollm2-talkative-untrained",
+            "name": "Talkative lens (untrained)", "lens": "talkative", "lens_checkpoint_path": p,
+            "layer": 15,
+            "description": "Never trained: identity projections and prompts from token embeddings. It runs the whole talkative path (explanations, reconstruction, salience, KL); its words mean nothing"})),
+        None => tracing::warn!("the untrained demo talkative lens is missing ({DEMO_TALKATIVE}); run scripts/demo.sh to write it"),
+    }
     let mut compare = vec![
         serde_json::json!({"id": "smollm2-compare-logit", "name": "Logit lens (compare)", "lens": "logit"}),
     ];

@@ -14,6 +14,7 @@ fn analyze(model: &str, text: &str) -> Work {
         text: Text::Given(Prompt::plain(text)),
         layers: "26-30".parse::<LayerSpec>().unwrap(),
         top_k: 3,
+        explain: Default::default(),
     })
 }
 
@@ -107,6 +108,7 @@ async fn two_clients_on_two_groups_of_one_base_never_see_a_switch() {
         text: Text::Given(Prompt::plain("The capital of France is")),
         layers: "29-30".parse::<LayerSpec>().unwrap(),
         top_k: 3,
+        explain: Default::default(),
     });
     let (_, mut rx) = s
         .submit(&ClientId("dave".into()), both, None)
@@ -139,6 +141,7 @@ async fn two_clients_on_two_groups_of_one_base_never_see_a_switch() {
         text: Text::Given(Prompt::plain(long)),
         layers: LayerSpec::All,
         top_k: 1,
+        explain: Default::default(),
     });
     let (id, mut rx) = s
         .submit(&ClientId("carol".into()), work, None)

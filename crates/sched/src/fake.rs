@@ -257,6 +257,7 @@ impl FakeEngine {
                                 positions: Vec::new(),
                             })
                             .collect(),
+                        explanations: Vec::new(),
                     })
                     .collect();
                 for p0 in (0..t).step_by(chunk) {
@@ -278,6 +279,7 @@ impl FakeEngine {
                             lens: li,
                             first_position: p0,
                             layers: rows,
+                            explanations: Vec::new(),
                         };
                         if events(ComputeEvent::Rows { chunk, done, total }).is_break() {
                             return Err(JobFailure::Cancelled);

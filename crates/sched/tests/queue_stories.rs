@@ -33,6 +33,7 @@ fn analyze(model: &str, words: usize) -> Work {
         text: Text::Given(Prompt::plain(text)),
         layers: LayerSpec::All,
         top_k: 1,
+        explain: Default::default(),
     })
 }
 
@@ -516,6 +517,7 @@ async fn limits_deadlines_and_bad_requests_end_with_clear_errors() {
         text: Text::Given(Prompt::plain("x")),
         layers: LayerSpec::All,
         top_k: 1,
+        explain: Default::default(),
     });
     let e = w
         .scheduler
@@ -569,6 +571,7 @@ async fn an_analysis_of_a_generation_waits_for_its_real_completion() {
             text: Text::Generated { request },
             layers: LayerSpec::All,
             top_k: 1,
+            explain: Default::default(),
         })
     };
     let (_, mut an) = w.scheduler.submit(&x, chained(gen_id), None).await.unwrap();
@@ -668,6 +671,7 @@ async fn switching_models_sets_a_default_and_disturbs_nobody() {
         text: Text::Given(Prompt::plain("a b")),
         layers: LayerSpec::All,
         top_k: 1,
+        explain: Default::default(),
     });
     let (_, mut rx) = w
         .scheduler

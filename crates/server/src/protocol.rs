@@ -3,7 +3,8 @@
 
 use lensd_core::layers::LayerSpec;
 use lensd_core::work::{
-    AnalyzeWork, ChatMessage, GenerateWork, Prompt, RequestEvent, Sampling, Text, Work,
+    AnalyzeWork, ChatMessage, ExplainSettings, GenerateWork, Prompt, RequestEvent, Sampling, Text,
+    Work,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -37,6 +38,32 @@ pub struct AnalyzeOptions {
     /// Tokens kept per cell (1–100).
     #[serde(default = "five")]
     pub top_k: usize,
+    /// Talkative lenses: candidate explanations per position; the one that reconstructs the
+    /// activation best is kept (1–64).
+    #[serde(default = "eight")]
+    pub best_of_k: usize,
+    /// Talkative lenses: sampling temperature of the explanations (0 is greedy; up to 5).
+    #[serde(default = "one")]
+    pub temperature: f32,
+    /// Talkative lenses: seed of the sampling.
+    #[serde(default = "forty_two")]
+    pub seed: u64,
+    /// Talkative lenses: per-token salience of each explanation.
+    #[serde(default = "yes")]
+    pub salience: bool,
+    /// Talkative lenses: KL of the next-token distribution with the reconstruction patched in.
+    #[serde(default = "yes")]
+    pub kl: bool,
+}
+
+fn eight() -> usize {
+    8
+}
+fn one() -> f32 {
+    1.0
+}
+fn forty_two() -> u64 {
+    42
 }
 
 impl Default for AnalyzeOptions {
@@ -44,6 +71,11 @@ impl Default for AnalyzeOptions {
         AnalyzeOptions {
             layers: all_layers(),
             top_k: five(),
+            best_of_k: eight(),
+            temperature: one(),
+            seed: forty_two(),
+            salience: true,
+            kl: true,
         }
     }
 }
@@ -172,11 +204,31 @@ impl AnalyzeRequest {
     }
 
     pub fn work(&self, text: Text) -> Result<Work, ApiError> {
+        let o = &self.options;
+        if !(1..=64).contains(&o.best_of_k) {
+            return Err(ApiError::BadRequest(format!(
+                "`options.best_of_k` must be from 1 to 64, got {}",
+                o.best_of_k
+            )));
+        }
+        if !(o.temperature.is_finite() && (0.0..=5.0).contains(&o.temperature)) {
+            return Err(ApiError::BadRequest(format!(
+                "`options.temperature` must be from 0 to 5, got {}",
+                o.temperature
+            )));
+        }
         Ok(Work::Analyze(AnalyzeWork {
             models: self.models(),
             text,
-            layers: layers(&self.options.layers)?,
-            top_k: self.options.top_k,
+            layers: layers(&o.layers)?,
+            top_k: o.top_k,
+            explain: ExplainSettings {
+                best_of_k: o.best_of_k,
+                temperature: o.temperature,
+                seed: o.seed,
+                salience: o.salience,
+                kl: o.kl,
+            },
         }))
     }
 

@@ -271,6 +271,9 @@ fn write_output(out: &mut String, output: &Value) -> fmt::Result {
 /// most likely token, shaded by its probability.
 fn write_analysis(out: &mut String, a: &Analysis) -> fmt::Result {
     writeln!(out, "<h2>Lens <code>{}</code></h2>", escape(&a.lens))?;
+    if !a.explanations.is_empty() {
+        return write_explanations(out, a);
+    }
     // Partial rows may cover fewer positions than there are tokens, or arrive before them.
     let columns = a
         .layers
@@ -303,6 +306,55 @@ fn write_analysis(out: &mut String, a: &Analysis) -> fmt::Result {
             }
         }
         writeln!(out, "</tr>")?;
+    }
+    writeln!(out, "</tbody></table></div>")
+}
+
+/// A talkative lens as a table: a row per position with its explanation, each word shaded by
+/// its salience (red: the reconstruction needs it, green: it hurts), and the scores.
+fn write_explanations(out: &mut String, a: &Analysis) -> fmt::Result {
+    writeln!(out, "<div class=\"scroll\"><table class=\"explanations\">")?;
+    writeln!(
+        out,
+        "<thead><tr><th>position</th><th>token</th><th>explanation</th>\
+         <th>relative RMSE</th><th>MSE</th><th>KL</th></tr></thead><tbody>"
+    )?;
+    for e in &a.explanations {
+        write!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>",
+            e.position,
+            escape(&visible(&e.token))
+        )?;
+        for (j, word) in e.explanation_structured.iter().enumerate() {
+            let style = match e.token_salience.get(j) {
+                Some(&s) if s > 0.0 => {
+                    format!(" style=\"background:rgba(220,38,38,{:.2})\"", shade(s))
+                }
+                Some(&s) if s < 0.0 => {
+                    format!(" style=\"background:rgba(22,163,74,{:.2})\"", shade(-s))
+                }
+                _ => String::new(),
+            };
+            let title = e
+                .token_salience
+                .get(j)
+                .map(|s| format!(" title=\"salience {s:.3}\""))
+                .unwrap_or_default();
+            write!(
+                out,
+                "<span class=\"word\"{style}{title}>{}</span> ",
+                escape(word)
+            )?;
+        }
+        let kl = e
+            .kl_divergence
+            .map_or_else(|| "—".to_string(), |k| format!("{k:.3}"));
+        writeln!(
+            out,
+            "</td><td>{:.3}</td><td>{:.4}</td><td>{kl}</td></tr>",
+            e.relative_rmse, e.mse
+        )?;
     }
     writeln!(out, "</tbody></table></div>")
 }
@@ -392,6 +444,7 @@ mod tests {
                     positions: cells.iter().map(|(t, p)| cell(t, *p)).collect(),
                 })
                 .collect(),
+            explanations: Vec::new(),
         };
         serde_json::to_value(JobOutput::Analysis {
             analyses: vec![analysis],
@@ -450,6 +503,44 @@ mod tests {
         assert!(page.contains("<pre class=\"text\">The capital of</pre>"));
         assert!(page.contains("&quot;top_k&quot;: 5"));
         assert!(page.contains("compute_ms 120"));
+    }
+
+    #[test]
+    fn a_talkative_lens_shows_its_explanations_with_salience() {
+        let analysis = Analysis {
+            lens: "talk".to_string(),
+            tokens: vec![TokenInfo {
+                id: 5,
+                text: " Paris".into(),
+            }],
+            layers: Vec::new(),
+            explanations: vec![lensd_core::analysis::Explanation {
+                position: 0,
+                token: " Paris".into(),
+                explanation: " city <b> [ Paris]".into(),
+                explanation_structured: vec![" city".into(), "<b>".into(), "[ Paris]".into()],
+                explanation_ids: vec![1, 2],
+                mse: 0.5,
+                relative_rmse: 0.25,
+                token_salience: vec![0.5, -0.25],
+                kl_divergence: Some(0.125),
+            }],
+        };
+        let output = serde_json::to_value(JobOutput::Analysis {
+            analyses: vec![analysis],
+        })
+        .unwrap();
+        let page = render(&stored("analysis", json!({"text": " Paris"}), Some(output)));
+        assert!(page.contains("<td>␣Paris</td>"), "{page}");
+        assert!(page.contains(
+            "<span class=\"word\" style=\"background:rgba(220,38,38,0.50)\" title=\"salience 0.500\"> city</span>"
+        ));
+        assert!(page.contains(
+            "<span class=\"word\" style=\"background:rgba(22,163,74,0.25)\" title=\"salience -0.250\">&lt;b&gt;</span>"
+        ));
+        assert!(page.contains("<span class=\"word\">[ Paris]</span>"));
+        assert!(page.contains("<td>0.250</td><td>0.5000</td><td>0.125</td>"));
+        assert!(!page.contains("<b>"));
     }
 
     #[test]

@@ -481,6 +481,27 @@ async fn bad_input_gets_structured_errors_that_name_the_problem() {
         ),
         (
             "/api/v2/analyze",
+            r#"{"model_id": "pub-logit", "text": "x", "options": {"best_of_k": 65}}"#,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "`options.best_of_k` must be from 1 to 64, got 65",
+        ),
+        (
+            "/api/v2/analyze",
+            r#"{"model_id": "pub-logit", "text": "x", "options": {"temperature": -1}}"#,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "`options.temperature` must be from 0 to 5",
+        ),
+        (
+            "/api/v2/analyze",
+            r#"{"model_id": "pub-logit", "text": "x", "options": {"salience": "yes"}}"#,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "at `options.salience`: invalid type",
+        ),
+        (
+            "/api/v2/analyze",
             r#"{"text": "x"}"#,
             StatusCode::BAD_REQUEST,
             "bad_request",

@@ -37,6 +37,10 @@ const app = {
   names(id) {
     return store.findModel(id)?.model.name ?? id;
   },
+  /** A model's lens kind (logit, tuned, talkative), where the model list has it. */
+  kind(id) {
+    return store.findModel(id)?.model.lens ?? null;
+  },
   cancel(requestId) {
     return conn.send({ type: 'cancel_request', request_id: requestId });
   },

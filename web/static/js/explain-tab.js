@@ -1,5 +1,6 @@
-// A result tab of explanation rows (imported from a file now; talkative-lens results later):
-// the file's metadata and the table / transposed / full-text views.
+// A result tab of explanation rows imported from a file (the original site's exports, or a
+// `lensd.explanations` line): the file's metadata and the table / transposed / full-text
+// views. Talkative-lens results of an analysis show in its analysis tab instead.
 
 import { ExplanationViews } from './explain-views.js';
 import { el, formatNumber } from './util.js';

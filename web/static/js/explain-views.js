@@ -2,7 +2,8 @@
 // original site's talkative results and its export files have them: a table with column
 // toggles and click-to-copy, a transposed view (one narrow column per token, the words
 // stacked), and a full-text view whose tooltips colour each word by its salience. Used for
-// imported files now and for talkative-lens results later.
+// imported files and for talkative-lens results in analysis tabs, where rows arrive chunk by
+// chunk (`setRows`).
 
 import { salienceColor, css, needsLightText } from './colors.js';
 import { el, setChildren, visibleToken, formatNumber, quantile, copyText, clamp, uid } from './util.js';
@@ -29,6 +30,15 @@ function cellText(key, v) {
   if (Array.isArray(v)) return v.map((x) => (typeof x === 'number' ? String(Number(x.toPrecision(3))) : String(x))).join(' ');
   if (typeof v === 'object') return JSON.stringify(v);
   return String(v);
+}
+
+/**
+ * A word as shown: a word of whitespace only (a newline token, say) shows its whitespace as
+ * ␣ ↵ →; inside other words newlines and tabs are made visible and spaces kept.
+ */
+export function shownWord(w) {
+  if (w.trim() === '') return visibleToken(w);
+  return w.replace(/\n/g, '↵').replace(/\t/g, '→').replace(/\r/g, '␍');
 }
 
 /** The explanation's words with their salience, when both are there and line up. */
@@ -93,22 +103,69 @@ function roving(container, cells, onEnter) {
 }
 
 export class ExplanationViews {
-  constructor(rows, { label = 'Explanations' } = {}) {
-    this.rows = rows;
+  /**
+   * `rows` may be empty and grow later through `setRows` (a running talkative lens);
+   * `waiting` is the text shown while there are none.
+   */
+  constructor(rows, { label = 'Explanations', waiting = 'There are no rows.' } = {}) {
     this.label = label;
-    this.columns = columnOrder(rows);
-    this.visible = new Set(this.columns.filter((c) => DEFAULT_VISIBLE.has(c)));
-    const all = rows.flatMap((r) => (Array.isArray(r.token_salience) ? r.token_salience.map(Number) : []));
-    this.hasSalience = all.length > 0;
-    this.lo = quantile(all, 0.05);
-    this.hi = quantile(all, 0.95);
-    this.colour = this.hasSalience;
+    this.waiting = waiting;
     this.mode = 'table';
     this.id = uid('explain');
+    this.columns = [];
+    this.visible = new Set();
+    this.hasSalience = null;
+    /** The reader's choice of colouring, once made; until then colour when there is salience. */
+    this.colourChoice = null;
+    this.frame = null;
 
+    this.controlsNode = el('div');
+    this.legendNode = el('div');
     this.body = el('div', { className: 'explain-body' });
-    this.node = el('div', { className: 'explain-views' }, this.controls(), this.legend(), this.body);
-    this.render();
+    this.node = el('div', { className: 'explain-views' }, this.controlsNode, this.legendNode, this.body);
+    this.setRows(rows, true);
+  }
+
+  /**
+   * Shows these rows (all of them, in order). Column toggles keep the reader's choices; new
+   * columns start as their defaults. Redraws on the next frame unless `now`.
+   */
+  setRows(rows, now = false) {
+    this.rows = rows;
+    const columns = columnOrder(rows);
+    const all = rows.flatMap((r) => (Array.isArray(r.token_salience) ? r.token_salience.map(Number) : []));
+    const hasSalience = all.length > 0;
+    const lo = quantile(all, 0.05);
+    const hi = quantile(all, 0.95);
+    const newColumns = columns.join('\n') !== this.columns.join('\n');
+    if (newColumns) {
+      for (const c of columns) if (!this.columns.includes(c) && DEFAULT_VISIBLE.has(c)) this.visible.add(c);
+      this.columns = columns;
+    }
+    const salienceChanged = hasSalience !== this.hasSalience;
+    const scaleChanged = lo !== this.lo || hi !== this.hi;
+    this.hasSalience = hasSalience;
+    this.lo = lo;
+    this.hi = hi;
+    this.colour = this.colourChoice ?? hasSalience;
+    if (newColumns || salienceChanged) {
+      const open = this.controlsNode.querySelector('details.column-toggles')?.open ?? false;
+      this.controlsNode = swap(this.controlsNode, this.controls());
+      this.controlsNode.querySelector('details.column-toggles').open = open;
+    }
+    if (salienceChanged || scaleChanged) this.legendNode = swap(this.legendNode, this.legend());
+    this.controlsNode.hidden = rows.length === 0;
+    this.legendNode.hidden = rows.length === 0;
+    if (now) this.render();
+    else this.schedule();
+  }
+
+  schedule() {
+    if (this.frame !== null) return;
+    this.frame = requestAnimationFrame(() => {
+      this.frame = null;
+      this.render();
+    });
   }
 
   controls() {
@@ -136,6 +193,7 @@ export class ExplanationViews {
     });
     const colour = el('input', { type: 'checkbox', checked: this.colour, disabled: !this.hasSalience });
     colour.addEventListener('change', () => {
+      this.colourChoice = colour.checked;
       this.colour = colour.checked;
       this.render();
     });
@@ -169,26 +227,49 @@ export class ExplanationViews {
     );
   }
 
-  /** The explanation of a row as spans, each word coloured by its salience when asked. */
+  /** One explanation word; coloured by its salience when `salience` is given (NaN: neutral). */
+  word(w, salience) {
+    const rgb = salience === undefined ? null : salienceColor(salience, this.lo, this.hi);
+    return el(
+      'span',
+      {
+        className: 'word',
+        style: rgb ? { background: css(rgb), color: needsLightText(rgb) ? '#fff' : '#111' } : {},
+        title: rgb ? (Number.isFinite(salience) ? `salience ${formatNumber(salience, 4)}` : 'no salience') : undefined,
+        dataset: { word: w, ...(rgb ? { salience: String(salience) } : {}) },
+      },
+      shownWord(w),
+    );
+  }
+
+  /** The explanation of a row as word spans, each coloured by its salience when asked. */
   explanation(row) {
     const { words: ws, salience } = words(row);
-    if (!this.colour || !salience) return el('span', { className: 'expl' }, ws.join(' '));
+    const coloured = this.colour && salience;
     return el(
       'span',
       { className: 'expl' },
-      ws.map((w, i) => {
-        const rgb = salienceColor(salience[i], this.lo, this.hi);
-        return [
-          el('span', { className: 'word', style: { background: css(rgb), color: needsLightText(rgb) ? '#fff' : '#111' }, title: `salience ${formatNumber(salience[i], 4)}`, dataset: { salience: String(salience[i]) } }, w),
-          i < ws.length - 1 ? ' ' : null,
-        ];
-      }),
+      ws.map((w, i) => [this.word(w, coloured ? salience[i] : undefined), i < ws.length - 1 ? ' ' : null]),
     );
   }
 
   render() {
+    cancelAnimationFrame(this.frame);
+    this.frame = null;
+    if (this.rows.length === 0) {
+      setChildren(this.body, el('p', { className: 'muted explain-wait' }, this.waiting));
+      return;
+    }
+    // A redraw while rows stream in keeps the reader's place: the focused cell and the scroll.
+    const active = document.activeElement;
+    const key = active && this.body.contains(active) ? active.dataset.key : null;
+    const oldScroll = this.body.querySelector('.table-scroll, .transposed-scroll');
+    const scroll = oldScroll ? [oldScroll.scrollLeft, oldScroll.scrollTop] : null;
     const view = { table: () => this.table(), transposed: () => this.transposed(), fulltext: () => this.fullText() }[this.mode]();
     setChildren(this.body, view);
+    const newScroll = this.body.querySelector('.table-scroll, .transposed-scroll');
+    if (scroll && newScroll) [newScroll.scrollLeft, newScroll.scrollTop] = scroll;
+    if (key) this.body.querySelector(`[data-key="${CSS.escape(key)}"]`)?.focus({ preventScroll: true });
   }
 
   table() {
@@ -198,10 +279,10 @@ export class ExplanationViews {
     const body = el(
       'tbody',
       {},
-      this.rows.map((row) => {
+      this.rows.map((row, r) => {
         const tds = cols.map((c) => {
           const content = c === 'explanation' ? this.explanation(row) : cellText(c, row[c]);
-          const td = el('td', { className: `col-${c.replace(/[^a-z0-9_-]/gi, '')}`, title: 'Click to copy', dataset: { col: c }, attrs: { tabindex: '-1' } }, content);
+          const td = el('td', { className: `col-${c.replace(/[^a-z0-9_-]/gi, '')}`, title: 'Click to copy', dataset: { col: c, key: `${r}:${c}` }, attrs: { tabindex: '-1' } }, content);
           td.dataset.copy = c === 'token' ? String(row[c] ?? '') : cellText(c, row[c]);
           return td;
         });
@@ -227,7 +308,7 @@ export class ExplanationViews {
     const cols = this.rows.map((row, i) =>
       el(
         'div',
-        { className: 'tcol', attrs: { tabindex: '-1', role: 'listitem' }, dataset: { index: String(i) } },
+        { className: 'tcol', attrs: { tabindex: '-1', role: 'listitem' }, dataset: { index: String(i), key: `t${i}` } },
         el('div', { className: 'tcol-token', title: `position ${row.position ?? i}` }, visibleToken(String(row.token ?? ''))),
         el('div', { className: 'tcol-words' }, this.stackedWords(row)),
       ),
@@ -240,10 +321,8 @@ export class ExplanationViews {
 
   stackedWords(row) {
     const { words: ws, salience } = words(row);
-    return ws.map((w, i) => {
-      const rgb = this.colour && salience ? salienceColor(salience[i], this.lo, this.hi) : null;
-      return el('span', { className: 'word', style: rgb ? { background: css(rgb), color: needsLightText(rgb) ? '#fff' : '#111' } : {}, dataset: salience ? { salience: String(salience[i]) } : {} }, w);
-    });
+    const coloured = this.colour && salience;
+    return ws.map((w, i) => this.word(w, coloured ? salience[i] : undefined));
   }
 
   fullText() {
@@ -251,7 +330,7 @@ export class ExplanationViews {
     const parts = [];
     this.rows.forEach((row, i) => {
       const text = String(row.token ?? '');
-      const box = el('span', { className: 'tok-box', attrs: { tabindex: '-1', role: 'button', 'aria-describedby': 'tooltip' }, dataset: { index: String(i) } }, visibleToken(text));
+      const box = el('span', { className: 'tok-box', attrs: { tabindex: '-1', role: 'button', 'aria-describedby': 'tooltip' }, dataset: { index: String(i), key: `b${i}` } }, visibleToken(text));
       boxes.push(box);
       parts.push(box);
       if (text.includes('\n')) parts.push(el('br'));
@@ -310,4 +389,10 @@ export class ExplanationViews {
     this.colour = colour;
     return node;
   }
+}
+
+/** Puts `next` where `node` is (if it is in a document fragment or tree) and returns it. */
+function swap(node, next) {
+  if (node.parentNode) node.replaceWith(next);
+  return next;
 }

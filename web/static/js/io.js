@@ -136,13 +136,17 @@ function isColumnar(obj) {
   return values.length > 0 && values.every((v) => isObject(v) && Object.keys(v).every((k) => /^\d+$/.test(k)));
 }
 
-/** Checks explanation rows and rebuilds `explanation` from `explanation_structured`. */
-export function normaliseRows(rows, line) {
-  if (!Array.isArray(rows) || rows.length === 0) throw new ImportError(line, 'there are no rows');
+/**
+ * Checks explanation rows and rebuilds `explanation` from `explanation_structured`. `where`
+ * names the rows in messages; `allowEmpty` accepts none (a talkative lens cancelled early).
+ */
+export function normaliseRows(rows, line, { where = null, allowEmpty = false } = {}) {
+  if (!Array.isArray(rows) || (rows.length === 0 && !allowEmpty)) throw new ImportError(line, 'there are no rows');
+  const name = (i) => (where ? `${where}[${i}]` : `row ${i}`);
   return rows.map((row, i) => {
-    if (!isObject(row)) throw new ImportError(line, `row ${i} is not an object`);
+    if (!isObject(row)) throw new ImportError(line, `${name(i)} is not an object`);
     if (!('token' in row) && !('explanation' in row) && !('explanation_structured' in row)) {
-      throw new ImportError(line, `row ${i} has none of the columns token, explanation or explanation_structured`);
+      throw new ImportError(line, `${name(i)} has none of the columns token, explanation or explanation_structured`);
     }
     const out = { ...row };
     if ((out.explanation === undefined || out.explanation === null) && Array.isArray(out.explanation_structured)) {
@@ -153,9 +157,23 @@ export function normaliseRows(rows, line) {
   });
 }
 
+const TALKATIVE_OPTIONS = ['best_of_k', 'temperature', 'seed', 'salience', 'kl'];
+
+/** An export's options: layers and top-k (defaults where missing) unless it only has talkative ones. */
+function analysisOptions(o) {
+  const out = {};
+  const talkative = TALKATIVE_OPTIONS.some((k) => k in o);
+  if (!talkative || 'layers' in o || 'top_k' in o) {
+    out.layers = o.layers ?? 'all';
+    out.top_k = o.top_k ?? 5;
+  }
+  for (const k of TALKATIVE_OPTIONS) if (k in o) out[k] = o[k];
+  return out;
+}
+
 function checkAnalysis(v, line) {
   if (!Array.isArray(v.analyses) || v.analyses.length === 0) {
-    throw new ImportError(line, 'a lensd.analysis line needs `analyses`, a non-empty array of {lens, tokens, layers}');
+    throw new ImportError(line, 'a lensd.analysis line needs `analyses`, a non-empty array of {lens, tokens, layers} (and `explanations` for a talkative lens)');
   }
   v.analyses.forEach((a, i) => {
     if (!isObject(a) || typeof a.lens !== 'string') throw new ImportError(line, `analyses[${i}] has no \`lens\` name`);
@@ -164,6 +182,11 @@ function checkAnalysis(v, line) {
     }
     if (!Array.isArray(a.layers) || a.layers.some((l) => !isObject(l) || !Number.isInteger(l.layer) || !Array.isArray(l.positions))) {
       throw new ImportError(line, `analyses[${i}].layers must be an array of {layer, positions}`);
+    }
+    // A talkative lens: explanation rows, one per position.
+    if ('explanations' in a) {
+      if (!Array.isArray(a.explanations)) throw new ImportError(line, `analyses[${i}].explanations must be an array of explanation rows`);
+      a.explanations = normaliseRows(a.explanations, line, { where: `analyses[${i}].explanations`, allowEmpty: true });
     }
   });
   if (!isObject(v.input)) throw new ImportError(line, 'a lensd.analysis line needs its `input` ({text} or {messages})');
@@ -175,7 +198,7 @@ function checkAnalysis(v, line) {
       status: typeof v.status === 'string' ? v.status : 'completed',
       models: Array.isArray(v.models) ? v.models : v.analyses.map((a) => a.lens),
       input: v.input,
-      options: isObject(v.options) ? { layers: v.options.layers ?? 'all', top_k: v.options.top_k ?? 5 } : { layers: 'all', top_k: 5 },
+      options: analysisOptions(isObject(v.options) ? v.options : {}),
       analyses: v.analyses,
     },
   };

@@ -1,6 +1,7 @@
-// Lens results as the page keeps them: one grid of cells (layer × position) per model of an
-// analysis, filled chunk by chunk as `rows` events arrive, or whole from a `completed` output
-// or an imported file; and the statistics a heatmap can be coloured by.
+// Lens results as the page keeps them: per model of an analysis, a grid of cells (layer ×
+// position) for a cell lens (logit, tuned) or explanation rows (one per position) for a
+// talkative lens, filled chunk by chunk as `rows` events arrive, or whole from a `completed`
+// output or an imported file; and the statistics a heatmap can be coloured by.
 
 import { formatPercent, formatNumber } from './util.js';
 
@@ -53,11 +54,18 @@ export function diffValue(stat, cell) {
   return stat === 'rank' ? Math.log10(Math.max(v, 1)) : v;
 }
 
-/** One model's cells over one text. */
+/**
+ * One model's results over one text: cells by layer and position (`kind` 'cells'), or, for a
+ * talkative lens (`kind` 'talkative'), explanation rows by position.
+ */
 export class LensGrid {
-  constructor(model, nPositions) {
+  constructor(model, nPositions, kind = 'cells') {
     this.model = model;
     this.nPositions = nPositions;
+    this.kind = kind;
+    /** position → explanation row (holes until their chunk arrives). */
+    this.explanations = [];
+    this.explained = 0;
     /** Layer numbers, ascending. */
     this.layers = [];
     /** layer → array of cells by position (holes until their chunk arrives). */
@@ -89,6 +97,22 @@ export class LensGrid {
     this.version += 1;
   }
 
+  /** Adds explanation rows, each at its `position` (or `firstPosition` + its index). */
+  addExplanations(rows, firstPosition = 0) {
+    this.kind = 'talkative';
+    rows.forEach((row, i) => {
+      const p = Number.isInteger(row?.position) ? row.position : firstPosition + i;
+      if (!this.explanations[p]) this.explained += 1;
+      this.explanations[p] = row;
+    });
+    this.version += 1;
+  }
+
+  /** The explanation rows that arrived, in position order. */
+  explanationRows() {
+    return this.explanations.filter(Boolean);
+  }
+
   cell(layer, position) {
     return this.rows.get(layer)?.[position] ?? null;
   }
@@ -110,6 +134,7 @@ export class LensGrid {
   }
 
   toAnalysis(tokens) {
+    if (this.kind === 'talkative') return { lens: this.model, tokens, layers: [], explanations: this.explanationRows() };
     return {
       lens: this.model,
       tokens,
@@ -118,12 +143,16 @@ export class LensGrid {
   }
 }
 
-/** An analysis's results: its tokens and one grid per model, in the request's order. */
+/**
+ * An analysis's results: its tokens and one grid per model, in the request's order.
+ * `kindOf(modelId)` gives a model's lens kind where the page knows it ('talkative' makes an
+ * explanation grid); the data itself decides otherwise (rows with `explanations`).
+ */
 export class AnalysisResult {
-  constructor(models) {
+  constructor(models, kindOf = () => null) {
     this.models = models;
     this.tokens = null;
-    this.grids = models.map((m) => new LensGrid(m, 0));
+    this.grids = models.map((m) => new LensGrid(m, 0, kindOf(m) === 'talkative' ? 'talkative' : 'cells'));
   }
 
   setTokens(tokens) {
@@ -138,7 +167,8 @@ export class AnalysisResult {
   addChunk(chunk) {
     const grid = this.grids[chunk.lens];
     if (!grid) return;
-    grid.addRows(chunk.layers, chunk.first_position);
+    if (Array.isArray(chunk.explanations)) grid.addExplanations(chunk.explanations, chunk.first_position);
+    grid.addRows(chunk.layers ?? [], chunk.first_position);
   }
 
   /** The `analyses` of a completed output (or an export), which hold every cell. */
@@ -153,12 +183,18 @@ export class AnalysisResult {
       }
       grid.model = a.lens;
       grid.nPositions = this.tokens.length;
-      grid.addRows(a.layers, 0);
+      if (Array.isArray(a.explanations)) grid.addExplanations(a.explanations, 0);
+      grid.addRows(a.layers ?? [], 0);
     });
   }
 
   hasCells() {
     return this.grids.some((g) => g.filled > 0);
+  }
+
+  /** Indices of the grids of cell lenses (those a heatmap and the difference view show). */
+  cellLenses() {
+    return this.grids.flatMap((g, i) => (g.kind === 'talkative' ? [] : [i]));
   }
 
   toAnalyses() {

@@ -98,7 +98,8 @@ export class RequestProgress {
   }
 
   render() {
-    const unit = this.kind === 'generation' ? 'tokens' : 'cells';
+    // An analysis tab sets `unit` when talkative lenses count explained positions too.
+    const unit = this.unit ?? (this.kind === 'generation' ? 'tokens' : 'cells');
     let text = '';
     let bar = null;
     switch (this.status) {

@@ -49,7 +49,8 @@ export async function startServer({ config = null, addr = '127.0.0.1:0', data = 
   const dataDir = data ?? join(dir, 'data');
   const argv = ['serve', '--addr', addr, '--data', dataDir, '--keys', keys, '--shutdown-grace', '2', ...args];
   if (config) argv.push('--config', config);
-  if (process.env.LENSD_WEB_DIR) argv.push('--web-dir', resolve(process.env.LENSD_WEB_DIR));
+  // Relative to the repository root: scripts/test-web.sh runs node from web/tests.
+  if (process.env.LENSD_WEB_DIR) argv.push('--web-dir', resolve(REPO, process.env.LENSD_WEB_DIR));
   const proc = spawn(LENSD, argv, { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn' } });
   let log = '';
   proc.stderr.on('data', (d) => {

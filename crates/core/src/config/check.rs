@@ -39,7 +39,8 @@ pub struct LensFacts {
 /// Reads headers of bases and lenses. The engine implements it on real files; tests use fakes.
 pub trait Probe {
     fn base(&self, path: &Path, dtype: ComputeDtype) -> Result<BaseFacts, String>;
-    fn lens(&self, kind: LensKind, path: &Path) -> Result<LensFacts, String>;
+    /// The facts of a lens; `donor` is a talkative lens's LoRA adapter, part of the lens.
+    fn lens(&self, kind: LensKind, path: &Path, donor: Option<&Path>) -> Result<LensFacts, String>;
 }
 
 /// Byte budgets of the device and host tiers.
@@ -83,7 +84,8 @@ pub fn check(config: &Config, probe: &dyn Probe, budgets: Budgets) -> (Report, R
     let mut report = Report::default();
     let mut resolved = Resolved::default();
     let mut bases: HashMap<(PathBuf, ComputeDtype), Result<BaseFacts, String>> = HashMap::new();
-    let mut lenses: HashMap<(LensKind, PathBuf), Result<LensFacts, String>> = HashMap::new();
+    let mut lenses: HashMap<(LensKind, PathBuf, Option<PathBuf>), Result<LensFacts, String>> =
+        HashMap::new();
     for (gi, g) in config.groups.iter().enumerate() {
         let gpath = index("model_groups", gi);
         let base = bases
@@ -120,8 +122,8 @@ pub fn check(config: &Config, probe: &dyn Probe, budgets: Budgets) -> (Report, R
                 continue;
             };
             let facts = lenses
-                .entry((m.lens, lens_path.clone()))
-                .or_insert_with(|| probe.lens(m.lens, lens_path));
+                .entry((m.lens, lens_path.clone(), m.donor.clone()))
+                .or_insert_with(|| probe.lens(m.lens, lens_path, m.donor.as_deref()));
             match facts {
                 Ok(f) => {
                     if let Some(b) = &base {
@@ -164,7 +166,15 @@ fn lens_fits(
             ));
         }
     }
-    if let Some(l) = lens.layer.filter(|l| *l > base.n_layers) {
+    if m.lens == LensKind::Talkative {
+        // A talkative lens names the block whose output it reads, like the original's layer.
+        if let Some(l) = lens.layer.filter(|l| *l >= base.n_layers) {
+            differences.push(format!(
+                "it reads the output of block {l} but the base's blocks end at {}",
+                base.n_layers - 1
+            ));
+        }
+    } else if let Some(l) = lens.layer.filter(|l| *l > base.n_layers) {
         differences.push(format!(
             "it reads layer {l} but the base's layers end at {}",
             base.n_layers

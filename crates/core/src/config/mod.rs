@@ -66,8 +66,9 @@ pub struct ModelEntry {
     pub auto_batch_size_max: Option<u32>,
     pub visible: bool,
     pub backend_only: bool,
-    /// The original's `different_activations_orig_path` (a donor model); kept, not yet served.
-    pub donor: Option<String>,
+    /// The original's `different_activations_orig_path`: a LoRA adapter (PEFT folder) applied
+    /// to the shared base for a talkative lens's activations and KL (docs/talkative.md).
+    pub donor: Option<PathBuf>,
     pub pin: bool,
 }
 
@@ -178,6 +179,9 @@ impl Config {
             resolve(&mut g.base_path);
             for m in &mut g.models {
                 if let Some(p) = &mut m.lens_path {
+                    resolve(p);
+                }
+                if let Some(p) = &mut m.donor {
                     resolve(p);
                 }
             }

@@ -326,12 +326,14 @@ impl Reader {
         let lens_path = self.opt(&o, "lens_checkpoint_path", Reader::path);
         let has_path_key = o.get("lens_checkpoint_path").is_some();
         let lens = self.lens_of(&o, kind, has_path_key);
-        let donor = self.opt(&o, "different_activations_orig_path", Reader::string);
-        if donor.is_some() {
+        let mut donor = self.opt(&o, "different_activations_orig_path", Reader::path);
+        if donor.is_some() && lens.is_some_and(|k| k != LensKind::Talkative) {
             self.report.warning(
                 o.at("different_activations_orig_path"),
-                "donor models are not served yet: activations come from the group's base",
+                "ignored: a donor adapter applies to talkative lenses only; this lens reads \
+                 the group's base",
             );
+            donor = None;
         }
         // Every key is read before any `?` below, so that each one's problems are reported.
         let layer = self.opt(&o, "layer", Reader::usize);

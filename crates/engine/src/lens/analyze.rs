@@ -103,6 +103,7 @@ pub fn analyze(
                     positions: Vec::with_capacity(t),
                 })
                 .collect(),
+            explanations: Vec::new(),
         })
         .collect();
     for p0 in (0..t).step_by(chunk) {
@@ -142,6 +143,7 @@ pub fn analyze(
                 lens: li,
                 first_position: p0,
                 layers,
+                explanations: Vec::new(),
             };
             rows_done += p * nl;
             let flow = on_progress(Progress {

@@ -154,29 +154,17 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 impl TalkativeLens {
-    /// Reads the folder's manifest and tensors and checks them against each other and against
-    /// the base they are to run on.
+    /// [`TalkativeLens::open`] and [`TalkativeLens::check`].
     pub fn load(dir: &Path, cfg: &ModelConfig) -> Result<TalkativeLens> {
-        let mpath = dir.join(MANIFEST);
-        let text = std::fs::read_to_string(&mpath).map_err(|e| EngineError::io(&mpath, e))?;
-        let m: Manifest = serde_json::from_str(&text)
-            .map_err(|e| EngineError::format(&mpath, format!("invalid manifest: {e}")))?;
-        let bad = |msg: String| EngineError::format(&mpath, msg);
-        if m.format != FORMAT {
-            return Err(bad(format!(
-                "`format` is `{}`, expected `{FORMAT}`",
-                m.format
-            )));
-        }
-        if m.version != 1 {
-            return Err(EngineError::Unsupported {
-                path: mpath.clone(),
-                what: format!(
-                    "talkative lens version {} (this lensd reads version 1)",
-                    m.version
-                ),
-            });
-        }
+        let lens = TalkativeLens::open(dir)?;
+        lens.check(cfg)?;
+        Ok(lens)
+    }
+
+    /// Checks the lens against the base it is to run on.
+    pub fn check(&self, cfg: &ModelConfig) -> Result<()> {
+        let m = &self.manifest;
+        let mpath = self.dir.join(MANIFEST);
         let mismatch = |msg: String| EngineError::LensMismatch {
             path: mpath.clone(),
             msg,
@@ -212,17 +200,54 @@ impl TalkativeLens {
             )));
         }
         let p = m.decoder.patched_layers;
-        if p == 0 || p > cfg.n_layers {
+        if p > cfg.n_layers {
             return Err(mismatch(format!(
                 "`decoder.patched_layers` is {p}; it must be from 1 to the base's {} blocks",
                 cfg.n_layers
             )));
+        }
+        Ok(())
+    }
+
+    fn check_with(&self, cfg: &ModelConfig, adapter: Option<&Adapter>) -> Result<()> {
+        self.check(cfg)?;
+        if let Some(a) = adapter {
+            a.check(cfg)?;
+        }
+        Ok(())
+    }
+
+    /// Reads the folder's manifest and tensors and checks them against each other.
+    pub fn open(dir: &Path) -> Result<TalkativeLens> {
+        let mpath = dir.join(MANIFEST);
+        let text = std::fs::read_to_string(&mpath).map_err(|e| EngineError::io(&mpath, e))?;
+        let m: Manifest = serde_json::from_str(&text)
+            .map_err(|e| EngineError::format(&mpath, format!("invalid manifest: {e}")))?;
+        let bad = |msg: String| EngineError::format(&mpath, msg);
+        if m.format != FORMAT {
+            return Err(bad(format!(
+                "`format` is `{}`, expected `{FORMAT}`",
+                m.format
+            )));
+        }
+        if m.version != 1 {
+            return Err(EngineError::Unsupported {
+                path: mpath.clone(),
+                what: format!(
+                    "talkative lens version {} (this lensd reads version 1)",
+                    m.version
+                ),
+            });
         }
         if m.t_text == 0 || m.t_text > 256 {
             return Err(bad(format!(
                 "`t_text` must be from 1 to 256, got {}",
                 m.t_text
             )));
+        }
+        let p = m.decoder.patched_layers;
+        if p == 0 {
+            return Err(bad("`decoder.patched_layers` must be at least 1".into()));
         }
         let dtype = match m.dtype.as_str() {
             "f32" => DType::F32,
@@ -251,7 +276,7 @@ impl TalkativeLens {
             candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| {
                 EngineError::format(&tpath, format!("invalid safetensors file: {e}"))
             })?;
-        let d = cfg.d_model;
+        let d = m.base.d_model;
         let has_postfix = t.contains_key("encoder.soft_prompt_embeddings_postfix");
         let mut take = |name: &str, shape: &dyn Fn(&[usize]) -> bool, expected: Vec<usize>| {
             let x = t
@@ -457,6 +482,7 @@ impl TalkativeLens {
         positions: &[usize],
         explanations: &[Vec<u32>],
     ) -> Result<Vec<(f32, f32)>> {
+        self.check_with(&model.cfg, adapter)?;
         let (acts, _, _) = self.activations(model, ids, adapter, false)?;
         let idx = Tensor::from_vec(
             positions.iter().map(|&p| p as u32).collect::<Vec<_>>(),
@@ -528,6 +554,7 @@ impl TalkativeLens {
         progress: &mut dyn FnMut(&[ExplainedRow]) -> bool,
     ) -> Result<Vec<ExplainedRow>> {
         opts.validate()?;
+        self.check_with(&model.cfg, adapter)?;
         if let Some(&p) = positions.iter().find(|&&p| p >= ids.len()) {
             return Err(EngineError::Input(format!(
                 "position {p} is outside the text's {} tokens",
@@ -668,4 +695,124 @@ impl TalkativeLens {
         }
         Ok(())
     }
+}
+
+/// The shape of an untrained talkative lens ([`write_untrained`]).
+#[derive(Debug, Clone)]
+pub struct UntrainedSpec {
+    /// The block whose output the lens reads.
+    pub layer: usize,
+    pub t_text: usize,
+    pub patched_layers: usize,
+    pub output_layer: usize,
+    /// Split at `<embed>`: the decoder's soft prompts start as these texts' token embeddings.
+    pub decoder_prompt: String,
+    /// Split at `<text>`: the encoder's soft prompts start as these texts' token embeddings.
+    pub encoder_prompt: String,
+}
+
+impl Default for UntrainedSpec {
+    fn default() -> Self {
+        UntrainedSpec {
+            layer: 0,
+            t_text: 8,
+            patched_layers: 2,
+            output_layer: 0,
+            decoder_prompt: "Short explanation of <embed>. Topic, style, meaning:".into(),
+            encoder_prompt: "Summary of the text:<text>".into(),
+        }
+    }
+}
+
+/// Writes a talkative lens that was never trained, in the artifact format, for `base`: identity
+/// projections with zero biases, soft prompts equal to the embeddings of the prompt texts, a
+/// zero last-position vector. It explains nothing; it exercises the whole path on a base that
+/// has no trained lens. Returns the manifest.
+pub fn write_untrained(
+    base: &crate::Base,
+    name: &str,
+    dir: &Path,
+    spec: &UntrainedSpec,
+) -> Result<Manifest> {
+    let cfg = base.config();
+    let d = cfg.d_model;
+    let embed = |text: &str| -> Result<Tensor> {
+        let ids = base.tokenizer.encode(text, false)?;
+        if ids.is_empty() {
+            return Ok(Tensor::zeros((0, d), DType::F32, &Device::Cpu)?);
+        }
+        base.model.embed(&ids)
+    };
+    let split = |prompt: &str, mark: &str| -> Result<(String, String)> {
+        prompt
+            .split_once(mark)
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .ok_or_else(|| EngineError::Input(format!("the prompt {prompt:?} has no {mark}")))
+    };
+    let (left, right) = split(&spec.decoder_prompt, "<embed>")?;
+    let (prefix, postfix) = split(&spec.encoder_prompt, "<text>")?;
+    let p = spec.patched_layers;
+    let eye = Tensor::eye(d, DType::F32, &Device::Cpu)?;
+    let mut t: HashMap<String, Tensor> = HashMap::new();
+    t.insert(
+        "decoder.proj_weight".into(),
+        eye.unsqueeze(0)?.repeat((p, 1, 1))?,
+    );
+    t.insert(
+        "decoder.proj_bias".into(),
+        Tensor::zeros((p, d), DType::F32, &Device::Cpu)?,
+    );
+    t.insert("decoder.prompt_left_emb".into(), embed(&left)?);
+    t.insert("decoder.prompt_right_emb".into(), embed(&right)?);
+    t.insert("encoder.proj.weight".into(), eye);
+    t.insert(
+        "encoder.proj.bias".into(),
+        Tensor::zeros(d, DType::F32, &Device::Cpu)?,
+    );
+    t.insert("encoder.soft_prompt_embeddings".into(), embed(&prefix)?);
+    let post = embed(&postfix)?;
+    if post.dim(0)? > 0 {
+        t.insert("encoder.soft_prompt_embeddings_postfix".into(), post);
+    }
+    t.insert(
+        "encoder.special_last_token_vector".into(),
+        Tensor::zeros(d, DType::F32, &Device::Cpu)?,
+    );
+    std::fs::create_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;
+    let tpath = dir.join(TENSORS);
+    candle_core::safetensors::save(&t, &tpath)?;
+    let bytes = std::fs::read(&tpath).map_err(|e| EngineError::io(&tpath, e))?;
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        version: 1,
+        layer: spec.layer,
+        t_text: spec.t_text,
+        add_current_token: true,
+        decoder: DecoderManifest {
+            patched_layers: p,
+            prompt: spec.decoder_prompt.clone(),
+        },
+        encoder: EncoderManifest {
+            output_layer: spec.output_layer,
+            prompt: spec.encoder_prompt.clone(),
+        },
+        dtype: "f32".into(),
+        base: BaseIdentity {
+            name: name.into(),
+            d_model: d,
+            n_layers: Some(cfg.n_layers),
+            vocab_size: Some(cfg.vocab_size),
+        },
+        content_sha256: sha256_hex(&bytes),
+        source: Some(serde_json::json!({"untrained": true})),
+    };
+    let mpath = dir.join(MANIFEST);
+    std::fs::write(
+        &mpath,
+        serde_json::to_string_pretty(&manifest).expect("a manifest serialises"),
+    )
+    .map_err(|e| EngineError::io(&mpath, e))?;
+    // What was written must read back and fit the base.
+    TalkativeLens::load(dir, cfg)?;
+    Ok(manifest)
 }

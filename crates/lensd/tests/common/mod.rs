@@ -9,6 +9,11 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// A file or folder under `testdata/`.
+pub fn testdata(rel: &str) -> PathBuf {
+    root().join("testdata").join(rel)
+}
+
 pub fn demo_model() -> PathBuf {
     let p = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(

@@ -264,6 +264,7 @@ impl Worker {
                     text,
                     layers: a.layers.clone(),
                     top_k: a.top_k,
+                    explain: a.explain.clone(),
                 }
             }
             Work::Generate(g) => Job::Generate {

@@ -54,6 +54,7 @@ pub fn registry(groups: &[G]) -> Registry {
                         kind: LensKind::Tuned,
                         path: PathBuf::from(p),
                         bytes,
+                        donor: None,
                     },
                 );
                 r.policies

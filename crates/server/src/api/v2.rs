@@ -341,8 +341,15 @@ pub async fn analyze(
     // `after` is a REST-only field beside the shared request fields.
     let mut body = body;
     let after = body.as_object_mut().and_then(|o| o.remove("after"));
-    let req: AnalyzeRequest = serde_json::from_value(body)
-        .map_err(|e| ApiError::BadRequest(format!("invalid analyze request: {e}")))?;
+    let req: AnalyzeRequest = serde_path_to_error::deserialize(body).map_err(|e| {
+        let at = e.path().to_string();
+        let place = if at == "." {
+            String::new()
+        } else {
+            format!(" at `{at}`")
+        };
+        ApiError::BadRequest(format!("invalid analyze request{place}: {}", e.inner()))
+    })?;
     let given = req.text.is_some() || req.messages.is_some();
     let text = match after {
         Some(_) if given => {

@@ -28,6 +28,7 @@ fn registry() -> Registry {
                 kind: LensKind::Tuned,
                 path: PathBuf::from(l),
                 bytes: 10,
+                donor: None,
             },
         );
         r.models.insert(

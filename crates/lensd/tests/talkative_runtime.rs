@@ -1,0 +1,162 @@
+//! A talkative lens through the CPU engine the server runs: loaded with its donor as one lens
+//! resource, analysed beside the logit lens in one job, its explanations streamed as rows and
+//! equal to the reference's greedy ones (testdata/talkative, tools/talkative_reference.py).
+
+mod common;
+
+use std::ops::ControlFlow;
+use std::sync::{Arc, Mutex};
+
+use lensd::runtime::CpuEngine;
+use lensd_core::engine::{Engine, Source};
+use lensd_core::layers::LayerSpec;
+use lensd_core::registry::{BaseKey, BaseSpec, LensKey, LensSpec, ResourceKey};
+use lensd_core::residency::Tier;
+use lensd_core::work::{ComputeEvent, ExplainSettings, Job, JobLens, JobOutput, Prompt};
+use lensd_core::{ComputeDtype, LensKind};
+use serde_json::Value;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_talkative_lens_with_its_donor_explains_beside_the_logit_lens() {
+    let golden: Value = serde_json::from_str(
+        &std::fs::read_to_string(common::testdata("talkative/golden.json")).unwrap(),
+    )
+    .unwrap();
+    let case = golden["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "donor")
+        .unwrap();
+    let engine = CpuEngine::new();
+    let base = BaseKey("tiny".into());
+    let lens = LensKey("talk".into());
+    engine
+        .load(
+            ResourceKey::Base(base.clone()),
+            Source::Base(BaseSpec {
+                path: common::testdata("tiny-llama"),
+                dtype: ComputeDtype::F32,
+                bytes: 1,
+                n_layers: 3,
+                d_model: 64,
+            }),
+            Tier::Device,
+            Box::new(|_, _| {}),
+        )
+        .await
+        .unwrap();
+    engine
+        .load(
+            ResourceKey::Lens(lens.clone()),
+            Source::Lens(LensSpec {
+                kind: LensKind::Talkative,
+                path: common::testdata("talkative/lens"),
+                bytes: 1,
+                donor: Some(common::testdata("talkative/donor")),
+            }),
+            Tier::Device,
+            Box::new(|_, _| {}),
+        )
+        .await
+        .unwrap();
+
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let job = Job::Analyze {
+        base,
+        lenses: vec![
+            JobLens {
+                model: "logit".into(),
+                lens: None,
+            },
+            JobLens {
+                model: "talk".into(),
+                lens: Some(lens),
+            },
+        ],
+        text: Prompt::plain(golden["text"].as_str().unwrap()),
+        layers: "all".parse::<LayerSpec>().unwrap(),
+        top_k: 3,
+        // Greedy: the four candidates of a position are the same, and so is the kept one;
+        // with four per position, sub-batches hold 8 positions.
+        explain: ExplainSettings {
+            best_of_k: 4,
+            temperature: 0.0,
+            seed: 0,
+            salience: true,
+            kl: true,
+        },
+    };
+    let out = engine
+        .run(
+            job,
+            Box::new(move |e| {
+                sink.lock().unwrap().push(e);
+                ControlFlow::Continue(())
+            }),
+        )
+        .await
+        .unwrap();
+    let JobOutput::Analysis { analyses } = out else {
+        panic!("not an analysis")
+    };
+    assert_eq!(analyses.len(), 2);
+    let (logit, talk) = (&analyses[0], &analyses[1]);
+    assert_eq!((logit.lens.as_str(), talk.lens.as_str()), ("logit", "talk"));
+    assert_eq!(logit.layers.len(), 4);
+    assert!(logit.explanations.is_empty() && talk.layers.is_empty());
+
+    let rows = case["rows"].as_array().unwrap();
+    assert_eq!(talk.explanations.len(), rows.len());
+    let mut same = 0;
+    for (got, want) in talk.explanations.iter().zip(rows) {
+        assert_eq!(got.position as u64, want["position"].as_u64().unwrap());
+        assert_eq!(got.token_salience.len(), 6);
+        assert!(got.kl_divergence.is_some());
+        let ids: Vec<u64> = got.explanation_ids.iter().map(|&i| i as u64).collect();
+        let want_ids: Vec<u64> = want["explanation_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        if ids == want_ids {
+            same += 1;
+            assert_eq!(got.explanation, want["explanation"].as_str().unwrap());
+            let mse = want["mse"].as_f64().unwrap() as f32;
+            assert!((got.mse - mse).abs() <= 1e-4 * mse, "{} vs {mse}", got.mse);
+        }
+    }
+    // Only a step closer than 1e-3 between its top two tokens may go either way.
+    assert!(
+        same + 1 >= rows.len(),
+        "{same} of {} explanations as the reference",
+        rows.len()
+    );
+
+    // Rows arrived as they finished: cells of the logit lens, then explanations, with one
+    // progress scale over both.
+    let events = events.lock().unwrap();
+    let chunks: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            ComputeEvent::Rows { chunk, done, total } => Some((chunk.clone(), *done, *total)),
+            _ => None,
+        })
+        .collect();
+    let n = rows.len() as u64;
+    let total = 4 * n + n;
+    assert!(chunks.iter().all(|(_, _, t)| *t == total));
+    assert_eq!(chunks.last().unwrap().1, total);
+    let explained: Vec<usize> = chunks
+        .iter()
+        .filter(|(c, _, _)| c.lens == 1)
+        .flat_map(|(c, _, _)| c.explanations.iter().map(|e| e.position))
+        .collect();
+    assert_eq!(explained, (0..rows.len()).collect::<Vec<_>>());
+    assert!(
+        chunks.iter().filter(|(c, _, _)| c.lens == 1).count() > 1,
+        "streamed in sub-batches"
+    );
+}
