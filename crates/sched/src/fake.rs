@@ -195,7 +195,8 @@ fn fake_cell(layer: usize, pos: usize) -> Cell {
             token: format!("L{layer}P{pos}"),
             prob: 0.5,
         }],
-        entropy: 1.0,
+        // Not a binary fraction: JSON writers must keep its f32 digits.
+        entropy: 1.1,
         kl_to_final: (FAKE_LAYERS - layer.min(FAKE_LAYERS)) as f32,
         final_rank: 1,
         next_token_ce: None,

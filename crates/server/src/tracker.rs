@@ -175,7 +175,7 @@ pub async fn submit(
             state.limits.check_lenses(a.models.len())?;
             if a.top_k == 0 || a.top_k > 100 {
                 return Err(ApiError::BadRequest(format!(
-                    "`top_k` must be between 1 and 100, got {}",
+                    "`options.top_k` must be between 1 and 100, got {}",
                     a.top_k
                 )));
             }
@@ -384,11 +384,7 @@ async fn persist(state: &Shared, t: &Arc<Tracked>, ev: &RequestEvent) {
         metrics::histogram!(m::COMPUTE_SECONDS).record(ms as f64 / 1e3);
     }
     let (outcome, output, error) = match ev {
-        RequestEvent::Completed { output } => (
-            "completed".to_string(),
-            serde_json::to_value(output).ok(),
-            None,
-        ),
+        RequestEvent::Completed { output } => ("completed".to_string(), as_json(output), None),
         RequestEvent::Error {
             error_type,
             message,
@@ -437,4 +433,11 @@ async fn persist(state: &Shared, t: &Arc<Tracked>, ev: &RequestEvent) {
             Err(e) => tracing::error!(%e, request = %t.id, "result not stored"),
         }
     }
+}
+
+/// A value as JSON the way events write it. Going through the text keeps each f32 in its
+/// shortest digits (`0.1`, not the widened `0.10000000149011612` of `serde_json::to_value`),
+/// so that a stored or fetched result reads exactly like the streamed one.
+pub fn as_json<T: serde::Serialize>(value: &T) -> Option<serde_json::Value> {
+    serde_json::from_str(&serde_json::to_string(value).ok()?).ok()
 }

@@ -291,6 +291,13 @@ async fn an_analysis_is_accepted_streamed_and_stored() {
     )
     .await;
     assert_eq!(r["status"]["state"], "completed");
+    // The record's numbers read exactly as the streamed ones.
+    let completed = evs.iter().find(|e| e["type"] == "completed").unwrap();
+    assert_eq!(r["result"], completed["output"]);
+    assert_eq!(
+        r["result"]["analyses"][0]["layers"][0]["positions"][0]["entropy"].to_string(),
+        "1.1"
+    );
     let layers: Vec<u64> = r["result"]["analyses"][0]["layers"]
         .as_array()
         .unwrap()

@@ -425,7 +425,7 @@ pub async fn request(
     let share = state.store.as_ref().map(|_| format!("/share/{id}"));
     if let Some(t) = state.requests.get(&id).filter(|t| may_see(t, &who)) {
         let result = match t.outcome() {
-            Some(RequestEvent::Completed { output }) => serde_json::to_value(output).ok(),
+            Some(RequestEvent::Completed { output }) => crate::tracker::as_json(&output),
             _ => None,
         };
         let done = result.is_some();
