@@ -185,17 +185,31 @@ pub enum Job {
     },
 }
 
+/// How long the rest of a job will take, as its engine sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Remaining {
+    /// Every unit costs about the same: the rate so far tells.
+    #[default]
+    AtRate,
+    /// Measured by the engine, in milliseconds.
+    Ms(u64),
+    /// Not known yet: the units still to come cost what nothing done so far did.
+    Unknown,
+}
+
 /// What a job reports while it runs. Returning `Break` from the callback stops it at the next
 /// sub-batch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ComputeEvent {
     /// The analysed text's tokens, before any rows.
     Tokens(Vec<TokenInfo>),
-    /// One sub-batch of cells; `done` of `total` rows are finished.
+    /// One sub-batch of cells or explanations; `done` of `total` units are finished.
     Rows {
         chunk: RowsChunk,
         done: u64,
         total: u64,
+        #[serde(default)]
+        remaining: Remaining,
     },
     /// One generated token; `done` of at most `total`.
     Token {

@@ -15,7 +15,7 @@ use lensd_core::engine::{
 };
 use lensd_core::registry::{BaseKey, LensKey, ResourceKey};
 use lensd_core::residency::Tier;
-use lensd_core::work::{ComputeEvent, Job, JobFailure, JobOutput};
+use lensd_core::work::{ComputeEvent, Job, JobFailure, JobOutput, Remaining};
 use lensd_core::LensKind;
 use lensd_engine::base::Explained;
 use lensd_engine::generate::{generate, SamplingParams, StopReason, TextStream};
@@ -287,7 +287,8 @@ impl CpuEngine {
                 }
                 // Lenses that fill layers × positions share one forward pass; each talkative
                 // lens then explains every position. Progress counts cells and explained
-                // positions together.
+                // positions together; the time left is estimated per kind, since a position
+                // costs far more than a cell.
                 let cell_lenses: Vec<(usize, &Lens)> = held
                     .iter()
                     .enumerate()
@@ -300,16 +301,24 @@ impl CpuEngine {
                 let cells_total = (cell_lenses.len() * layers.len() * ids.len()) as u64;
                 let total = cells_total + (talkative * ids.len()) as u64;
                 let mut analyses: Vec<Option<Analysis>> = vec![None; held.len()];
+                let positions_total = (talkative * ids.len()) as u64;
                 if !cell_lenses.is_empty() {
                     let refs: Vec<&Lens> = cell_lenses.iter().map(|(_, l)| *l).collect();
                     let opts = AnalyzeOptions::new(layers, top_k);
                     let found = analyze(&base, &refs, &ids, &opts, &mut |p| {
                         let mut chunk = p.chunk.clone();
                         chunk.lens = cell_lenses[chunk.lens].0;
+                        // Cells cost alike; explanations still to come have no rate yet.
+                        let remaining = if positions_total > 0 {
+                            Remaining::Unknown
+                        } else {
+                            Remaining::AtRate
+                        };
                         events(ComputeEvent::Rows {
                             chunk,
                             done: p.rows_done as u64,
                             total,
+                            remaining,
                         })
                     })
                     .map_err(failure)?;
@@ -318,6 +327,8 @@ impl CpuEngine {
                     }
                 }
                 let mut done = cells_total;
+                let mut explained = 0u64;
+                let explaining = std::time::Instant::now();
                 let space = base.space_id().map_err(failure)?;
                 let positions: Vec<usize> = (0..ids.len()).collect();
                 let opts = ExplainOptions {
@@ -348,6 +359,10 @@ impl CpuEngine {
                                 .map(explanation)
                                 .collect();
                             done += rows.len() as u64;
+                            explained += rows.len() as u64;
+                            // Positions so far tell the rate of those left.
+                            let per = explaining.elapsed().as_secs_f64() / explained as f64;
+                            let left = (positions_total - explained) as f64 * per * 1e3;
                             let chunk = RowsChunk {
                                 lens: i,
                                 first_position: rows.first().map_or(0, |r| r.position),
@@ -355,7 +370,13 @@ impl CpuEngine {
                                 explanations: named.clone(),
                             };
                             explanations.extend(named);
-                            events(ComputeEvent::Rows { chunk, done, total }).is_continue()
+                            events(ComputeEvent::Rows {
+                                chunk,
+                                done,
+                                total,
+                                remaining: Remaining::Ms(left as u64),
+                            })
+                            .is_continue()
                         },
                     )
                     .map_err(failure)?;

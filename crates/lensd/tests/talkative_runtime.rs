@@ -12,7 +12,7 @@ use lensd_core::engine::{Engine, Source};
 use lensd_core::layers::LayerSpec;
 use lensd_core::registry::{BaseKey, BaseSpec, LensKey, LensSpec, ResourceKey};
 use lensd_core::residency::Tier;
-use lensd_core::work::{ComputeEvent, ExplainSettings, Job, JobLens, JobOutput, Prompt};
+use lensd_core::work::{ComputeEvent, ExplainSettings, Job, JobLens, JobOutput, Prompt, Remaining};
 use lensd_core::{ComputeDtype, LensKind};
 use serde_json::Value;
 
@@ -141,7 +141,19 @@ async fn a_talkative_lens_with_its_donor_explains_beside_the_logit_lens() {
     let chunks: Vec<_> = events
         .iter()
         .filter_map(|e| match e {
-            ComputeEvent::Rows { chunk, done, total } => Some((chunk.clone(), *done, *total)),
+            ComputeEvent::Rows {
+                chunk,
+                done,
+                total,
+                remaining,
+            } => {
+                // Cells say nothing of how long explanations take; explanations time their own.
+                match (chunk.lens, remaining) {
+                    (0, Remaining::Unknown) | (1, Remaining::Ms(_)) => {}
+                    other => panic!("lens and estimate {other:?}"),
+                }
+                Some((chunk.clone(), *done, *total))
+            }
             _ => None,
         })
         .collect();
@@ -149,6 +161,19 @@ async fn a_talkative_lens_with_its_donor_explains_beside_the_logit_lens() {
     let total = 4 * n + n;
     assert!(chunks.iter().all(|(_, _, t)| *t == total));
     assert_eq!(chunks.last().unwrap().1, total);
+    let last = events
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            ComputeEvent::Rows { remaining, .. } => Some(*remaining),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        last,
+        Remaining::Ms(0),
+        "nothing is left after the last chunk"
+    );
     let explained: Vec<usize> = chunks
         .iter()
         .filter(|(c, _, _)| c.lens == 1)

@@ -10,7 +10,7 @@ use lensd_core::analysis::{Analysis, Cell, LayerRow, RowsChunk, TokenInfo, TopTo
 use lensd_core::engine::{BoxFuture, ComputeSink, Engine, EngineFailure, Progress, Source};
 use lensd_core::registry::ResourceKey;
 use lensd_core::residency::Tier;
-use lensd_core::work::{ComputeEvent, Job, JobFailure, JobOutput, Prompt};
+use lensd_core::work::{ComputeEvent, Job, JobFailure, JobOutput, Prompt, Remaining};
 
 /// Layers the fake's models have (0..=FAKE_LAYERS).
 pub const FAKE_LAYERS: usize = 4;
@@ -25,6 +25,8 @@ struct Inner {
     token_cost: Duration,
     /// Positions per analysis sub-batch; 0 means 4.
     chunk_positions: usize,
+    /// What analysis rows say of the time left.
+    remaining: Remaining,
     running: usize,
     max_running: usize,
     failing: BTreeSet<String>,
@@ -69,6 +71,11 @@ impl FakeEngine {
     /// Positions per analysis sub-batch.
     pub fn set_chunk_positions(&self, n: usize) {
         self.lock().chunk_positions = n;
+    }
+
+    /// What every analysis sub-batch says of the time left (the rate so far by default).
+    pub fn set_remaining(&self, r: Remaining) {
+        self.lock().remaining = r;
     }
 
     /// The most jobs that ever ran at once (the worker must keep it at 1).
@@ -205,14 +212,14 @@ fn fake_cell(layer: usize, pos: usize) -> Cell {
 
 impl FakeEngine {
     async fn compute(&self, job: Job, events: &mut ComputeSink) -> Result<JobOutput, JobFailure> {
-        let (row_cost, token_cost, chunk) = {
+        let (row_cost, token_cost, chunk, remaining) = {
             let inner = self.lock();
             let chunk = if inner.chunk_positions == 0 {
                 4
             } else {
                 inner.chunk_positions
             };
-            (inner.row_cost, inner.token_cost, chunk)
+            (inner.row_cost, inner.token_cost, chunk, inner.remaining)
         };
         match job {
             Job::Analyze {
@@ -282,7 +289,14 @@ impl FakeEngine {
                             layers: rows,
                             explanations: Vec::new(),
                         };
-                        if events(ComputeEvent::Rows { chunk, done, total }).is_break() {
+                        if events(ComputeEvent::Rows {
+                            chunk,
+                            done,
+                            total,
+                            remaining,
+                        })
+                        .is_break()
+                        {
                             return Err(JobFailure::Cancelled);
                         }
                     }

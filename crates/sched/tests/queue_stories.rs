@@ -12,7 +12,8 @@ use lensd_core::config::Budgets;
 use lensd_core::layers::LayerSpec;
 use lensd_core::registry::Registry;
 use lensd_core::work::{
-    AnalyzeWork, ClientId, GenerateWork, Prompt, RequestEvent, RequestId, Sampling, Text, Work,
+    AnalyzeWork, ClientId, GenerateWork, Prompt, Remaining, RequestEvent, RequestId, Sampling,
+    Text, Work,
 };
 use lensd_sched::fake::FakeEngine;
 use lensd_sched::queue::{PolicyKind, QueueConfig, Scheduler, SubmitError};
@@ -697,4 +698,33 @@ async fn switching_models_sets_a_default_and_disturbs_nobody() {
         .await
         .unwrap_err();
     assert_eq!(e.error_type(), "invalid_request");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_time_left_is_the_engines_estimate_when_it_has_one() {
+    let etas = |r: Remaining| async move {
+        let w = world(two_groups(), QueueConfig::default());
+        w.engine.set_remaining(r);
+        let (_, mut rx) = w
+            .scheduler
+            .submit(&client("x"), analyze("a1", 12), None)
+            .await
+            .unwrap();
+        let events = drain(&mut rx).await;
+        assert_grammar(&events);
+        events
+            .iter()
+            .filter_map(|e| match e {
+                RequestEvent::Progress { eta_ms, .. } => Some(*eta_ms),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    // By default the rate so far (measured in real time, so only its shape is certain here).
+    let at_rate = etas(Remaining::AtRate).await;
+    assert_eq!(at_rate.len(), 3);
+    assert!(at_rate.iter().all(Option::is_some));
+    assert_eq!(at_rate.last(), Some(&Some(0)));
+    assert_eq!(etas(Remaining::Ms(1234)).await, [Some(1234); 3]);
+    assert_eq!(etas(Remaining::Unknown).await, [None; 3]);
 }

@@ -11,7 +11,7 @@ use lensd_core::engine::Engine;
 use lensd_core::registry::{BaseKey, ResourceKey};
 use lensd_core::residency::Tier;
 use lensd_core::work::{
-    ComputeEvent, Job, JobFailure, JobOutput, Prompt, RequestEvent, Text, Work,
+    ComputeEvent, Job, JobFailure, JobOutput, Prompt, Remaining, RequestEvent, Text, Work,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -148,11 +148,15 @@ impl Worker {
                 .map(|ms| self.start + std::time::Duration::from_millis(ms));
             let began = StdInstant::now();
             Box::new(move |ev: ComputeEvent| {
-                let progress = |done: u64, total: u64| {
+                let progress = |done: u64, total: u64, remaining: Remaining| {
                     let elapsed = began.elapsed().as_secs_f64();
-                    let eta_ms = (done > 0 && elapsed > 0.0).then(|| {
-                        ((total - done.min(total)) as f64 * elapsed / done as f64 * 1e3) as u64
-                    });
+                    let eta_ms = match remaining {
+                        Remaining::AtRate => (done > 0 && elapsed > 0.0).then(|| {
+                            ((total - done.min(total)) as f64 * elapsed / done as f64 * 1e3) as u64
+                        }),
+                        Remaining::Ms(ms) => Some(ms),
+                        Remaining::Unknown => None,
+                    };
                     RequestEvent::Progress {
                         done,
                         total,
@@ -161,9 +165,17 @@ impl Worker {
                 };
                 let evs = match ev {
                     ComputeEvent::Tokens(tokens) => vec![RequestEvent::Tokens { tokens }],
-                    ComputeEvent::Rows { chunk, done, total } => {
+                    ComputeEvent::Rows {
+                        chunk,
+                        done,
+                        total,
+                        remaining,
+                    } => {
                         sent.fetch_add(1, Ordering::SeqCst);
-                        vec![RequestEvent::Rows { chunk }, progress(done, total)]
+                        vec![
+                            RequestEvent::Rows { chunk },
+                            progress(done, total, remaining),
+                        ]
                     }
                     ComputeEvent::Token {
                         id,
@@ -172,7 +184,10 @@ impl Worker {
                         total,
                     } => {
                         sent.fetch_add(1, Ordering::SeqCst);
-                        vec![RequestEvent::Token { id, text }, progress(done, total)]
+                        vec![
+                            RequestEvent::Token { id, text },
+                            progress(done, total, Remaining::AtRate),
+                        ]
                     }
                 };
                 for e in evs {
