@@ -204,3 +204,19 @@ impl Base {
             .collect()
     }
 }
+
+impl From<Explained> for lensd_core::analysis::Explanation {
+    fn from(e: Explained) -> Self {
+        lensd_core::analysis::Explanation {
+            position: e.row.position,
+            token: e.token_text,
+            explanation: e.explanation,
+            explanation_structured: e.structured,
+            explanation_ids: e.row.explanation_ids,
+            mse: e.row.mse,
+            relative_rmse: e.row.relative_rmse,
+            token_salience: e.row.token_salience,
+            kl_divergence: e.row.kl_divergence,
+        }
+    }
+}

@@ -155,17 +155,6 @@ impl FileProbe {
     /// problem is best reported when the configuration is checked. Its LoRA donor, when the
     /// model names one, is part of the lens: its bytes count and its files are in the identity.
     fn talkative(&self, dir: &Path, donor: Option<&Path>) -> Result<LensFacts> {
-        fs::metadata(dir).map_err(|e| EngineError::io(dir, e))?;
-        if !dir.join(talkative::MANIFEST).is_file() {
-            return Err(EngineError::format(
-                dir,
-                format!(
-                    "not a lensd talkative lens (no {}): convert a checkpoint of the original \
-                     training code with tools/convert_talkative.py (docs/talkative.md)",
-                    talkative::MANIFEST
-                ),
-            ));
-        }
         let lens = TalkativeLens::open(dir)?;
         let mut h = blake3::Hasher::new();
         for f in [talkative::MANIFEST, talkative::TENSORS] {

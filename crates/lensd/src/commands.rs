@@ -10,7 +10,9 @@ use lensd_core::{ByteSize, LayerSpec};
 use lensd_engine::generate::{generate, SamplingParams, TextStream};
 use lensd_engine::lens::analyze::{analyze, AnalyzeOptions};
 use lensd_engine::lens::fit::{fit_tuned_lens, FitOptions, FitStage};
+use lensd_engine::lens::talkative::{ExplainOptions, TalkativeLens};
 use lensd_engine::lens::Lens;
+use lensd_engine::lora::Adapter;
 use lensd_engine::probe::FileProbe;
 use lensd_engine::{Base, LoadOptions};
 use serde::Serialize;
@@ -179,6 +181,73 @@ pub fn run(cmd: Command) -> Result<()> {
                     for a in &res {
                         print!("{}", render::analysis(a));
                     }
+                    Ok(())
+                }
+            }
+        }
+        Command::Explain {
+            model,
+            lens,
+            donor,
+            text,
+            text_file,
+            chat,
+            best_of_k,
+            temperature,
+            seed,
+            no_salience,
+            no_kl,
+            format,
+        } => {
+            let text = match (text, text_file) {
+                (Some(t), _) => t,
+                (None, Some(f)) => std::fs::read_to_string(&f)
+                    .with_context(|| format!("cannot read the text file {}", f.display()))?,
+                (None, None) => bail!("give the text to explain with --text or --text-file"),
+            };
+            let base = load(&model.model, crate::Dtype::F32)?;
+            let talkative = TalkativeLens::load(&lens, base.config())
+                .with_context(|| format!("cannot use the talkative lens {}", lens.display()))?;
+            let adapter = donor
+                .as_deref()
+                .map(|d| Adapter::load(d, base.config()))
+                .transpose()
+                .context("cannot use the donor")?;
+            let text = if chat { base.chat_prompt(&text)? } else { text };
+            let ids = base.tokenizer.encode_prompt(&text, chat)?;
+            let positions: Vec<usize> = (0..ids.len()).collect();
+            let opts = ExplainOptions {
+                best_of_k,
+                temperature,
+                seed,
+                salience: !no_salience,
+                kl: !no_kl,
+                batch_positions: (32 / best_of_k.max(1)).max(1),
+            };
+            let mut done = 0;
+            let rows = talkative.explain(
+                &base.model,
+                &ids,
+                &positions,
+                adapter.as_ref(),
+                base.space_id()?,
+                &opts,
+                &mut |rows| {
+                    done += rows.len();
+                    eprint!("\rexplained {done}/{}   ", ids.len());
+                    true
+                },
+            )?;
+            eprintln!();
+            let rows: Vec<lensd_core::analysis::Explanation> = base
+                .describe(&talkative, rows)
+                .into_iter()
+                .map(Into::into)
+                .collect();
+            match format {
+                Format::Json => print_json(&rows),
+                Format::Table => {
+                    print!("{}", render::explanations(&rows));
                     Ok(())
                 }
             }

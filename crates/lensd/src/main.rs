@@ -150,6 +150,44 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Explain every position of a text with a talkative lens (docs/talkative.md): the
+    /// explanation in words, its reconstruction error, salience and KL.
+    Explain {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The talkative lens folder (talkative.json + lens.safetensors).
+        #[arg(long)]
+        lens: PathBuf,
+        /// A LoRA adapter folder (PEFT) applied to the base for the activations and KL.
+        #[arg(long)]
+        donor: Option<PathBuf>,
+        /// Text to explain.
+        #[arg(long, conflicts_with = "text_file")]
+        text: Option<String>,
+        /// Read the text from a file.
+        #[arg(long)]
+        text_file: Option<PathBuf>,
+        /// Render the text as one user message with the model's chat template first.
+        #[arg(long)]
+        chat: bool,
+        /// Candidate explanations per position; the best reconstruction is kept (1–64).
+        #[arg(long, default_value_t = 8)]
+        best_of_k: usize,
+        /// Sampling temperature of the explanations; 0 is greedy.
+        #[arg(long, default_value_t = 1.0)]
+        temperature: f32,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Skip the per-token salience.
+        #[arg(long)]
+        no_salience: bool,
+        /// Skip the KL of the patched-back reconstruction.
+        #[arg(long)]
+        no_kl: bool,
+        /// Output: a readable table, or one JSON document.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
     /// Fit a tuned lens in closed form on a text corpus and compare it with the logit lens.
     FitLens {
         #[command(flatten)]

@@ -2,6 +2,7 @@
 
 use std::fmt::Write;
 
+use lensd_core::analysis::Explanation;
 use lensd_core::Analysis;
 use lensd_engine::inspect::InspectReport;
 use lensd_engine::lens::fit::FitReport;
@@ -155,6 +156,41 @@ pub fn analysis(a: &Analysis) -> String {
             let _ = writeln!(s, "{}", line.trim_end());
         }
         s.push('\n');
+    }
+    s
+}
+
+/// A talkative lens's explanations: one line per position with its scores.
+pub fn explanations(rows: &[Explanation]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:>4}  {:<12} {:>8} {:>10} {:>8}  explanation (salience per word)",
+        "pos", "token", "rel rmse", "mse", "kl"
+    );
+    for e in rows {
+        let kl = e
+            .kl_divergence
+            .map_or_else(|| "—".to_string(), |k| format!("{k:.3}"));
+        let words: Vec<String> = e
+            .explanation_structured
+            .iter()
+            .enumerate()
+            .map(|(j, w)| match e.token_salience.get(j) {
+                Some(v) => format!("{}({v:+.2})", visible(w)),
+                None => visible(w),
+            })
+            .collect();
+        let _ = writeln!(
+            s,
+            "{:>4}  {:<12} {:>8.3} {:>10.4} {:>8}  {}",
+            e.position,
+            clip(&visible(&e.token), 12),
+            e.relative_rmse,
+            e.mse,
+            kl,
+            words.join(" ")
+        );
     }
     s
 }

@@ -17,7 +17,6 @@ use lensd_core::registry::{BaseKey, LensKey, ResourceKey};
 use lensd_core::residency::Tier;
 use lensd_core::work::{ComputeEvent, Job, JobFailure, JobOutput, Remaining};
 use lensd_core::LensKind;
-use lensd_engine::base::Explained;
 use lensd_engine::generate::{generate, SamplingParams, StopReason, TextStream};
 use lensd_engine::lens::analyze::{analyze, AnalyzeOptions};
 use lensd_engine::lens::talkative::{ExplainOptions, TalkativeLens};
@@ -356,7 +355,7 @@ impl CpuEngine {
                             let named: Vec<Explanation> = base
                                 .describe(lens, rows.to_vec())
                                 .into_iter()
-                                .map(explanation)
+                                .map(Explanation::from)
                                 .collect();
                             done += rows.len() as u64;
                             explained += rows.len() as u64;
@@ -448,20 +447,6 @@ impl CpuEngine {
                 })
             }
         }
-    }
-}
-
-fn explanation(e: Explained) -> Explanation {
-    Explanation {
-        position: e.row.position,
-        token: e.token_text,
-        explanation: e.explanation,
-        explanation_structured: e.structured,
-        explanation_ids: e.row.explanation_ids,
-        mse: e.row.mse,
-        relative_rmse: e.row.relative_rmse,
-        token_salience: e.row.token_salience,
-        kl_divergence: e.row.kl_divergence,
     }
 }
 

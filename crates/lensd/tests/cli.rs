@@ -266,3 +266,102 @@ fn bad_arguments_fail_with_a_reason() {
         assert!(help.contains(cmd), "--help lists {cmd}");
     }
 }
+
+#[test]
+fn explain_and_init_talkative() {
+    let golden: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("testdata/talkative/golden.json")).unwrap(),
+    )
+    .unwrap();
+    let text = golden["text"].as_str().unwrap();
+    let tiny = tiny();
+    let rows = ok_json(&[
+        "explain",
+        "--model",
+        tiny.to_str().unwrap(),
+        "--lens",
+        "testdata/talkative/lens",
+        "--donor",
+        "testdata/talkative/donor",
+        "--text",
+        text,
+        "--best-of-k",
+        "1",
+        "--temperature",
+        "0",
+        "--format",
+        "json",
+    ]);
+    let rows = rows.as_array().unwrap();
+    let want = golden["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "donor")
+        .unwrap()["rows"]
+        .as_array()
+        .unwrap();
+    assert_eq!(rows.len(), want.len());
+    let same = rows
+        .iter()
+        .zip(want)
+        .filter(|(g, w)| g["explanation_ids"] == w["explanation_ids"])
+        .count();
+    assert!(
+        same + 1 >= want.len(),
+        "{same} of {} as the reference",
+        want.len()
+    );
+
+    // An untrained lens for the tiny base, written and then used.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("untrained");
+    let made = lensd(&[
+        "init-talkative",
+        "--model",
+        tiny.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--layer",
+        "1",
+        "--t-text",
+        "3",
+    ]);
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let table = lensd(&[
+        "explain",
+        "--model",
+        tiny.to_str().unwrap(),
+        "--lens",
+        out.to_str().unwrap(),
+        "--text",
+        "a b c",
+        "--best-of-k",
+        "2",
+    ]);
+    assert!(
+        table.status.success(),
+        "{}",
+        String::from_utf8_lossy(&table.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&table.stdout);
+    assert!(stdout.starts_with(" pos  token"), "{stdout}");
+    assert_eq!(stdout.lines().count(), 1 + 3, "{stdout}");
+
+    // An original checkpoint folder names the converter.
+    let bad = lensd(&[
+        "explain",
+        "--model",
+        tiny.to_str().unwrap(),
+        "--lens",
+        "testdata/talkative/original",
+        "--text",
+        "a",
+    ]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("tools/convert_talkative.py"));
+}

@@ -27,7 +27,14 @@ impl Lens {
         if spec == "logit" {
             return Ok(Lens::Logit);
         }
-        Ok(Lens::Tuned(TunedLens::load(Path::new(spec), cfg)?))
+        let dir = Path::new(spec);
+        if dir.join(talkative::MANIFEST).is_file() {
+            return Err(crate::EngineError::Input(format!(
+                "{spec} is a talkative lens: it explains positions in words rather than filling \
+                 layers × positions; use `lensd explain --lens {spec}`"
+            )));
+        }
+        Ok(Lens::Tuned(TunedLens::load(dir, cfg)?))
     }
 
     pub fn name(&self) -> String {

@@ -220,6 +220,16 @@ impl TalkativeLens {
     /// Reads the folder's manifest and tensors and checks them against each other.
     pub fn open(dir: &Path) -> Result<TalkativeLens> {
         let mpath = dir.join(MANIFEST);
+        std::fs::metadata(dir).map_err(|e| EngineError::io(dir, e))?;
+        if !mpath.is_file() {
+            return Err(EngineError::format(
+                dir,
+                format!(
+                    "not a lensd talkative lens (no {MANIFEST}): convert a checkpoint of the \
+                     original training code with tools/convert_talkative.py (docs/talkative.md)"
+                ),
+            ));
+        }
         let text = std::fs::read_to_string(&mpath).map_err(|e| EngineError::io(&mpath, e))?;
         let m: Manifest = serde_json::from_str(&text)
             .map_err(|e| EngineError::format(&mpath, format!("invalid manifest: {e}")))?;
