@@ -180,6 +180,9 @@ pub enum Job {
     },
     Generate {
         base: BaseKey,
+        /// The model's lens: a talkative lens's donor adapter applies to the generation.
+        #[serde(default)]
+        lens: Option<LensKey>,
         prompt: Prompt,
         sampling: Sampling,
     },

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::base::Base;
 use crate::error::{EngineError, Result};
+use crate::lora::Adapter;
 use crate::model::{KvCache, Logits};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -161,7 +162,21 @@ pub fn generate(
     params: &SamplingParams,
     on_token: &mut dyn FnMut(u32) -> ControlFlow<()>,
 ) -> Result<Generation> {
+    generate_with(base, prompt, params, None, on_token)
+}
+
+/// [`generate`] from the base with a LoRA adapter applied (a talkative lens's donor).
+pub fn generate_with(
+    base: &Base,
+    prompt: &[u32],
+    params: &SamplingParams,
+    adapter: Option<&Adapter>,
+    on_token: &mut dyn FnMut(u32) -> ControlFlow<()>,
+) -> Result<Generation> {
     params.validate()?;
+    if let Some(a) = adapter {
+        a.check(base.config())?;
+    }
     if prompt.is_empty() {
         return Err(EngineError::Input("the prompt is empty".into()));
     }
@@ -169,7 +184,7 @@ pub fn generate(
     let mut cache = [KvCache::default()];
     let mut sampler = Sampler::new(params.clone());
     let t0 = std::time::Instant::now();
-    let out = model.forward(&[prompt], Some(&mut cache), &[], Logits::Last)?;
+    let out = model.forward_with(&[prompt], Some(&mut cache), &[], Logits::Last, adapter)?;
     let mut logits = out
         .logits
         .expect("requested")
@@ -193,7 +208,7 @@ pub fn generate(
         if ids.len() == params.max_tokens {
             break;
         }
-        let out = model.forward(&[&[next]], Some(&mut cache), &[], Logits::Last)?;
+        let out = model.forward_with(&[&[next]], Some(&mut cache), &[], Logits::Last, adapter)?;
         logits = out
             .logits
             .expect("requested")

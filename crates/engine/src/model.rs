@@ -199,6 +199,18 @@ impl Llama {
         taps: &[usize],
         logits: Logits,
     ) -> Result<ForwardOutput> {
+        self.forward_with(seqs, caches, taps, logits, None)
+    }
+
+    /// [`Llama::forward`] with a LoRA adapter applied to the blocks.
+    pub fn forward_with(
+        &self,
+        seqs: &[&[u32]],
+        caches: Option<&mut [KvCache]>,
+        taps: &[usize],
+        logits: Logits,
+        adapter: Option<&Adapter>,
+    ) -> Result<ForwardOutput> {
         let cfg = &self.cfg;
         if seqs.is_empty() || seqs.iter().any(|s| s.is_empty()) {
             return Err(EngineError::Input(
@@ -221,6 +233,7 @@ impl Llama {
         let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
         let run = Run {
             taps,
+            adapter,
             ..Run::default()
         };
         let (x, tapped) = self.run_blocks(x, &lens, caches, 0..cfg.n_layers, run)?;

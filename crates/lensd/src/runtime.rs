@@ -17,7 +17,7 @@ use lensd_core::registry::{BaseKey, LensKey, ResourceKey};
 use lensd_core::residency::Tier;
 use lensd_core::work::{ComputeEvent, Job, JobFailure, JobOutput, Remaining};
 use lensd_core::LensKind;
-use lensd_engine::generate::{generate, SamplingParams, StopReason, TextStream};
+use lensd_engine::generate::{generate_with, SamplingParams, StopReason, TextStream};
 use lensd_engine::lens::analyze::{analyze, AnalyzeOptions};
 use lensd_engine::lens::talkative::{ExplainOptions, TalkativeLens};
 use lensd_engine::lens::{Lens, TunedLens};
@@ -400,10 +400,22 @@ impl CpuEngine {
             }
             Job::Generate {
                 base,
+                lens,
                 prompt,
                 sampling,
             } => {
                 let base = self.loaded_base(&base)?;
+                // A talkative lens's donor generates: the model the lens explains.
+                let held = match &lens {
+                    Some(k) => Some(self.lens(k).ok_or_else(|| {
+                        JobFailure::Engine(format!("lens {} is not loaded", k.0))
+                    })?),
+                    None => None,
+                };
+                let donor = held.as_deref().and_then(|h| match h {
+                    Held::Talkative(t) => t.1.as_ref(),
+                    Held::Cells(_) => None,
+                });
                 let (prompt, special) = base.render(&prompt, true).map_err(failure)?;
                 let ids = base
                     .tokenizer
@@ -420,7 +432,7 @@ impl CpuEngine {
                 let mut stream = TextStream::new(&base);
                 let mut done = 0u64;
                 let total = sampling.max_tokens as u64;
-                let g = generate(&base, &ids, &params, &mut |id| {
+                let g = generate_with(&base, &ids, &params, donor, &mut |id| {
                     done += 1;
                     let text = stream.push(id).unwrap_or_default();
                     events(ComputeEvent::Token {

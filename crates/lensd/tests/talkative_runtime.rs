@@ -12,7 +12,9 @@ use lensd_core::engine::{Engine, Source};
 use lensd_core::layers::LayerSpec;
 use lensd_core::registry::{BaseKey, BaseSpec, LensKey, LensSpec, ResourceKey};
 use lensd_core::residency::Tier;
-use lensd_core::work::{ComputeEvent, ExplainSettings, Job, JobLens, JobOutput, Prompt, Remaining};
+use lensd_core::work::{
+    ComputeEvent, ExplainSettings, Job, JobLens, JobOutput, Prompt, Remaining, Sampling,
+};
 use lensd_core::{ComputeDtype, LensKind};
 use serde_json::Value;
 
@@ -184,4 +186,91 @@ async fn a_talkative_lens_with_its_donor_explains_beside_the_logit_lens() {
         chunks.iter().filter(|(c, _, _)| c.lens == 1).count() > 1,
         "streamed in sub-batches"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generation_with_a_talkative_model_comes_from_its_donor() {
+    let engine = CpuEngine::new();
+    let base = BaseKey("tiny".into());
+    let lens = LensKey("talk".into());
+    engine
+        .load(
+            ResourceKey::Base(base.clone()),
+            Source::Base(BaseSpec {
+                path: common::testdata("tiny-llama"),
+                dtype: ComputeDtype::F32,
+                bytes: 1,
+                n_layers: 3,
+                d_model: 64,
+            }),
+            Tier::Device,
+            Box::new(|_, _| {}),
+        )
+        .await
+        .unwrap();
+    engine
+        .load(
+            ResourceKey::Lens(lens.clone()),
+            Source::Lens(LensSpec {
+                kind: LensKind::Talkative,
+                path: common::testdata("talkative/lens"),
+                bytes: 1,
+                donor: Some(common::testdata("talkative/donor")),
+            }),
+            Tier::Device,
+            Box::new(|_, _| {}),
+        )
+        .await
+        .unwrap();
+    let sampling = Sampling {
+        max_tokens: 12,
+        ..Sampling::default()
+    };
+    let run = |lens: Option<LensKey>| {
+        engine.run(
+            Job::Generate {
+                base: base.clone(),
+                lens,
+                prompt: Prompt::plain("Every layer adds"),
+                sampling: sampling.clone(),
+            },
+            Box::new(|_| ControlFlow::Continue(())),
+        )
+    };
+    let ids = |out: JobOutput| match out {
+        JobOutput::Generation { ids, .. } => ids,
+        other => panic!("{other:?}"),
+    };
+    let with_donor = ids(run(Some(lens)).await.unwrap());
+    let plain = ids(run(None).await.unwrap());
+
+    // The same, computed directly: the base with the adapter applied, and without.
+    let tiny = lensd_engine::Base::load(
+        &common::testdata("tiny-llama"),
+        lensd_engine::LoadOptions {
+            compute: ComputeDtype::F32,
+        },
+    )
+    .unwrap();
+    let donor =
+        lensd_engine::lora::Adapter::load(&common::testdata("talkative/donor"), tiny.config())
+            .unwrap();
+    let prompt = tiny
+        .tokenizer
+        .encode_prompt("Every layer adds", false)
+        .unwrap();
+    let params = lensd_engine::generate::SamplingParams {
+        max_tokens: 12,
+        ..Default::default()
+    };
+    let direct = |a: Option<&lensd_engine::lora::Adapter>| {
+        lensd_engine::generate::generate_with(&tiny, &prompt, &params, a, &mut |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap()
+        .ids
+    };
+    assert_eq!(with_donor, direct(Some(&donor)));
+    assert_eq!(plain, direct(None));
+    assert_ne!(with_donor, plain, "the donor changes what the model says");
 }

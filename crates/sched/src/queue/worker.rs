@@ -284,6 +284,7 @@ impl Worker {
             }
             Work::Generate(g) => Job::Generate {
                 base: task.base.clone(),
+                lens: task.lenses.first().and_then(|l| l.lens.clone()),
                 prompt: g.prompt.clone(),
                 sampling: g.sampling.clone(),
             },
