@@ -18,18 +18,8 @@ use lensd_core::work::{
 use lensd_core::{ComputeDtype, LensKind};
 use serde_json::Value;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_talkative_lens_with_its_donor_explains_beside_the_logit_lens() {
-    let golden: Value = serde_json::from_str(
-        &std::fs::read_to_string(common::testdata("talkative/golden.json")).unwrap(),
-    )
-    .unwrap();
-    let case = golden["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "donor")
-        .unwrap();
+/// The CPU engine with the tiny base and the talkative lens with its donor loaded.
+async fn loaded() -> (CpuEngine, BaseKey, LensKey) {
     let engine = CpuEngine::new();
     let base = BaseKey("tiny".into());
     let lens = LensKey("talk".into());
@@ -62,6 +52,22 @@ async fn a_talkative_lens_with_its_donor_explains_beside_the_logit_lens() {
         )
         .await
         .unwrap();
+    (engine, base, lens)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_talkative_lens_with_its_donor_explains_beside_the_logit_lens() {
+    let golden: Value = serde_json::from_str(
+        &std::fs::read_to_string(common::testdata("talkative/golden.json")).unwrap(),
+    )
+    .unwrap();
+    let case = golden["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "donor")
+        .unwrap();
+    let (engine, base, lens) = loaded().await;
 
     let events = Arc::new(Mutex::new(Vec::new()));
     let sink = events.clone();
@@ -190,38 +196,7 @@ async fn a_talkative_lens_with_its_donor_explains_beside_the_logit_lens() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generation_with_a_talkative_model_comes_from_its_donor() {
-    let engine = CpuEngine::new();
-    let base = BaseKey("tiny".into());
-    let lens = LensKey("talk".into());
-    engine
-        .load(
-            ResourceKey::Base(base.clone()),
-            Source::Base(BaseSpec {
-                path: common::testdata("tiny-llama"),
-                dtype: ComputeDtype::F32,
-                bytes: 1,
-                n_layers: 3,
-                d_model: 64,
-            }),
-            Tier::Device,
-            Box::new(|_, _| {}),
-        )
-        .await
-        .unwrap();
-    engine
-        .load(
-            ResourceKey::Lens(lens.clone()),
-            Source::Lens(LensSpec {
-                kind: LensKind::Talkative,
-                path: common::testdata("talkative/lens"),
-                bytes: 1,
-                donor: Some(common::testdata("talkative/donor")),
-            }),
-            Tier::Device,
-            Box::new(|_, _| {}),
-        )
-        .await
-        .unwrap();
+    let (engine, base, lens) = loaded().await;
     let sampling = Sampling {
         max_tokens: 12,
         ..Sampling::default()
