@@ -12,7 +12,7 @@
 //! therefore run one after another, and two users alternating between groups do not make the
 //! device swap bases on every request.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use lensd_core::registry::BaseKey;
 use lensd_core::work::ClientId;
@@ -54,9 +54,38 @@ fn turn(w: &Waiting, view: &View) -> u64 {
     w.enqueued_ms.max(last)
 }
 
-/// The request with the earliest turn among `ids` (then the lowest index).
-fn first_turn(ids: impl Iterator<Item = usize>, waiting: &[Waiting], view: &View) -> Option<usize> {
-    ids.min_by_key(|&i| (turn(&waiting[i], view), i))
+/// What the policy needs to know of a candidate (a client's oldest eligible request).
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    index: usize,
+    enqueued_ms: u64,
+    /// Arrival for taking turns: no earlier than the client's latest start.
+    turn_ms: u64,
+    on_device: bool,
+}
+
+/// The group-aware choice among the candidates.
+fn decide(candidates: &[Candidate], view: &View) -> Option<usize> {
+    // Aging counts real waiting time, so that nothing starves.
+    let overdue = candidates
+        .iter()
+        .filter(|c| view.now_ms.saturating_sub(c.enqueued_ms) >= view.aging_ms);
+    if let Some(c) = overdue.min_by_key(|c| (c.enqueued_ms, c.index)) {
+        return Some(c.index);
+    }
+    let first_turn = |on: bool| {
+        candidates
+            .iter()
+            .filter(|c| c.on_device == on)
+            .min_by_key(|c| (c.turn_ms, c.index))
+    };
+    match (first_turn(true), first_turn(false)) {
+        (Some(r), Some(o)) => {
+            let gap = r.turn_ms.saturating_sub(o.turn_ms);
+            Some(if gap > view.switch_cost_ms { o } else { r }.index)
+        }
+        (r, o) => r.or(o).map(|c| c.index),
+    }
 }
 
 /// Index of the request to run next, or `None` if none is eligible.
@@ -66,57 +95,93 @@ pub fn pick(kind: PolicyKind, waiting: &[Waiting], view: &View) -> Option<usize>
         PolicyKind::Fifo => eligible.min_by_key(|&i| (waiting[i].enqueued_ms, i)),
         PolicyKind::GroupAware => {
             // Each client's oldest eligible request.
-            let mut candidates: Vec<usize> = Vec::new();
+            let mut oldest: HashMap<&ClientId, usize> = HashMap::new();
             for i in eligible {
-                match candidates
-                    .iter_mut()
-                    .find(|c| waiting[**c].client == waiting[i].client)
-                {
-                    Some(c) if (waiting[i].enqueued_ms, i) < (waiting[*c].enqueued_ms, *c) => {
-                        *c = i
-                    }
-                    Some(_) => {}
-                    None => candidates.push(i),
+                let c = oldest.entry(&waiting[i].client).or_insert(i);
+                if (waiting[i].enqueued_ms, i) < (waiting[*c].enqueued_ms, *c) {
+                    *c = i;
                 }
             }
-            // Aging counts real waiting time, so that nothing starves.
-            let overdue = candidates
-                .iter()
-                .copied()
-                .filter(|&i| view.now_ms.saturating_sub(waiting[i].enqueued_ms) >= view.aging_ms);
-            if let Some(i) = overdue.min_by_key(|&i| (waiting[i].enqueued_ms, i)) {
-                return Some(i);
-            }
-            let on = |i: &usize| view.on_device.contains(&waiting[*i].base);
-            let resident = first_turn(candidates.iter().copied().filter(on), waiting, view);
-            let other = first_turn(candidates.iter().copied().filter(|i| !on(i)), waiting, view);
-            match (resident, other) {
-                (Some(r), Some(o)) => {
-                    let gap = turn(&waiting[r], view).saturating_sub(turn(&waiting[o], view));
-                    Some(if gap > view.switch_cost_ms { o } else { r })
-                }
-                (r, o) => r.or(o),
-            }
+            let candidates: Vec<Candidate> = oldest
+                .into_values()
+                .map(|i| Candidate {
+                    index: i,
+                    enqueued_ms: waiting[i].enqueued_ms,
+                    turn_ms: turn(&waiting[i], view),
+                    on_device: view.on_device.contains(&waiting[i].base),
+                })
+                .collect();
+            decide(&candidates, view)
         }
     }
 }
 
 /// The order in which the waiting requests would run if nothing else arrived and the clock
-/// stood still: after each pick, the picked request's base is the one on the device. This is
-/// what queue positions report.
+/// stood still: after each pick, the picked request's base is the one on the device and its
+/// client's turn starts now. This is what queue positions report. It is recomputed on every
+/// change to the queue, so it works on each client's requests in arrival order and on numbered
+/// bases, making it O(requests × clients) without hashing or string comparisons per step.
 pub fn order(kind: PolicyKind, waiting: &[Waiting], view: &View) -> Vec<usize> {
-    let mut rest: Vec<usize> = (0..waiting.len()).collect();
-    let mut view = view.clone();
-    let mut out = Vec::with_capacity(waiting.len());
+    let mut eligible: Vec<usize> = (0..waiting.len())
+        .filter(|&i| waiting[i].eligible)
+        .collect();
+    eligible.sort_by_key(|&i| (waiting[i].enqueued_ms, i));
+    if kind == PolicyKind::Fifo {
+        return eligible;
+    }
+    // Each client's eligible requests, oldest first, and each request's base as a number.
+    let mut clients: HashMap<&ClientId, usize> = HashMap::new();
+    let mut queues: Vec<VecDeque<usize>> = Vec::new();
+    let mut bases: HashMap<&BaseKey, usize> = HashMap::new();
+    let mut base_of = vec![0; waiting.len()];
+    for &i in &eligible {
+        let c = *clients.entry(&waiting[i].client).or_insert_with(|| {
+            queues.push(VecDeque::new());
+            queues.len() - 1
+        });
+        queues[c].push_back(i);
+        let n = bases.len();
+        base_of[i] = *bases.entry(&waiting[i].base).or_insert(n);
+    }
+    let mut last_start: Vec<u64> = vec![0; queues.len()];
+    for (client, &c) in &clients {
+        last_start[c] = view.last_start.get(*client).copied().unwrap_or(0);
+    }
+    let mut on_device: Vec<bool> = vec![false; bases.len()];
+    for (base, &b) in &bases {
+        on_device[b] = view.on_device.contains(*base);
+    }
+    let mut out = Vec::with_capacity(eligible.len());
+    let mut candidates: Vec<(usize, Candidate)> = Vec::with_capacity(queues.len());
     loop {
-        let sub: Vec<Waiting> = rest.iter().map(|&i| waiting[i].clone()).collect();
-        let Some(k) = pick(kind, &sub, &view) else {
+        candidates.clear();
+        for (c, q) in queues.iter().enumerate() {
+            if let Some(&i) = q.front() {
+                let enqueued_ms = waiting[i].enqueued_ms;
+                candidates.push((
+                    c,
+                    Candidate {
+                        index: i,
+                        enqueued_ms,
+                        turn_ms: enqueued_ms.max(last_start[c]),
+                        on_device: on_device[base_of[i]],
+                    },
+                ));
+            }
+        }
+        let plain: Vec<Candidate> = candidates.iter().map(|(_, c)| *c).collect();
+        let Some(i) = decide(&plain, view) else {
             break;
         };
-        let i = rest.remove(k);
-        view.on_device = BTreeSet::from([waiting[i].base.clone()]);
-        view.last_start
-            .insert(waiting[i].client.clone(), view.now_ms);
+        let c = candidates
+            .iter()
+            .find(|(_, cand)| cand.index == i)
+            .map(|(c, _)| *c)
+            .expect("the choice is a candidate");
+        queues[c].pop_front();
+        last_start[c] = view.now_ms;
+        on_device.iter_mut().for_each(|b| *b = false);
+        on_device[base_of[i]] = true;
         out.push(i);
     }
     out
@@ -271,5 +336,98 @@ mod tests {
             [0, 1, 2, 3],
             "FIFO: three switches"
         );
+    }
+
+    fn first_turn(
+        ids: impl Iterator<Item = usize>,
+        waiting: &[Waiting],
+        view: &View,
+    ) -> Option<usize> {
+        ids.min_by_key(|&i| (turn(&waiting[i], view), i))
+    }
+
+    /// The group-aware pick as first written: candidates found by scanning a list.
+    fn pick_by_scan(waiting: &[Waiting], view: &View) -> Option<usize> {
+        let mut candidates: Vec<usize> = Vec::new();
+        for i in (0..waiting.len()).filter(|&i| waiting[i].eligible) {
+            match candidates
+                .iter_mut()
+                .find(|c| waiting[**c].client == waiting[i].client)
+            {
+                Some(c) if (waiting[i].enqueued_ms, i) < (waiting[*c].enqueued_ms, *c) => *c = i,
+                Some(_) => {}
+                None => candidates.push(i),
+            }
+        }
+        let overdue = candidates
+            .iter()
+            .copied()
+            .filter(|&i| view.now_ms.saturating_sub(waiting[i].enqueued_ms) >= view.aging_ms);
+        if let Some(i) = overdue.min_by_key(|&i| (waiting[i].enqueued_ms, i)) {
+            return Some(i);
+        }
+        let on = |i: &usize| view.on_device.contains(&waiting[*i].base);
+        let resident = first_turn(candidates.iter().copied().filter(on), waiting, view);
+        let other = first_turn(candidates.iter().copied().filter(|i| !on(i)), waiting, view);
+        match (resident, other) {
+            (Some(r), Some(o)) => {
+                let gap = turn(&waiting[r], view).saturating_sub(turn(&waiting[o], view));
+                Some(if gap > view.switch_cost_ms { o } else { r })
+            }
+            (r, o) => r.or(o),
+        }
+    }
+
+    /// `order` as first written: pick from a copy of the rest, over and over.
+    fn order_by_copies(kind: PolicyKind, waiting: &[Waiting], view: &View) -> Vec<usize> {
+        let mut rest: Vec<usize> = (0..waiting.len()).collect();
+        let mut view = view.clone();
+        let mut out = Vec::new();
+        loop {
+            let sub: Vec<Waiting> = rest.iter().map(|&i| waiting[i].clone()).collect();
+            let k = match kind {
+                PolicyKind::Fifo => pick(kind, &sub, &view),
+                PolicyKind::GroupAware => pick_by_scan(&sub, &view),
+            };
+            let Some(k) = k else {
+                break;
+            };
+            let i = rest.remove(k);
+            view.on_device = BTreeSet::from([waiting[i].base.clone()]);
+            view.last_start
+                .insert(waiting[i].client.clone(), view.now_ms);
+            out.push(i);
+        }
+        out
+    }
+
+    #[test]
+    fn ordering_a_long_queue_in_place_equals_picking_from_copies() {
+        // A fixed pseudo-random queue: clients with several requests, three bases, ties in
+        // arrival time, some requests not yet eligible, some past the aging bound.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for round in 0..20 {
+            let waiting: Vec<Waiting> = (0..60)
+                .map(|_| Waiting {
+                    client: ClientId(format!("c{}", next(12))),
+                    base: BaseKey(format!("b{}", next(3))),
+                    enqueued_ms: next(40) * 1_000,
+                    eligible: next(8) != 0,
+                })
+                .collect();
+            let mut v = view(45_000, &["b0"], 2_000 + round * 500);
+            v.last_start.insert(ClientId("c3".into()), 20_000);
+            for kind in [PolicyKind::Fifo, PolicyKind::GroupAware] {
+                let fast = order(kind, &waiting, &v);
+                assert_eq!(fast, order_by_copies(kind, &waiting, &v), "round {round}");
+                assert_eq!(fast.len(), waiting.iter().filter(|w| w.eligible).count());
+            }
+        }
     }
 }

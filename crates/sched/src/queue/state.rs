@@ -243,8 +243,9 @@ impl State {
     pub fn update_positions(&mut self, now: u64) {
         let waiting = self.waiting();
         let mut order = policy::order(self.config.policy, &waiting, &self.view(now));
-        let blocked: Vec<usize> = (0..waiting.len()).filter(|i| !order.contains(i)).collect();
-        order.extend(blocked);
+        let mut ordered = vec![false; waiting.len()];
+        order.iter().for_each(|&i| ordered[i] = true);
+        order.extend((0..waiting.len()).filter(|&i| !ordered[i]));
         for (pos, &i) in order.iter().enumerate() {
             let q = &mut self.queued[i];
             if q.position == Some(pos) {
