@@ -1,13 +1,15 @@
 //! `lensd bench`: prefill and decode speed of the base in both compute dtypes, and the speed of
-//! a full logit-lens analysis, on one fixed text. `bench/run.sh` runs it beside llama.cpp.
+//! full logit-lens and tuned-lens analyses, on one fixed text. `bench/run.sh` runs it beside
+//! llama.cpp and the tuned-lens package. Every figure is the median of `reps` runs.
 
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use lensd_engine::generate::argmax;
 use lensd_engine::lens::analyze::{analyze, AnalyzeOptions};
+use lensd_engine::lens::tuned::TunedLens;
 use lensd_engine::lens::Lens;
 use lensd_engine::model::{KvCache, Logits};
 use lensd_engine::{Base, ComputeDtype, LoadOptions};
@@ -28,12 +30,39 @@ pub struct BenchOptions {
     pub reps: usize,
 }
 
+/// Timings of repeated runs, in seconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Timings {
+    pub seconds: Vec<f64>,
+    pub median_seconds: f64,
+}
+
+impl Timings {
+    fn new(mut seconds: Vec<f64>) -> Timings {
+        let mut sorted = seconds.clone();
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len();
+        let median_seconds = if n % 2 == 1 {
+            sorted[n / 2]
+        } else {
+            (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+        };
+        seconds.shrink_to_fit();
+        Timings {
+            seconds,
+            median_seconds,
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct DtypeResult {
     pub dtype: &'static str,
     pub load_seconds: f64,
     pub prefill_tokens_per_s: f64,
     pub decode_tokens_per_s: f64,
+    pub prefill: Timings,
+    pub decode: Timings,
     /// (layer, position) cells of a full logit-lens analysis per second, top-5 and statistics.
     pub lens_cells_per_s: f64,
     pub lens_cells: usize,
@@ -52,6 +81,33 @@ pub struct BenchReport {
     /// The token ids read (prompt and lens text are prefixes), so that peers can read the same.
     pub ids: Vec<u32>,
     pub results: Vec<DtypeResult>,
+    /// Full analyses in f32 (the dtype analyses run in), with their top-1 grids so that a peer
+    /// can check it computed the same.
+    pub analysis: LensAnalysis,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LensAnalysis {
+    pub dtype: &'static str,
+    pub tokens: usize,
+    pub layers: Vec<usize>,
+    pub top_k: usize,
+    pub reps: usize,
+    pub lenses: Vec<LensRun>,
+}
+
+/// One lens read at every layer and position: forward pass, lens, top-k and statistics.
+#[derive(Debug, Serialize)]
+pub struct LensRun {
+    pub lens: &'static str,
+    #[serde(flatten)]
+    pub timings: Timings,
+    pub tokens_per_s: f64,
+    pub cells_per_s: f64,
+    /// Layers × positions.
+    pub top1: Vec<Vec<u32>>,
+    pub top1_prob: Vec<Vec<f32>>,
+    pub entropy: Vec<Vec<f32>>,
 }
 
 pub fn prompt_ids(base: &Base, n: usize) -> Result<Vec<u32>> {
@@ -64,14 +120,14 @@ pub fn prompt_ids(base: &Base, n: usize) -> Result<Vec<u32>> {
     Ok(ids)
 }
 
-fn best_of<T>(reps: usize, mut f: impl FnMut() -> Result<T>) -> Result<f64> {
-    let mut best = f64::INFINITY;
+fn timed<T>(reps: usize, mut f: impl FnMut() -> Result<T>) -> Result<Timings> {
+    let mut seconds = Vec::with_capacity(reps);
     for _ in 0..reps {
         let t = Instant::now();
         f()?;
-        best = best.min(t.elapsed().as_secs_f64());
+        seconds.push(t.elapsed().as_secs_f64());
     }
-    Ok(best)
+    Ok(Timings::new(seconds))
 }
 
 /// Seconds to decode `n` greedy tokens (end-of-turn ignored) after `prompt`, prefill excluded.
@@ -101,42 +157,97 @@ fn one_dtype(model: &Path, compute: ComputeDtype, o: &BenchOptions) -> Result<Dt
     let load_seconds = t.elapsed().as_secs_f64();
     let m = &base.model;
     let prompt = prompt_ids(&base, o.prompt_tokens)?;
-    let prefill = best_of(o.reps, || {
+    let prefill = timed(o.reps, || {
         Ok(m.forward(&[&prompt], None, &[], Logits::Last)?)
     })?;
-    let mut decode = f64::INFINITY;
-    for _ in 0..o.reps {
-        decode = decode.min(decode_seconds(&base, &prompt, o.decode_tokens)?);
-    }
-    let lens_ids = prompt_ids(&base, o.lens_tokens)?;
-    let layers: Vec<usize> = (0..=m.cfg.n_layers).collect();
-    let cells = layers.len() * lens_ids.len();
-    let opts = AnalyzeOptions::new(layers, 5);
-    let lens = best_of(o.reps, || {
-        Ok(analyze(
-            &base,
-            &[&Lens::Logit],
-            &lens_ids,
-            &opts,
-            &mut |_| ControlFlow::Continue(()),
-        )?)
-    })?;
+    let decode = Timings::new(
+        (0..o.reps)
+            .map(|_| decode_seconds(&base, &prompt, o.decode_tokens))
+            .collect::<Result<_>>()?,
+    );
+    let logit = lens_run(&base, "logit", &Lens::Logit, o)?;
     Ok(DtypeResult {
         dtype: match compute {
             ComputeDtype::Stored => "stored",
             ComputeDtype::F32 => "f32",
         },
         load_seconds,
-        prefill_tokens_per_s: o.prompt_tokens as f64 / prefill,
-        decode_tokens_per_s: o.decode_tokens as f64 / decode,
-        lens_cells_per_s: cells as f64 / lens,
-        lens_cells: cells,
+        prefill_tokens_per_s: o.prompt_tokens as f64 / prefill.median_seconds,
+        decode_tokens_per_s: o.decode_tokens as f64 / decode.median_seconds,
+        prefill,
+        decode,
+        lens_cells_per_s: logit.cells_per_s,
+        lens_cells: logit.top1.len() * o.lens_tokens,
         weight_bytes_owned: base.bytes().owned,
         weight_bytes_mapped: base.bytes().mapped,
     })
 }
 
-pub fn run(model: &Path, o: &BenchOptions) -> Result<BenchReport> {
+const TOP_K: usize = 5;
+
+/// Times a full analysis of the lens text through one lens at every layer, and keeps the
+/// top-1 grid of the last run.
+fn lens_run(base: &Base, name: &'static str, lens: &Lens, o: &BenchOptions) -> Result<LensRun> {
+    let ids = prompt_ids(base, o.lens_tokens)?;
+    let layers: Vec<usize> = (0..=base.model.cfg.n_layers).collect();
+    let cells = layers.len() * ids.len();
+    let opts = AnalyzeOptions::new(layers, TOP_K);
+    let mut last = None;
+    let timings = timed(o.reps, || {
+        let out = analyze(base, &[lens], &ids, &opts, &mut |_| {
+            ControlFlow::Continue(())
+        })?;
+        last = out.into_iter().next();
+        Ok(())
+    })?;
+    let analysis = last.context("the analysis returned nothing")?;
+    let grid = |f: &dyn Fn(&lensd_core::analysis::Cell) -> f32| -> Vec<Vec<f32>> {
+        analysis
+            .layers
+            .iter()
+            .map(|row| row.positions.iter().map(f).collect())
+            .collect()
+    };
+    Ok(LensRun {
+        lens: name,
+        tokens_per_s: ids.len() as f64 / timings.median_seconds,
+        cells_per_s: cells as f64 / timings.median_seconds,
+        timings,
+        top1: analysis
+            .layers
+            .iter()
+            .map(|row| row.positions.iter().map(|c| c.top[0].id).collect())
+            .collect(),
+        top1_prob: grid(&|c| c.top[0].prob),
+        entropy: grid(&|c| c.entropy),
+    })
+}
+
+/// Full analyses through the logit lens and, when given, a tuned lens, in f32.
+fn analyses(model: &Path, tuned: Option<&Path>, o: &BenchOptions) -> Result<LensAnalysis> {
+    let base = Base::load(
+        model,
+        LoadOptions {
+            compute: ComputeDtype::F32,
+        },
+    )?;
+    let mut lenses = vec![lens_run(&base, "logit", &Lens::Logit, o)?];
+    if let Some(dir) = tuned {
+        let lens = TunedLens::load(dir, &base.model.cfg)
+            .with_context(|| format!("cannot load the tuned lens {}", dir.display()))?;
+        lenses.push(lens_run(&base, "tuned", &Lens::Tuned(lens), o)?);
+    }
+    Ok(LensAnalysis {
+        dtype: "f32",
+        tokens: o.lens_tokens,
+        layers: (0..=base.model.cfg.n_layers).collect(),
+        top_k: TOP_K,
+        reps: o.reps,
+        lenses,
+    })
+}
+
+pub fn run(model: &Path, tuned: Option<&Path>, o: &BenchOptions) -> Result<BenchReport> {
     ensure!(
         o.reps > 0 && o.prompt_tokens > 0 && o.decode_tokens > 0 && o.lens_tokens > 0,
         "every count must be at least 1"
@@ -145,6 +256,7 @@ pub fn run(model: &Path, o: &BenchOptions) -> Result<BenchReport> {
         one_dtype(model, ComputeDtype::Stored, o)?,
         one_dtype(model, ComputeDtype::F32, o)?,
     ];
+    let analysis = analyses(model, tuned, o)?;
     let base = Base::load(model, LoadOptions::default())?;
     let ids = prompt_ids(&base, o.prompt_tokens.max(o.lens_tokens))?;
     Ok(BenchReport {
@@ -156,5 +268,6 @@ pub fn run(model: &Path, o: &BenchOptions) -> Result<BenchReport> {
         reps: o.reps,
         ids,
         results,
+        analysis,
     })
 }

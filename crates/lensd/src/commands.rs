@@ -309,6 +309,61 @@ pub fn run(cmd: Command) -> Result<()> {
                 }
             }
         }
+        Command::BenchMemory {
+            model,
+            lens,
+            one,
+            format,
+        } => {
+            if let Some(layout) = one {
+                let layout = crate::bench_memory::parse_layout(&layout)?;
+                let runtime = tokio::runtime::Runtime::new()?;
+                let m =
+                    runtime.block_on(crate::bench_memory::measure(&model.model, &lens, layout))?;
+                return print_json(&m);
+            }
+            load(&model.model, crate::Dtype::Stored)?;
+            let model = std::fs::canonicalize(&model.model)?;
+            let lens = std::fs::canonicalize(&lens)
+                .with_context(|| format!("cannot find the lens {}", lens.display()))?;
+            let rows = crate::bench_memory::run(&model, &lens)?;
+            match format {
+                Format::Json => print_json(&rows),
+                Format::Table => {
+                    print!("{}", render::memory(&rows));
+                    Ok(())
+                }
+            }
+        }
+        Command::BenchWs {
+            url,
+            pid,
+            clients,
+            messages,
+            submits,
+            model_id,
+            timeout,
+            format,
+        } => {
+            let opts = crate::bench_ws::WsOptions {
+                url,
+                pid,
+                clients,
+                messages,
+                submits,
+                model: model_id,
+                timeout: std::time::Duration::from_secs(timeout),
+            };
+            let runtime = tokio::runtime::Runtime::new()?;
+            let r = runtime.block_on(crate::bench_ws::run(opts))?;
+            match format {
+                Format::Json => print_json(&r),
+                Format::Table => {
+                    print!("{}", render::ws(&r));
+                    Ok(())
+                }
+            }
+        }
         Command::BenchSwitch {
             model,
             corpus,
@@ -331,6 +386,7 @@ pub fn run(cmd: Command) -> Result<()> {
             prompt_tokens,
             decode_tokens,
             lens_tokens,
+            lens,
             reps,
             format,
         } => {
@@ -341,7 +397,7 @@ pub fn run(cmd: Command) -> Result<()> {
                 reps,
             };
             load(&model.model, crate::Dtype::Stored)?;
-            let r = crate::bench::run(&model.model, &opts)?;
+            let r = crate::bench::run(&model.model, lens.as_deref(), &opts)?;
             match format {
                 Format::Json => print_json(&r),
                 Format::Table => {

@@ -2,8 +2,10 @@
 //! tuned lenses and check a model-groups file, on the demo model by default.
 
 mod bench;
+mod bench_memory;
 mod bench_sched;
 mod bench_switch;
+mod bench_ws;
 mod commands;
 mod render;
 mod serve;
@@ -326,6 +328,52 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Measure resident memory with one base and 1, 2, 4 and 8 lenses, and with several groups
+    /// naming the same base, each in a fresh process, beside separate copies per model and the
+    /// original site's one base per group.
+    BenchMemory {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// A tuned lens to copy as the layouts' lenses.
+        #[arg(long, default_value = "models/lenses/smollm2-135m-tuned")]
+        lens: PathBuf,
+        /// Measure one layout, GROUPS,LENSES, in this process (what each child runs).
+        #[arg(long, hide = true)]
+        one: Option<String>,
+        /// Output: a readable table, or one JSON document.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Put a bounded WebSocket load on a running `lensd serve`: many clients connected at once,
+    /// `status` round trips, then analyses submitted and cancelled. Reports the message rate,
+    /// the submit-to-queued latency, the server's memory per connection, and whether every
+    /// request ended with exactly one terminal event.
+    BenchWs {
+        /// The server's WebSocket address.
+        #[arg(long, default_value = "ws://127.0.0.1:8000/ws")]
+        url: String,
+        /// The server's process id, to sample its memory, descriptors and threads.
+        #[arg(long)]
+        pid: Option<u32>,
+        /// Clients connected at once (the server's --max-connections must allow them).
+        #[arg(long, default_value_t = 500)]
+        clients: usize,
+        /// `status` round trips per client.
+        #[arg(long, default_value_t = 20)]
+        messages: usize,
+        /// Analyses each client submits and cancels (at most the server's rate-limit burst).
+        #[arg(long, default_value_t = 2)]
+        submits: usize,
+        /// The model the analyses name.
+        #[arg(long, default_value = "smollm2-logit")]
+        model_id: String,
+        /// Seconds after which the run fails.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        /// Output: a readable table, or one JSON document.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
     /// Measure prefill, decode and lens-analysis speed in both compute dtypes (see bench/run.sh
     /// for the comparison with llama.cpp).
     Bench {
@@ -337,11 +385,14 @@ enum Command {
         /// Tokens decoded after the prompt.
         #[arg(long, default_value_t = 128)]
         decode_tokens: usize,
-        /// Text length of the logit-lens analysis (all layers).
+        /// Text length of the lens analyses (all layers).
         #[arg(long, default_value_t = 64)]
         lens_tokens: usize,
-        /// Repetitions; the best is reported.
-        #[arg(long, default_value_t = 3)]
+        /// A tuned-lens folder to time beside the logit lens.
+        #[arg(long)]
+        lens: Option<PathBuf>,
+        /// Repetitions; the median is reported.
+        #[arg(long, default_value_t = 5)]
         reps: usize,
         /// Output: a readable table, or one JSON document.
         #[arg(long, value_enum, default_value_t = Format::Table)]

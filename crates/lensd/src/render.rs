@@ -8,8 +8,10 @@ use lensd_engine::inspect::InspectReport;
 use lensd_engine::lens::fit::FitReport;
 
 use crate::bench::BenchReport;
+use crate::bench_memory::MemoryRow;
 use crate::bench_sched::SchedRow;
 use crate::bench_switch::SwitchRow;
+use crate::bench_ws::WsReport;
 
 /// Widest a grid cell's token may be, in characters.
 const CELL: usize = 8;
@@ -223,7 +225,7 @@ pub fn bench(r: &BenchReport) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{} ({} threads; prefill {} tokens, decode {} tokens, lens {} tokens × all layers; best of {})",
+        "{} ({} threads; prefill {} tokens, decode {} tokens, lens {} tokens × all layers; median of {})",
         r.model, r.threads, r.prompt_tokens, r.decode_tokens, r.lens_tokens, r.reps
     );
     let _ = writeln!(
@@ -243,6 +245,73 @@ pub fn bench(r: &BenchReport) -> String {
             bytes(d.weight_bytes_owned + d.weight_bytes_mapped)
         );
     }
+    let a = &r.analysis;
+    let _ = writeln!(s, "analyses in {} (forward pass included):", a.dtype);
+    for l in &a.lenses {
+        let _ = writeln!(
+            s,
+            "{:<7} {:>8.3} s {:>10.1} tokens/s {:>10.0} cells/s",
+            l.lens, l.timings.median_seconds, l.tokens_per_s, l.cells_per_s
+        );
+    }
+    s
+}
+
+pub fn memory(rows: &[MemoryRow]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<7} {:>7} {:>12} {:>12} {:>16} {:>16}",
+        "groups", "lenses", "resident", "accounted", "separate copies", "original design"
+    );
+    for r in rows {
+        let m = &r.measured;
+        let _ = writeln!(
+            s,
+            "{:<7} {:>7} {:>12} {:>12} {:>16} {:>16}",
+            m.layout.groups,
+            m.layout.lenses,
+            bytes(r.rss_delta),
+            bytes(m.accounted_bytes),
+            bytes(r.separate_copies),
+            bytes(r.original_design)
+        );
+    }
+    s
+}
+
+pub fn ws(r: &WsReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{} clients connected in {:.2} s",
+        r.clients, r.connect_seconds
+    );
+    if let (Some(b), Some(c)) = (r.server_before, r.server_connected) {
+        let _ = writeln!(
+            s,
+            "server: {} → {} resident ({:.1} KiB per connection), {} → {} descriptors, {} → {} threads",
+            bytes(b.rss_bytes),
+            bytes(c.rss_bytes),
+            r.bytes_per_connection.unwrap_or(0.0) / 1024.0,
+            b.open_fds,
+            c.open_fds,
+            b.threads,
+            c.threads
+        );
+    }
+    let l = &r.message_latency;
+    let _ = writeln!(
+        s,
+        "{} status round trips: {:.0} messages/s, p50 {:.2} ms, p99 {:.2} ms",
+        r.messages, r.messages_per_s, l.p50_ms, l.p99_ms
+    );
+    let q = &r.submit_to_queued;
+    let _ = writeln!(
+        s,
+        "{} analyses: submit → queued p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms; {} cancelled, {} completed, {} failed, {} without exactly one terminal event; refused {:?}",
+        r.submitted, q.p50_ms, q.p95_ms, q.p99_ms, r.cancelled, r.completed, r.failed, r.without_one_terminal, r.refused
+    );
     s
 }
 
