@@ -20,8 +20,9 @@ pub use config::{ModelConfig, RopeStyle};
 pub use error::{EngineError, Result};
 pub use weights::{ComputeDtype, LoadOptions, WeightBytes};
 
-/// Threads candle computes with (`CANDLE_NUM_THREADS`, else `RAYON_NUM_THREADS`, else the
-/// physical cores).
+/// Threads candle's matrix products use: `RAYON_NUM_THREADS`, else the physical cores. The
+/// `lensd` binary sets `RAYON_NUM_THREADS` at start from `CANDLE_NUM_THREADS` when only that
+/// is given.
 pub fn compute_threads() -> usize {
     candle_core::utils::get_num_threads()
 }

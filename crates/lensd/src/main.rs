@@ -309,6 +309,9 @@ enum Command {
         /// Requests per client (the real run sends at most 4 each).
         #[arg(long, default_value_t = 12)]
         requests: usize,
+        /// Repetitions of the demo-model runs; each column's median is reported.
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
         /// Output: a readable table, or one JSON document.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
@@ -321,8 +324,8 @@ enum Command {
         /// Text to fit the benchmark's lens on.
         #[arg(long, default_value = "data/demo-corpus.txt")]
         corpus: PathBuf,
-        /// Repetitions; the best is reported.
-        #[arg(long, default_value_t = 3)]
+        /// Repetitions; the median is reported.
+        #[arg(long, default_value_t = 5)]
         reps: usize,
         /// Output: a readable table, or one JSON document.
         #[arg(long, value_enum, default_value_t = Format::Table)]
@@ -391,6 +394,12 @@ enum Command {
         /// A tuned-lens folder to time beside the logit lens.
         #[arg(long)]
         lens: Option<PathBuf>,
+        /// Run only this part, in --dtype, and print its timings (for a profiler).
+        #[arg(long, value_enum)]
+        only: Option<crate::bench::Part>,
+        /// The compute dtype of --only.
+        #[arg(long, value_enum, default_value_t = Dtype::F32)]
+        dtype: Dtype,
         /// Repetitions; the median is reported.
         #[arg(long, default_value_t = 5)]
         reps: usize,
@@ -400,7 +409,25 @@ enum Command {
     },
 }
 
+/// candle asks for its thread count on every CPU matrix product, and unless
+/// `RAYON_NUM_THREADS` is set that means reading `/proc/cpuinfo` each time: about 270 reads per
+/// decoded token of the demo model, a fifth of f32 decode time (`bench/run.sh`'s profile shows
+/// it as `show_cpuinfo`). Setting it once, before any thread starts, makes it an environment
+/// lookup. `CANDLE_NUM_THREADS`, which candle's matrix products would otherwise ignore, wins.
+fn pin_compute_threads() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_some() {
+        return;
+    }
+    let n = std::env::var("CANDLE_NUM_THREADS")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(lensd_engine::compute_threads);
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+}
+
 fn main() -> ExitCode {
+    pin_compute_threads();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
