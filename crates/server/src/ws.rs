@@ -29,6 +29,9 @@ use crate::state::{Phase, Shared};
 use crate::tracker::{self, Status, Tracked};
 use crate::views;
 
+/// Bytes read from a WebSocket at a time.
+const READ_BUFFER_BYTES: usize = 8 * 1024;
+
 /// Frames for the client, in order.
 enum Out {
     Message(ServerMessage),
@@ -56,6 +59,10 @@ pub async fn upgrade(
     Ok(ws
         .max_message_size(max)
         .max_frame_size(max)
+        // Client messages are small: an 8 KiB read buffer (larger messages still arrive whole)
+        // instead of the default 128 KiB keeps an idle connection at about 21 KiB of server
+        // memory rather than 140 KiB (`lensd bench-ws`).
+        .read_buffer_size(READ_BUFFER_BYTES)
         .on_upgrade(move |socket| async move {
             session(state.clone(), socket, caller).await;
             state.connections.fetch_sub(1, Ordering::SeqCst);

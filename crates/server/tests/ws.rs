@@ -156,6 +156,22 @@ async fn a_session_lists_groups_and_survives_malformed_messages() {
     )
     .await;
     assert_eq!(recv(&mut ws).await["error_type"], "unknown_model");
+    // A message many times the server's read buffer still arrives whole: the error quotes
+    // the length of its text.
+    let long = "a".repeat(100_000);
+    send(
+        &mut ws,
+        json!({"type": "analyze", "model_id": "pub-logit", "text": long}),
+    )
+    .await;
+    let e = recv(&mut ws).await;
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("`text` has 100000 characters"),
+        "{e}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
