@@ -38,20 +38,26 @@ pub struct Timings {
 }
 
 impl Timings {
-    fn new(mut seconds: Vec<f64>) -> Timings {
-        let mut sorted = seconds.clone();
-        sorted.sort_by(f64::total_cmp);
-        let n = sorted.len();
-        let median_seconds = if n % 2 == 1 {
-            sorted[n / 2]
-        } else {
-            (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-        };
-        seconds.shrink_to_fit();
+    fn new(seconds: Vec<f64>) -> Timings {
         Timings {
+            median_seconds: median(&seconds),
             seconds,
-            median_seconds,
         }
+    }
+}
+
+/// The median of measurements (the mean of the middle two for an even count).
+pub fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
 }
 
@@ -63,6 +69,8 @@ pub struct DtypeResult {
     pub decode_tokens_per_s: f64,
     pub prefill: Timings,
     pub decode: Timings,
+    /// The greedy tokens decoded after the prompt, for peers to check.
+    pub decode_ids: Vec<u32>,
     /// (layer, position) cells of a full logit-lens analysis per second, top-5 and statistics.
     pub lens_cells_per_s: f64,
     pub lens_cells: usize,
@@ -120,6 +128,11 @@ pub fn prompt_ids(base: &Base, n: usize) -> Result<Vec<u32>> {
     Ok(ids)
 }
 
+/// Like [`timed`] for runs that time themselves.
+fn timed_with(reps: usize, mut f: impl FnMut() -> Result<f64>) -> Result<Timings> {
+    Ok(Timings::new((0..reps).map(|_| f()).collect::<Result<_>>()?))
+}
+
 fn timed<T>(reps: usize, mut f: impl FnMut() -> Result<T>) -> Result<Timings> {
     let mut seconds = Vec::with_capacity(reps);
     for _ in 0..reps {
@@ -130,8 +143,9 @@ fn timed<T>(reps: usize, mut f: impl FnMut() -> Result<T>) -> Result<Timings> {
     Ok(Timings::new(seconds))
 }
 
-/// Seconds to decode `n` greedy tokens (end-of-turn ignored) after `prompt`, prefill excluded.
-fn decode_seconds(base: &Base, prompt: &[u32], n: usize) -> Result<f64> {
+/// Seconds to decode `n` greedy tokens (end-of-turn ignored) after `prompt`, prefill excluded,
+/// and the tokens.
+fn decode(base: &Base, prompt: &[u32], n: usize) -> Result<(f64, Vec<u32>)> {
     let m = &base.model;
     let mut cache = [KvCache::default()];
     let step = |ids: &[u32], cache: &mut [KvCache]| -> Result<u32> {
@@ -144,11 +158,13 @@ fn decode_seconds(base: &Base, prompt: &[u32], n: usize) -> Result<f64> {
         ))
     };
     let mut next = step(prompt, &mut cache)?;
+    let mut ids = Vec::with_capacity(n);
     let t = Instant::now();
     for _ in 0..n {
+        ids.push(next);
         next = step(&[next], &mut cache)?;
     }
-    Ok(t.elapsed().as_secs_f64())
+    Ok((t.elapsed().as_secs_f64(), ids))
 }
 
 fn one_dtype(model: &Path, compute: ComputeDtype, o: &BenchOptions) -> Result<DtypeResult> {
@@ -160,11 +176,12 @@ fn one_dtype(model: &Path, compute: ComputeDtype, o: &BenchOptions) -> Result<Dt
     let prefill = timed(o.reps, || {
         Ok(m.forward(&[&prompt], None, &[], Logits::Last)?)
     })?;
-    let decode = Timings::new(
-        (0..o.reps)
-            .map(|_| decode_seconds(&base, &prompt, o.decode_tokens))
-            .collect::<Result<_>>()?,
-    );
+    let mut decode_ids = Vec::new();
+    let decode = timed_with(o.reps, || {
+        let (s, ids) = decode(&base, &prompt, o.decode_tokens)?;
+        decode_ids = ids;
+        Ok(s)
+    })?;
     let logit = lens_run(&base, "logit", &Lens::Logit, o)?;
     Ok(DtypeResult {
         dtype: match compute {
@@ -176,6 +193,7 @@ fn one_dtype(model: &Path, compute: ComputeDtype, o: &BenchOptions) -> Result<Dt
         decode_tokens_per_s: o.decode_tokens as f64 / decode.median_seconds,
         prefill,
         decode,
+        decode_ids,
         lens_cells_per_s: logit.cells_per_s,
         lens_cells: logit.top1.len() * o.lens_tokens,
         weight_bytes_owned: base.bytes().owned,
@@ -270,4 +288,25 @@ pub fn run(model: &Path, tuned: Option<&Path>, o: &BenchOptions) -> Result<Bench
         results,
         analysis,
     })
+}
+
+/// One part of the benchmark, run alone (for a profiler).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    Prefill,
+    Decode,
+    Analysis,
+}
+
+/// Runs one part `reps` times in one compute dtype and returns its timings.
+pub fn part(model: &Path, part: Part, compute: ComputeDtype, o: &BenchOptions) -> Result<Timings> {
+    let base = Base::load(model, LoadOptions { compute })?;
+    let prompt = prompt_ids(&base, o.prompt_tokens)?;
+    match part {
+        Part::Prefill => timed(o.reps, || {
+            Ok(base.model.forward(&[&prompt], None, &[], Logits::Last)?)
+        }),
+        Part::Decode => timed_with(o.reps, || Ok(decode(&base, &prompt, o.decode_tokens)?.0)),
+        Part::Analysis => Ok(lens_run(&base, "logit", &Lens::Logit, o)?.timings),
+    }
 }

@@ -18,6 +18,8 @@ use lensd_sched::fake::FakeEngine;
 use lensd_sched::queue::{PolicyKind, QueueConfig, Scheduler};
 use lensd_sched::residency::{Options, Residency};
 use serde::Serialize;
+
+use crate::bench::median;
 use tokio::time::Instant;
 
 #[derive(Debug, Serialize)]
@@ -30,6 +32,24 @@ pub struct SchedRow {
     pub wait_p50_ms: f64,
     pub wait_p95_ms: f64,
     pub base_swaps: usize,
+    /// Runs the row is the median of (each column's median on its own).
+    pub runs: usize,
+}
+
+/// Each column's median over runs of the same workload and policy.
+fn median_row(rows: Vec<SchedRow>) -> SchedRow {
+    let col = |f: fn(&SchedRow) -> f64| median(&rows.iter().map(f).collect::<Vec<_>>());
+    SchedRow {
+        workload: rows[0].workload,
+        policy: rows[0].policy,
+        requests: rows[0].requests,
+        seconds: col(|r| r.seconds),
+        requests_per_s: col(|r| r.requests_per_s),
+        wait_p50_ms: col(|r| r.wait_p50_ms),
+        wait_p95_ms: col(|r| r.wait_p95_ms),
+        base_swaps: col(|r| r.base_swaps as f64).round() as usize,
+        runs: rows.len(),
+    }
 }
 
 /// One request of the workload: who, when, which model, how long a text.
@@ -155,6 +175,7 @@ fn row(
         wait_p50_ms: percentile(waits, 0.5),
         wait_p95_ms: percentile(waits, 0.95),
         base_swaps: swaps,
+        runs: 1,
     }
 }
 
@@ -310,7 +331,10 @@ async fn cancel_latency(model: &Path) -> Result<f64> {
     Ok(t.elapsed().as_secs_f64() * 1e3)
 }
 
-pub fn run(model: &Path, clients: usize, per_client: usize) -> Result<SchedReport> {
+/// The simulation once per policy (it is deterministic), the demo-model run `reps` times per
+/// policy, alternating, with each column's median reported.
+pub fn run(model: &Path, clients: usize, per_client: usize, reps: usize) -> Result<SchedReport> {
+    anyhow::ensure!(reps > 0, "reps must be at least 1");
     let model =
         std::fs::canonicalize(model).with_context(|| format!("cannot find {}", model.display()))?;
     let mut rows = Vec::new();
@@ -323,9 +347,21 @@ pub fn run(model: &Path, clients: usize, per_client: usize) -> Result<SchedRepor
         rows.push(rt.block_on(simulated(policy, clients, per_client))?);
     }
     let rt = tokio::runtime::Runtime::new()?;
-    for policy in [PolicyKind::Fifo, PolicyKind::GroupAware] {
-        rows.push(rt.block_on(real(&model, policy, clients.min(4), per_client.min(4)))?);
+    let (mut fifo, mut aware) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        for (policy, runs) in [
+            (PolicyKind::Fifo, &mut fifo),
+            (PolicyKind::GroupAware, &mut aware),
+        ] {
+            runs.push(rt.block_on(real(&model, policy, clients.min(4), per_client.min(4)))?);
+        }
     }
-    let cancel_ms = rt.block_on(cancel_latency(&model))?;
+    rows.push(median_row(fifo));
+    rows.push(median_row(aware));
+    let cancel_ms = median(
+        &(0..reps)
+            .map(|_| rt.block_on(cancel_latency(&model)))
+            .collect::<Result<Vec<_>>>()?,
+    );
     Ok(SchedReport { rows, cancel_ms })
 }

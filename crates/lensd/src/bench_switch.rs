@@ -8,6 +8,8 @@ use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
 use lensd::runtime::trim_heap;
+
+use crate::bench::median;
 use lensd::service::Service;
 use lensd_core::residency::Tier;
 use lensd_engine::lens::fit::{fit_tuned_lens, FitOptions};
@@ -19,9 +21,9 @@ use serde::Serialize;
 pub struct SwitchRow {
     pub switch: &'static str,
     pub bytes: u64,
-    /// Best time through the residency manager, milliseconds.
+    /// Median time through the residency manager, milliseconds.
     pub lensd_ms: f64,
-    /// Best time to read the same files with a cold page cache, when the switch reads a disk.
+    /// Median time to read the same files with a cold page cache, when the switch reads a disk.
     pub raw_read_ms: Option<f64>,
     /// What the original site documented for the same kind of switch.
     pub original: &'static str,
@@ -145,19 +147,19 @@ pub async fn run(model: &Path, corpus: &Path, reps: usize) -> Result<Vec<SwitchR
         .map(|m| m.len())
         .sum();
     let model_bytes = model.metadata()?.len();
-    let mut best = [f64::INFINITY; 5];
-    let mut raw = [f64::INFINITY; 2];
+    let mut times: [Vec<f64>; 5] = Default::default();
+    let mut raw: [Vec<f64>; 2] = Default::default();
     for _ in 0..reps {
         // A fresh service each round, so that every "from disk" really reads the disk.
         let service = Service::start(&cfg).await?;
         cold(model)?;
-        best[0] = best[0].min(timed_acquire(&service, "f32-logit").await?);
+        times[0].push(timed_acquire(&service, "f32-logit").await?);
         cold(&a)?;
-        best[1] = best[1].min(timed_acquire(&service, "a").await?);
+        times[1].push(timed_acquire(&service, "a").await?);
         cold(model)?;
-        best[2] = best[2].min(timed_acquire(&service, "stored-logit").await?);
+        times[2].push(timed_acquire(&service, "stored-logit").await?);
         // The f32 base now waits on the host; coming back is a relabel.
-        best[3] = best[3].min(timed_acquire(&service, "f32-logit").await?);
+        times[3].push(timed_acquire(&service, "f32-logit").await?);
         // Lens b straight to the host, then switching to it.
         let mut events = service.residency.preload("f32", Tier::Host).await?;
         while let Some(ev) = events.recv().await {
@@ -169,45 +171,45 @@ pub async fn run(model: &Path, corpus: &Path, reps: usize) -> Result<Vec<SwitchR
                 _ => {}
             }
         }
-        best[4] = best[4].min(timed_acquire(&service, "b").await?);
+        times[4].push(timed_acquire(&service, "b").await?);
         drop(service);
-        raw[0] = raw[0].min(raw_read_ms(model)?);
-        raw[1] = raw[1].min(raw_read_ms(&a)?);
+        raw[0].push(raw_read_ms(model)?);
+        raw[1].push(raw_read_ms(&a)?);
     }
     Ok(vec![
         SwitchRow {
             switch: "lens, from host (within a group)",
             bytes: lens_bytes,
-            lensd_ms: best[4],
+            lensd_ms: median(&times[4]),
             raw_read_ms: None,
             original: "about 10 s",
         },
         SwitchRow {
             switch: "lens, from disk, cold page cache (within a group)",
             bytes: lens_bytes,
-            lensd_ms: best[1],
-            raw_read_ms: Some(raw[1]),
+            lensd_ms: median(&times[1]),
+            raw_read_ms: Some(median(&raw[1])),
             original: "about 10 s",
         },
         SwitchRow {
             switch: "base, from host (between groups)",
             bytes: model_bytes,
-            lensd_ms: best[3],
+            lensd_ms: median(&times[3]),
             raw_read_ms: None,
             original: "1-2 min",
         },
         SwitchRow {
             switch: "base f32, from disk, cold page cache",
             bytes: model_bytes,
-            lensd_ms: best[0],
-            raw_read_ms: Some(raw[0]),
+            lensd_ms: median(&times[0]),
+            raw_read_ms: Some(median(&raw[0])),
             original: "1-2 min",
         },
         SwitchRow {
             switch: "base stored (Q4_1, mapped), from disk, cold page cache",
             bytes: model_bytes,
-            lensd_ms: best[2],
-            raw_read_ms: Some(raw[0]),
+            lensd_ms: median(&times[2]),
+            raw_read_ms: Some(median(&raw[0])),
             original: "1-2 min",
         },
     ])

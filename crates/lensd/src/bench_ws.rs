@@ -244,8 +244,31 @@ async fn submissions(ws: &mut Socket, o: &WsOptions, log: &mut ClientLog) -> Res
     Ok(())
 }
 
+/// One analysis run to its end, so that the model is loaded before anything is measured.
+async fn warm_up(o: &WsOptions) -> Result<()> {
+    let mut ws = connect(&o.url).await?;
+    let msg = json!({"type": "analyze", "model_id": o.model, "text": TEXT,
+                     "options": {"layers": "30", "top_k": 1}});
+    ws.send(Message::text(msg.to_string())).await?;
+    let accepted = wait_for(&mut ws, &["accepted"], None).await?;
+    let id = accepted["request_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let end = wait_for(&mut ws, &["completed", "cancelled", "error"], Some(&id)).await?;
+    anyhow::ensure!(
+        end["type"] == "completed",
+        "the warm-up analysis did not complete: {end}"
+    );
+    ws.close(None).await?;
+    Ok(())
+}
+
 pub async fn run(o: WsOptions) -> Result<WsReport> {
-    let before = sample(o.pid);
+    let idle = sample(o.pid);
+    warm_up(&o).await?;
+    // The model is loaded and the warm-up connection released.
+    let before = wait_for_release(o.pid, idle).await;
     let started = Instant::now();
     // Bounded concurrency while connecting, so that the listen backlog never overflows.
     let gate = Arc::new(Semaphore::new(64));

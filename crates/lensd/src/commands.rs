@@ -293,10 +293,11 @@ pub fn run(cmd: Command) -> Result<()> {
             model,
             clients,
             requests,
+            reps,
             format,
         } => {
             load(&model.model, crate::Dtype::Stored)?;
-            let report = crate::bench_sched::run(&model.model, clients, requests)?;
+            let report = crate::bench_sched::run(&model.model, clients, requests, reps)?;
             match format {
                 Format::Json => print_json(&report),
                 Format::Table => {
@@ -387,6 +388,8 @@ pub fn run(cmd: Command) -> Result<()> {
             decode_tokens,
             lens_tokens,
             lens,
+            only,
+            dtype,
             reps,
             format,
         } => {
@@ -396,6 +399,10 @@ pub fn run(cmd: Command) -> Result<()> {
                 lens_tokens,
                 reps,
             };
+            if let Some(part) = only {
+                let t = crate::bench::part(&model.model, part, dtype.into(), &opts)?;
+                return print_json(&t);
+            }
             load(&model.model, crate::Dtype::Stored)?;
             let r = crate::bench::run(&model.model, lens.as_deref(), &opts)?;
             match format {

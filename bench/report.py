@@ -1,0 +1,270 @@
+#!/usr/bin/env python3
+"""Writes docs/benchmarks.md from the JSON files bench/run.sh leaves in bench/results/."""
+
+import argparse
+import json
+import platform
+import subprocess
+from pathlib import Path
+
+MIB = 1024 * 1024
+
+
+def load(results, name):
+    return json.loads((results / name).read_text())
+
+
+def machine():
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
+                if l.startswith("model name")), platform.processor())
+    cores = sum(1 for l in open("/proc/cpuinfo") if l.startswith("processor"))
+    mem = next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal"))
+    return f"{cpu}, {cores} cores, {mem / 1024 / 1024:.0f} GiB, Linux {platform.release()}"
+
+
+def commit():
+    def git(*a):
+        return subprocess.run(["git", *a], capture_output=True, text=True).stdout.strip()
+    dirty = " with uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else ""
+    return f"`{git('rev-parse', '--short', 'HEAD')}`{dirty}"
+
+
+def ratio(ours, theirs, higher_is_better=True):
+    r = ours / theirs if higher_is_better else theirs / ours
+    return f"{r:.2f}×", ("lensd ahead" if r >= 1.05 else "lensd behind" if r <= 0.95 else "even")
+
+
+def table(head, rows):
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+# What a symbol at the top of a profile means, for the symbols these profiles show.
+MEANING = {
+    "vec_dot_unopt": "candle's Q4_1 dot product is its portable scalar fallback (`vec_dot_unopt`): "
+                     "candle has no SIMD kernel for this block type, where llama.cpp has AVX2/AVX-512 ones",
+    "gemm_basic": "f32 matrix-vector products (`gemm_basic`) that stream every f32 weight for each "
+                  "decoded token: the f32 base is 5.5× the bytes of the Q4_1 file llama.cpp reads",
+    "show_cpuinfo": "the kernel formatting /proc/cpuinfo, which a thread-count lookup reads",
+    "__rust_begin_short_backtrace": "the compute threads' own loop (the pool's waiting for work "
+                                    "is inlined there)",
+    "row_stats": "lensd's per-cell statistics (softmax, entropy, KL, rank) over the vocabulary",
+}
+
+
+def profile(results, part, dtype, top=4):
+    """The top symbols of a profile as (percent, symbol, meaning or None)."""
+    f = results / f"profile-{part}-{dtype}.txt"
+    if not f.exists():
+        return None
+    rows = []
+    for line in f.read_text().splitlines()[:top]:
+        pct, _, rest = line.strip().partition("%")
+        kernel = "[k]" in rest
+        sym = rest.replace("[.]", "").replace("[k]", "").strip().split("  ")[0].strip()
+        sym = sym.replace("candle_core::quantized::k_quants::", "")
+        meaning = next((m for k, m in MEANING.items() if k in sym), None)
+        rows.append((pct.strip(), ("kernel: " if kernel else "") + sym, meaning))
+    return rows
+
+
+def forward_section(res, lensd, llama, tl):
+    by = {r["dtype"]: r for r in lensd["results"]}
+    lenses = {l["lens"]: l for l in lensd["analysis"]["lenses"]}
+    peer = {l["lens"]: l for l in tl["lenses"]}
+    rows, behind = [], []
+
+    def row(measure, dtype, ours, theirs, peer_name, part=None):
+        r, where = ratio(ours, theirs)
+        rows.append([measure, dtype, f"{ours:.1f}", f"{theirs:.1f}", peer_name, r, where])
+        if where == "lensd behind" and part:
+            behind.append((measure, dtype, part))
+
+    ll = llama["engine"]
+    row("prefill, tokens/s", "f32", by["f32"]["prefill_tokens_per_s"], llama["prefill_tokens_per_s"], ll, ("prefill", "f32"))
+    row("prefill, tokens/s", "stored (Q4_1)", by["stored"]["prefill_tokens_per_s"], llama["prefill_tokens_per_s"], ll, ("prefill", "stored"))
+    row("decode, tokens/s", "stored (Q4_1)", by["stored"]["decode_tokens_per_s"], llama["decode_tokens_per_s"], ll, ("decode", "stored"))
+    row("decode, tokens/s", "f32", by["f32"]["decode_tokens_per_s"], llama["decode_tokens_per_s"], ll, ("decode", "f32"))
+    for name in ("logit", "tuned"):
+        if name in lenses and name in peer:
+            row(f"full {name}-lens analysis, tokens/s", "f32", lenses[name]["tokens_per_s"],
+                peer[name]["tokens_per_s"], tl["engine"], ("analysis", "f32"))
+    a = lensd["analysis"]
+    out = [
+        "## Forward passes and lens analyses",
+        "",
+        f"Same GGUF file, same {lensd['prompt_tokens']}-token prompt ids, {lensd['threads']} threads everywhere. "
+        "Higher is better in every row; the ratio is lensd ÷ peer.",
+        "",
+        "- **prefill**: one forward pass over the prompt from an empty cache;",
+        f"- **decode**: {lensd['decode_tokens']} greedy tokens one at a time after the prompt;",
+        f"- **full analysis**: a {a['tokens']}-token text read at all {len(a['layers'])} layers "
+        f"({len(a['layers']) * a['tokens']:,} cells), each cell reduced to top-{a['top_k']}, entropy, "
+        "KL to the final output, rank of the final top-1 and next-token cross-entropy, forward pass "
+        "included. The peer is the tuned-lens package (`LogitLens`, `TunedLens`) on transformers, "
+        "with the GGUF dequantized to f32 and saved as safetensors, and lensd's tuned lens saved "
+        "as the package's `params.pt`.",
+        "",
+        "`stored` keeps the file's Q4_1/Q8_0 blocks (memory-mapped); `f32` dequantizes at load. "
+        "lensd analyses in f32 and generates in the stored dtype by default.",
+        "",
+        table(["measure", "lensd dtype", "lensd", "peer", "peer", "ratio", "where lensd stands"], rows),
+        "",
+        f"Load: lensd stored {by['stored']['load_seconds']:.3f} s, f32 {by['f32']['load_seconds']:.3f} s; "
+        f"llama.cpp {llama['load_seconds']:.3f} s; transformers (safetensors, f32) "
+        f"{tl['model_load_seconds']:.3f} s plus {tl['lens_load_seconds']:.3f} s for the tuned lens.",
+        "",
+        "Equal work, checked before timing:",
+        "",
+    ]
+    ag = llama["agreement"]
+    out.append(f"- llama.cpp's greedy continuation equals lensd's (stored dtype) for "
+               f"{ag['decode_same_prefix']} of {ag['decode_tokens']} tokens; its top-1 equals lensd's "
+               f"final layer at {ag['positions'] - ag['top1_differ']} of {ag['positions']} positions "
+               f"({ag['top1_differ_near_ties']} differ, all near ties: llama.cpp quantizes activations "
+               "for its quantized products, lensd's analysis is f32).")
+    for l in tl["lenses"]:
+        g = l["agreement"]
+        out.append(f"- tuned-lens `{l['lens']}`: top-1 equal in {g['same_top1']} of {g['cells']} cells "
+                   f"({g['near_tie_mismatches']} near ties), top-1 probability within "
+                   f"{g['max_top1_prob_diff']:.1e}, entropy within {g['max_entropy_diff']:.1e} nats.")
+    return out, behind
+
+
+def switch_section(sw):
+    rows = [[r["switch"], f"{r['bytes'] / MIB:.1f} MiB", f"{r['lensd_ms']:.2f} ms",
+             f"{r['raw_read_ms']:.1f} ms" if r["raw_read_ms"] is not None else "–", r["original"]]
+            for r in sw]
+    return ["## Switching", "",
+            "`lensd bench-switch`: moving between models through the residency manager on the demo "
+            "model. The same GGUF in two compute dtypes acts as two bases (the device budget holds "
+            "one); a fitted tuned lens written twice acts as two lenses of a group. Lower is better. "
+            "Beside each switch that reads a disk: the time to merely read the same files with a "
+            "cold page cache (the physical limit), and the original site's documented time for the "
+            "same kind of switch (for 9–27B bases on GPUs; given for scale, not measured here).", "",
+            table(["switch", "bytes", "lensd (median)", "raw read, cold cache", "original (documented)"], rows)]
+
+
+def memory_section(mem):
+    rows = []
+    for r in mem:
+        lay = r["layout"]
+        ours = r["rss_delta"]
+        rows.append([lay["groups"], lay["lenses"], f"{ours / MIB:.0f} MiB",
+                     f"{r['accounted_bytes'] / MIB:.0f} MiB",
+                     f"{r['separate_copies'] / MIB:.0f} MiB ({r['separate_copies'] / ours:.1f}×)",
+                     f"{r['original_design'] / MIB:.0f} MiB ({r['original_design'] / ours:.1f}×)"])
+    return ["## Memory", "",
+            "`lensd bench-memory`: the process's resident memory (RSS) with every model of the "
+            "layout loaded and leased, each layout in a fresh process, the demo base in f32 and "
+            "copies of the demo tuned lens (38 MiB each). Lower is better. *Accounted* is what "
+            "lensd's residency manager counts; the rest of the resident memory is the runtime, "
+            "tokenizer and allocator. The comparisons are computed from the measured base-alone "
+            "row and the lens size: *separate copies* is a base and a lens per model (a process "
+            "per model); *original design* is a base per group, as the original site loads one "
+            "even when groups name the same base, plus each lens.", "",
+            table(["groups", "tuned lenses", "lensd resident", "lensd accounted",
+                   "separate copies (÷ lensd)", "original design (÷ lensd)"], rows)]
+
+
+def sched_section(sched):
+    rows = [[r["workload"], r["policy"], r["requests"], f"{r['seconds']:.1f}", f"{r['requests_per_s']:.2f}",
+             f"{r['wait_p50_ms']:.0f} ms", f"{r['wait_p95_ms']:.0f} ms", r["base_swaps"], r["runs"]]
+            for r in sched["rows"]]
+    return ["## Scheduling", "",
+            "`lensd bench-sched`: one workload under both policies. Simulated: 8 clients × 12 "
+            "analyses, each client mostly on one group and now and then on another, three groups on "
+            "three bases, the device holding one, with the fake engine and the demo model's measured "
+            "costs in virtual time (deterministic, one run). Demo model: 4 clients × 4 analyses, the "
+            "same GGUF as an f32 and a stored base with a budget that holds one; the median of "
+            "several runs per column. Higher requests/s, lower waits and fewer swaps are better.", "",
+            table(["workload", "policy", "requests", "seconds", "requests/s", "wait p50", "wait p95",
+                   "base swaps", "runs"], rows), "",
+            f"Cancelling a running analysis took {sched['cancel_ms']:.0f} ms (median) from the cancel "
+            "to its `cancelled` event."]
+
+
+def ws_section(ws):
+    b, c, a = ws["server_before"], ws["server_connected"], ws["server_after_close"]
+    q, m = ws["submit_to_queued"], ws["message_latency"]
+    refused = ", ".join(f"{n} `{k}`" for k, n in ws["refused"].items()) or "none"
+    rows = [
+        ["WebSocket connections held at once", ws["clients"], "more"],
+        ["time to open them (64 at a time)", f"{ws['connect_seconds']:.2f} s", "less"],
+        ["server memory per connection", f"{ws['bytes_per_connection'] / 1024:.0f} KiB", "less"],
+        ["server resident: before → connected → after close",
+         f"{b['rss_bytes'] / MIB:.0f} → {c['rss_bytes'] / MIB:.0f} → {a['rss_bytes'] / MIB:.0f} MiB", "back down"],
+        ["server descriptors: before → connected → after close",
+         f"{b['open_fds']} → {c['open_fds']} → {a['open_fds']}", "back to the start"],
+        ["server threads: before → connected", f"{b['threads']} → {c['threads']}", "constant"],
+        ["`status` round trips per second (all clients at once)", f"{ws['messages_per_s']:.0f}", "more"],
+        ["`status` round trip p50 / p99", f"{m['p50_ms']:.1f} / {m['p99_ms']:.1f} ms", "less"],
+        ["analyses submitted (every client at once)", ws["submitted"], ""],
+        ["submit → `queued` p50 / p95 / p99", f"{q['p50_ms']:.0f} / {q['p95_ms']:.0f} / {q['p99_ms']:.0f} ms", "less"],
+        ["refused at the door", refused, "a clear error, nothing lost"],
+        ["ended cancelled / completed / failed",
+         f"{ws['cancelled']} / {ws['completed']} / {ws['failed']}", ""],
+        ["requests without exactly one terminal event", ws["without_one_terminal"], "0"],
+    ]
+    return ["## Server under load", "",
+            f"`lensd bench-ws` against `lensd serve` on loopback (the default config, the demo "
+            f"model). {ws['clients']} clients connect and stay connected; each makes "
+            f"{ws['messages'] // max(ws['clients'], 1)} `status` round trips, then submits analyses "
+            "all at once, waits for `queued`, cancels and waits for the request's end. There is no "
+            "peer: the original site's server had no admission control or queue bound to compare.",
+            "", table(["measure", "lensd", "better"], rows)]
+
+
+def behind_section(results, behind):
+    out = ["## Where lensd is behind, and why", "",
+           "Profiles from `perf record` of `lensd bench --only PART --dtype DTYPE` in the same run: "
+           "the symbols with the largest share of samples.", ""]
+    seen = set()
+    for measure, dtype, (part, dt) in behind:
+        if (part, dt) in seen:
+            continue
+        seen.add((part, dt))
+        prof = profile(results, part, dt)
+        if not prof:
+            out.append(f"- **{measure}, {dtype}**: no profile (perf is missing).")
+            continue
+        out.append(f"- **{measure}, {dtype}**:")
+        for pct, sym, meaning in prof:
+            out.append(f"  - {pct} % `{sym[:120]}`" + (f": {meaning}." if meaning else ""))
+    if not behind:
+        out.append("- nowhere in this run.")
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--results", type=Path, default=Path("bench/results"))
+    ap.add_argument("--reps", type=int, default=5)
+    a = ap.parse_args()
+    r = a.results
+    lensd, llama, tl = load(r, "lensd.json"), load(r, "llamacpp.json"), load(r, "tunedlens.json")
+    stages = [l.split("\t") for l in (r / "stages.tsv").read_text().splitlines()]
+    forward, behind = forward_section(r, lensd, llama, tl)
+    doc = [
+        "# Benchmarks", "",
+        "Written by `bench/run.sh`, which sets up the peers from the package registries, runs every "
+        "measurement below in one go and regenerates this file. Every figure is the median of "
+        f"{a.reps} runs unless a table says otherwise; compare the ratios, not the absolute times, "
+        "between machines. Benchmarks are not tests.", "",
+        f"- machine: {machine()}",
+        f"- lensd {commit()}, {lensd['threads']} compute threads",
+        f"- peers: {llama['engine']}; {tl['engine']}",
+        "- time of the run: " + ", ".join(f"{name} {int(s) // 60} min {int(s) % 60} s" for name, s in stages),
+        "",
+    ]
+    doc += forward + [""] + behind_section(r, behind) + [""]
+    doc += switch_section(load(r, "switch.json")) + [""]
+    doc += memory_section(load(r, "memory.json")) + [""]
+    doc += sched_section(load(r, "sched.json")) + [""]
+    doc += ws_section(load(r, "ws.json"))
+    print("\n".join(doc))
+
+
+if __name__ == "__main__":
+    main()
