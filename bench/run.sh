@@ -41,10 +41,14 @@ scripts/prepare-demo-corpus.sh >/dev/null
 # The peers' venv downloads several GB and compiles llama.cpp; it runs beside the cargo build,
 # which it mostly waits for the network during.
 log "peers (tools/setup-venv.sh, log in $out/setup-venv.log) beside the lensd build"
-tools/setup-venv.sh >"$out/setup-venv.log" 2>&1 &
+(
+  started=$(date +%s)
+  tools/setup-venv.sh >"$out/setup-venv.log" 2>&1
+  echo "$(($(date +%s) - started))" >"$out/setup-venv.seconds"
+) &
 venv_pid=$!
 cargo build --release -p lensd
-stage "build lensd"
+stage "fetch the demo model, build lensd"
 if [ ! -f "$lens/params.safetensors" ]; then
   log "fitting the demo tuned lens"
   "$lensd" fit-lens --corpus data/demo-corpus.txt --out "$lens" >/dev/null
@@ -55,7 +59,8 @@ if ! wait "$venv_pid"; then
   log "tools/setup-venv.sh failed"
   exit 1
 fi
-stage "set up the peers"
+stage "waiting for the peers' setup after that"
+printf 'peers set up beside the build and fit\t%s\n' "$(cat "$out/setup-venv.seconds")" >>"$stages"
 if ! command -v perf >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   log "installing perf (linux-perf)"
   apt-get install -y -q linux-perf >/dev/null 2>&1 || log "perf could not be installed; no profiles"

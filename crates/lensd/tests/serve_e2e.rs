@@ -377,3 +377,63 @@ async fn an_admin_reloads_the_configuration_of_a_running_server() {
     );
     server.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_generator_sees_every_request_end_once_and_connections_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("model_groups.json");
+    let doc = json!({"model_groups": [{"group_id": "demo", "group_name": "SmolLM2",
+        "base_model_path": common::demo_model(),
+        "models": [{"id": "logit", "name": "Logit", "lens": "logit"}]}],
+        "settings": {"device_budget": "2GiB", "host_budget": "1GiB"}});
+    std::fs::write(&cfg, doc.to_string()).unwrap();
+    let server = Server::start(&cfg, &dir.path().join("data"));
+    let out = tokio::task::spawn_blocking({
+        let url = format!("ws://{}/ws", server.addr);
+        let pid = server.child.id().to_string();
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_lensd"))
+                .args(["bench-ws", "--url", &url, "--pid", &pid, "--clients", "40"])
+                .args(["--messages", "3", "--submits", "2", "--model-id", "logit"])
+                .args(["--timeout", "120", "--format", "json"])
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (r["messages"].as_u64(), r["submitted"].as_u64()),
+        (Some(120), Some(80))
+    );
+    let refused: u64 = r["refused"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    let ended = ["cancelled", "completed", "failed"]
+        .iter()
+        .map(|k| r[k].as_u64().unwrap())
+        .sum::<u64>();
+    assert_eq!(
+        ended + refused,
+        80,
+        "every submission is accounted for: {r}"
+    );
+    assert_eq!(r["without_one_terminal"], 0, "{r}");
+    assert_eq!(r["submit_to_queued"]["count"].as_u64(), Some(80 - refused));
+    // The server sampled while the clients were connected holds one descriptor per client
+    // more, and gives them all back once they close.
+    let fds = |k: &str| r[k]["open_fds"].as_u64().unwrap();
+    assert!(fds("server_connected") >= fds("server_before") + 40, "{r}");
+    assert!(fds("server_after_close") <= fds("server_before"), "{r}");
+    assert!(r["bytes_per_connection"].as_f64().unwrap() > 0.0);
+    server.stop();
+}
