@@ -4,7 +4,6 @@
 import argparse
 import json
 import platform
-import subprocess
 from pathlib import Path
 
 MIB = 1024 * 1024
@@ -20,14 +19,6 @@ def machine():
     cores = sum(1 for l in open("/proc/cpuinfo") if l.startswith("processor"))
     mem = next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal"))
     return f"{cpu}, {cores} cores, {mem / 1024 / 1024:.0f} GiB, Linux {platform.release()}"
-
-
-def commit():
-    def git(*a):
-        return subprocess.run(["git", *a], capture_output=True, text=True).stdout.strip()
-    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!docs/benchmarks.md")
-    dirty = " with uncommitted changes" if changed else ""
-    return f"`{git('rev-parse', '--short', 'HEAD')}`{dirty}"
 
 
 def ratio(ours, theirs, higher_is_better=True):
@@ -51,6 +42,9 @@ MEANING = {
     "__rust_begin_short_backtrace": "the compute threads' own loop (the pool's waiting for work "
                                     "is inlined there)",
     "row_stats": "lensd's per-cell statistics (softmax, entropy, KL, rank) over the vocabulary",
+    "tcp_": "the kernel sending frames to the clients",
+    "policy::pick": "the scheduler choosing the next request",
+    "policy::order": "the scheduler working out every waiting request's queue position",
 }
 
 
@@ -214,31 +208,50 @@ def ws_section(ws):
     b, c, a = ws["server_before"], ws["server_connected"], ws["server_after_close"]
     q, m = ws["submit_to_queued"], ws["message_latency"]
     refused = ", ".join(f"{n} `{k}`" for k, n in ws["refused"].items()) or "none"
+    ended = ws["cancelled"] + ws["completed"] + ws["failed"] + sum(ws["refused"].values())
+    kept = (a["rss_bytes"] - c["rss_bytes"]) / MIB
     rows = [
-        ["WebSocket connections held at once", ws["clients"], "more"],
-        ["time to open them (64 at a time)", f"{ws['connect_seconds']:.2f} s", "less"],
-        ["server memory per connection", f"{ws['bytes_per_connection'] / 1024:.0f} KiB", "less"],
+        ["WebSocket connections held at once", ws["clients"], "more", "all held"],
+        ["time to open them (64 at a time)", f"{ws['connect_seconds']:.2f} s", "less", ""],
+        ["server memory per connection", f"{ws['bytes_per_connection'] / 1024:.0f} KiB", "less", ""],
         ["server resident: before → connected → after close",
-         f"{b['rss_bytes'] / MIB:.0f} → {c['rss_bytes'] / MIB:.0f} → {a['rss_bytes'] / MIB:.0f} MiB", "back down"],
+         f"{b['rss_bytes'] / MIB:.0f} → {c['rss_bytes'] / MIB:.0f} → {a['rss_bytes'] / MIB:.0f} MiB",
+         "back down", "back down" if kept <= 0 else f"{kept:.0f} MiB more after close than connected"],
         ["server descriptors: before → connected → after close",
-         f"{b['open_fds']} → {c['open_fds']} → {a['open_fds']}", "back to the start"],
-        ["server threads: before → connected", f"{b['threads']} → {c['threads']}", "constant"],
-        ["`status` round trips per second (all clients at once)", f"{ws['messages_per_s']:.0f}", "more"],
-        ["`status` round trip p50 / p99", f"{m['p50_ms']:.1f} / {m['p99_ms']:.1f} ms", "less"],
-        ["analyses submitted (every client at once)", ws["submitted"], ""],
-        ["submit → `queued` p50 / p95 / p99", f"{q['p50_ms']:.0f} / {q['p95_ms']:.0f} / {q['p99_ms']:.0f} ms", "less"],
-        ["refused at the door", refused, "a clear error, nothing lost"],
+         f"{b['open_fds']} → {c['open_fds']} → {a['open_fds']}", "back to the start",
+         "released" if a["open_fds"] <= b["open_fds"] else "not all released"],
+        ["server threads: before → connected", f"{b['threads']} → {c['threads']}", "constant",
+         "constant" if b["threads"] == c["threads"] else "grew"],
+        ["`status` round trips per second (all clients at once)", f"{ws['messages_per_s']:.0f}", "more", ""],
+        ["`status` round trip p50 / p99", f"{m['p50_ms']:.1f} / {m['p99_ms']:.1f} ms", "less", ""],
+        ["analyses submitted (every client at once)", ws["submitted"], "", ""],
+        ["submit → `queued` p50 / p95 / p99", f"{q['p50_ms']:.0f} / {q['p95_ms']:.0f} / {q['p99_ms']:.0f} ms", "less", ""],
+        ["refused at the door (the queue holds 256)", refused, "a clear error", ""],
         ["ended cancelled / completed / failed",
-         f"{ws['cancelled']} / {ws['completed']} / {ws['failed']}", ""],
-        ["requests without exactly one terminal event", ws["without_one_terminal"], "0"],
+         f"{ws['cancelled']} / {ws['completed']} / {ws['failed']}", "",
+         f"{ended} of {ws['submitted']} submissions accounted for"],
+        ["requests without exactly one terminal event", ws["without_one_terminal"], "0",
+         "none" if ws["without_one_terminal"] == 0 else "LOST EVENTS"],
     ]
-    return ["## Server under load", "",
-            f"`lensd bench-ws` against `lensd serve` on loopback (the default config, the demo "
-            f"model). {ws['clients']} clients connect and stay connected; each makes "
-            f"{ws['messages'] // max(ws['clients'], 1)} `status` round trips, then submits analyses "
-            "all at once, waits for `queued`, cancels and waits for the request's end. There is no "
-            "peer: the original site's server had no admission control or queue bound to compare.",
-            "", table(["measure", "lensd", "better"], rows)]
+    out = ["## Server under load", "",
+           f"`lensd bench-ws` against `lensd serve` on loopback (the default config, the demo "
+           f"model, warmed up by one analysis). {ws['clients']} clients connect and stay connected; "
+           f"each makes {ws['messages'] // max(ws['clients'], 1)} `status` round trips, then every "
+           "client submits its analyses at once, waits for `queued`, cancels and waits for the "
+           "request's end. There is no peer: the original site's server had no admission control "
+           "or queue bound to compare with.",
+           "", table(["measure", "lensd", "better", "where lensd stands"], rows), ""]
+    prof = profile(Path(ws["_results"]), "server", "load", top=6)
+    if prof:
+        out += ["Where the server's time went during the load (`perf record` of the server, share "
+                "of samples by symbol):", ""]
+        out += [f"- {pct} % `{sym[:120]}`" + (f": {meaning}." if meaning else "") for pct, sym, meaning in prof]
+        out.append("")
+    if kept > 0:
+        out.append(f"The server's resident memory after the clients closed stayed {kept:.0f} MiB "
+                   "above the connected figure. This run does not tell whether that grows without "
+                   "bound; a long soak run is the check for that.")
+    return out
 
 
 def behind_section(results, behind):
@@ -278,7 +291,7 @@ def main():
         f"{a.reps} runs unless a table says otherwise; compare the ratios, not the absolute times, "
         "between machines. Benchmarks are not tests.", "",
         f"- machine: {machine()}",
-        f"- lensd {commit()}, {lensd['threads']} compute threads",
+        f"- lensd `{(r / 'commit.txt').read_text().strip()}`, {lensd['threads']} compute threads",
         f"- peers: {llama['engine']}; {tl['engine']}",
         "- time of the run: " + ", ".join(f"{name} {int(s) // 60} min {int(s) % 60} s" for name, s in stages),
         "",
@@ -287,7 +300,7 @@ def main():
     doc += switch_section(load(r, "switch.json")) + [""]
     doc += memory_section(load(r, "memory.json")) + [""]
     doc += sched_section(load(r, "sched.json")) + [""]
-    doc += ws_section(load(r, "ws.json"))
+    doc += ws_section({**load(r, "ws.json"), "_results": str(r)})
     print("\n".join(doc))
 
 

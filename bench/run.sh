@@ -4,7 +4,7 @@
 # lensd, the demo tuned lens, the peers (llama.cpp through llama-cpp-python, and the tuned-lens
 # package on Hugging Face transformers and PyTorch, in tools/.venv) and perf for the profiles.
 #
-#   bench/run.sh            # about 25 minutes from a clean clone on 2 cores, 6 once set up
+#   bench/run.sh            # about 20 minutes from a clean clone on 2 cores, 5 once set up
 #
 # Environment: THREADS (default 2) threads for every engine; REPS (default 5) repetitions per
 # measurement, the median reported; CLIENTS (default 1000) WebSocket clients. Raw results stay
@@ -20,6 +20,12 @@ mkdir -p "$out"
 stages="$out/stages.tsv"
 : >"$stages"
 run_started=$(date +%s)
+# The commit measured, for the report.
+commit="$(git rev-parse --short HEAD)"
+if [ -n "$(git status --porcelain --untracked-files=no -- . ':!docs/benchmarks.md')" ]; then
+  commit="$commit with uncommitted changes"
+fi
+echo "$commit" >"$out/commit.txt"
 stage_started=$run_started
 log() { echo "bench: $*" >&2; }
 stage() {
@@ -100,8 +106,20 @@ for _ in $(seq 600); do
   sleep 0.1
 done
 [ -n "$addr" ] || { log "lensd serve did not start within 60 s"; exit 1; }
+profiler=""
+if command -v perf >/dev/null; then
+  perf record -q -F 999 -g -p "$server" -o "$out/perf-server.data" 2>/dev/null &
+  profiler=$!
+fi
 "$lensd" bench-ws --url "ws://$addr/ws" --pid "$server" --clients "$clients" --format json \
   >"$out/ws.json"
+if [ -n "$profiler" ]; then
+  kill -INT "$profiler"
+  wait "$profiler" 2>/dev/null || true
+  perf report -i "$out/perf-server.data" --no-children --sort symbol --stdio -g none \
+    --percent-limit 1.5 2>/dev/null | grep '%' >"$out/profile-server-load.txt" || true
+  rm -f "$out/perf-server.data"
+fi
 kill "$server"
 wait "$server" 2>/dev/null || true
 stage "server load"
