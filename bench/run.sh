@@ -17,6 +17,7 @@ reps="${REPS:-5}"
 clients="${CLIENTS:-1000}"
 out=bench/results
 mkdir -p "$out"
+rm -f "$out"/profile-*.txt
 stages="$out/stages.tsv"
 : >"$stages"
 run_started=$(date +%s)
@@ -125,7 +126,6 @@ wait "$server" 2>/dev/null || true
 stage "server load"
 
 # ---- profiles of the parts where lensd is slower than a peer ------------------------------
-rm -f "$out"/profile-*.txt
 if command -v perf >/dev/null; then
   for part in "prefill stored" "decode stored" "decode f32" "analysis f32"; do
     set -- $part
