@@ -43,6 +43,9 @@ MEANING = {
                                     "is inlined there)",
     "row_stats": "lensd's per-cell statistics (softmax, entropy, KL, rank) over the vocabulary",
     "tcp_": "the kernel sending frames to the clients",
+    "pack_operands": "packing matrix operands for the matrix products of the analyses that ran "
+                     "(those that started before their cancel arrived)",
+    "gemm_f32::microkernel": "the same matrix products",
     "policy::pick": "the scheduler choosing the next request",
     "policy::order": "the scheduler working out every waiting request's queue position",
 }
