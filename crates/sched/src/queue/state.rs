@@ -467,3 +467,7 @@ impl State {
         &self.registry
     }
 }
+
+#[cfg(test)]
+#[path = "state_props.rs"]
+mod props;
