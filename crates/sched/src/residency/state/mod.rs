@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 use super::actor::Internal;
 use super::types::{Lease, PreloadEvent, ResidencyError, UnloadReport};
 
+mod fit;
 mod report;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -517,6 +518,9 @@ impl State {
     }
 
     fn advance(&mut self, i: usize, effects: &mut Vec<Effect>) -> Outcome {
+        if let Some(err) = self.never_fits(i) {
+            return Outcome::Failed(err);
+        }
         let protected = self.protected(i);
         let target = self.waiters[i].target;
         for key in self.waiters[i].keys.clone() {
@@ -802,3 +806,6 @@ impl State {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod props;

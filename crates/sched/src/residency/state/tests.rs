@@ -125,3 +125,37 @@ fn a_failed_lens_load_fails_every_request_that_needs_it_and_frees_its_reservatio
     assert_eq!(s.used(Tier::Device), 100, "only the base remains");
     assert!(s.violations().is_empty());
 }
+
+#[test]
+fn a_group_that_fits_only_resource_by_resource_fails_at_once_naming_the_set() {
+    let (tx, _rx) = mpsc::unbounded_channel();
+    // The base fits the host budget alone, the base and both lenses do not.
+    let mut s = State::new(
+        registry(),
+        Budgets {
+            device: 200,
+            host: 100,
+        },
+        true,
+        tx,
+    );
+    let (events, mut got) = mpsc::unbounded_channel();
+    let fx = s.preload("g".into(), Tier::Host, events, 0).unwrap();
+    assert!(
+        loads(&fx).is_empty(),
+        "nothing is loaded for a request that cannot be met"
+    );
+    let mut failed = None;
+    while let Ok(ev) = got.try_recv() {
+        if let PreloadEvent::Failed { error, .. } = ev {
+            failed = Some(error);
+        }
+    }
+    let error = failed.expect("the preload fails rather than waiting for ever");
+    assert!(
+        error.contains("the set of base b (b.gguf), lens lx (lx) and lens ly (ly)")
+            && error.contains("on the host tier"),
+        "{error}"
+    );
+    assert!(s.violations().is_empty());
+}
