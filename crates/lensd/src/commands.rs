@@ -21,6 +21,21 @@ use serde_json::json;
 use crate::render;
 use crate::{Command, Format};
 
+/// Prints `value` as one JSON document or as the table `table` renders.
+fn emit<T: serde::Serialize>(
+    format: Format,
+    value: &T,
+    table: impl FnOnce(&T) -> String,
+) -> Result<()> {
+    match format {
+        Format::Json => print_json(value),
+        Format::Table => {
+            print!("{}", table(value));
+            Ok(())
+        }
+    }
+}
+
 fn load(model: &Path, dtype: crate::Dtype) -> Result<Base> {
     if !model.exists() && model == Path::new(crate::DEMO_MODEL) {
         bail!(
@@ -328,13 +343,7 @@ pub fn run(cmd: Command) -> Result<()> {
             let lens = std::fs::canonicalize(&lens)
                 .with_context(|| format!("cannot find the lens {}", lens.display()))?;
             let rows = crate::bench_memory::run(&model, &lens)?;
-            match format {
-                Format::Json => print_json(&rows),
-                Format::Table => {
-                    print!("{}", render::memory(&rows));
-                    Ok(())
-                }
-            }
+            emit(format, &rows, |r| render::memory(r))
         }
         Command::BenchWs {
             url,
@@ -357,13 +366,7 @@ pub fn run(cmd: Command) -> Result<()> {
             };
             let runtime = tokio::runtime::Runtime::new()?;
             let r = runtime.block_on(crate::bench_ws::run(opts))?;
-            match format {
-                Format::Json => print_json(&r),
-                Format::Table => {
-                    print!("{}", render::ws(&r));
-                    Ok(())
-                }
-            }
+            emit(format, &r, render::ws)
         }
         Command::BenchSwitch {
             model,

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use lensd_core::config::Budgets;
 use lensd_core::engine::Source;
 use lensd_core::registry::{Registry, ResourceKey};
-use lensd_core::residency::{fits, pick_victims, Candidate, Tier};
+use lensd_core::residency::Tier;
 use lensd_core::ByteSize;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
@@ -611,73 +611,6 @@ impl State {
             *resource = self.describe(key);
         }
         err
-    }
-
-    /// Frees room for `need` bytes in `tier` by evicting idle entries least recently used first:
-    /// device entries are demoted to the host when it has room, host entries are freed.
-    fn make_room(
-        &mut self,
-        tier: Tier,
-        need: u64,
-        protected: &BTreeSet<ResourceKey>,
-        effects: &mut Vec<Effect>,
-    ) -> Room {
-        let budget = self.budget(tier);
-        let pinned: u64 = self
-            .entries
-            .iter()
-            .filter(|(k, e)| e.tier == tier && self.pinned(k))
-            .map(|(_, e)| e.bytes)
-            .sum();
-        if need > budget.saturating_sub(pinned) {
-            let why = if pinned > 0 {
-                format!(" and {} of it is pinned", ByteSize(pinned))
-            } else {
-                String::new()
-            };
-            return Room::Never(ResidencyError::DoesNotFit {
-                resource: String::new(),
-                needed: ByteSize(need),
-                tier: tier.as_str(),
-                budget: ByteSize(budget),
-                why,
-            });
-        }
-        let keys: Vec<ResourceKey> = self
-            .entries
-            .iter()
-            .filter(|(k, e)| e.tier == tier && !protected.contains(*k))
-            .map(|(k, _)| k.clone())
-            .collect();
-        let candidates: Vec<Candidate> = keys
-            .iter()
-            .map(|k| {
-                let e = &self.entries[k];
-                Candidate {
-                    bytes: e.bytes,
-                    last_use: e.last_use,
-                    leases: e.leases,
-                    pinned: self.pinned(k),
-                    busy: e.job.is_some(),
-                }
-            })
-            .collect();
-        let Some(victims) = pick_victims(&candidates, self.used(tier), budget, need) else {
-            return Room::Later;
-        };
-        for v in victims {
-            let key = keys[v].clone();
-            if tier == Tier::Device {
-                self.demote(&key, protected, effects);
-            } else {
-                self.drop_entry(&key, effects);
-            }
-        }
-        if fits(self.used(tier), budget, need) {
-            Room::Ready
-        } else {
-            Room::Later
-        }
     }
 
     /// Moves an idle device entry to the host if the host can make room, else frees it.

@@ -44,6 +44,20 @@ fn registry() -> Registry {
     r
 }
 
+/// One memory, a device budget of 200 and a host budget of 100; leases are not followed.
+fn shared_state() -> State {
+    let (tx, _rx) = mpsc::unbounded_channel();
+    State::new(
+        registry(),
+        Budgets {
+            device: 200,
+            host: 100,
+        },
+        true,
+        tx,
+    )
+}
+
 fn loads(effects: &[Effect]) -> Vec<(u64, String)> {
     effects
         .iter()
@@ -100,16 +114,7 @@ fn an_acquire_loads_the_base_then_the_lens_then_hands_out_a_lease() {
 
 #[test]
 fn a_failed_lens_load_fails_every_request_that_needs_it_and_frees_its_reservation() {
-    let (tx, _rx) = mpsc::unbounded_channel();
-    let mut s = State::new(
-        registry(),
-        Budgets {
-            device: 200,
-            host: 100,
-        },
-        true,
-        tx,
-    );
+    let mut s = shared_state();
     let (r1, mut g1) = oneshot::channel();
     let (r2, mut g2) = oneshot::channel();
     s.acquire(vec!["x".into()], None, r1, 0);
@@ -128,17 +133,8 @@ fn a_failed_lens_load_fails_every_request_that_needs_it_and_frees_its_reservatio
 
 #[test]
 fn a_group_that_fits_only_resource_by_resource_fails_at_once_naming_the_set() {
-    let (tx, _rx) = mpsc::unbounded_channel();
     // The base fits the host budget alone, the base and both lenses do not.
-    let mut s = State::new(
-        registry(),
-        Budgets {
-            device: 200,
-            host: 100,
-        },
-        true,
-        tx,
-    );
+    let mut s = shared_state();
     let (events, mut got) = mpsc::unbounded_channel();
     let fx = s.preload("g".into(), Tier::Host, events, 0).unwrap();
     assert!(
