@@ -250,6 +250,32 @@ pub enum JobFailure {
     Invalid(String),
     #[error("{0}")]
     Engine(String),
+    /// The engine panicked while it ran the job; the message says where. The request fails,
+    /// and the worker goes on with the next one.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl JobFailure {
+    /// The failure of a job during which the engine panicked with `payload`.
+    pub fn from_panic(payload: &(dyn std::any::Any + Send)) -> Self {
+        JobFailure::Internal(format!(
+            "the engine failed unexpectedly while computing this request ({}); other requests \
+             go on",
+            panic_text(payload)
+        ))
+    }
+}
+
+/// The text of a caught panic's payload (what `panic!` was given), for error messages.
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_string()
+    }
 }
 
 /// Events of one request, in order: `queued`, any `position` changes, `loading` while its

@@ -204,20 +204,7 @@ impl Engine for CpuEngine {
 
     fn run(&self, job: Job, events: ComputeSink) -> BoxFuture<Result<JobOutput, JobFailure>> {
         let me = self.clone();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let sent = self.compute.send(Box::new(move || {
-            let _ = tx.send(me.run_blocking(job, events));
-        }));
-        Box::pin(async move {
-            if sent.is_err() {
-                return Err(JobFailure::Engine("the compute thread has stopped".into()));
-            }
-            rx.await.unwrap_or_else(|_| {
-                Err(JobFailure::Engine(
-                    "the compute thread stopped mid-job".into(),
-                ))
-            })
-        })
+        self.on_compute_thread(move || me.run_blocking(job, events))
     }
 
     fn release(&self, key: &ResourceKey) {
@@ -235,6 +222,30 @@ impl Engine for CpuEngine {
 }
 
 impl CpuEngine {
+    /// Runs `work` on the compute thread after the work before it. A panic fails this work
+    /// alone; the thread goes on with the next.
+    fn on_compute_thread<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T, JobFailure> + Send + 'static,
+    ) -> BoxFuture<Result<T, JobFailure>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sent = self.compute.send(Box::new(move || {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
+                .unwrap_or_else(|payload| Err(JobFailure::from_panic(payload.as_ref())));
+            let _ = tx.send(result);
+        }));
+        Box::pin(async move {
+            if sent.is_err() {
+                return Err(JobFailure::Engine("the compute thread has stopped".into()));
+            }
+            rx.await.unwrap_or_else(|_| {
+                Err(JobFailure::Engine(
+                    "the compute thread stopped mid-job".into(),
+                ))
+            })
+        })
+    }
+
     fn loaded_base(&self, key: &BaseKey) -> Result<Arc<Base>, JobFailure> {
         self.base(key).ok_or_else(|| {
             JobFailure::Engine(format!(
@@ -495,4 +506,23 @@ pub fn resident_bytes() -> Option<u64> {
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     Some(pages * page.max(4096) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_on_the_compute_thread_fails_that_work_alone() {
+        let engine = CpuEngine::new();
+        let failed = engine
+            .on_compute_thread(|| -> Result<(), JobFailure> { panic!("a bug in a kernel") })
+            .await;
+        match failed {
+            Err(JobFailure::Internal(m)) => assert!(m.contains("a bug in a kernel"), "{m}"),
+            other => panic!("expected an internal failure, got {other:?}"),
+        }
+        // The thread is still there, and runs what comes next.
+        assert_eq!(engine.on_compute_thread(|| Ok(7)).await, Ok(7));
+    }
 }

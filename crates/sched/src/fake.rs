@@ -30,8 +30,21 @@ struct Inner {
     running: usize,
     max_running: usize,
     failing: BTreeSet<String>,
+    /// Loads of files whose path contains one of these panic, once each.
+    panicking: BTreeSet<String>,
+    /// What the next job does after so many sub-batches.
+    job_fault: Option<(JobFault, usize)>,
     log: Vec<String>,
     held: BTreeMap<ResourceKey, Tier>,
+}
+
+/// A fault the next job meets part-way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobFault {
+    /// The engine returns an error, as a failing device would.
+    Fail,
+    /// The engine panics, as a bug would.
+    Panic,
 }
 
 #[derive(Clone)]
@@ -88,6 +101,16 @@ impl FakeEngine {
         self.lock().failing.insert(needle.to_string());
     }
 
+    /// The next load of a file whose path contains `needle` panics inside the engine.
+    pub fn panic_next_load_of(&self, needle: &str) {
+        self.lock().panicking.insert(needle.to_string());
+    }
+
+    /// The next job meets `fault` after sending `batches` sub-batches (rows or tokens).
+    pub fn fault_next_job(&self, fault: JobFault, batches: usize) {
+        self.lock().job_fault = Some((fault, batches));
+    }
+
     /// Every call so far, as `load <key> -> <tier>`, `move <key> <from> -> <to>`, `free <key>`.
     pub fn log(&self) -> Vec<String> {
         self.lock().log.clone()
@@ -138,6 +161,16 @@ impl Engine for FakeEngine {
                 progress(bytes * step / 4, bytes);
             }
             let mut inner = me.lock();
+            let panics = inner
+                .panicking
+                .iter()
+                .find(|n| path.contains(n.as_str()))
+                .cloned();
+            if let Some(needle) = panics {
+                inner.panicking.remove(&needle);
+                drop(inner);
+                panic!("the fake engine panicked loading {path}");
+            }
             if inner.failing.iter().any(|n| path.contains(n.as_str())) {
                 inner.log.push(format!("fail {key}"));
                 return Err(EngineFailure(format!("{path}: corrupt file")));
@@ -176,7 +209,7 @@ impl Engine for FakeEngine {
     fn run(&self, job: Job, mut events: ComputeSink) -> BoxFuture<Result<JobOutput, JobFailure>> {
         let me = self.clone();
         Box::pin(async move {
-            {
+            let fault = {
                 let mut inner = me.lock();
                 inner.running += 1;
                 inner.max_running = inner.max_running.max(inner.running);
@@ -187,10 +220,17 @@ impl Engine for FakeEngine {
                     }
                     Job::Generate { base, .. } => format!("generate {}", base.0),
                 });
+                inner.job_fault.take()
+            };
+            /// Counts the job out even when it panics.
+            struct Running(FakeEngine);
+            impl Drop for Running {
+                fn drop(&mut self) {
+                    self.0.lock().running -= 1;
+                }
             }
-            let result = me.compute(job, &mut events).await;
-            me.lock().running -= 1;
-            result
+            let _running = Running(me.clone());
+            me.compute(job, &mut events, fault).await
         })
     }
 }
@@ -211,7 +251,27 @@ fn fake_cell(layer: usize, pos: usize) -> Cell {
 }
 
 impl FakeEngine {
-    async fn compute(&self, job: Job, events: &mut ComputeSink) -> Result<JobOutput, JobFailure> {
+    async fn compute(
+        &self,
+        job: Job,
+        events: &mut ComputeSink,
+        fault: Option<(JobFault, usize)>,
+    ) -> Result<JobOutput, JobFailure> {
+        let mut batches = 0;
+        // Meets the job's fault, if any, before its sub-batch number `batches`.
+        let mut meet_fault = || {
+            let hit = fault.filter(|&(_, n)| n == batches);
+            batches += 1;
+            match hit {
+                Some((JobFault::Fail, n)) => Err(JobFailure::Engine(format!(
+                    "the fake device failed after {n} sub-batches"
+                ))),
+                Some((JobFault::Panic, n)) => {
+                    panic!("the fake engine panicked after {n} sub-batches")
+                }
+                None => Ok(()),
+            }
+        };
         let (row_cost, token_cost, chunk, remaining) = {
             let inner = self.lock();
             let chunk = if inner.chunk_positions == 0 {
@@ -271,6 +331,7 @@ impl FakeEngine {
                 for p0 in (0..t).step_by(chunk) {
                     let p = chunk.min(t - p0);
                     for (li, a) in analyses.iter_mut().enumerate() {
+                        meet_fault()?;
                         tokio::time::sleep(row_cost * (p * layers.len()) as u32).await;
                         let rows: Vec<LayerRow> = layers
                             .iter()
@@ -316,6 +377,7 @@ impl FakeEngine {
                 let mut text = String::new();
                 let total = sampling.max_tokens as u64;
                 for i in 0..sampling.max_tokens {
+                    meet_fault()?;
                     tokio::time::sleep(token_cost).await;
                     let piece = format!(" w{i}");
                     ids.push(i as u32);

@@ -204,7 +204,15 @@ impl Worker {
                 }
             })
         };
-        let result = self.engine.run(job, sink).await;
+        // On its own task, so that a panic in the engine fails this request alone and the
+        // worker goes on with the next.
+        let result = match tokio::spawn(self.engine.run(job, sink)).await {
+            Ok(result) => result,
+            Err(e) => Err(match e.try_into_panic() {
+                Ok(payload) => JobFailure::from_panic(payload.as_ref()),
+                Err(e) => JobFailure::Internal(format!("the computation was stopped: {e}")),
+            }),
+        };
         drop(lease);
         let partial = sent.load(Ordering::SeqCst) > 0;
         match result {
@@ -253,6 +261,14 @@ impl Worker {
             Err(JobFailure::Engine(message)) => {
                 send(RequestEvent::Error {
                     error_type: "engine_error".into(),
+                    message,
+                });
+                (Finished::Failed, load_ms)
+            }
+            Err(JobFailure::Internal(message)) => {
+                tracing::error!(request = task.id, %message, "the engine panicked");
+                send(RequestEvent::Error {
+                    error_type: "internal".into(),
                     message,
                 });
                 (Finished::Failed, load_ms)

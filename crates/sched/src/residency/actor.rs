@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lensd_core::config::Budgets;
-use lensd_core::engine::{Engine, MemoryProbe};
+use lensd_core::engine::{BoxFuture, Engine, EngineFailure, MemoryProbe};
 use lensd_core::registry::{Registry, ResourceKey};
 use lensd_core::residency::Tier;
+use lensd_core::work::panic_text;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -187,7 +188,7 @@ impl Actor {
                     });
                     let fut = self.engine.load(key, source, tier, progress);
                     tokio::spawn(async move {
-                        let result = fut.await.map_err(|e| e.to_string());
+                        let result = engine_result(fut, "load").await;
                         let _ = tx.send(Internal::JobDone { job, result });
                     });
                 }
@@ -196,12 +197,31 @@ impl Actor {
                     let tx = self.internal_tx.clone();
                     let fut = self.engine.transfer(key, from, to);
                     tokio::spawn(async move {
-                        let result = fut.await.map_err(|e| e.to_string());
+                        let result = engine_result(fut, "move").await;
                         let _ = tx.send(Internal::JobDone { job, result });
                     });
                 }
             }
         }
+    }
+}
+
+/// Awaits an engine load or move on a task of its own, so that a panic inside the engine
+/// becomes that job's failure (and the entry can be tried again) rather than a job that
+/// never ends.
+async fn engine_result(
+    fut: BoxFuture<Result<(), EngineFailure>>,
+    what: &str,
+) -> Result<(), String> {
+    match tokio::spawn(fut).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(e) => Err(match e.try_into_panic() {
+            Ok(payload) => format!(
+                "the {what} failed unexpectedly inside the engine ({})",
+                panic_text(payload.as_ref())
+            ),
+            Err(e) => format!("the {what} was stopped: {e}"),
+        }),
     }
 }
 

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod queue;
+
 use std::path::PathBuf;
 
 use lensd_core::registry::{
