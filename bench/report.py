@@ -104,7 +104,7 @@ def forward_section(res, lensd, llama, tl):
         "with the GGUF dequantized to f32 and saved as safetensors, and lensd's tuned lens saved "
         "as the package's `params.pt`.",
         "",
-        "`stored` keeps the file's Q4_1/Q8_0 blocks (memory-mapped); `f32` dequantizes at load. "
+        "`stored` keeps the file's Q4_1/Q8_0 blocks; `f32` dequantizes at load. "
         "lensd analyses in f32 and generates in the stored dtype by default.",
         "",
         table(["measure", "lensd dtype", "lensd", "peer", "peer", "ratio", "where lensd stands"], rows),

@@ -26,11 +26,21 @@ impl Base {
     /// Opens `path`: a `.gguf` file, or a folder with `config.json`, safetensors weights and
     /// `tokenizer.json`.
     pub fn load(path: &Path, options: LoadOptions) -> Result<Self> {
+        Self::load_with_progress(path, options, &mut |_, _| {})
+    }
+
+    /// [`Base::load`], calling `progress(bytes done, bytes total)` as weight files are read
+    /// (once per file of a folder).
+    pub fn load_with_progress(
+        path: &Path,
+        options: LoadOptions,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Self> {
         let meta = std::fs::metadata(path).map_err(|e| EngineError::io(path, e))?;
         if meta.is_dir() {
-            Self::load_hf(path, options)
+            Self::load_hf(path, options, progress)
         } else if gguf::is_gguf(path) {
-            Self::load_gguf(path, options)
+            Self::load_gguf(path, options, progress)
         } else {
             Err(EngineError::format(
                 path,
@@ -39,8 +49,12 @@ impl Base {
         }
     }
 
-    fn load_gguf(path: &Path, options: LoadOptions) -> Result<Self> {
-        let g = GgufFile::open(path)?;
+    fn load_gguf(
+        path: &Path,
+        options: LoadOptions,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Self> {
+        let g = GgufFile::read(path, progress)?;
         let cfg = g.config()?;
         let tokenizer = Tokenizer::from_gguf(&g)?;
         let chat = chat_template(g.get_str("tokenizer.chat_template").ok(), &tokenizer)?;
@@ -55,8 +69,12 @@ impl Base {
         })
     }
 
-    fn load_hf(dir: &Path, options: LoadOptions) -> Result<Self> {
-        let ck = HfCheckpoint::open(dir)?;
+    fn load_hf(
+        dir: &Path,
+        options: LoadOptions,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Self> {
+        let ck = HfCheckpoint::read(dir, progress)?;
         let cfg = ck.config()?;
         let bos = id_list(&ck.hf.bos_token_id).first().copied();
         let eos = id_list(&ck.hf.eos_token_id);

@@ -202,8 +202,11 @@ impl Adapter {
                 "an adapter folder needs adapter_model.safetensors (PEFT's safetensors layout)",
             ));
         }
-        let tensors: HashMap<String, Tensor> = candle_core::safetensors::load(&st, &Device::Cpu)
-            .map_err(|e| EngineError::format(&st, format!("invalid safetensors file: {e}")))?;
+        let tensors: HashMap<String, Tensor> = candle_core::safetensors::load_buffer(
+            &crate::weights::file::read_vec(&st, &mut |_, _| {})?,
+            &Device::Cpu,
+        )
+        .map_err(|e| EngineError::format(&st, format!("invalid safetensors file: {e}")))?;
         // (block, module) → its A and B, as they are found.
         type Found<'a> = (Option<&'a Tensor>, Option<&'a Tensor>);
         let mut pairs: BTreeMap<(usize, &str), Found> = BTreeMap::new();

@@ -16,7 +16,6 @@ use std::time::SystemTime;
 
 use lensd_core::config::{BaseFacts, LensFacts, Probe};
 use lensd_core::{ComputeDtype, LensKind};
-use memmap2::Mmap;
 
 use crate::error::{EngineError, Result};
 use crate::inspect::{gguf_resident, hf_resident};
@@ -228,15 +227,24 @@ impl Probe for FileProbe {
 }
 
 fn hash_file(path: &Path, len: u64) -> std::io::Result<blake3::Hash> {
-    // Mapping an empty file fails on Linux; its hash needs no bytes anyway.
-    if len == 0 {
-        return Ok(blake3::hash(&[]));
-    }
+    // Read in chunks, not mapped: a file truncated while it is hashed is then an error, not a
+    // bus error.
     let file = fs::File::open(path)?;
-    // SAFETY: a read-only map of a file lensd never writes; only hashed, then dropped.
-    let map = unsafe { Mmap::map(&file) }?;
+    let mut buf = vec![0u8; (8 << 20).min(len as usize).max(1)];
     let mut h = blake3::Hasher::new();
-    h.update_rayon(&map);
+    let mut done = 0u64;
+    while done < len {
+        let want = buf.len().min((len - done) as usize);
+        let n = std::os::unix::fs::FileExt::read_at(&file, &mut buf[..want], done)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("the file ended at byte {done} of {len} while it was hashed"),
+            ));
+        }
+        h.update_rayon(&buf[..n]);
+        done += n as u64;
+    }
     Ok(h.finalize())
 }
 

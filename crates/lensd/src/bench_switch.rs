@@ -206,7 +206,7 @@ pub async fn run(model: &Path, corpus: &Path, reps: usize) -> Result<Vec<SwitchR
             original: "1-2 min",
         },
         SwitchRow {
-            switch: "base stored (Q4_1, mapped), from disk, cold page cache",
+            switch: "base stored (Q4_1), from disk, cold page cache",
             bytes: model_bytes,
             lensd_ms: median(&times[2]),
             raw_read_ms: Some(median(&raw[0])),

@@ -112,14 +112,24 @@ impl CpuEngine {
         self.lock().lenses.get(key).cloned()
     }
 
-    fn load_blocking(&self, key: ResourceKey, source: Source) -> Result<(), EngineFailure> {
+    fn load_blocking(
+        &self,
+        key: ResourceKey,
+        source: Source,
+        progress: &mut Progress,
+    ) -> Result<(), EngineFailure> {
         let fail = |e: lensd_engine::EngineError| EngineFailure(e.to_string());
         match (key, source) {
             (ResourceKey::Base(k), Source::Base(spec)) => {
-                let base = Base::load(
+                // Reading the files is most of a load: report its share of the base's bytes.
+                let base = Base::load_with_progress(
                     &spec.path,
                     LoadOptions {
                         compute: spec.dtype,
+                    },
+                    &mut |done, total| {
+                        let share = done as f64 / total.max(1) as f64;
+                        progress((share * spec.bytes as f64) as u64, spec.bytes)
                     },
                 )
                 .map_err(fail)?;
@@ -176,9 +186,12 @@ impl Engine for CpuEngine {
             };
             progress(0, total);
             // Loading dequantizes and reads files: blocking work, kept off the async runtime.
-            let result = tokio::task::spawn_blocking(move || me.load_blocking(key, source))
-                .await
-                .map_err(|e| EngineFailure(format!("the load stopped: {e}")))?;
+            let (result, mut progress) = tokio::task::spawn_blocking(move || {
+                let result = me.load_blocking(key, source, &mut progress);
+                (result, progress)
+            })
+            .await
+            .map_err(|e| EngineFailure(format!("the load stopped: {e}")))?;
             if result.is_ok() {
                 progress(total, total);
             }

@@ -128,8 +128,11 @@ impl TunedLens {
         let st = dir.join("params.safetensors");
         let pt = dir.join("params.pt");
         let (params_path, tensors) = if st.is_file() {
-            let t = candle_core::safetensors::load(&st, &Device::Cpu)
-                .map_err(|e| EngineError::format(&st, format!("invalid safetensors file: {e}")))?;
+            let t = candle_core::safetensors::load_buffer(
+                &crate::weights::file::read_vec(&st, &mut |_, _| {})?,
+                &Device::Cpu,
+            )
+            .map_err(|e| EngineError::format(&st, format!("invalid safetensors file: {e}")))?;
             (st, t)
         } else if pt.is_file() {
             let t = candle_core::pickle::read_all(&pt).map_err(|e| {

@@ -1,5 +1,5 @@
-//! GGUF files: the header (metadata and tensor table) parsed from a memory map, the llama
-//! configuration read from it, and tensors served zero-copy out of the map.
+//! GGUF files: the header (metadata and tensor table), the llama configuration read from it,
+//! and tensors served without copies out of the file's bytes, read once into memory.
 
 use std::collections::HashMap;
 use std::io::Cursor;
@@ -9,9 +9,9 @@ use std::sync::Arc;
 use candle_core::quantized::gguf_file::{Content, TensorInfo, Value};
 use candle_core::quantized::GgmlDType;
 use candle_core::Device;
-use memmap2::Mmap;
 
-use super::{check_shape, mmap_quant, ComputeDtype, Linear, ModelWeights, Role, TensorSource};
+use super::file::{self, FileBytes, ReadAt};
+use super::{check_shape, file_quant, ComputeDtype, Linear, ModelWeights, Role, TensorSource};
 use crate::config::{ModelConfig, RopeStyle};
 use crate::error::{EngineError, Result};
 
@@ -22,7 +22,10 @@ const SUPPORTED_ARCHS: &[&str] = &["llama"];
 
 pub struct GgufFile {
     path: PathBuf,
-    map: Arc<Mmap>,
+    /// The file's length when it was opened.
+    len: u64,
+    /// The whole file, when it was read for its tensors (not only its header).
+    bytes: Option<Arc<FileBytes>>,
     content: Content,
 }
 
@@ -46,20 +49,39 @@ pub fn is_gguf(path: &Path) -> bool {
 }
 
 impl GgufFile {
-    /// Maps the file and parses its header. No tensor data is read; every tensor's byte range
-    /// is checked against the file size so that a truncated file fails here, not mid-forward.
+    /// Parses the header alone (metadata and tensor table), reading no tensor data. Every
+    /// tensor's byte range is checked against the file size, so that a truncated file fails
+    /// here, not mid-forward.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?;
-        // SAFETY: the mapping is read-only. A file changed underneath a running server would
-        // corrupt its numbers, as with any mmap-based loader; lensd never writes model files.
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| EngineError::io(path, e))?;
-        if map.len() < 4 || &map[..4] != MAGIC {
+        let file = file::open(path)?;
+        let len = file.size().map_err(|e| EngineError::io(path, e))?;
+        let mut reader = std::io::BufReader::with_capacity(1 << 16, At { file, pos: 0 });
+        Self::parse(path, len, None, &mut reader)
+    }
+
+    /// Reads the whole file into memory, calling `progress(bytes done, bytes total)` as it
+    /// arrives, then parses the header; tensors are then views of those bytes.
+    pub fn read(path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<Self> {
+        let bytes = Arc::new(file::read_whole(path, progress)?);
+        let len = bytes.len() as u64;
+        Self::parse(path, len, Some(bytes.clone()), &mut Cursor::new(&bytes[..]))
+    }
+
+    fn parse<R: std::io::Read + std::io::Seek>(
+        path: &Path,
+        len: u64,
+        bytes: Option<Arc<FileBytes>>,
+        reader: &mut R,
+    ) -> Result<Self> {
+        let mut magic = [0u8; 4];
+        if reader.read_exact(&mut magic).is_err() || &magic != MAGIC {
             return Err(EngineError::format(
                 path,
                 "not a GGUF file (the first four bytes are not `GGUF`)",
             ));
         }
-        let content = Content::read(&mut Cursor::new(&map[..])).map_err(|e| {
+        reader.rewind().map_err(|e| EngineError::io(path, e))?;
+        let content = Content::read(reader).map_err(|e| {
             EngineError::format(
                 path,
                 format!("the GGUF header is corrupt or truncated: {e}"),
@@ -67,7 +89,8 @@ impl GgufFile {
         })?;
         let g = GgufFile {
             path: path.to_path_buf(),
-            map: Arc::new(map),
+            len,
+            bytes,
             content,
         };
         for (name, info) in &g.content.tensor_infos {
@@ -81,7 +104,7 @@ impl GgufFile {
     }
 
     pub fn file_len(&self) -> u64 {
-        self.map.len() as u64
+        self.len
     }
 
     pub fn metadata(&self) -> &HashMap<String, Value> {
@@ -117,12 +140,12 @@ impl GgufFile {
         let start = self.content.tensor_data_offset.saturating_add(info.offset);
         let len = Self::tensor_bytes(info);
         let end = start.saturating_add(len);
-        if end > self.map.len() as u64 {
+        if end > self.len {
             return Err(EngineError::format(
                 &self.path,
                 format!(
                     "tensor `{name}` needs bytes {start}..{end} but the file has {} bytes (truncated?)",
-                    self.map.len()
+                    self.len
                 ),
             ));
         }
@@ -262,7 +285,8 @@ impl GgufFile {
             .ok_or_else(|| EngineError::format(&self.path, format!("tensor `{name}` is missing")))
     }
 
-    /// Builds the model's weights. With `Stored`, quantized matrices are views into the map.
+    /// Builds the model's weights from a file opened with [`GgufFile::read`]. With `Stored`,
+    /// quantized matrices are views into the file's bytes.
     pub fn load_weights(&self, cfg: &ModelConfig, compute: ComputeDtype) -> Result<ModelWeights> {
         super::assemble(self, cfg, compute)
     }
@@ -297,7 +321,13 @@ impl TensorSource for GgufFile {
         let info = self.info(name)?;
         check_shape(&self.path, name, role, cfg, info.shape.dims())?;
         let (offset, len) = self.byte_range(name, info)?;
-        let q = mmap_quant::view(&self.map, offset, len, info.ggml_dtype, info.shape.dims())
+        let bytes = self.bytes.as_ref().ok_or_else(|| {
+            EngineError::format(
+                &self.path,
+                "only the header was read; tensors need the whole file (GgufFile::read)",
+            )
+        })?;
+        let q = file_quant::view(bytes, offset, len, info.ggml_dtype, info.shape.dims())
             .map_err(|m| EngineError::format(&self.path, format!("tensor `{name}`: {m}")))?;
         let dense = compute == ComputeDtype::F32
             || matches!(
@@ -312,6 +342,34 @@ impl TensorSource for GgufFile {
     }
 
     fn mapped(&self) -> bool {
-        true
+        false
+    }
+}
+
+/// A file read from a position, for parsing a header without reading the rest.
+struct At {
+    file: Box<dyn ReadAt>,
+    pos: u64,
+}
+
+impl std::io::Read for At {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl std::io::Seek for At {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        use std::io::SeekFrom;
+        let invalid =
+            || std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek before the start");
+        self.pos = match to {
+            SeekFrom::Start(p) => p,
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d).ok_or_else(invalid)?,
+            SeekFrom::End(d) => self.file.size()?.checked_add_signed(d).ok_or_else(invalid)?,
+        };
+        Ok(self.pos)
     }
 }

@@ -1,8 +1,10 @@
 //! Weights of a llama-family base: where they come from (GGUF or safetensors), in which dtype
 //! they compute, and the checks that their shapes agree with the configuration.
 
+pub mod faulty;
+pub mod file;
+mod file_quant;
 pub mod gguf;
-mod mmap_quant;
 pub mod safetensors;
 
 use std::path::Path;

@@ -1,13 +1,14 @@
 //! Hugging Face checkpoints: a folder with `config.json` and `model.safetensors` (or shards
 //! listed in `model.safetensors.index.json`), stored as f32, f16 or bf16.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use candle_core::safetensors::MmapedSafetensors;
-use candle_core::{DType, Device};
+use candle_core::safetensors::{BufferedSafetensors, MmapedSafetensors};
+use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
+use super::file;
 use super::{check_shape, ComputeDtype, Linear, ModelWeights, Role, TensorSource};
 use crate::config::{ModelConfig, RopeStyle};
 use crate::error::{EngineError, Result};
@@ -84,7 +85,47 @@ pub struct HfCheckpoint {
     pub dir: PathBuf,
     pub hf: HfConfig,
     files: Vec<PathBuf>,
-    tensors: MmapedSafetensors,
+    tensors: Tensors,
+}
+
+/// Where a checkpoint's tensors are: mapped for reading headers alone, or read into memory
+/// for loading, so that a file changed during a load is an error and not a bus error.
+enum Tensors {
+    Mapped(MmapedSafetensors),
+    Read {
+        shards: Vec<BufferedSafetensors>,
+        /// Tensor name → its shard.
+        index: HashMap<String, usize>,
+    },
+}
+
+impl Tensors {
+    fn get(&self, name: &str) -> candle_core::Result<safetensors::tensor::TensorView<'_>> {
+        match self {
+            Tensors::Mapped(m) => m.get(name),
+            Tensors::Read { shards, index } => match index.get(name) {
+                Some(&i) => shards[i].get(name),
+                None => candle_core::bail!("cannot find tensor {name}"),
+            },
+        }
+    }
+
+    fn tensors(&self) -> Vec<(String, safetensors::tensor::TensorView<'_>)> {
+        match self {
+            Tensors::Mapped(m) => m.tensors(),
+            Tensors::Read { shards, .. } => shards.iter().flat_map(|s| s.tensors()).collect(),
+        }
+    }
+
+    fn load(&self, name: &str) -> candle_core::Result<Tensor> {
+        match self {
+            Tensors::Mapped(m) => m.load(name, &Device::Cpu),
+            Tensors::Read { shards, index } => match index.get(name) {
+                Some(&i) => shards[i].load(name, &Device::Cpu),
+                None => candle_core::bail!("cannot find tensor {name}"),
+            },
+        }
+    }
 }
 
 impl HfCheckpoint {
@@ -134,7 +175,7 @@ impl HfCheckpoint {
             }
         }
         let files = shard_files(dir)?;
-        // SAFETY: read-only maps of files lensd never writes.
+        // SAFETY: read-only maps of files lensd never writes, whose headers alone are read.
         let tensors = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| {
             EngineError::format(&files[0], format!("invalid safetensors file: {e}"))
         })?;
@@ -142,8 +183,35 @@ impl HfCheckpoint {
             dir: dir.to_path_buf(),
             hf,
             files,
-            tensors,
+            tensors: Tensors::Mapped(tensors),
         })
+    }
+
+    /// [`HfCheckpoint::open`], then reads every shard into memory for loading, calling
+    /// `progress(bytes done, bytes total)` per shard.
+    pub fn read(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<Self> {
+        let mut ck = Self::open(dir)?;
+        let mut shards = Vec::with_capacity(ck.files.len());
+        let mut index = HashMap::new();
+        let total: u64 = ck
+            .files
+            .iter()
+            .filter_map(|f| f.metadata().ok())
+            .map(|m| m.len())
+            .sum();
+        let mut before = 0;
+        for (i, f) in ck.files.iter().enumerate() {
+            let bytes = file::read_vec(f, &mut |done, _| progress(before + done, total))?;
+            before += bytes.len() as u64;
+            let shard = BufferedSafetensors::new(bytes)
+                .map_err(|e| EngineError::format(f, format!("invalid safetensors file: {e}")))?;
+            for (name, _) in shard.tensors() {
+                index.insert(name, i);
+            }
+            shards.push(shard);
+        }
+        ck.tensors = Tensors::Read { shards, index };
+        Ok(ck)
     }
 
     pub fn files(&self) -> &[PathBuf] {
@@ -243,7 +311,7 @@ impl TensorSource for HfCheckpoint {
         check_shape(&self.dir, name, role, cfg, view.shape())?;
         let t = self
             .tensors
-            .load(name, &Device::Cpu)
+            .load(name)
             .map_err(|e| EngineError::format(&self.dir, format!("tensor `{name}`: {e}")))?;
         let t = match (t.dtype(), compute) {
             (DType::F32, _) => t,

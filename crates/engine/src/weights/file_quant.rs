@@ -1,9 +1,9 @@
-//! Quantized tensors whose blocks stay in the memory-mapped GGUF file.
+//! Quantized tensors whose blocks stay where the GGUF file was read.
 //!
-//! candle's own GGUF reader copies every tensor into owned memory (twice, briefly). Here each
-//! tensor is a view of the shared, read-only mapping, so a base costs only the page cache it
-//! touches, and two processes serving the same file share those pages. The matrix kernels are
-//! candle's; only where the blocks live changes.
+//! candle's own GGUF reader copies every tensor into owned memory (twice, briefly). Here the
+//! file is read once into memory and each tensor is a read-only view of those bytes, so a base
+//! costs its file's size and nothing more. The matrix kernels are candle's; only where the
+//! blocks live changes.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -12,11 +12,12 @@ use candle_core::quantized::k_quants::{self, GgmlType};
 use candle_core::quantized::{GgmlDType, QStorage, QTensor, QuantizedType};
 use candle_core::{CpuStorage, Result as CResult};
 use half::f16;
-use memmap2::Mmap;
 
-/// Blocks of type `T` at `offset..offset + n_blocks * size_of::<T>()` of a mapping.
+use super::file::FileBytes;
+
+/// Blocks of type `T` at `offset..offset + n_blocks * size_of::<T>()` of a file's bytes.
 struct MappedBlocks<T> {
-    map: Arc<Mmap>,
+    bytes: Arc<FileBytes>,
     offset: usize,
     n_blocks: usize,
     _blocks: PhantomData<T>,
@@ -24,12 +25,12 @@ struct MappedBlocks<T> {
 
 impl<T: GgmlType> MappedBlocks<T> {
     fn blocks(&self) -> &[T] {
-        // SAFETY: `view` checked that the range lies inside the mapping and that `offset` is
-        // aligned for `T`; the mapping is read-only and lives as long as `self` holds its Arc.
+        // SAFETY: `view` checked that the range lies inside the bytes and that `offset` is
+        // aligned for `T`; nothing writes the bytes, which live as long as `self` holds its Arc.
         // Every bit pattern is a valid block (blocks are plain numbers).
         unsafe {
             std::slice::from_raw_parts(
-                self.map.as_ptr().add(self.offset) as *const T,
+                self.bytes.as_ptr().add(self.offset) as *const T,
                 self.n_blocks,
             )
         }
@@ -95,12 +96,12 @@ impl<T: GgmlType + 'static> QuantizedType for MappedBlocks<T> {
 
     fn from_float(&mut self, _xs: &[f32]) {
         // Only candle's quantize paths write into storage, and lensd never quantizes into a
-        // mapped tensor: the mapping is read-only by construction.
-        panic!("a memory-mapped GGUF tensor is read-only")
+        // tensor read from a file: the bytes are shared and read-only by construction.
+        panic!("a GGUF tensor read from its file is read-only")
     }
 
     fn from_float_imatrix(&mut self, _xs: &[f32], _w: &[f32], _n_per_row: usize) {
-        panic!("a memory-mapped GGUF tensor is read-only")
+        panic!("a GGUF tensor read from its file is read-only")
     }
 
     fn size(&self) -> usize {
@@ -109,7 +110,7 @@ impl<T: GgmlType + 'static> QuantizedType for MappedBlocks<T> {
 }
 
 fn boxed<T: GgmlType + 'static>(
-    map: &Arc<Mmap>,
+    bytes: &Arc<FileBytes>,
     offset: usize,
     len: usize,
 ) -> std::result::Result<Box<dyn QuantizedType>, String> {
@@ -120,52 +121,52 @@ fn boxed<T: GgmlType + 'static>(
         ));
     }
     let align = std::mem::align_of::<T>();
-    if !(map.as_ptr() as usize + offset).is_multiple_of(align) {
+    if !(bytes.as_ptr() as usize + offset).is_multiple_of(align) {
         return Err(format!(
             "data at offset {offset} is not {align}-byte aligned"
         ));
     }
     Ok(Box::new(MappedBlocks::<T> {
-        map: map.clone(),
+        bytes: bytes.clone(),
         offset,
         n_blocks: len / size,
         _blocks: PhantomData,
     }))
 }
 
-/// A `QTensor` over `len` bytes at `offset` in `map`. The caller has checked the range lies in
-/// the mapping; this checks the block arithmetic and alignment.
+/// A `QTensor` over `len` bytes at `offset` in `bytes`. The caller has checked the range lies
+/// in the file; this checks the block arithmetic and alignment.
 pub(crate) fn view(
-    map: &Arc<Mmap>,
+    bytes: &Arc<FileBytes>,
     offset: usize,
     len: usize,
     dtype: GgmlDType,
     shape: &[usize],
 ) -> std::result::Result<QTensor, String> {
     use k_quants::*;
-    if offset.checked_add(len).is_none_or(|end| end > map.len()) {
+    if offset.checked_add(len).is_none_or(|end| end > bytes.len()) {
         return Err(format!(
             "bytes {offset}..{} lie beyond the end of the file ({} bytes)",
             offset.saturating_add(len),
-            map.len()
+            bytes.len()
         ));
     }
     let storage = match dtype {
-        GgmlDType::F32 => boxed::<f32>(map, offset, len)?,
-        GgmlDType::F16 => boxed::<f16>(map, offset, len)?,
-        GgmlDType::BF16 => boxed::<half::bf16>(map, offset, len)?,
-        GgmlDType::Q4_0 => boxed::<BlockQ4_0>(map, offset, len)?,
-        GgmlDType::Q4_1 => boxed::<BlockQ4_1>(map, offset, len)?,
-        GgmlDType::Q5_0 => boxed::<BlockQ5_0>(map, offset, len)?,
-        GgmlDType::Q5_1 => boxed::<BlockQ5_1>(map, offset, len)?,
-        GgmlDType::Q8_0 => boxed::<BlockQ8_0>(map, offset, len)?,
-        GgmlDType::Q8_1 => boxed::<BlockQ8_1>(map, offset, len)?,
-        GgmlDType::Q2K => boxed::<BlockQ2K>(map, offset, len)?,
-        GgmlDType::Q3K => boxed::<BlockQ3K>(map, offset, len)?,
-        GgmlDType::Q4K => boxed::<BlockQ4K>(map, offset, len)?,
-        GgmlDType::Q5K => boxed::<BlockQ5K>(map, offset, len)?,
-        GgmlDType::Q6K => boxed::<BlockQ6K>(map, offset, len)?,
-        GgmlDType::Q8K => boxed::<BlockQ8K>(map, offset, len)?,
+        GgmlDType::F32 => boxed::<f32>(bytes, offset, len)?,
+        GgmlDType::F16 => boxed::<f16>(bytes, offset, len)?,
+        GgmlDType::BF16 => boxed::<half::bf16>(bytes, offset, len)?,
+        GgmlDType::Q4_0 => boxed::<BlockQ4_0>(bytes, offset, len)?,
+        GgmlDType::Q4_1 => boxed::<BlockQ4_1>(bytes, offset, len)?,
+        GgmlDType::Q5_0 => boxed::<BlockQ5_0>(bytes, offset, len)?,
+        GgmlDType::Q5_1 => boxed::<BlockQ5_1>(bytes, offset, len)?,
+        GgmlDType::Q8_0 => boxed::<BlockQ8_0>(bytes, offset, len)?,
+        GgmlDType::Q8_1 => boxed::<BlockQ8_1>(bytes, offset, len)?,
+        GgmlDType::Q2K => boxed::<BlockQ2K>(bytes, offset, len)?,
+        GgmlDType::Q3K => boxed::<BlockQ3K>(bytes, offset, len)?,
+        GgmlDType::Q4K => boxed::<BlockQ4K>(bytes, offset, len)?,
+        GgmlDType::Q5K => boxed::<BlockQ5K>(bytes, offset, len)?,
+        GgmlDType::Q6K => boxed::<BlockQ6K>(bytes, offset, len)?,
+        GgmlDType::Q8K => boxed::<BlockQ8K>(bytes, offset, len)?,
     };
     QTensor::new(QStorage::Cpu(storage), shape.to_vec()).map_err(|e| e.to_string())
 }

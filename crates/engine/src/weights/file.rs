@@ -1,0 +1,190 @@
+//! Reading weight files: whole, with positioned reads, into memory the process owns.
+//!
+//! Nothing stays mapped from a file. A file that shrinks, vanishes or fails with an I/O error
+//! while it is read gives an error naming it and the offset, never a bus error that would end
+//! the server; once loaded, nothing depends on the file. Reads go through a [`FileSystem`], so
+//! that tests can put faults underneath.
+
+use std::io;
+use std::ops::Deref;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use crate::error::{EngineError, Result};
+
+/// Opens files for reading.
+pub trait FileSystem: Send + Sync + 'static {
+    fn open(&self, path: &Path) -> io::Result<Box<dyn ReadAt>>;
+}
+
+/// An open file read at given offsets.
+pub trait ReadAt: Send {
+    /// The file's length now.
+    fn size(&self) -> io::Result<u64>;
+    /// Reads into `buf` from `offset`; returns how many bytes were read, 0 at the end.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+}
+
+/// The operating system's files.
+pub struct RealFiles;
+
+impl FileSystem for RealFiles {
+    fn open(&self, path: &Path) -> io::Result<Box<dyn ReadAt>> {
+        Ok(Box::new(std::fs::File::open(path)?))
+    }
+}
+
+impl ReadAt for std::fs::File {
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        std::os::unix::fs::FileExt::read_at(self, buf, offset)
+    }
+}
+
+static FILES: RwLock<Option<Arc<dyn FileSystem>>> = RwLock::new(None);
+
+/// Makes every later weight read go through `fs` (tests put faults beneath loads this way).
+pub fn set_file_system(fs: Arc<dyn FileSystem>) {
+    *FILES.write().unwrap_or_else(|e| e.into_inner()) = Some(fs);
+}
+
+fn file_system() -> Arc<dyn FileSystem> {
+    FILES
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .unwrap_or_else(|| Arc::new(RealFiles))
+}
+
+/// Opens `path` through the current file system.
+pub fn open(path: &Path) -> Result<Box<dyn ReadAt>> {
+    file_system()
+        .open(path)
+        .map_err(|e| EngineError::io(path, e))
+}
+
+/// A whole file's bytes, aligned for every GGUF block and float type.
+pub struct FileBytes {
+    words: Vec<u128>,
+    len: usize,
+}
+
+impl Deref for FileBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `words` holds at least `len` initialized bytes, and u8 has no alignment.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr() as *const u8, self.len) }
+    }
+}
+
+impl FileBytes {
+    fn zeroed(len: usize) -> Self {
+        FileBytes {
+            words: vec![0u128; len.div_ceil(16)],
+            len,
+        }
+    }
+
+    fn as_mut_bytes(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`, and `&mut self` makes the borrow unique.
+        unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr() as *mut u8, self.len) }
+    }
+}
+
+/// Bytes per read, between progress reports.
+const CHUNK: usize = 8 << 20;
+
+/// Reads all of `path` into owned memory aligned for any tensor type, calling
+/// `progress(bytes done, bytes total)` after each chunk.
+pub fn read_whole(path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<FileBytes> {
+    let (file, size) = open_sized(path)?;
+    let mut bytes = FileBytes::zeroed(size);
+    fill(path, file.as_ref(), bytes.as_mut_bytes(), progress)?;
+    Ok(bytes)
+}
+
+/// Reads all of `path` into a byte vector (for formats whose readers take one), calling
+/// `progress` as [`read_whole`] does.
+pub fn read_vec(path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<Vec<u8>> {
+    let (file, size) = open_sized(path)?;
+    let mut bytes = vec![0u8; size];
+    fill(path, file.as_ref(), &mut bytes, progress)?;
+    Ok(bytes)
+}
+
+fn open_sized(path: &Path) -> Result<(Box<dyn ReadAt>, usize)> {
+    let file = open(path)?;
+    let len = file.size().map_err(|e| EngineError::io(path, e))?;
+    let size = usize::try_from(len).map_err(|_| {
+        EngineError::format(
+            path,
+            format!("{len} bytes do not fit this machine's memory"),
+        )
+    })?;
+    Ok((file, size))
+}
+
+/// Fills `buf` from the start of `file`, which had `buf.len()` bytes when opened.
+fn fill(
+    path: &Path,
+    file: &dyn ReadAt,
+    buf: &mut [u8],
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<()> {
+    let len = buf.len();
+    let mut done = 0usize;
+    while done < len {
+        let end = (done + CHUNK).min(len);
+        match file.read_at(&mut buf[done..end], done as u64) {
+            Ok(0) => {
+                return Err(EngineError::format(
+                    path,
+                    format!(
+                        "the file ended at byte {done} while it was read, though it had {len} \
+                         bytes when opened (truncated or replaced in place?)"
+                    ),
+                ))
+            }
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                let at = io::Error::new(e.kind(), format!("{e} (at byte {done} of {len})"));
+                return Err(EngineError::io(path, at));
+            }
+        }
+        progress(done as u64, len as u64);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_whole_file_reads_back_aligned_with_progress_to_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.bin");
+        let data: Vec<u8> = (0..CHUNK + 1000).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let mut seen = Vec::new();
+        let bytes = read_whole(&path, &mut |d, t| seen.push((d, t))).unwrap();
+        assert_eq!(&bytes[..], &data[..]);
+        assert_eq!(bytes.as_ptr() as usize % 16, 0);
+        let total = data.len() as u64;
+        assert_eq!(seen, [(CHUNK as u64, total), (total, total)]);
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error_naming_it() {
+        let Err(e) = read_whole(Path::new("/nonexistent/w.gguf"), &mut |_, _| {}) else {
+            panic!("a missing file reads")
+        };
+        let m = e.to_string();
+        assert!(m.contains("/nonexistent/w.gguf"), "{m}");
+    }
+}
