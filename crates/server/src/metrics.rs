@@ -13,6 +13,7 @@ pub const SWITCH_SECONDS: &str = "lensd_switch_seconds";
 pub const TIER_BYTES: &str = "lensd_tier_bytes";
 pub const TIER_BUDGET: &str = "lensd_tier_budget_bytes";
 pub const CONNECTIONS: &str = "lensd_websocket_connections";
+pub const RESULTS_UNSAVED: &str = "lensd_results_unsaved_total";
 
 /// The process's recorder, installed on first use; `None` if another recorder was installed.
 pub fn handle() -> Option<PrometheusHandle> {

@@ -623,4 +623,70 @@ mod tests {
         assert!(message.contains("r-bad"), "{message}");
         assert!(message.contains("`timings`"), "{message}");
     }
+
+    fn big(id: &str) -> StoredResult {
+        let mut r = result(id, "alice", 2);
+        r.output = Some(json!({"kind": "analysis", "note": "y".repeat(1 << 20)}));
+        r
+    }
+
+    #[test]
+    fn a_full_database_refuses_a_save_with_a_clear_error_and_keeps_what_it_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.db");
+        let store = Store::open(&path).unwrap();
+        store.save(&result("r-1", "alice", 1)).unwrap();
+        // SQLite's own limit stands in for a full disk: it fails writes with SQLITE_FULL.
+        let pages: i64 = store
+            .lock()
+            .query_row("PRAGMA page_count", [], |row| row.get(0))
+            .unwrap();
+        let set_max = |n: i64| {
+            let got: i64 = store
+                .lock()
+                .query_row(&format!("PRAGMA max_page_count = {n}"), [], |row| {
+                    row.get(0)
+                })
+                .unwrap();
+            assert!(got >= pages);
+        };
+        set_max(pages);
+        let message = store.save(&big("r-2")).unwrap_err().to_string();
+        assert!(
+            message.contains(&path.display().to_string()) && message.contains("full"),
+            "{message}"
+        );
+        assert!(store.get("r-1").unwrap().is_some(), "what was stored stays");
+        assert!(store.get("r-2").unwrap().is_none(), "nothing half-written");
+        set_max(1 << 30);
+        store.save(&big("r-2")).unwrap();
+        assert!(
+            store.get("r-2").unwrap().is_some(),
+            "with room again, saves resume"
+        );
+    }
+
+    #[test]
+    fn a_read_only_database_refuses_saves_and_still_serves_what_it_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.db");
+        let store = Store::open(&path).unwrap();
+        store.save(&result("r-1", "alice", 1)).unwrap();
+        // Writes now fail with SQLITE_READONLY, as on a read-only mount (file modes do not
+        // stop root, under which the tests may run).
+        store
+            .lock()
+            .pragma_update(None, "query_only", true)
+            .unwrap();
+        let message = store
+            .save(&result("r-2", "alice", 2))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains(&path.display().to_string()) && message.contains("readonly"),
+            "{message}"
+        );
+        assert!(store.purge_older_than(i64::MAX).is_err());
+        assert_eq!(ids(&store.recent("alice", 10).unwrap()), ["r-1"]);
+    }
 }

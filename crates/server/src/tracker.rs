@@ -427,10 +427,15 @@ async fn persist(state: &Shared, t: &Arc<Tracked>, ev: &RequestEvent) {
             timings: serde_json::json!({ "wait_ms": wait_ms, "compute_ms": compute_ms }),
         };
         let saved = tokio::task::spawn_blocking(move || store.save(&rec)).await;
-        match saved {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(%e, request = %t.id, "result not stored"),
-            Err(e) => tracing::error!(%e, request = %t.id, "result not stored"),
+        // The client still hears the end; only the stored copy (and its share link) is lost.
+        let error = match saved {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(e) = error {
+            metrics::counter!(m::RESULTS_UNSAVED).increment(1);
+            tracing::error!(%e, request = %t.id, "result not stored");
         }
     }
 }
