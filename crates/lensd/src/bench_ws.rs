@@ -42,7 +42,7 @@ pub struct ProcessSample {
     pub threads: usize,
 }
 
-fn sample(pid: Option<u32>) -> Option<ProcessSample> {
+pub(crate) fn sample(pid: Option<u32>) -> Option<ProcessSample> {
     let pid = pid?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| -> Option<u64> {

@@ -368,6 +368,44 @@ pub fn run(cmd: Command) -> Result<()> {
             let r = runtime.block_on(crate::bench_ws::run(opts))?;
             emit(format, &r, render::ws)
         }
+        Command::Soak {
+            url,
+            pid,
+            minutes,
+            clients,
+            sample_seconds,
+            seed,
+            model_ids,
+            admin_key,
+            stall_seconds,
+            idle_seconds,
+            out,
+            format,
+        } => {
+            let opts = crate::soak::SoakOptions {
+                url,
+                pid,
+                duration: std::time::Duration::from_secs_f64(minutes.max(0.0) * 60.0),
+                clients: clients.max(1),
+                sample_every: std::time::Duration::from_secs_f64(sample_seconds.max(0.1)),
+                seed,
+                models: model_ids,
+                admin_key,
+                stall: std::time::Duration::from_secs(stall_seconds),
+                idle_timeout: std::time::Duration::from_secs(idle_seconds),
+            };
+            let runtime = tokio::runtime::Runtime::new()?;
+            let r = runtime.block_on(crate::soak::run(opts))?;
+            if let Some(path) = out {
+                std::fs::write(&path, serde_json::to_string_pretty(&r)?)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            emit(format, &r, crate::soak::table)?;
+            if !r.passed {
+                bail!("the soak failed: {}", r.failures.join("; "));
+            }
+            Ok(())
+        }
         Command::BenchSwitch {
             model,
             corpus,

@@ -9,6 +9,7 @@ mod bench_ws;
 mod commands;
 mod render;
 mod serve;
+mod soak;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -373,6 +374,48 @@ enum Command {
         /// Seconds after which the run fails.
         #[arg(long, default_value_t = 300)]
         timeout: u64,
+        /// Output: a readable table, or one JSON document.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Run many clients against a running `lensd serve` for a long, bounded time (analyses,
+    /// generations, cancels, dropped connections, status, and with an admin key preloads,
+    /// unloads and reloads), sampling the server's memory, descriptors, threads and leases.
+    /// Fails if any grows without bound or any request lacks its one terminal event.
+    Soak {
+        /// The server's WebSocket address.
+        #[arg(long, default_value = "ws://127.0.0.1:8000/ws")]
+        url: String,
+        /// The server's process id, to sample its memory, descriptors and threads.
+        #[arg(long)]
+        pid: u32,
+        /// Minutes of load, after the warm-up.
+        #[arg(long, default_value_t = 20.0)]
+        minutes: f64,
+        /// Virtual users, each with its own connection.
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        /// Seconds between samples of the server.
+        #[arg(long, default_value_t = 10.0)]
+        sample_seconds: f64,
+        /// Seed of the users' random choices.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// A model the analyses name (repeat); default: every logit and tuned model listed.
+        #[arg(long = "model-id")]
+        model_ids: Vec<String>,
+        /// An admin key, for preloads, unloads, reloads and the status of dropped requests.
+        #[arg(long, env = "LENSD_ADMIN_KEY", hide_env_values = true)]
+        admin_key: Option<String>,
+        /// Seconds without the awaited answer after which a request counts as stalled.
+        #[arg(long, default_value_t = 300)]
+        stall_seconds: u64,
+        /// The longest wait, in seconds, for the server to become idle after warm-up and load.
+        #[arg(long, default_value_t = 120)]
+        idle_seconds: u64,
+        /// Also write the JSON report to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
         /// Output: a readable table, or one JSON document.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,

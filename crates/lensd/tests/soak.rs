@@ -1,0 +1,157 @@
+//! `lensd soak` against a real `lensd serve` on the demo model: a short run with a few clients
+//! performs every kind of action, sees every request end exactly once, and leaves the server
+//! idle with no lease held.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{json, Value};
+
+const ADMIN_KEY: &str = "admin-key-for-the-soak-test";
+
+/// A `lensd serve` on 127.0.0.1:0, killed if the test fails before stopping it.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(config: &Path, dir: &Path) -> Server {
+        let keys = dir.join("keys.json");
+        let doc = json!({"keys": [{"key": ADMIN_KEY, "role": "admin", "name": "soak"}]});
+        std::fs::write(&keys, doc.to_string()).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lensd"))
+            .current_dir(common::root())
+            .args(["serve", "--addr", "127.0.0.1:0", "--shutdown-grace", "2"])
+            .arg("--config")
+            .arg(config)
+            .arg("--data")
+            .arg(dir.join("data"))
+            .arg("--keys")
+            .arg(&keys)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("lensd serve starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("lensd listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Server { child, addr }
+    }
+
+    /// SIGTERM, then the ordered shutdown must end with success.
+    fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(killed.success());
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "lensd exited with {status}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+/// Two groups naming the demo base: the logit lens and a fitted tuned lens, and the logit
+/// lens again.
+fn config(dir: &Path) -> std::path::PathBuf {
+    let lens = common::fit(dir, "lens", "1e-3");
+    let model = common::demo_model();
+    let doc = json!({"model_groups": [
+        {"group_id": "demo", "group_name": "SmolLM2", "base_model_path": model,
+         "models": [{"id": "logit", "name": "Logit", "lens": "logit"},
+                    {"id": "tuned", "name": "Tuned", "lens": "tuned", "lens_checkpoint_path": lens}]},
+        {"group_id": "demo-2", "group_name": "SmolLM2 again", "base_model_path": model,
+         "models": [{"id": "logit-2", "name": "Logit", "lens": "logit"}]}],
+        "settings": {"default_group": "demo", "device_budget": "2GiB", "host_budget": "1GiB"}});
+    let cfg = dir.join("model_groups.json");
+    std::fs::write(&cfg, doc.to_string()).unwrap();
+    cfg
+}
+
+#[test]
+fn a_short_soak_performs_every_action_and_every_request_ends_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let server = Server::start(&cfg, dir.path());
+    let out = Command::new(env!("CARGO_BIN_EXE_lensd"))
+        .args(["soak", "--url", &format!("ws://{}/ws", server.addr)])
+        .args(["--pid", &server.child.id().to_string()])
+        .args([
+            "--minutes",
+            "0.4",
+            "--clients",
+            "3",
+            "--sample-seconds",
+            "1",
+        ])
+        .args([
+            "--stall-seconds",
+            "120",
+            "--idle-seconds",
+            "60",
+            "--format",
+            "json",
+        ])
+        .env("LENSD_ADMIN_KEY", ADMIN_KEY)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON report ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(
+        out.status.success(),
+        "{}\n{r:#}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(r["passed"], true, "{r:#}");
+    let count = |action: &str, outcome: &str| r["actions"][action][outcome].as_u64().unwrap_or(0);
+    for (action, outcome) in [
+        ("analyze", "completed"),
+        ("generate", "completed"),
+        ("cancel", "cancelled"),
+        ("disconnect", "accepted"),
+        ("status", "completed"),
+        ("preload", "completed"),
+        ("unload", "completed"),
+        ("reload", "completed"),
+    ] {
+        assert!(count(action, outcome) >= 1, "no {action} {outcome}: {r:#}");
+    }
+    // Every dropped request was found ended through the API.
+    let disconnect_ended: u64 = ["completed", "cancelled", "failed"]
+        .iter()
+        .map(|o| count("disconnect", o))
+        .sum();
+    assert_eq!(disconnect_ended, count("disconnect", "accepted"), "{r:#}");
+    for (kind, n) in r["violations"].as_object().unwrap() {
+        assert_eq!(n, 0, "{kind}: {r:#}");
+    }
+    assert_eq!(r["violations"].as_object().unwrap().len(), 6);
+    assert_eq!(r["errors"].get("internal"), None, "{r:#}");
+    assert!(r["requests_served"].as_u64().unwrap() >= 3, "{r:#}");
+    assert_eq!(r["idle_at_end"], true, "{r:#}");
+    assert_eq!(r["server_end"]["leases"], 0);
+    assert!(r["max_leases"].as_u64().unwrap() >= 1, "{r:#}");
+    let samples = r["samples"].as_array().unwrap();
+    assert!(samples.len() >= 10, "{r:#}");
+    assert!(samples.iter().all(|s| s["rss_bytes"].as_u64().unwrap() > 0));
+    assert!(r["rss_last_quarter_p25"].as_u64().is_some(), "{r:#}");
+    server.stop();
+}
