@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio::time::timeout_at;
@@ -44,24 +46,24 @@ const ACTIONS: [(&str, u32, bool); 8] = [
 /// The actions that submit a request.
 pub(super) const SUBMITS: [&str; 4] = ["analyze", "generate", "cancel", "disconnect"];
 
-/// SplitMix64: a small seeded generator, enough to draw actions reproducibly.
-struct Rng(u64);
+/// The users' seeded draws.
+struct Rng(StdRng);
 
 impl Rng {
+    fn seeded(seed: u64) -> Self {
+        Rng(StdRng::seed_from_u64(seed))
+    }
+
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.random()
     }
 
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        self.0.random_range(0..n.max(1))
     }
 
     fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
+        self.0.random_range(0..100) < percent
     }
 }
 
@@ -477,7 +479,7 @@ async fn reload(ctx: &Ctx, log: &mut Log) -> Result<(), Fault> {
 
 /// One virtual user: every action once, then random ones until the time is up.
 pub(super) async fn run(k: usize, ctx: Arc<Ctx>) -> Log {
-    let mut rng = Rng(ctx.o.seed ^ (k as u64 + 1).wrapping_mul(0xd1b5_4a32_d192_ed03));
+    let mut rng = Rng::seeded(ctx.o.seed ^ (k as u64 + 1).wrapping_mul(0xd1b5_4a32_d192_ed03));
     let mut log = Log::default();
     let admin = ctx.o.admin_key.is_some();
     let allowed: Vec<(&'static str, u32)> = ACTIONS

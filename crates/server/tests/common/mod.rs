@@ -85,6 +85,29 @@ pub fn server_full(
     engine: FakeEngine,
     web_dir: Option<std::path::PathBuf>,
 ) -> TestServer {
+    let store = Arc::new(Store::open_in_memory().unwrap());
+    server_parts(limits, queue, engine, web_dir, store)
+}
+
+/// A server that keeps its results in `store`.
+pub fn server_with_store(store: Arc<Store>) -> TestServer {
+    let engine = FakeEngine::new(true);
+    server_parts(
+        Limits::default(),
+        QueueConfig::default(),
+        engine,
+        None,
+        store,
+    )
+}
+
+fn server_parts(
+    limits: Limits,
+    queue: QueueConfig,
+    engine: FakeEngine,
+    web_dir: Option<std::path::PathBuf>,
+    store: Arc<Store>,
+) -> TestServer {
     let snap = snapshot();
     let residency = Residency::start(
         snap.registry.clone(),
@@ -111,7 +134,7 @@ pub fn server_full(
         control: None,
         keys,
         limits,
-        store: Some(Arc::new(Store::open_in_memory().unwrap())),
+        store: Some(store),
         log: None,
         allowed_origins: vec!["http://localhost:8000".into()],
         web_dir,
