@@ -120,3 +120,53 @@ impl Keys {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(text: &str) -> Result<Keys, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.json");
+        std::fs::write(&path, text).unwrap();
+        Keys::from_file(&path).map_err(|e| e.replace(&path.display().to_string(), "FILE"))
+    }
+
+    #[test]
+    fn a_sound_key_file_gives_each_key_its_role_and_name() {
+        let keys = read(
+            r#"{"keys": [{"key": "0123456789abcdef", "role": "admin", "name": "ops"},
+                                     {"key": "fedcba9876543210", "role": "user"}]}"#,
+        )
+        .unwrap();
+        let admin = keys.caller(Some("Bearer 0123456789abcdef")).unwrap();
+        assert_eq!((admin.role, admin.label.as_str()), (Role::Admin, "ops"));
+        let user = keys.caller(Some("fedcba9876543210")).unwrap();
+        assert_eq!((user.role, user.label.as_str()), (Role::User, "user-1"));
+        assert!(keys.caller(Some("Bearer nope")).is_err());
+    }
+
+    #[test]
+    fn a_bad_key_file_is_refused_naming_the_file_and_the_entry() {
+        for (text, needle) in [
+            ("{not json", "FILE: invalid key file"),
+            (
+                r#"{"keys": [{"key": "short", "role": "user"}]}"#,
+                "FILE: keys[0] is shorter than 16",
+            ),
+            (
+                r#"{"keys": [{"key": "0123456789abcdef", "role": "anonymous"}]}"#,
+                "FILE: keys[0] has role anonymous",
+            ),
+            (
+                r#"{"keys": [{"key": "0123456789abcdef", "role": "root"}]}"#,
+                "FILE: invalid key file",
+            ),
+        ] {
+            let e = read(text).err().expect("refused");
+            assert!(e.starts_with(needle), "{text}: {e}");
+        }
+        let missing = Keys::from_file(Path::new("/nonexistent/keys.json")).unwrap_err();
+        assert!(missing.starts_with("/nonexistent/keys.json: "), "{missing}");
+    }
+}
