@@ -85,7 +85,7 @@ fn random_corruption_of_the_header_never_panics() {
         }
         std::fs::write(&bad, &b).unwrap();
         // Either it still runs (the byte did not matter) or it fails with an error.
-        let run = GgufFile::open(&bad).and_then(|g| {
+        let run = GgufFile::read(&bad, &mut |_, _| {}).and_then(|g| {
             let cfg = g.config()?;
             let model = Llama::new(cfg.clone(), g.load_weights(&cfg, Default::default())?);
             model
@@ -122,7 +122,7 @@ fn a_tensor_of_the_wrong_shape_is_named_with_both_shapes() {
             .unwrap();
         t.1 = Tensor::zeros((64, 64), DType::F32, &Device::Cpu).unwrap();
     });
-    let g = GgufFile::open(&p).unwrap();
+    let g = GgufFile::read(&p, &mut |_, _| {}).unwrap();
     let e = g
         .load_weights(&g.config().unwrap(), Default::default())
         .expect_err("refused");
@@ -137,7 +137,7 @@ fn a_missing_tensor_is_named() {
     common::write_tiny_gguf(&p, |_, tensors| {
         tensors.retain(|(n, _)| n != "blk.2.ffn_up.weight")
     });
-    let g = GgufFile::open(&p).unwrap();
+    let g = GgufFile::read(&p, &mut |_, _| {}).unwrap();
     let e = g
         .load_weights(&g.config().unwrap(), Default::default())
         .expect_err("refused");

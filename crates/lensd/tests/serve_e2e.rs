@@ -377,7 +377,10 @@ async fn an_admin_reloads_the_configuration_of_a_running_server() {
     );
     let (_, body) = http_get(&server.addr, "/api/v2/groups").await;
     let kept: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(kept["groups"], groups["groups"], "the configuration it had stays");
+    assert_eq!(
+        kept["groups"], groups["groups"],
+        "the configuration it had stays"
+    );
     server.stop();
 }
 

@@ -163,7 +163,7 @@ mod tests {
                 "FILE: invalid key file",
             ),
         ] {
-            let e = read(text).err().expect("refused");
+            let e = read(text).expect_err("refused");
             assert!(e.starts_with(needle), "{text}: {e}");
         }
         let missing = Keys::from_file(Path::new("/nonexistent/keys.json")).unwrap_err();

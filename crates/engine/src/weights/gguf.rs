@@ -368,7 +368,11 @@ impl std::io::Seek for At {
         self.pos = match to {
             SeekFrom::Start(p) => p,
             SeekFrom::Current(d) => self.pos.checked_add_signed(d).ok_or_else(invalid)?,
-            SeekFrom::End(d) => self.file.size()?.checked_add_signed(d).ok_or_else(invalid)?,
+            SeekFrom::End(d) => self
+                .file
+                .size()?
+                .checked_add_signed(d)
+                .ok_or_else(invalid)?,
         };
         Ok(self.pos)
     }
