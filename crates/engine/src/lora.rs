@@ -2,10 +2,10 @@
 //! computes `W x + s · B (A x)`, so one copy of the base serves both the plain and the adapted
 //! model (docs/talkative.md, "Donors").
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use serde::Deserialize;
 
 use crate::config::ModelConfig;
@@ -202,11 +202,7 @@ impl Adapter {
                 "an adapter folder needs adapter_model.safetensors (PEFT's safetensors layout)",
             ));
         }
-        let tensors: HashMap<String, Tensor> = candle_core::safetensors::load_buffer(
-            &crate::weights::file::read_vec(&st, &mut |_, _| {})?,
-            &Device::Cpu,
-        )
-        .map_err(|e| EngineError::format(&st, format!("invalid safetensors file: {e}")))?;
+        let tensors = crate::weights::tensor_file::read_safetensors(&st)?;
         // (block, module) → its A and B, as they are found.
         type Found<'a> = (Option<&'a Tensor>, Option<&'a Tensor>);
         let mut pairs: BTreeMap<(usize, &str), Found> = BTreeMap::new();

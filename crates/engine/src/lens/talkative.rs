@@ -274,7 +274,7 @@ impl TalkativeLens {
         };
 
         let tpath = dir.join(TENSORS);
-        let bytes = std::fs::read(&tpath).map_err(|e| EngineError::io(&tpath, e))?;
+        let bytes = crate::weights::file::read_vec(&tpath, &mut |_, _| {})?;
         let hash = sha256_hex(&bytes);
         if hash != m.content_sha256.to_ascii_lowercase() {
             return Err(EngineError::format(

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::config::ModelConfig;
@@ -128,11 +128,7 @@ impl TunedLens {
         let st = dir.join("params.safetensors");
         let pt = dir.join("params.pt");
         let (params_path, tensors) = if st.is_file() {
-            let t = candle_core::safetensors::load_buffer(
-                &crate::weights::file::read_vec(&st, &mut |_, _| {})?,
-                &Device::Cpu,
-            )
-            .map_err(|e| EngineError::format(&st, format!("invalid safetensors file: {e}")))?;
+            let t = crate::weights::tensor_file::read_safetensors(&st)?;
             (st, t)
         } else if pt.is_file() {
             let t = candle_core::pickle::read_all(&pt).map_err(|e| {

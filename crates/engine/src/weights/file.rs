@@ -135,16 +135,31 @@ fn fill(
     buf: &mut [u8],
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<()> {
-    let len = buf.len();
+    let len = buf.len() as u64;
+    fill_at(path, file, buf, 0, len, progress)
+}
+
+/// Fills `buf` from byte `offset` of `file`, which had `len` bytes when opened, calling
+/// `progress(bytes of buf done, bytes of buf)` after each chunk.
+pub(crate) fn fill_at(
+    path: &Path,
+    file: &dyn ReadAt,
+    buf: &mut [u8],
+    offset: u64,
+    len: u64,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<()> {
+    let want = buf.len();
     let mut done = 0usize;
-    while done < len {
-        let end = (done + CHUNK).min(len);
-        match file.read_at(&mut buf[done..end], done as u64) {
+    while done < want {
+        let end = (done + CHUNK).min(want);
+        let at = offset + done as u64;
+        match file.read_at(&mut buf[done..end], at) {
             Ok(0) => {
                 return Err(EngineError::format(
                     path,
                     format!(
-                        "the file ended at byte {done} while it was read, though it had {len} \
+                        "the file ended at byte {at} while it was read, though it had {len} \
                          bytes when opened (truncated or replaced in place?)"
                     ),
                 ))
@@ -152,11 +167,11 @@ fn fill(
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
-                let at = io::Error::new(e.kind(), format!("{e} (at byte {done} of {len})"));
-                return Err(EngineError::io(path, at));
+                let e = io::Error::new(e.kind(), format!("{e} (at byte {at} of {len})"));
+                return Err(EngineError::io(path, e));
             }
         }
-        progress(done as u64, len as u64);
+        progress(done as u64, want as u64);
     }
     Ok(())
 }

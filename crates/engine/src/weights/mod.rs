@@ -6,6 +6,7 @@ pub mod file;
 mod file_quant;
 pub mod gguf;
 pub mod safetensors;
+pub mod tensor_file;
 
 use std::path::Path;
 use std::sync::Arc;
