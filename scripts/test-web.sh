@@ -58,4 +58,5 @@ if node --help | grep -q -- '--test-concurrency'; then
 fi
 cd web/tests
 exec node --test "${concurrency[@]}" "$@" \
-  analyze.test.js io.test.js talkative.test.js residency.test.js config.test.js reconnect.test.js chat.test.js
+  io-fuzz.test.js analyze.test.js io.test.js talkative.test.js residency.test.js config.test.js \
+  reconnect.test.js chat.test.js

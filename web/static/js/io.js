@@ -235,5 +235,7 @@ function classify({ line, value: v }) {
 /** Parses a whole file; throws an ImportError for the first thing wrong. */
 export function parseImport(text) {
   if (!text.trim()) throw new ImportError(1, 'the file is empty');
-  return parseValues(text).map(classify);
+  const values = parseValues(text);
+  if (values.length === 0) throw new ImportError(1, 'the file holds no JSON object or array');
+  return values.map(classify);
 }
