@@ -4,65 +4,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
+use common::server::Server;
 use serde_json::{json, Value};
 
 const ADMIN_KEY: &str = "admin-key-for-the-soak-test";
-
-/// A `lensd serve` on 127.0.0.1:0, killed if the test fails before stopping it.
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Server {
-    fn start(config: &Path, dir: &Path) -> Server {
-        let keys = dir.join("keys.json");
-        let doc = json!({"keys": [{"key": ADMIN_KEY, "role": "admin", "name": "soak"}]});
-        std::fs::write(&keys, doc.to_string()).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lensd"))
-            .current_dir(common::root())
-            .args(["serve", "--addr", "127.0.0.1:0", "--shutdown-grace", "2"])
-            .arg("--config")
-            .arg(config)
-            .arg("--data")
-            .arg(dir.join("data"))
-            .arg("--keys")
-            .arg(&keys)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("lensd serve starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("lensd listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        Server { child, addr }
-    }
-
-    /// SIGTERM, then the ordered shutdown must end with success.
-    fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(killed.success());
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "lensd exited with {status}");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
-}
 
 /// Two groups naming the demo base: the logit lens and a fitted tuned lens, and the logit
 /// lens again.
@@ -85,7 +33,14 @@ fn config(dir: &Path) -> std::path::PathBuf {
 fn a_short_soak_performs_every_action_and_every_request_ends_once() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
-    let server = Server::start(&cfg, dir.path());
+    let keys = dir.path().join("keys.json");
+    let doc = json!({"keys": [{"key": ADMIN_KEY, "role": "admin", "name": "soak"}]});
+    std::fs::write(&keys, doc.to_string()).unwrap();
+    let server = Server::start_with(
+        &cfg,
+        &dir.path().join("data"),
+        &["--keys", keys.to_str().unwrap()],
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_lensd"))
         .args(["soak", "--url", &format!("ws://{}/ws", server.addr)])
         .args(["--pid", &server.child.id().to_string()])
