@@ -62,4 +62,20 @@ pub type ComputeSink = Box<dyn FnMut(ComputeEvent) -> std::ops::ControlFlow<()> 
 /// Reads the process's resident memory, so that accounted bytes can be compared with reality.
 pub trait MemoryProbe: Send + Sync + 'static {
     fn resident_bytes(&self) -> Option<u64>;
+
+    /// The heap allocator's own count, where it offers one.
+    fn heap(&self) -> Option<HeapUsage> {
+        None
+    }
+}
+
+/// What the heap allocator holds. Bytes in use grow only with what the program keeps; a leak
+/// shows here. Free bytes are held for reuse and count in resident memory while their pages
+/// are touched, so resident memory can climb through fragmentation with no leak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct HeapUsage {
+    /// Bytes handed out and not yet freed, with the allocator's per-block headers.
+    pub in_use_bytes: u64,
+    /// Bytes freed by the program that the allocator keeps for later allocations.
+    pub free_bytes: u64,
 }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use lensd_core::analysis::{Analysis, Explanation, RowsChunk, TokenInfo};
 use lensd_core::engine::{
-    BoxFuture, ComputeSink, Engine, EngineFailure, MemoryProbe, Progress, Source,
+    BoxFuture, ComputeSink, Engine, EngineFailure, HeapUsage, MemoryProbe, Progress, Source,
 };
 use lensd_core::registry::{BaseKey, LensKey, ResourceKey};
 use lensd_core::residency::Tier;
@@ -511,6 +511,26 @@ impl MemoryProbe for ProcMemory {
     fn resident_bytes(&self) -> Option<u64> {
         resident_bytes()
     }
+
+    fn heap(&self) -> Option<HeapUsage> {
+        heap_usage()
+    }
+}
+
+/// glibc's count over all its arenas: blocks in use (from the arenas and mapped on their own)
+/// and free blocks it keeps. `None` on other C libraries.
+pub fn heap_usage() -> Option<HeapUsage> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 reads the allocator's statistics under its own locks.
+        let m = unsafe { libc::mallinfo2() };
+        Some(HeapUsage {
+            in_use_bytes: (m.uordblks + m.hblkhd) as u64,
+            free_bytes: m.fordblks as u64,
+        })
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    None
 }
 
 pub fn resident_bytes() -> Option<u64> {

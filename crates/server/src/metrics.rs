@@ -14,6 +14,9 @@ pub const TIER_BYTES: &str = "lensd_tier_bytes";
 pub const TIER_BUDGET: &str = "lensd_tier_budget_bytes";
 pub const CONNECTIONS: &str = "lensd_websocket_connections";
 pub const RESULTS_UNSAVED: &str = "lensd_results_unsaved_total";
+pub const RESIDENT_BYTES: &str = "lensd_process_resident_bytes";
+pub const HEAP_IN_USE: &str = "lensd_heap_in_use_bytes";
+pub const HEAP_FREE: &str = "lensd_heap_free_bytes";
 
 /// The process's recorder, installed on first use; `None` if another recorder was installed.
 pub fn handle() -> Option<PrometheusHandle> {

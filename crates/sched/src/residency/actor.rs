@@ -148,7 +148,9 @@ impl Actor {
             ),
             Command::Report { reply } => {
                 let rss = self.memory.as_ref().and_then(|m| m.resident_bytes());
-                let _ = reply.send(self.state.report(now, rss));
+                let mut report = self.state.report(now, rss);
+                report.process_heap = self.memory.as_ref().and_then(|m| m.heap());
+                let _ = reply.send(report);
                 (Vec::new(), None)
             }
         }

@@ -1,5 +1,6 @@
 //! What the residency manager hands out and reports: leases, preload events, errors, reports.
 
+use lensd_core::engine::HeapUsage;
 use lensd_core::registry::{BaseKey, LensKey, ResourceKey};
 use lensd_core::residency::Tier;
 use lensd_core::ByteSize;
@@ -123,6 +124,8 @@ pub struct MemoryReport {
     pub entries: Vec<EntryReport>,
     pub accounted_bytes: u64,
     pub process_resident_bytes: Option<u64>,
+    /// The heap allocator's count, where the probe reads one.
+    pub process_heap: Option<HeapUsage>,
     /// Broken bookkeeping rules, if any; always empty unless there is a bug.
     pub invariant_violations: Vec<String>,
 }

@@ -71,6 +71,13 @@ pub async fn metrics(State(state): State<Shared>) -> ApiResult<Response> {
             metrics::gauge!(m::TIER_BYTES, "tier" => t.tier.as_str()).set(t.used as f64);
             metrics::gauge!(m::TIER_BUDGET, "tier" => t.tier.as_str()).set(t.budget as f64);
         }
+        if let Some(rss) = r.process_resident_bytes {
+            metrics::gauge!(m::RESIDENT_BYTES).set(rss as f64);
+        }
+        if let Some(h) = r.process_heap {
+            metrics::gauge!(m::HEAP_IN_USE).set(h.in_use_bytes as f64);
+            metrics::gauge!(m::HEAP_FREE).set(h.free_bytes as f64);
+        }
     }
     metrics::gauge!(m::CONNECTIONS)
         .set(state.connections.load(std::sync::atomic::Ordering::Relaxed) as f64);

@@ -251,6 +251,10 @@ pub struct MemoryResponse {
     pub entries: Vec<MemoryEntry>,
     pub accounted_bytes: u64,
     pub process_resident_bytes: Option<u64>,
+    /// Heap bytes the program holds, by the allocator's own count (glibc).
+    pub process_heap_in_use_bytes: Option<u64>,
+    /// Freed heap bytes the allocator keeps for reuse.
+    pub process_heap_free_bytes: Option<u64>,
 }
 
 /// The memory report: every base and lens with its tier and bytes, tiers against budgets,
@@ -305,6 +309,8 @@ pub async fn memory(State(state): State<Shared>, who: Who) -> ApiResult<Json<Mem
         entries,
         accounted_bytes: report.accounted_bytes,
         process_resident_bytes: report.process_resident_bytes,
+        process_heap_in_use_bytes: report.process_heap.map(|h| h.in_use_bytes),
+        process_heap_free_bytes: report.process_heap.map(|h| h.free_bytes),
     }))
 }
 

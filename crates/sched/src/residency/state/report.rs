@@ -82,6 +82,7 @@ impl State {
             accounted_bytes: self.entries.values().map(|e| e.bytes).sum(),
             entries,
             process_resident_bytes,
+            process_heap: None,
             invariant_violations: self.violations(),
         }
     }
