@@ -17,6 +17,7 @@ pub const RESULTS_UNSAVED: &str = "lensd_results_unsaved_total";
 pub const RESIDENT_BYTES: &str = "lensd_process_resident_bytes";
 pub const HEAP_IN_USE: &str = "lensd_heap_in_use_bytes";
 pub const HEAP_FREE: &str = "lensd_heap_free_bytes";
+pub const FINISHED_KEPT_BYTES: &str = "lensd_finished_kept_bytes";
 
 /// The process's recorder, installed on first use; `None` if another recorder was installed.
 pub fn handle() -> Option<PrometheusHandle> {

@@ -22,8 +22,11 @@ use crate::state::Shared;
 use crate::store::StoredResult;
 use crate::views;
 
-/// Finished requests kept in memory for status queries; older ones are read from the database.
+/// Finished requests kept in memory with their events, for status queries and late
+/// subscribers, at most this many and this many bytes of events (as JSON); older ones are read
+/// from the database. The newest is always kept.
 const KEPT_FINISHED: usize = 1000;
+const KEPT_FINISHED_BYTES: u64 = 64 << 20;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -96,7 +99,37 @@ impl Tracked {
 #[derive(Default)]
 pub struct Requests {
     map: Mutex<HashMap<String, Arc<Tracked>>>,
-    finished: Mutex<VecDeque<String>>,
+    finished: Mutex<Finished>,
+}
+
+/// Finished requests still in the map, oldest first, with the bytes of their events.
+#[derive(Default)]
+struct Finished {
+    order: VecDeque<(String, u64)>,
+    bytes: u64,
+}
+
+/// Counts what is written to it and keeps nothing.
+struct ByteCount(u64);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The size of events as JSON, without building the text.
+fn json_bytes(events: &[RequestEvent]) -> u64 {
+    let mut n = ByteCount(0);
+    for ev in events {
+        let _ = serde_json::to_writer(&mut n, ev);
+    }
+    n.0
 }
 
 impl Requests {
@@ -115,17 +148,26 @@ impl Requests {
             .insert(t.id.clone(), t);
     }
 
-    fn finished(&self, id: &str) {
+    /// Keeps a finished request whose events take `bytes`, and forgets the oldest ones beyond
+    /// the count and the bytes kept.
+    fn finished(&self, id: &str, bytes: u64) {
+        self.finished_within(id, bytes, KEPT_FINISHED, KEPT_FINISHED_BYTES);
+    }
+
+    fn finished_within(&self, id: &str, bytes: u64, count: usize, most_bytes: u64) {
         let mut f = self.finished.lock().unwrap_or_else(|e| e.into_inner());
-        f.push_back(id.to_string());
-        while f.len() > KEPT_FINISHED {
-            if let Some(old) = f.pop_front() {
+        f.order.push_back((id.to_string(), bytes));
+        f.bytes += bytes;
+        while f.order.len() > count || f.bytes > most_bytes && f.order.len() > 1 {
+            if let Some((old, n)) = f.order.pop_front() {
+                f.bytes -= n;
                 self.map
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&old);
             }
         }
+        metrics::gauge!(m::FINISHED_KEPT_BYTES).set(f.bytes as f64);
     }
 
     /// Requests not yet ended, logged and stored.
@@ -291,7 +333,8 @@ async fn pump(state: Shared, t: Arc<Tracked>, mut rx: UnboundedReceiver<RequestE
         }
         if terminal {
             t.settled.store(true, Ordering::SeqCst);
-            state.requests.finished(&t.id);
+            let bytes = json_bytes(&t.lock().events);
+            state.requests.finished(&t.id, bytes);
             break;
         }
     }
@@ -445,4 +488,89 @@ async fn persist(state: &Shared, t: &Arc<Tracked>, ev: &RequestEvent) {
 /// so that a stored or fetched result reads exactly like the streamed one.
 pub fn as_json<T: serde::Serialize>(value: &T) -> Option<serde_json::Value> {
     serde_json::from_str(&serde_json::to_string(value).ok()?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tracked(id: &str) -> Arc<Tracked> {
+        Arc::new(Tracked {
+            id: id.into(),
+            internal: 0,
+            client: String::new(),
+            owner: String::new(),
+            kind: "analysis",
+            models: Vec::new(),
+            input: serde_json::Value::Null,
+            text_chars: 0,
+            submitted: Instant::now(),
+            created_at: 0,
+            inner: Mutex::new(Inner {
+                status: Status::Completed,
+                events: Vec::new(),
+                subscribers: Vec::new(),
+                started: None,
+                loading_since: None,
+                loading_bytes: 0,
+            }),
+            settled: std::sync::atomic::AtomicBool::new(true),
+        })
+    }
+
+    fn kept(r: &Requests) -> Vec<String> {
+        let f = r.finished.lock().unwrap();
+        let ids: Vec<String> = f.order.iter().map(|(id, _)| id.clone()).collect();
+        for id in &ids {
+            assert!(r.get(id).is_some(), "{id} is counted but not in the map");
+        }
+        ids
+    }
+
+    #[test]
+    fn finished_requests_are_kept_within_a_count_and_bytes() {
+        let r = Requests::default();
+        for (i, bytes) in [10, 10, 10, 10].into_iter().enumerate() {
+            let id = format!("r-{i}");
+            r.insert(tracked(&id));
+            r.finished_within(&id, bytes, 3, 100);
+        }
+        assert_eq!(kept(&r), ["r-1", "r-2", "r-3"]);
+        assert!(r.get("r-0").is_none());
+        // Within a count of 5, the bytes decide: 30 + 75 is over 100, 20 + 75 is not.
+        r.insert(tracked("big"));
+        r.finished_within("big", 75, 5, 100);
+        assert_eq!(kept(&r), ["r-2", "r-3", "big"]);
+        assert_eq!(r.finished.lock().unwrap().bytes, 95);
+        // One larger than the bound alone is still kept, as the newest.
+        r.insert(tracked("huge"));
+        r.finished_within("huge", 500, 3, 100);
+        assert_eq!(kept(&r), ["huge"]);
+        // An unfinished request is never dropped for the finished ones.
+        r.insert(tracked("running"));
+        r.insert(tracked("next"));
+        r.finished_within("next", 1, 3, 100);
+        assert!(r.get("running").is_some());
+        assert_eq!(kept(&r), ["next"]);
+    }
+
+    #[test]
+    fn event_bytes_are_their_json_length() {
+        let events = vec![
+            RequestEvent::Queued { position: 3 },
+            RequestEvent::Token {
+                id: 7,
+                text: "héllo \"quoted\"".into(),
+            },
+            RequestEvent::Cancelled {
+                partial: true,
+                reason: "by the client".into(),
+            },
+        ];
+        let text: usize = events
+            .iter()
+            .map(|e| serde_json::to_string(e).unwrap().len())
+            .sum();
+        assert_eq!(json_bytes(&events), text as u64);
+    }
 }
