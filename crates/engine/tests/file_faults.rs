@@ -110,7 +110,13 @@ fn an_io_error_part_way_through_a_weight_file_is_an_error_naming_file_and_offset
     faults.clear(&gguf);
     faults.clear(&shard);
     assert!(load(&gguf, &mut |_, _| {}).is_ok());
-    assert!(load(&folder, &mut |_, _| {}).is_ok());
+    // The folder is read tensor by tensor: progress climbs to the shard's size.
+    let mut seen = Vec::new();
+    assert!(load(&folder, &mut |done, total| seen.push((done, total))).is_ok());
+    let size = std::fs::metadata(&shard).unwrap().len();
+    assert!(seen.len() > 2, "{seen:?}");
+    assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0), "{seen:?}");
+    assert_eq!(seen.last(), Some(&(size, size)));
 }
 
 #[test]

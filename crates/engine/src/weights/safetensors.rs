@@ -4,11 +4,11 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use candle_core::safetensors::{BufferedSafetensors, MmapedSafetensors};
+use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
-use super::file;
+use super::tensor_file::read_safetensors_with_progress;
 use super::{check_shape, ComputeDtype, Linear, ModelWeights, Role, TensorSource};
 use crate::config::{ModelConfig, RopeStyle};
 use crate::error::{EngineError, Result};
@@ -88,40 +88,61 @@ pub struct HfCheckpoint {
     tensors: Tensors,
 }
 
-/// Where a checkpoint's tensors are: mapped for reading headers alone, or read into memory
-/// for loading, so that a file changed during a load is an error and not a bus error.
+/// Where a checkpoint's tensors are: mapped for reading headers alone, or read tensor by
+/// tensor into memory for loading, so that a file changed during a load is an error and not
+/// a bus error, and a load never holds a whole shard beside its tensors.
 enum Tensors {
     Mapped(MmapedSafetensors),
-    Read {
-        shards: Vec<BufferedSafetensors>,
-        /// Tensor name → its shard.
-        index: HashMap<String, usize>,
-    },
+    Read(HashMap<String, Tensor>),
 }
 
 impl Tensors {
-    fn get(&self, name: &str) -> candle_core::Result<safetensors::tensor::TensorView<'_>> {
+    fn has(&self, name: &str) -> bool {
         match self {
-            Tensors::Mapped(m) => m.get(name),
-            Tensors::Read { shards, index } => match index.get(name) {
-                Some(&i) => shards[i].get(name),
-                None => candle_core::bail!("cannot find tensor {name}"),
-            },
+            Tensors::Mapped(m) => m.get(name).is_ok(),
+            Tensors::Read(t) => t.contains_key(name),
         }
     }
 
-    fn tensors(&self) -> Vec<(String, safetensors::tensor::TensorView<'_>)> {
+    /// Every tensor's name, dtype, shape and bytes.
+    fn table(&self) -> Vec<(String, String, Vec<usize>, u64)> {
         match self {
-            Tensors::Mapped(m) => m.tensors(),
-            Tensors::Read { shards, .. } => shards.iter().flat_map(|s| s.tensors()).collect(),
+            Tensors::Mapped(m) => m
+                .tensors()
+                .into_iter()
+                .map(|(n, v)| {
+                    let bytes = v.data().len() as u64;
+                    (n, format!("{:?}", v.dtype()), v.shape().to_vec(), bytes)
+                })
+                .collect(),
+            Tensors::Read(t) => t
+                .iter()
+                .map(|(n, t)| {
+                    let bytes = (t.elem_count() * t.dtype().size_in_bytes()) as u64;
+                    (
+                        n.clone(),
+                        format!("{:?}", t.dtype()),
+                        t.dims().to_vec(),
+                        bytes,
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// The tensor's shape (from the header when mapped) and a way to get the tensor.
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        match self {
+            Tensors::Mapped(m) => m.get(name).ok().map(|v| v.shape().to_vec()),
+            Tensors::Read(t) => t.get(name).map(|t| t.dims().to_vec()),
         }
     }
 
     fn load(&self, name: &str) -> candle_core::Result<Tensor> {
         match self {
             Tensors::Mapped(m) => m.load(name, &Device::Cpu),
-            Tensors::Read { shards, index } => match index.get(name) {
-                Some(&i) => shards[i].load(name, &Device::Cpu),
+            Tensors::Read(t) => match t.get(name) {
+                Some(t) => Ok(t.clone()),
                 None => candle_core::bail!("cannot find tensor {name}"),
             },
         }
@@ -187,30 +208,28 @@ impl HfCheckpoint {
         })
     }
 
-    /// [`HfCheckpoint::open`], then reads every shard into memory for loading, calling
-    /// `progress(bytes done, bytes total)` per shard.
+    /// [`HfCheckpoint::open`], then reads every shard's tensors into memory for loading,
+    /// calling `progress(bytes done, bytes total)` per tensor.
     pub fn read(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<Self> {
         let mut ck = Self::open(dir)?;
-        let mut shards = Vec::with_capacity(ck.files.len());
-        let mut index = HashMap::new();
         let total: u64 = ck
             .files
             .iter()
             .filter_map(|f| f.metadata().ok())
             .map(|m| m.len())
             .sum();
+        let mut tensors = HashMap::new();
         let mut before = 0;
-        for (i, f) in ck.files.iter().enumerate() {
-            let bytes = file::read_vec(f, &mut |done, _| progress(before + done, total))?;
-            before += bytes.len() as u64;
-            let shard = BufferedSafetensors::new(bytes)
-                .map_err(|e| EngineError::format(f, format!("invalid safetensors file: {e}")))?;
-            for (name, _) in shard.tensors() {
-                index.insert(name, i);
-            }
-            shards.push(shard);
+        for f in &ck.files {
+            let mut size = 0;
+            let shard = read_safetensors_with_progress(f, &mut |done, len| {
+                size = len;
+                progress(before + done, total)
+            })?;
+            before += size;
+            tensors.extend(shard);
         }
-        ck.tensors = Tensors::Read { shards, index };
+        ck.tensors = Tensors::Read(tensors);
         Ok(ck)
     }
 
@@ -253,20 +272,12 @@ impl HfCheckpoint {
     }
 
     fn has(&self, name: &str) -> bool {
-        self.tensors.get(name).is_ok()
+        self.tensors.has(name)
     }
 
     /// Per-tensor (name, dtype, shape, bytes) read from the headers only.
     pub fn tensor_table(&self) -> Vec<(String, String, Vec<usize>, u64)> {
-        let mut v: Vec<_> = self
-            .tensors
-            .tensors()
-            .into_iter()
-            .map(|(n, t)| {
-                let bytes = t.data().len() as u64;
-                (n, format!("{:?}", t.dtype()), t.shape().to_vec(), bytes)
-            })
-            .collect();
+        let mut v = self.tensors.table();
         v.sort();
         v
     }
@@ -302,13 +313,13 @@ impl TensorSource for HfCheckpoint {
         cfg: &ModelConfig,
         compute: ComputeDtype,
     ) -> Result<Linear> {
-        let view = self.tensors.get(name).map_err(|_| {
+        let shape = self.tensors.shape(name).ok_or_else(|| {
             EngineError::format(
                 &self.dir,
                 format!("tensor `{name}` is missing from the checkpoint"),
             )
         })?;
-        check_shape(&self.dir, name, role, cfg, view.shape())?;
+        check_shape(&self.dir, name, role, cfg, &shape)?;
         let t = self
             .tensors
             .load(name)

@@ -24,6 +24,14 @@ struct Info {
 
 /// Every tensor of the safetensors file at `path`, on the CPU.
 pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+    read_safetensors_with_progress(path, &mut |_, _| {})
+}
+
+/// [`read_safetensors`], calling `progress(bytes read, file bytes)` after each tensor.
+pub fn read_safetensors_with_progress(
+    path: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<HashMap<String, Tensor>> {
     let bad = |m: String| EngineError::format(path, format!("invalid safetensors file: {m}"));
     let file = file::open(path)?;
     let len = file.size().map_err(|e| EngineError::io(path, e))?;
@@ -44,6 +52,8 @@ pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
         serde_json::from_slice(&header).map_err(|e| bad(format!("the header: {e}")))?;
     infos.remove("__metadata__");
     let data = 8 + n;
+    let mut done = data;
+    progress(done, len);
     let mut out = HashMap::with_capacity(infos.len());
     for (name, v) in infos {
         let info: Info =
@@ -79,6 +89,8 @@ pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
                 "tensor `{name}` has dtype {other}, which lensd does not read"
             ))),
         }?;
+        done += end - start;
+        progress(done, len);
         out.insert(name, t);
     }
     Ok(out)
