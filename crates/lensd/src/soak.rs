@@ -41,16 +41,21 @@ const WARMUP_FRACTION: f64 = 0.2;
 /// running analysis's buffers lift single samples by hundreds of MiB, a leak lifts them all.
 const RSS_GROWTH_FRACTION: f64 = 0.10;
 const RSS_GROWTH_BYTES: u64 = 32 << 20;
+/// Growth of the heap the program holds beyond the weights and the finished requests it keeps
+/// that fails the run, between the same quarters and quartiles. The allocator's count moves
+/// with what is held, not with fragmentation, so the bound is tight.
+const HEAP_GROWTH_BYTES: u64 = 16 << 20;
 /// Descriptors and threads at the final idle sample beyond those after warm-up that fail it.
 const FD_SLACK: usize = 8;
 const THREAD_SLACK: usize = 4;
 
 /// What makes a run fail.
-pub const RULES: [&str; 6] = [
+pub const RULES: [&str; 7] = [
     "every request on a connection that stayed open has exactly one terminal event (completed, error or cancelled) within the stall limit, no event after it, and `status` no longer lists it",
     "every request whose connection was dropped has ended by the end (checked with the admin key)",
     "no connection fails or closes unasked, no error has error_type `internal`, the server process lives",
     "resident memory: the lower quartile of the samples of the last quarter of the load exceeds that of the second quarter (after a warm-up of 20 %) by at most 10 % or at most 32 MiB",
+    "heap in use beyond the accounted bytes and the finished requests kept (where the server counts its heap): the lower quartile of the last quarter exceeds that of the second by at most 16 MiB",
     "within the idle wait after the load the server becomes idle: nothing queued, no WebSocket connection open, no lease held",
     "then descriptors are at most 8 and threads at most 4 above the idle sample after warm-up",
 ];
@@ -80,6 +85,13 @@ pub struct Sample {
     pub rss_bytes: u64,
     pub open_fds: usize,
     pub threads: usize,
+    /// The memory report's heap figures (glibc's count) and its accounted bytes; `None` when
+    /// it did not answer or the server's C library gives no count.
+    pub heap_in_use_bytes: Option<u64>,
+    pub heap_free_bytes: Option<u64>,
+    pub accounted_bytes: Option<u64>,
+    /// The events of finished requests the server keeps, as JSON bytes (`/metrics`).
+    pub finished_kept_bytes: Option<u64>,
     /// Leases over every base and lens; `None` when the memory report did not answer.
     pub leases: Option<u64>,
     /// Bases and lenses on the device or host tier.
@@ -121,6 +133,9 @@ pub struct SoakReport {
     /// The lower quartiles of resident memory in the second and the last quarter of the load.
     pub rss_second_quarter_p25: Option<u64>,
     pub rss_last_quarter_p25: Option<u64>,
+    /// The same for the heap in use beyond the accounted bytes and the finished requests kept.
+    pub heap_unaccounted_second_quarter_p25: Option<u64>,
+    pub heap_unaccounted_last_quarter_p25: Option<u64>,
     /// Least-squares slopes per minute over the samples after the warm-up fifth of the load.
     pub slopes_per_minute: BTreeMap<&'static str, Option<f64>>,
     pub rules: Vec<&'static str>,
@@ -129,6 +144,14 @@ pub struct SoakReport {
     /// The samples taken during the load, which starts at `load_started_s`.
     pub load_started_s: f64,
     pub samples: Vec<Sample>,
+}
+
+impl Sample {
+    /// Heap in use beyond the weights and lenses held and the finished requests kept.
+    fn heap_unaccounted(&self) -> Option<u64> {
+        let held = self.accounted_bytes? + self.finished_kept_bytes.unwrap_or(0);
+        Some(self.heap_in_use_bytes?.saturating_sub(held))
+    }
 }
 
 /// One HTTP/1.1 exchange on a connection of its own: the status and the body.
@@ -174,6 +197,9 @@ async fn sample(addr: &str, o: &SoakOptions, t0: Instant) -> Option<Sample> {
             let entries = m["entries"].as_array().cloned().unwrap_or_default();
             s.leases = Some(entries.iter().filter_map(|e| e["leases"].as_u64()).sum());
             s.loaded = Some(entries.iter().filter(|e| e["tier"] != "disk").count());
+            s.heap_in_use_bytes = m["process_heap_in_use_bytes"].as_u64();
+            s.heap_free_bytes = m["process_heap_free_bytes"].as_u64();
+            s.accounted_bytes = m["accounted_bytes"].as_u64();
         }
     }
     if let Ok((200, body)) = http(addr, "GET", "/metrics", None).await {
@@ -185,6 +211,7 @@ async fn sample(addr: &str, o: &SoakOptions, t0: Instant) -> Option<Sample> {
         };
         s.queue_depth = gauge("lensd_queue_depth");
         s.connections = gauge("lensd_websocket_connections");
+        s.finished_kept_bytes = gauge("lensd_finished_kept_bytes");
     }
     Some(s)
 }
@@ -305,23 +332,36 @@ fn slope(points: &[(f64, f64)]) -> Option<f64> {
 /// Fills in the growth figures and the verdict.
 fn judge(r: &mut SoakReport, server_gone: bool) {
     let at = |s: &Sample| (s.t_s - r.load_started_s) / r.load_seconds.max(1e-9);
-    let rss = |from: f64, to: f64| {
+    let quartile = |from: f64, to: f64, f: fn(&Sample) -> Option<u64>| {
         let quarter = r.samples.iter().filter(|s| (from..to).contains(&at(s)));
-        lower_quartile(quarter.map(|s| s.rss_bytes).collect())
+        lower_quartile(quarter.filter_map(f).collect())
     };
-    r.rss_second_quarter_p25 = rss(0.25, 0.5);
-    r.rss_last_quarter_p25 = rss(0.75, f64::INFINITY);
+    let rss = |s: &Sample| Some(s.rss_bytes);
+    r.rss_second_quarter_p25 = quartile(0.25, 0.5, rss);
+    r.rss_last_quarter_p25 = quartile(0.75, f64::INFINITY, rss);
+    r.heap_unaccounted_second_quarter_p25 = quartile(0.25, 0.5, Sample::heap_unaccounted);
+    r.heap_unaccounted_last_quarter_p25 = quartile(0.75, f64::INFINITY, Sample::heap_unaccounted);
     let steady: Vec<&Sample> = r
         .samples
         .iter()
         .filter(|s| at(s) >= WARMUP_FRACTION)
         .collect();
-    let fit =
-        |f: fn(&Sample) -> f64| slope(&steady.iter().map(|s| (s.t_s, f(s))).collect::<Vec<_>>());
+    let fit = |f: fn(&Sample) -> Option<f64>| {
+        slope(
+            &steady
+                .iter()
+                .filter_map(|s| Some((s.t_s, f(s)?)))
+                .collect::<Vec<_>>(),
+        )
+    };
     r.slopes_per_minute = BTreeMap::from([
-        ("rss_bytes", fit(|s| s.rss_bytes as f64)),
-        ("open_fds", fit(|s| s.open_fds as f64)),
-        ("threads", fit(|s| s.threads as f64)),
+        ("rss_bytes", fit(|s| Some(s.rss_bytes as f64))),
+        (
+            "heap_unaccounted_bytes",
+            fit(|s| Some(s.heap_unaccounted()? as f64)),
+        ),
+        ("open_fds", fit(|s| Some(s.open_fds as f64))),
+        ("threads", fit(|s| Some(s.threads as f64))),
     ]);
     r.max_leases = r.samples.iter().filter_map(|s| s.leases).max().unwrap_or(0);
     r.max_queue_depth = r
@@ -347,6 +387,18 @@ fn judge(r: &mut SoakReport, server_gone: bool) {
         if growth as f64 > q2 as f64 * RSS_GROWTH_FRACTION && growth > RSS_GROWTH_BYTES {
             f.push(format!(
                 "resident memory grew from {} (lower quartile of the second quarter) to {} (of the last), by more than 10 % and 32 MiB",
+                bytes(q2),
+                bytes(q4)
+            ));
+        }
+    }
+    if let (Some(q2), Some(q4)) = (
+        r.heap_unaccounted_second_quarter_p25,
+        r.heap_unaccounted_last_quarter_p25,
+    ) {
+        if q4.saturating_sub(q2) > HEAP_GROWTH_BYTES {
+            f.push(format!(
+                "heap in use beyond the accounted bytes and the finished requests kept grew from {} (lower quartile of the second quarter) to {} (of the last), by more than 16 MiB",
                 bytes(q2),
                 bytes(q4)
             ));
@@ -514,6 +566,11 @@ pub fn table(r: &SoakReport) -> String {
         s += &format!("| {name} | {} |\n", all.map(f).join(" | "));
     };
     row("resident", &|x| bytes(x.rss_bytes));
+    let opt = |v: Option<u64>| v.map_or("?".into(), bytes);
+    row("heap in use", &|x| opt(x.heap_in_use_bytes));
+    row("heap free (kept)", &|x| opt(x.heap_free_bytes));
+    row("accounted", &|x| opt(x.accounted_bytes));
+    row("finished requests kept", &|x| opt(x.finished_kept_bytes));
     row("descriptors", &|x| x.open_fds.to_string());
     row("threads", &|x| x.threads.to_string());
     row("leases", &|x| {
@@ -521,13 +578,18 @@ pub fn table(r: &SoakReport) -> String {
     });
     let med = |m: Option<u64>| m.map_or("–".into(), bytes);
     let (q2, q4) = (med(r.rss_second_quarter_p25), med(r.rss_last_quarter_p25));
+    let (h2, h4) = (
+        med(r.heap_unaccounted_second_quarter_p25),
+        med(r.heap_unaccounted_last_quarter_p25),
+    );
     let slope = |k: &str, unit: f64| match r.slopes_per_minute.get(k).copied().flatten() {
         Some(x) => format!("{:+.2}", x / unit),
         None => "–".into(),
     };
     let slopes = format!(
-        "resident {} MiB, descriptors {}, threads {}",
+        "resident {} MiB, heap beyond what is accounted {} MiB, descriptors {}, threads {}",
         slope("rss_bytes", 1048576.0),
+        slope("heap_unaccounted_bytes", 1048576.0),
         slope("open_fds", 1.0),
         slope("threads", 1.0)
     );
@@ -538,6 +600,9 @@ pub fn table(r: &SoakReport) -> String {
         r.max_queue_depth
     );
     s += &format!("resident, lower quartile: second quarter {q2}, last quarter {q4}\n");
+    s += &format!(
+        "heap beyond what is accounted, lower quartile: second quarter {h2}, last quarter {h4}\n"
+    );
     s += &format!("slopes per minute after warm-up: {slopes}\n");
     s += &format!(
         "idle at the end: {} (after {:.1} s)\n\nrules:\n",
@@ -613,6 +678,30 @@ mod tests {
         // 40 MiB over 700 MiB: more than 32 MiB, less than 10 %.
         let mut r = report(|t| (700 << 20) + if t >= 50.0 { 40 << 20 } else { 0 });
         judge(&mut r, false);
+        assert!(r.passed, "{:?}", r.failures);
+    }
+
+    #[test]
+    fn heap_growth_beyond_what_is_kept_fails_with_flat_resident_memory() {
+        // Heap in use climbs 50 MiB while resident memory stays put (freed blocks reused).
+        let with_heap = |kept: fn(f64) -> u64| {
+            let mut r = report(|_| 800 << 20);
+            for (i, s) in r.samples.iter_mut().enumerate() {
+                let t = i as f64;
+                s.accounted_bytes = Some(500 << 20);
+                s.finished_kept_bytes = Some(kept(t));
+                s.heap_in_use_bytes = Some((600 << 20) + (t * 0.5 * 1048576.0) as u64);
+            }
+            judge(&mut r, false);
+            r
+        };
+        let r = with_heap(|_| 4 << 20);
+        assert!(!r.passed);
+        assert!(r.failures[0].contains("heap in use"), "{:?}", r.failures);
+        let per_minute = r.slopes_per_minute["heap_unaccounted_bytes"].unwrap();
+        assert!((per_minute / 1048576.0 - 30.0).abs() < 0.1, "{per_minute}");
+        // The same climb made of finished requests kept passes.
+        let r = with_heap(|t| (t * 0.5 * 1048576.0) as u64);
         assert!(r.passed, "{:?}", r.failures);
     }
 
