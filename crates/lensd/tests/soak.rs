@@ -108,5 +108,17 @@ fn a_short_soak_performs_every_action_and_every_request_ends_once() {
     assert!(samples.len() >= 10, "{r:#}");
     assert!(samples.iter().all(|s| s["rss_bytes"].as_u64().unwrap() > 0));
     assert!(r["rss_last_quarter_p25"].as_u64().is_some(), "{r:#}");
+    // The server counts its heap (glibc), and the weights it holds are part of it.
+    for s in samples {
+        let (heap, accounted) = (&s["heap_in_use_bytes"], &s["accounted_bytes"]);
+        assert!(
+            heap.as_u64() >= accounted.as_u64() && accounted.as_u64() > Some(0),
+            "{s}"
+        );
+    }
+    assert!(
+        r["heap_unaccounted_last_quarter_p25"].as_u64().is_some(),
+        "{r:#}"
+    );
     server.stop();
 }
