@@ -332,7 +332,7 @@ fn slope(points: &[(f64, f64)]) -> Option<f64> {
 /// Fills in the growth figures and the verdict.
 fn judge(r: &mut SoakReport, server_gone: bool) {
     let at = |s: &Sample| (s.t_s - r.load_started_s) / r.load_seconds.max(1e-9);
-    let quartile = |from: f64, to: f64, f: fn(&Sample) -> Option<u64>| {
+    let quartile = |from: f64, to: f64, f: Figure| {
         let quarter = r.samples.iter().filter(|s| (from..to).contains(&at(s)));
         lower_quartile(quarter.filter_map(f).collect())
     };
@@ -534,6 +534,40 @@ fn listed<K: std::fmt::Display>(m: &BTreeMap<K, usize>) -> String {
     }
 }
 
+/// One figure of a sample, where the server gave it.
+type Figure = fn(&Sample) -> Option<u64>;
+
+/// The lower quartile of resident memory and the heap figures in each of `n` equal windows
+/// of the load, in MiB, as a table.
+fn windows(r: &SoakReport, n: usize) -> String {
+    let minutes = |i: usize| r.load_seconds * i as f64 / n as f64 / 60.0;
+    let mut s = String::from("\nlower quartile of each window, MiB:\n\n| minutes |");
+    (0..n).for_each(|i| s += &format!(" {:.0}–{:.0} |", minutes(i), minutes(i + 1)));
+    s += &format!("\n|---|{}\n", "---:|".repeat(n));
+    let rows: [(&str, Figure); 4] = [
+        ("resident", |x| Some(x.rss_bytes)),
+        ("heap in use", |x| x.heap_in_use_bytes),
+        ("heap free (kept)", |x| x.heap_free_bytes),
+        ("finished requests kept", |x| x.finished_kept_bytes),
+    ];
+    for (name, f) in rows {
+        s += &format!("| {name} |");
+        for i in 0..n {
+            let (from, to) = (i as f64 / n as f64, (i + 1) as f64 / n as f64);
+            let inside = r.samples.iter().filter(|x| {
+                let at = (x.t_s - r.load_started_s) / r.load_seconds.max(1e-9);
+                (from..to).contains(&at)
+            });
+            s += &match lower_quartile(inside.filter_map(f).collect()) {
+                Some(b) => format!(" {:.0} |", b as f64 / 1048576.0),
+                None => " – |".into(),
+            };
+        }
+        s += "\n";
+    }
+    s
+}
+
 /// The report as text: the counts, the server at start, after warm-up and at the end, the
 /// growth figures, the rules and the verdict.
 pub fn table(r: &SoakReport) -> String {
@@ -604,6 +638,7 @@ pub fn table(r: &SoakReport) -> String {
         "heap beyond what is accounted, lower quartile: second quarter {h2}, last quarter {h4}\n"
     );
     s += &format!("slopes per minute after warm-up: {slopes}\n");
+    s += &windows(r, 10);
     s += &format!(
         "idle at the end: {} (after {:.1} s)\n\nrules:\n",
         r.idle_at_end, r.idle_wait_seconds
@@ -671,6 +706,23 @@ mod tests {
         );
         let per_minute = r.slopes_per_minute["rss_bytes"].unwrap();
         assert!((per_minute - 120.0 * 1048576.0).abs() < 1.0, "{per_minute}");
+    }
+
+    #[test]
+    fn the_table_gives_each_windows_lower_quartile() {
+        // 100 samples over 100 s, resident memory 700 MiB plus one MiB per second.
+        let r = report(|t| (700 << 20) + ((t as u64) << 20));
+        let text = windows(&r, 4);
+        assert!(
+            text.contains("| minutes | 0–0 | 0–1 | 1–1 | 1–2 |"),
+            "{text}"
+        );
+        // Window two holds seconds 25..50: its lower quartile is the seventh, 731 MiB.
+        assert!(
+            text.contains("| resident | 706 | 731 | 756 | 781 |"),
+            "{text}"
+        );
+        assert!(text.contains("| heap in use | – | – | – | – |"), "{text}");
     }
 
     #[test]
