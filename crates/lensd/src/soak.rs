@@ -329,22 +329,30 @@ fn slope(points: &[(f64, f64)]) -> Option<f64> {
     (points.len() >= 3 && sxx > 0.0).then(|| sxy / sxx * 60.0)
 }
 
+/// Where a sample lies in the load: 0 at its start, 1 at its end.
+fn load_fraction(r: &SoakReport, s: &Sample) -> f64 {
+    (s.t_s - r.load_started_s) / r.load_seconds.max(1e-9)
+}
+
+/// The lower quartile of a figure over the samples from `from` to `to` of the load.
+fn quartile(r: &SoakReport, from: f64, to: f64, f: Figure) -> Option<u64> {
+    let inside = r.samples.iter();
+    let inside = inside.filter(|s| (from..to).contains(&load_fraction(r, s)));
+    lower_quartile(inside.filter_map(f).collect())
+}
+
 /// Fills in the growth figures and the verdict.
 fn judge(r: &mut SoakReport, server_gone: bool) {
-    let at = |s: &Sample| (s.t_s - r.load_started_s) / r.load_seconds.max(1e-9);
-    let quartile = |from: f64, to: f64, f: Figure| {
-        let quarter = r.samples.iter().filter(|s| (from..to).contains(&at(s)));
-        lower_quartile(quarter.filter_map(f).collect())
-    };
     let rss = |s: &Sample| Some(s.rss_bytes);
-    r.rss_second_quarter_p25 = quartile(0.25, 0.5, rss);
-    r.rss_last_quarter_p25 = quartile(0.75, f64::INFINITY, rss);
-    r.heap_unaccounted_second_quarter_p25 = quartile(0.25, 0.5, Sample::heap_unaccounted);
-    r.heap_unaccounted_last_quarter_p25 = quartile(0.75, f64::INFINITY, Sample::heap_unaccounted);
+    let heap: Figure = Sample::heap_unaccounted;
+    r.rss_second_quarter_p25 = quartile(r, 0.25, 0.5, rss);
+    r.rss_last_quarter_p25 = quartile(r, 0.75, f64::INFINITY, rss);
+    r.heap_unaccounted_second_quarter_p25 = quartile(r, 0.25, 0.5, heap);
+    r.heap_unaccounted_last_quarter_p25 = quartile(r, 0.75, f64::INFINITY, heap);
     let steady: Vec<&Sample> = r
         .samples
         .iter()
-        .filter(|s| at(s) >= WARMUP_FRACTION)
+        .filter(|s| load_fraction(r, s) >= WARMUP_FRACTION)
         .collect();
     let fit = |f: fn(&Sample) -> Option<f64>| {
         slope(
@@ -554,11 +562,7 @@ fn windows(r: &SoakReport, n: usize) -> String {
         s += &format!("| {name} |");
         for i in 0..n {
             let (from, to) = (i as f64 / n as f64, (i + 1) as f64 / n as f64);
-            let inside = r.samples.iter().filter(|x| {
-                let at = (x.t_s - r.load_started_s) / r.load_seconds.max(1e-9);
-                (from..to).contains(&at)
-            });
-            s += &match lower_quartile(inside.filter_map(f).collect()) {
+            s += &match quartile(r, from, to, f) {
                 Some(b) => format!(" {:.0} |", b as f64 / 1048576.0),
                 None => " – |".into(),
             };
