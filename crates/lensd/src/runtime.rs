@@ -507,7 +507,7 @@ pub fn trim_heap() {
 /// Blocks of 1 MiB and more (activations, logits, tensors) are mapped on their own and
 /// unmapped when freed. glibc by default raises that threshold, up to 32 MiB, each time such a
 /// block is freed; blocks under it then come from arenas that keep them once freed, and under
-/// a long mixed load the freed bytes they keep grow for hours with nothing leaked
+/// a long mixed load the freed bytes they keep grow with nothing leaked
 /// (`docs/reliability.md`). A threshold set in `GLIBC_TUNABLES` is left as it is.
 pub fn map_large_blocks() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
