@@ -8,14 +8,14 @@ use lensd_core::work::Prompt;
 use crate::chat::ChatTemplate;
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
-use crate::model::Llama;
+use crate::model::Model;
 use crate::tokenizer::Tokenizer;
 use crate::weights::gguf::{self, GgufFile};
-use crate::weights::safetensors::{id_list, HfCheckpoint};
+use crate::weights::safetensors::HfCheckpoint;
 use crate::weights::{LoadOptions, WeightBytes};
 
 pub struct Base {
-    pub model: Llama,
+    pub model: Model,
     pub tokenizer: Tokenizer,
     pub chat: Option<ChatTemplate>,
     pub source: PathBuf,
@@ -61,7 +61,7 @@ impl Base {
         let w = g.load_weights(&cfg, options.compute)?;
         check_vocab(path, &cfg, &tokenizer)?;
         Ok(Base {
-            model: Llama::new(cfg, w),
+            model: Model::new(cfg, w),
             tokenizer,
             chat,
             source: path.to_path_buf(),
@@ -76,8 +76,7 @@ impl Base {
     ) -> Result<Self> {
         let ck = HfCheckpoint::read(dir, progress)?;
         let cfg = ck.config()?;
-        let bos = id_list(&ck.hf.bos_token_id).first().copied();
-        let eos = id_list(&ck.hf.eos_token_id);
+        let (bos, eos) = ck.token_ids();
         let tok_cfg = read_tokenizer_config(dir)?;
         let add_bos = tok_cfg
             .as_ref()
@@ -93,7 +92,7 @@ impl Base {
         let w = ck.load_weights(&cfg, options.compute)?;
         check_vocab(dir, &cfg, &tokenizer)?;
         Ok(Base {
-            model: Llama::new(cfg, w),
+            model: Model::new(cfg, w),
             tokenizer,
             chat,
             source: dir.to_path_buf(),

@@ -1,13 +1,48 @@
-//! The architecture of a llama-family base, as read from a GGUF header or a Hugging Face
-//! `config.json`. Everything the forward pass needs to know about shapes lives here.
+//! The architecture of a base, as read from a GGUF header or a Hugging Face `config.json` by
+//! its family's description (`family/`). Everything the forward pass needs to know about
+//! shapes and options lives here; the forward itself has no per-family code paths, only the
+//! options below.
 
 use serde::Serialize;
 
+/// The model families lensd runs. Each has a description in `family/` that reads its
+/// configuration and names its tensors; the forward pass is shared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    /// Llama 1–3 and models built like them (SmolLM, Mistral without sliding windows).
+    Llama,
+    Qwen2,
+    Qwen3,
+    Gemma2,
+    Gemma3,
+}
+
+impl Family {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Family::Llama => "llama",
+            Family::Qwen2 => "qwen2",
+            Family::Qwen3 => "qwen3",
+            Family::Gemma2 => "gemma2",
+            Family::Gemma3 => "gemma3",
+        }
+    }
+
+    pub const ALL: [Family; 5] = [
+        Family::Llama,
+        Family::Qwen2,
+        Family::Qwen3,
+        Family::Gemma2,
+        Family::Gemma3,
+    ];
+}
+
 /// How rotary embeddings pair up the dimensions of a head.
 ///
-/// GGUF files converted by llama.cpp store Q and K permuted so that adjacent dimensions form
-/// a pair (`Interleaved`); Hugging Face checkpoints rotate the first half against the second
-/// (`Halves`).
+/// GGUF files of llama models converted by llama.cpp store Q and K permuted so that adjacent
+/// dimensions form a pair (`Interleaved`); Hugging Face checkpoints, and GGUF files of the other
+/// families, rotate the first half against the second (`Halves`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RopeStyle {
@@ -15,9 +50,96 @@ pub enum RopeStyle {
     Halves,
 }
 
+/// How a rotary embedding stretches its frequencies for contexts longer than training's.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RopeScaling {
+    None,
+    /// Every frequency divided by `factor` (positions interpolated).
+    Linear {
+        factor: f64,
+    },
+    /// Llama 3.1's rule: long wavelengths divided by `factor`, short ones kept, the band
+    /// between blended smoothly.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_positions: usize,
+    },
+}
+
+/// One rotary embedding: its base and its scaling.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Rope {
+    pub theta: f64,
+    pub scaling: RopeScaling,
+}
+
+impl Rope {
+    pub fn plain(theta: f64) -> Self {
+        Rope {
+            theta,
+            scaling: RopeScaling::None,
+        }
+    }
+
+    /// The `hd / 2` angular frequencies of a head of `hd` dimensions, computed in f32 as the
+    /// reference implementations do.
+    pub fn inv_freq(&self, hd: usize) -> Vec<f32> {
+        (0..hd / 2)
+            .map(|i| {
+                let exponent = (2 * i) as f32 / hd as f32;
+                let f = 1.0 / (self.theta as f32).powf(exponent);
+                self.scale(f)
+            })
+            .collect()
+    }
+
+    fn scale(&self, f: f32) -> f32 {
+        match self.scaling {
+            RopeScaling::None => f,
+            RopeScaling::Linear { factor } => f / factor as f32,
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_positions,
+            } => {
+                let (factor, low, high) = (
+                    factor as f32,
+                    low_freq_factor as f32,
+                    high_freq_factor as f32,
+                );
+                let old = original_max_positions as f32;
+                let wavelen = 2.0 * std::f32::consts::PI / f;
+                if wavelen < old / high {
+                    f
+                } else if wavelen > old / low {
+                    f / factor
+                } else {
+                    let smooth = (old / wavelen - low) / (high - low);
+                    (1.0 - smooth) * f / factor + smooth * f
+                }
+            }
+        }
+    }
+}
+
+/// The activation of the gated MLP: `down(act(gate(x)) * up(x))`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    Silu,
+    /// GELU with the tanh approximation (Gemma's `gelu_pytorch_tanh`, GeGLU).
+    GeluTanh,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ModelConfig {
+    /// The family's name (`llama`, `qwen2`, ...), as `lensd inspect` prints it.
     pub architecture: String,
+    pub family: Family,
     pub n_layers: usize,
     pub d_model: usize,
     pub n_heads: usize,
@@ -26,13 +148,84 @@ pub struct ModelConfig {
     pub d_ff: usize,
     pub vocab_size: usize,
     pub rms_eps: f64,
-    pub rope_theta: f64,
+    /// The rotary embedding of full-attention layers.
+    pub rope: Rope,
+    /// The rotary embedding of sliding-window layers when it differs (Gemma-3's local base).
+    pub sliding_rope: Option<Rope>,
     pub rope_style: RopeStyle,
     pub max_positions: usize,
     pub tied_embeddings: bool,
+    pub activation: Activation,
+    /// Token embeddings are multiplied by this before the first block (Gemma: √d).
+    pub embed_scale: f32,
+    /// Biases on the query, key and value maps (Qwen2), and on the output map.
+    pub qkv_bias: bool,
+    pub o_bias: bool,
+    /// An RMSNorm over each head of the queries and keys, before rotation (Qwen3, Gemma-3).
+    pub qk_norm: bool,
+    /// A norm after attention and after the MLP as well as before each (Gemma).
+    pub sandwich_norms: bool,
+    /// Attention scores are multiplied by this (1/√head_dim unless the family says otherwise).
+    pub query_scale: f64,
+    /// Attention scores are soft-capped at this: `cap · tanh(s / cap)` (Gemma-2).
+    pub attn_softcap: Option<f64>,
+    /// The output logits are soft-capped at this (Gemma-2); every lens applies it too.
+    pub final_softcap: Option<f64>,
+    /// Keys farther back than this many positions are not attended to, on the layers marked
+    /// in `sliding_layers`.
+    pub sliding_window: Option<usize>,
+    /// Per block: whether it attends within the sliding window only.
+    pub sliding_layers: Vec<bool>,
 }
 
 impl ModelConfig {
+    /// A llama-family configuration with every option at its plain value; family readers
+    /// start from it and set what differs.
+    #[allow(clippy::too_many_arguments)]
+    pub fn plain(
+        family: Family,
+        n_layers: usize,
+        d_model: usize,
+        n_heads: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        d_ff: usize,
+        vocab_size: usize,
+    ) -> Self {
+        ModelConfig {
+            architecture: family.name().into(),
+            family,
+            n_layers,
+            d_model,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            d_ff,
+            vocab_size,
+            rms_eps: 1e-6,
+            rope: Rope::plain(10_000.0),
+            sliding_rope: None,
+            rope_style: RopeStyle::Halves,
+            max_positions: 2048,
+            tied_embeddings: false,
+            activation: Activation::Silu,
+            embed_scale: 1.0,
+            qkv_bias: false,
+            o_bias: false,
+            qk_norm: false,
+            sandwich_norms: false,
+            query_scale: if head_dim > 0 {
+                1.0 / (head_dim as f64).sqrt()
+            } else {
+                0.0
+            },
+            attn_softcap: None,
+            final_softcap: None,
+            sliding_window: None,
+            sliding_layers: vec![false; n_layers],
+        }
+    }
+
     /// Checks the relations between sizes that the forward pass relies on. Returns the first
     /// violated relation as a sentence.
     pub fn check(&self) -> std::result::Result<(), String> {
@@ -62,11 +255,62 @@ impl ModelConfig {
                 self.head_dim
             ));
         }
-        if !(self.rms_eps > 0.0 && self.rope_theta > 0.0) {
+        let thetas = std::iter::once(&self.rope).chain(&self.sliding_rope);
+        if !(self.rms_eps > 0.0 && thetas.clone().all(|r| r.theta > 0.0)) {
             return Err(format!(
                 "rms epsilon ({}) and rope base ({}) must be positive",
-                self.rms_eps, self.rope_theta
+                self.rms_eps, self.rope.theta
             ));
+        }
+        for r in thetas {
+            let factor = match r.scaling {
+                RopeScaling::None => 1.0,
+                RopeScaling::Linear { factor } => factor,
+                RopeScaling::Llama3 {
+                    factor,
+                    low_freq_factor,
+                    high_freq_factor,
+                    original_max_positions,
+                } => {
+                    if !(high_freq_factor > low_freq_factor && low_freq_factor > 0.0)
+                        || original_max_positions == 0
+                    {
+                        return Err(format!(
+                            "llama3 rope scaling needs 0 < low_freq_factor ({low_freq_factor}) < \
+                             high_freq_factor ({high_freq_factor}) and a positive \
+                             original_max_position_embeddings ({original_max_positions})"
+                        ));
+                    }
+                    factor
+                }
+            };
+            if !(factor.is_finite() && factor > 0.0) {
+                return Err(format!("rope scaling factor {factor} must be positive"));
+            }
+        }
+        for (what, cap) in [
+            ("attention soft-cap", self.attn_softcap),
+            ("final soft-cap", self.final_softcap),
+        ] {
+            if let Some(c) = cap.filter(|c| !(c.is_finite() && *c > 0.0)) {
+                return Err(format!("{what} {c} must be positive"));
+            }
+        }
+        if !(self.query_scale.is_finite() && self.query_scale > 0.0) {
+            return Err(format!("query scale {} must be positive", self.query_scale));
+        }
+        if self.sliding_layers.len() != self.n_layers {
+            return Err(format!(
+                "{} layers are marked sliding or not, but the model has {}",
+                self.sliding_layers.len(),
+                self.n_layers
+            ));
+        }
+        if self.sliding_window == Some(0) {
+            return Err("sliding window is 0".into());
+        }
+        if self.sliding_layers.iter().any(|&s| s) && self.sliding_window.is_none() {
+            return Err("layers are marked sliding but no sliding window is given".into());
         }
         Ok(())
     }
@@ -77,5 +321,23 @@ impl ModelConfig {
 
     pub fn kv_width(&self) -> usize {
         self.n_kv_heads * self.head_dim
+    }
+
+    /// The attention window of block `layer`: `None` for full causal attention.
+    pub fn window(&self, layer: usize) -> Option<usize> {
+        self.sliding_layers
+            .get(layer)
+            .copied()
+            .unwrap_or(false)
+            .then_some(self.sliding_window)
+            .flatten()
+    }
+
+    /// The rotary embedding block `layer` uses.
+    pub fn rope_of(&self, layer: usize) -> &Rope {
+        match (&self.sliding_rope, self.window(layer)) {
+            (Some(r), Some(_)) => r,
+            _ => &self.rope,
+        }
     }
 }

@@ -10,7 +10,7 @@ use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::weights::gguf::{self, GgufFile};
 use crate::weights::safetensors::HfCheckpoint;
-use crate::weights::ComputeDtype;
+pub use crate::weights::Resident;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct KindSize {
@@ -65,32 +65,25 @@ struct Entry {
     bytes: u64,
 }
 
-/// Bytes of a base's weights once loaded, in each compute dtype.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Resident {
-    pub stored: u64,
-    pub f32: u64,
-}
-
-impl Resident {
-    pub fn of(&self, dtype: ComputeDtype) -> u64 {
-        match dtype {
-            ComputeDtype::Stored => self.stored,
-            ComputeDtype::F32 => self.f32,
-        }
+/// The resident bytes of a GGUF file's weights, from its tensor table: the tensors the model
+/// loads when its configuration is supported, every tensor otherwise.
+pub fn gguf_resident(g: &GgufFile) -> Resident {
+    match g.config() {
+        Ok(cfg) => g.resident(&cfg),
+        Err(_) => resident(&gguf_entries(g)),
     }
 }
 
-/// The resident bytes of a GGUF file's weights, from its tensor table.
-pub fn gguf_resident(g: &GgufFile) -> Resident {
-    resident(&gguf_entries(g))
-}
-
-/// The resident bytes of a Hugging Face checkpoint's weights, from its safetensors headers.
+/// The resident bytes of a Hugging Face checkpoint's weights, from its safetensors headers
+/// (tensors the text model does not use, such as a vision tower, are not counted).
 pub fn hf_resident(ck: &HfCheckpoint) -> Resident {
-    resident(&hf_entries(ck))
+    match ck.config() {
+        Ok(cfg) => ck.resident(&cfg),
+        Err(_) => resident(&hf_entries(ck)),
+    }
 }
 
+/// Every tensor's bytes, for files whose architecture lensd cannot run.
 fn resident(entries: &[Entry]) -> Resident {
     let mut r = Resident { stored: 0, f32: 0 };
     for e in entries {
@@ -160,10 +153,10 @@ fn inspect_gguf(path: &Path, file_bytes: u64) -> Result<InspectReport> {
         path,
         "gguf",
         architecture,
-        config,
-        unsupported,
+        (config, unsupported),
         file_bytes,
         entries,
+        gguf_resident(&g),
         tokenizer,
         chat_template,
     ))
@@ -188,14 +181,23 @@ fn inspect_hf(dir: &Path) -> Result<InspectReport> {
     let chat_template = std::fs::read_to_string(dir.join("tokenizer_config.json"))
         .map(|t| t.contains("\"chat_template\""))
         .unwrap_or(false);
+    let architecture = match &config {
+        Some(c) => c.architecture.clone(),
+        None => ck
+            .json
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .unwrap_or("unknown")
+            .to_string(),
+    };
     Ok(report(
         dir,
         "safetensors",
-        "llama".into(),
-        config,
-        unsupported,
+        architecture,
+        (config, unsupported),
         file_bytes,
         entries,
+        hf_resident(&ck),
         tokenizer,
         chat_template,
     ))
@@ -206,15 +208,14 @@ fn report(
     path: &Path,
     format: &'static str,
     architecture: String,
-    config: Option<ModelConfig>,
-    unsupported: Option<String>,
+    (config, unsupported): (Option<ModelConfig>, Option<String>),
     file_bytes: u64,
     entries: Vec<Entry>,
+    resident: Resident,
     tokenizer: Option<String>,
     chat_template: bool,
 ) -> InspectReport {
     let mut kinds: BTreeMap<&'static str, KindSize> = BTreeMap::new();
-    let resident = resident(&entries);
     for e in &entries {
         let kind = tensor_kind(&e.name);
         let k = kinds.entry(kind).or_insert_with(|| KindSize {

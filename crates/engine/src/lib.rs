@@ -1,11 +1,13 @@
-//! lensd's compute engine: llama-family bases loaded from GGUF or safetensors, a forward pass
-//! that exposes the residual stream at every layer, generation, and the lenses read from it.
+//! lensd's compute engine: bases of several families (Llama, Qwen2/3, Gemma-2/3) loaded from
+//! GGUF or safetensors, one forward pass that exposes the residual stream at every layer,
+//! generation, and the lenses read from it.
 //! Synchronous and single-threaded from the caller's view; candle parallelises inside ops.
 
 pub mod base;
 pub mod chat;
 pub mod config;
 pub mod error;
+pub mod family;
 pub mod generate;
 pub mod inspect;
 pub mod lens;
@@ -16,7 +18,7 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use base::Base;
-pub use config::{ModelConfig, RopeStyle};
+pub use config::{Family, ModelConfig, RopeStyle};
 pub use error::{EngineError, Result};
 pub use weights::{ComputeDtype, LoadOptions, WeightBytes};
 

@@ -1,4 +1,7 @@
-//! The llama-family forward pass with taps on the residual stream.
+//! The forward pass with taps on the residual stream, shared by every family: a block is
+//! (norm → attention → [norm] → add) then (norm → gated MLP → [norm] → add), and the family's
+//! configuration switches on the options (biases, per-head q/k norms, soft-caps, sliding
+//! windows, rotary variants, embedding scale) that `family/` read from its files.
 //!
 //! Sequences of different lengths run packed: their tokens are concatenated into one
 //! `[N, d]` matrix so that every weight matrix multiplies all tokens at once with no padding;
@@ -10,18 +13,20 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{Device, Tensor};
-use candle_nn::ops::{rms_norm, silu, softmax_last_dim};
+use candle_nn::ops::{rms_norm, softmax_last_dim};
 use candle_nn::rotary_emb::{rope, rope_i};
 
-use crate::config::{ModelConfig, RopeStyle};
+use crate::config::{Activation, ModelConfig, RopeStyle};
 use crate::error::{EngineError, Result};
 use crate::lora::{Adapter, BlockAdapter};
 use crate::weights::{BlockWeights, Linear, ModelWeights};
 
-pub struct Llama {
+pub struct Model {
     pub cfg: ModelConfig,
     pub w: ModelWeights,
-    inv_freq: Vec<f32>,
+    /// Rotary frequencies of each distinct rotary embedding; `rope_of[block]` indexes them.
+    inv_freqs: Vec<Vec<f32>>,
+    rope_of: Vec<usize>,
     /// Work done so far, for tests and benchmarks.
     pub counters: Counters,
 }
@@ -85,7 +90,7 @@ pub type Patch<'a> = &'a dyn Fn(usize, &Tensor) -> candle_core::Result<Option<Te
 /// What a run of blocks over packed rows does besides computing them.
 #[derive(Default, Clone, Copy)]
 pub struct Run<'a> {
-    /// Residual streams to return (layer numbering as in [`Llama::forward`]).
+    /// Residual streams to return (layer numbering as in [`Model::forward`]).
     pub taps: &'a [usize],
     /// A LoRA adapter applied to the blocks' linear maps.
     pub adapter: Option<&'a Adapter>,
@@ -115,22 +120,42 @@ impl ForwardOutput {
     }
 }
 
-impl Llama {
+impl Model {
     pub fn new(cfg: ModelConfig, w: ModelWeights) -> Self {
         let hd = cfg.head_dim;
-        let inv_freq = (0..hd / 2)
-            .map(|i| (1.0 / cfg.rope_theta.powf((2 * i) as f64 / hd as f64)) as f32)
-            .collect();
-        Llama {
+        let mut inv_freqs: Vec<Vec<f32>> = Vec::new();
+        let mut rope_of = Vec::with_capacity(cfg.n_layers);
+        for layer in 0..cfg.n_layers {
+            let mut f = cfg.rope_of(layer).inv_freq(hd);
+            if let Some(div) = &w.rope_freqs {
+                f.iter_mut().zip(div).for_each(|(f, d)| *f /= d);
+            }
+            let i = match inv_freqs.iter().position(|g| *g == f) {
+                Some(i) => i,
+                None => {
+                    inv_freqs.push(f);
+                    inv_freqs.len() - 1
+                }
+            };
+            rope_of.push(i);
+        }
+        Model {
             cfg,
             w,
-            inv_freq,
+            inv_freqs,
+            rope_of,
             counters: Counters::default(),
         }
     }
 
-    /// Token embeddings of `ids`: `[len, d]`.
+    /// Token embeddings of `ids`, scaled as the family does before the first block: `[len, d]`.
     pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
+        let x = self.embed_unscaled(ids)?;
+        Ok(self.scale_embeddings(&x)?)
+    }
+
+    /// Rows of the embedding matrix for `ids`, as stored: `[len, d]`.
+    pub fn embed_unscaled(&self, ids: &[u32]) -> Result<Tensor> {
         if let Some(&bad) = ids.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
             return Err(EngineError::Input(format!(
                 "token id {bad} is outside the vocabulary (size {})",
@@ -141,13 +166,29 @@ impl Llama {
         Ok(self.w.embed.lookup(&t)?)
     }
 
-    /// `[N, hd/2]` cosines and sines for the given absolute positions.
-    fn rope_tables(&self, positions: &[usize]) -> candle_core::Result<(Tensor, Tensor)> {
-        let half = self.inv_freq.len();
+    /// Multiplies vectors of the embedding space by the family's embedding scale (√d for
+    /// Gemma), as token embeddings are before the first block.
+    pub fn scale_embeddings(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if self.cfg.embed_scale == 1.0 {
+            Ok(x.clone())
+        } else {
+            x * self.cfg.embed_scale as f64
+        }
+    }
+
+    /// `[N, hd/2]` cosines and sines for the given absolute positions, for rotary embedding
+    /// number `rope`.
+    fn rope_tables(
+        &self,
+        rope: usize,
+        positions: &[usize],
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let inv_freq = &self.inv_freqs[rope];
+        let half = inv_freq.len();
         let mut cos = Vec::with_capacity(positions.len() * half);
         let mut sin = Vec::with_capacity(positions.len() * half);
         for &p in positions {
-            for &f in &self.inv_freq {
+            for &f in inv_freq {
                 let angle = p as f32 * f;
                 cos.push(angle.cos());
                 sin.push(angle.sin());
@@ -160,20 +201,26 @@ impl Llama {
         ))
     }
 
+    /// Rotates `x` (`[N, heads * hd]`), after the per-head norm `norm` when the family has one.
     fn apply_rope(
         &self,
         x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
+        norm: Option<&Tensor>,
+        (cos, sin): (&Tensor, &Tensor),
         heads: usize,
     ) -> candle_core::Result<Tensor> {
         let n = x.dim(0)?;
-        let x = x.reshape((n, heads, 1, self.cfg.head_dim))?;
+        let hd = self.cfg.head_dim;
+        let mut x = x.reshape((n * heads, hd))?;
+        if let Some(w) = norm {
+            x = rms_norm(&x, w, self.cfg.rms_eps as f32)?;
+        }
+        let x = x.reshape((n, heads, 1, hd))?;
         let y = match self.cfg.rope_style {
             RopeStyle::Interleaved => rope_i(&x, cos, sin)?,
             RopeStyle::Halves => rope(&x, cos, sin)?,
         };
-        y.reshape((n, heads, self.cfg.head_dim))
+        y.reshape((n, heads, hd))
     }
 
     /// Applies the final RMSNorm to rows of the residual stream.
@@ -185,9 +232,14 @@ impl Llama {
         )
     }
 
-    /// Unembeds rows that are already final-normed: `[R, d]` → `[R, V]`.
+    /// Unembeds rows that are already final-normed: `[R, d]` → `[R, V]`, soft-capped as the
+    /// family's output is, so every lens reads the logits the model itself would give.
     pub fn unembed(&self, normed: &Tensor) -> candle_core::Result<Tensor> {
-        self.w.head.forward(normed)
+        let logits = self.w.head.forward(normed)?;
+        match self.cfg.final_softcap {
+            Some(cap) => softcap(&logits, cap),
+            None => Ok(logits),
+        }
     }
 
     /// Runs the sequences, each continuing its cache when `caches` is given, and returns the
@@ -202,7 +254,7 @@ impl Llama {
         self.forward_with(seqs, caches, taps, logits, None)
     }
 
-    /// [`Llama::forward`] with a LoRA adapter applied to the blocks.
+    /// [`Model::forward`] with a LoRA adapter applied to the blocks.
     pub fn forward_with(
         &self,
         seqs: &[&[u32]],
@@ -321,7 +373,13 @@ impl Llama {
             positions.extend(past..past + len);
             n += len;
         }
-        let (cos, sin) = self.rope_tables(&positions)?;
+        let mut tables = vec![None; self.inv_freqs.len()];
+        for i in blocks.clone() {
+            let r = self.rope_of[i];
+            if tables[r].is_none() {
+                tables[r] = Some(self.rope_tables(r, &positions)?);
+            }
+        }
         let mut tapped = Vec::with_capacity(run.taps.len());
         let want = |l: usize| run.taps.contains(&l);
         self.counters.passes.fetch_add(1, Ordering::Relaxed);
@@ -335,12 +393,13 @@ impl Llama {
                 tapped.push((i, x.clone()));
             }
             let lora = run.adapter.and_then(|a| a.blocks.get(i));
+            let (cos, sin) = tables[self.rope_of[i]].as_ref().expect("built above");
             x = self.block(
                 i,
                 &self.w.blocks[i],
                 lora,
                 &x,
-                (&cos, &sin),
+                (cos, sin),
                 lens,
                 &offsets,
                 caches.as_deref_mut(),
@@ -380,11 +439,17 @@ impl Llama {
                     None => Ok(y),
                 }
             };
+        let biased = |y: Tensor, bias: &Option<Tensor>| match bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        };
         let h = rms_norm(x, &b.attn_norm, eps)?;
-        let q = self.apply_rope(&lin(&b.wq, |a| a.q.as_ref(), &h)?, cos, sin, cfg.n_heads)?;
-        let k = self.apply_rope(&lin(&b.wk, |a| a.k.as_ref(), &h)?, cos, sin, cfg.n_kv_heads)?;
-        let v =
-            lin(&b.wv, |a| a.v.as_ref(), &h)?.reshape((x.dim(0)?, cfg.n_kv_heads, cfg.head_dim))?;
+        let q = biased(lin(&b.wq, |a| a.q.as_ref(), &h)?, &b.bq)?;
+        let k = biased(lin(&b.wk, |a| a.k.as_ref(), &h)?, &b.bk)?;
+        let v = biased(lin(&b.wv, |a| a.v.as_ref(), &h)?, &b.bv)?;
+        let q = self.apply_rope(&q, b.q_norm.as_ref(), (cos, sin), cfg.n_heads)?;
+        let k = self.apply_rope(&k, b.k_norm.as_ref(), (cos, sin), cfg.n_kv_heads)?;
+        let v = v.reshape((x.dim(0)?, cfg.n_kv_heads, cfg.head_dim))?;
         let mut outs = Vec::with_capacity(lens.len());
         for (s, &t) in lens.iter().enumerate() {
             let o = offsets[s];
@@ -402,11 +467,23 @@ impl Llama {
         } else {
             Tensor::cat(&outs, 0)?
         };
-        let x = (x + lin(&b.wo, |a| a.o.as_ref(), &attn)?)?;
+        let mut a = biased(lin(&b.wo, |a| a.o.as_ref(), &attn)?, &b.bo)?;
+        if let Some(w) = &b.post_attn_norm {
+            a = rms_norm(&a, w, eps)?;
+        }
+        let x = (x + a)?;
         let h = rms_norm(&x, &b.ffn_norm, eps)?;
-        let ff = (silu(&lin(&b.w_gate, |a| a.gate.as_ref(), &h)?)?
-            * lin(&b.w_up, |a| a.up.as_ref(), &h)?)?;
-        x + lin(&b.w_down, |a| a.down.as_ref(), &ff)?
+        let gate = lin(&b.w_gate, |a| a.gate.as_ref(), &h)?;
+        let gate = match cfg.activation {
+            Activation::Silu => candle_nn::ops::silu(&gate)?,
+            Activation::GeluTanh => gate.gelu()?,
+        };
+        let ff = (gate * lin(&b.w_up, |a| a.up.as_ref(), &h)?)?;
+        let mut m = lin(&b.w_down, |a| a.down.as_ref(), &ff)?;
+        if let Some(w) = &b.post_ffn_norm {
+            m = rms_norm(&m, w, eps)?;
+        }
+        x + m
     }
 
     /// Causal attention of one sequence's new tokens over its cached and new keys.
@@ -449,10 +526,13 @@ impl Llama {
             .transpose(0, 1)?
             .contiguous()?
             .reshape((nkv, group * t, hd))?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let mut scores = (q.matmul(&k.t()?)? * scale)?;
-        if t > 1 {
-            scores = scores.broadcast_add(&causal_mask(group, t, past, tk)?)?;
+        let mut scores = (q.matmul(&k.t()?)? * cfg.query_scale)?;
+        if let Some(cap) = cfg.attn_softcap {
+            scores = softcap(&scores, cap)?;
+        }
+        let window = cfg.window(layer);
+        if t > 1 || window.is_some_and(|w| past + t > w) {
+            scores = scores.broadcast_add(&causal_mask(group, t, past, tk, window)?)?;
         }
         let p = softmax_last_dim(&scores)?;
         let out = p.matmul(&v)?;
@@ -463,13 +543,33 @@ impl Llama {
     }
 }
 
-/// `[group * T, Tk]` additive mask: row `r` is query `r % T` at absolute position `past + r % T`.
-fn causal_mask(group: usize, t: usize, past: usize, tk: usize) -> candle_core::Result<Tensor> {
+/// `cap · tanh(x / cap)`: values pass through near zero and saturate at ±cap.
+fn softcap(x: &Tensor, cap: f64) -> candle_core::Result<Tensor> {
+    (x / cap)?.tanh()? * cap
+}
+
+/// `[group * T, Tk]` additive mask: row `r` is query `r % T` at absolute position `past + r % T`;
+/// it sees keys at positions up to its own, and within `window` positions back when given.
+fn causal_mask(
+    group: usize,
+    t: usize,
+    past: usize,
+    tk: usize,
+    window: Option<usize>,
+) -> candle_core::Result<Tensor> {
     let mut m = vec![0f32; group * t * tk];
     for r in 0..group * t {
         let pos = past + r % t;
-        for j in pos + 1..tk {
-            m[r * tk + j] = f32::NEG_INFINITY;
+        let row = &mut m[r * tk..(r + 1) * tk];
+        for x in row.iter_mut().skip(pos + 1) {
+            *x = f32::NEG_INFINITY;
+        }
+        if let Some(w) = window {
+            // Keys at distance w or more are out of the window.
+            let first = (pos + 1).saturating_sub(w);
+            for x in row.iter_mut().take(first) {
+                *x = f32::NEG_INFINITY;
+            }
         }
     }
     Tensor::from_vec(m, (group * t, tk), &Device::Cpu)

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use candle_core::quantized::gguf_file::Value;
 use candle_core::{DType, Device, Tensor};
-use lensd_engine::model::{Llama, Logits};
+use lensd_engine::model::{Model, Logits};
 use lensd_engine::weights::gguf::GgufFile;
 use lensd_engine::{Base, EngineError, LoadOptions};
 use rand::{Rng, SeedableRng};
@@ -87,7 +87,7 @@ fn random_corruption_of_the_header_never_panics() {
         // Either it still runs (the byte did not matter) or it fails with an error.
         let run = GgufFile::read(&bad, &mut |_, _| {}).and_then(|g| {
             let cfg = g.config()?;
-            let model = Llama::new(cfg.clone(), g.load_weights(&cfg, Default::default())?);
+            let model = Model::new(cfg.clone(), g.load_weights(&cfg, Default::default())?);
             model
                 .forward(&[&[1, 2, 3]], None, &[0], Logits::All)
                 .map(|_| ())

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use lensd_engine::model::{KvCache, Llama, Logits};
+use lensd_engine::model::{KvCache, Model, Logits};
 use lensd_engine::weights::gguf::GgufFile;
 use lensd_engine::{Base, ComputeDtype, LoadOptions};
 
@@ -152,7 +152,7 @@ fn the_same_model_as_gguf_with_interleaved_rope_gives_the_same_states() {
     let cfg = g.config().unwrap();
     assert_eq!(cfg.rope_style, lensd_engine::RopeStyle::Interleaved);
     assert!(!cfg.tied_embeddings);
-    let model = Llama::new(
+    let model = Model::new(
         cfg,
         g.load_weights(&g.config().unwrap(), ComputeDtype::Stored)
             .unwrap(),

@@ -13,7 +13,7 @@ use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::generate::{Sampler, SamplingParams};
 use crate::lora::Adapter;
-use crate::model::{KvCache, Llama, Run};
+use crate::model::{KvCache, Model, Run};
 
 mod untrained;
 pub use untrained::{write_untrained, UntrainedSpec};
@@ -380,16 +380,20 @@ impl TalkativeLens {
     }
 
     /// Decodes one explanation per row of `acts` (`[R, d]`), `t_text` tokens each.
-    fn decode(&self, model: &Llama, acts: &Tensor, sampler: &mut Sampler) -> Result<Vec<Vec<u32>>> {
+    fn decode(&self, model: &Model, acts: &Tensor, sampler: &mut Sampler) -> Result<Vec<Vec<u32>>> {
         let r = acts.dim(0)?;
         let (n_l, n_r) = (self.left.dim(0)?, self.right.dim(0)?);
         let m = n_l + 1 + n_r;
         let first = self.project(0, acts)?;
+        // Soft prompts live in the embedding space, scaled like token embeddings (√d for
+        // Gemma); the projected activations are residual-stream vectors and are not.
+        let left = model.scale_embeddings(&self.left)?;
+        let right = model.scale_embeddings(&self.right)?;
         let mut rows = Vec::with_capacity(3 * r);
         for s in 0..r {
-            rows.push(self.left.clone());
+            rows.push(left.clone());
             rows.push(first.narrow(0, s, 1)?);
-            rows.push(self.right.clone());
+            rows.push(right.clone());
         }
         let x = Tensor::cat(&rows, 0)?;
         let d = model.cfg.d_model;
@@ -438,16 +442,18 @@ impl TalkativeLens {
     }
 
     /// The encoder's reconstructions `[R, d]` of explanations `expl` of tokens `current`.
-    fn encode(&self, model: &Llama, expl: &[Vec<u32>], current: &[u32]) -> Result<Tensor> {
+    fn encode(&self, model: &Model, expl: &[Vec<u32>], current: &[u32]) -> Result<Tensor> {
         let mut rows = Vec::with_capacity(expl.len() * 4);
         let mut lens = Vec::with_capacity(expl.len());
         for (e, &tok) in expl.iter().zip(current) {
-            let mut parts = vec![self.prefix.clone(), model.embed(e)?];
+            // The whole sequence is in the embedding space (soft prompts, tokens and the
+            // special vector alike) and takes the family's embedding scale at the end.
+            let mut parts = vec![self.prefix.clone(), model.embed_unscaled(e)?];
             if let Some(p) = &self.postfix {
                 parts.push(p.clone());
             }
             if self.manifest.add_current_token {
-                parts.push(model.embed(&[tok])?);
+                parts.push(model.embed_unscaled(&[tok])?);
             }
             let seq = Tensor::cat(&parts, 0)?;
             let len = seq.dim(0)?;
@@ -458,7 +464,7 @@ impl TalkativeLens {
                 ],
                 0,
             )?;
-            rows.push((seq + special)?);
+            rows.push(model.scale_embeddings(&(seq + special)?)?);
             lens.push(len);
         }
         let x = Tensor::cat(&rows, 0)?;
@@ -489,7 +495,7 @@ impl TalkativeLens {
     /// Scores fixed explanations of `positions` (the encoder alone): `(mse, relative_rmse)`.
     pub fn score(
         &self,
-        model: &Llama,
+        model: &Model,
         ids: &[u32],
         adapter: Option<&Adapter>,
         positions: &[usize],
@@ -517,7 +523,7 @@ impl TalkativeLens {
     /// The activations `[s, d]` of the whole text, and (for KL) the final logits and the cache.
     fn activations(
         &self,
-        model: &Llama,
+        model: &Model,
         ids: &[u32],
         adapter: Option<&Adapter>,
         keep: bool,
@@ -558,7 +564,7 @@ impl TalkativeLens {
     #[allow(clippy::too_many_arguments)]
     pub fn explain(
         &self,
-        model: &Llama,
+        model: &Model,
         ids: &[u32],
         positions: &[usize],
         adapter: Option<&Adapter>,
@@ -637,7 +643,7 @@ impl TalkativeLens {
     /// all variants of the chunk scored as one batch.
     fn salience(
         &self,
-        model: &Llama,
+        model: &Model,
         acts: &Tensor,
         space: u32,
         rows: &mut [ExplainedRow],
@@ -669,7 +675,7 @@ impl TalkativeLens {
     /// against the one with the reconstruction patched in at that position only.
     fn kl(
         &self,
-        model: &Llama,
+        model: &Model,
         adapter: Option<&Adapter>,
         normed: &Tensor,
         cache: &KvCache,

@@ -1,4 +1,4 @@
-//! GGUF files: the header (metadata and tensor table), the llama configuration read from it,
+//! GGUF files: the header (metadata and tensor table), the configuration read from it,
 //! and tensors served without copies out of the file's bytes, read once into memory.
 
 use std::collections::HashMap;
@@ -11,14 +11,13 @@ use candle_core::quantized::GgmlDType;
 use candle_core::Device;
 
 use super::file::{self, FileBytes, ReadAt};
-use super::{check_shape, file_quant, ComputeDtype, Linear, ModelWeights, Role, TensorSource};
-use crate::config::{ModelConfig, RopeStyle};
+use super::{
+    check_shape, file_quant, ComputeDtype, Linear, ModelWeights, Role, TensorHeader, TensorSource,
+};
+use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 
 const MAGIC: &[u8; 4] = b"GGUF";
-
-/// Architectures whose tensor layout the llama forward implements.
-const SUPPORTED_ARCHS: &[&str] = &["llama"];
 
 pub struct GgufFile {
     path: PathBuf,
@@ -206,77 +205,15 @@ impl GgufFile {
         self.get_str("general.architecture")
     }
 
-    /// The llama configuration from `{arch}.*` metadata; fails for other architectures.
+    /// The model's configuration from `{arch}.*` metadata, read by its family's description;
+    /// fails for architectures lensd does not run.
     pub fn config(&self) -> Result<ModelConfig> {
-        let arch = self.architecture()?.to_string();
-        if !SUPPORTED_ARCHS.contains(&arch.as_str()) {
-            return Err(EngineError::unsupported(
-                &self.path,
-                format!(
-                    "architecture `{arch}` (supported: {})",
-                    SUPPORTED_ARCHS.join(", ")
-                ),
-            ));
-        }
-        let k = |s: &str| format!("{arch}.{s}");
-        let d_model = self.get_usize(&k("embedding_length"))?;
-        let n_heads = self.get_usize(&k("attention.head_count"))?;
-        let n_kv_heads = match self.get(&k("attention.head_count_kv")) {
-            Some(_) => self.get_usize(&k("attention.head_count_kv"))?,
-            None => n_heads,
-        };
-        let head_dim = match self.get(&k("attention.key_length")) {
-            Some(_) => self.get_usize(&k("attention.key_length"))?,
-            None => d_model.checked_div(n_heads).unwrap_or(0),
-        };
-        let embd = self
-            .tensor_infos()
-            .get("token_embd.weight")
-            .ok_or_else(|| {
-                EngineError::format(&self.path, "tensor `token_embd.weight` is missing")
-            })?;
-        let vocab_size = match self.get(&k("vocab_size")) {
-            Some(_) => self.get_usize(&k("vocab_size"))?,
-            None => embd.shape.dims().first().copied().unwrap_or(0),
-        };
-        let cfg = ModelConfig {
-            architecture: arch.clone(),
-            n_layers: self.get_usize(&k("block_count"))?,
-            d_model,
-            n_heads,
-            n_kv_heads,
-            head_dim,
-            d_ff: self.get_usize(&k("feed_forward_length"))?,
-            vocab_size,
-            rms_eps: self.get_f64(&k("attention.layer_norm_rms_epsilon"))?,
-            rope_theta: if self.get(&k("rope.freq_base")).is_some() {
-                self.get_f64(&k("rope.freq_base"))?
-            } else {
-                10_000.0
-            },
-            // llama.cpp's converter permutes Q/K rows for adjacent-pair rotation.
-            rope_style: RopeStyle::Interleaved,
-            max_positions: self.get_usize(&k("context_length"))?,
-            tied_embeddings: !self.tensor_infos().contains_key("output.weight"),
-        };
-        if let Some(n) = self.get(&k("rope.dimension_count")) {
-            let n = match n {
-                Value::U32(n) => *n as usize,
-                Value::I32(n) => *n as usize,
-                Value::U64(n) => *n as usize,
-                _ => head_dim,
-            };
-            if n != head_dim {
-                return Err(EngineError::unsupported(
-                    &self.path,
-                    format!("partial rotary embedding ({n} of {head_dim} head dimensions)"),
-                ));
-            }
-        }
-        cfg.check().map_err(|m| {
-            EngineError::format(&self.path, format!("inconsistent configuration: {m}"))
-        })?;
-        Ok(cfg)
+        crate::family::from_gguf(self)
+    }
+
+    /// The bytes the model of `cfg` holds once loaded from this file, from the header alone.
+    pub fn resident(&self, cfg: &ModelConfig) -> super::Resident {
+        super::resident(self, cfg)
     }
 
     fn info(&self, name: &str) -> Result<&TensorInfo> {
@@ -293,22 +230,51 @@ impl GgufFile {
 }
 
 impl TensorSource for GgufFile {
-    fn name(&self, role: Role, layer: usize) -> String {
-        let block = |s: &str| format!("blk.{layer}.{s}.weight");
-        match role {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn name(&self, _cfg: &ModelConfig, role: Role, layer: usize) -> Option<String> {
+        let block = |s: &str| format!("blk.{layer}.{s}");
+        Some(match role {
             Role::Embed => "token_embd.weight".into(),
             Role::Head => "output.weight".into(),
             Role::FinalNorm => "output_norm.weight".into(),
-            Role::AttnNorm => block("attn_norm"),
-            Role::FfnNorm => block("ffn_norm"),
-            Role::Q => block("attn_q"),
-            Role::K => block("attn_k"),
-            Role::V => block("attn_v"),
-            Role::O => block("attn_output"),
-            Role::Gate => block("ffn_gate"),
-            Role::Up => block("ffn_up"),
-            Role::Down => block("ffn_down"),
-        }
+            Role::RopeFreqs => "rope_freqs.weight".into(),
+            Role::AttnNorm => block("attn_norm.weight"),
+            Role::PostAttnNorm => block("post_attention_norm.weight"),
+            Role::FfnNorm => block("ffn_norm.weight"),
+            Role::PostFfnNorm => block("post_ffw_norm.weight"),
+            Role::QNorm => block("attn_q_norm.weight"),
+            Role::KNorm => block("attn_k_norm.weight"),
+            Role::Q => block("attn_q.weight"),
+            Role::K => block("attn_k.weight"),
+            Role::V => block("attn_v.weight"),
+            Role::O => block("attn_output.weight"),
+            Role::QBias => block("attn_q.bias"),
+            Role::KBias => block("attn_k.bias"),
+            Role::VBias => block("attn_v.bias"),
+            Role::OBias => block("attn_output.bias"),
+            Role::Gate => block("ffn_gate.weight"),
+            Role::Up => block("ffn_up.weight"),
+            Role::Down => block("ffn_down.weight"),
+        })
+    }
+
+    fn header(&self, name: &str) -> Option<TensorHeader> {
+        let info = self.tensor_infos().get(name)?;
+        Some(TensorHeader {
+            shape: info.shape.dims().to_vec(),
+            bytes: Self::tensor_bytes(info),
+            packed: !matches!(
+                info.ggml_dtype,
+                GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
+            ),
+        })
+    }
+
+    fn norm_offset(&self, _cfg: &ModelConfig) -> f32 {
+        0.0
     }
 
     fn load(
@@ -339,10 +305,6 @@ impl TensorSource for GgufFile {
         } else {
             Ok(Linear::Quant(Arc::new(q)))
         }
-    }
-
-    fn mapped(&self) -> bool {
-        false
     }
 }
 

@@ -115,11 +115,22 @@ impl Embedding {
 #[derive(Debug, Clone)]
 pub struct BlockWeights {
     pub attn_norm: Tensor,
+    /// The norm of the attention's output before the residual add (Gemma).
+    pub post_attn_norm: Option<Tensor>,
+    /// Per-head RMSNorm gains `[head_dim]` of queries and keys (Qwen3, Gemma-3).
+    pub q_norm: Option<Tensor>,
+    pub k_norm: Option<Tensor>,
     pub wq: Linear,
     pub wk: Linear,
     pub wv: Linear,
     pub wo: Linear,
+    pub bq: Option<Tensor>,
+    pub bk: Option<Tensor>,
+    pub bv: Option<Tensor>,
+    pub bo: Option<Tensor>,
     pub ffn_norm: Tensor,
+    /// The norm of the MLP's output before the residual add (Gemma).
+    pub post_ffn_norm: Option<Tensor>,
     pub w_gate: Linear,
     pub w_up: Linear,
     pub w_down: Linear,
@@ -132,6 +143,9 @@ pub struct ModelWeights {
     pub final_norm: Tensor,
     /// The unembedding `[vocab, d]`; shares storage with `embed` when the base ties them.
     pub head: Linear,
+    /// Divisors of the rotary frequencies, `[head_dim / 2]` (llama.cpp writes Llama-3's
+    /// scaling this way).
+    pub rope_freqs: Option<Vec<f32>>,
     pub bytes: WeightBytes,
 }
 
@@ -142,21 +156,39 @@ pub(crate) enum Role {
     Head,
     FinalNorm,
     AttnNorm,
+    PostAttnNorm,
     FfnNorm,
+    PostFfnNorm,
+    QNorm,
+    KNorm,
     Q,
     K,
     V,
     O,
+    QBias,
+    KBias,
+    VBias,
+    OBias,
     Gate,
     Up,
     Down,
+    RopeFreqs,
 }
 
 impl Role {
     pub(crate) fn expected(&self, c: &ModelConfig) -> Vec<usize> {
         match self {
             Role::Embed | Role::Head => vec![c.vocab_size, c.d_model],
-            Role::FinalNorm | Role::AttnNorm | Role::FfnNorm => vec![c.d_model],
+            Role::FinalNorm
+            | Role::AttnNorm
+            | Role::PostAttnNorm
+            | Role::FfnNorm
+            | Role::PostFfnNorm
+            | Role::OBias => vec![c.d_model],
+            Role::QNorm | Role::KNorm => vec![c.head_dim],
+            Role::RopeFreqs => vec![c.head_dim / 2],
+            Role::QBias => vec![c.q_width()],
+            Role::KBias | Role::VBias => vec![c.kv_width()],
             Role::Q => vec![c.q_width(), c.d_model],
             Role::K | Role::V => vec![c.kv_width(), c.d_model],
             Role::O => vec![c.d_model, c.q_width()],
@@ -164,6 +196,74 @@ impl Role {
             Role::Down => vec![c.d_model, c.d_ff],
         }
     }
+
+    /// Vectors (norm gains, biases, rotary divisors) are small and always held in f32.
+    pub(crate) fn is_vector(&self) -> bool {
+        !matches!(
+            self,
+            Role::Embed
+                | Role::Head
+                | Role::Q
+                | Role::K
+                | Role::V
+                | Role::O
+                | Role::Gate
+                | Role::Up
+                | Role::Down
+        )
+    }
+
+    pub(crate) fn is_norm(&self) -> bool {
+        matches!(
+            self,
+            Role::FinalNorm
+                | Role::AttnNorm
+                | Role::PostAttnNorm
+                | Role::FfnNorm
+                | Role::PostFfnNorm
+                | Role::QNorm
+                | Role::KNorm
+        )
+    }
+}
+
+/// Per block, the roles a base of `cfg` has.
+fn block_roles(cfg: &ModelConfig) -> Vec<Role> {
+    let mut roles = vec![Role::AttnNorm];
+    if cfg.qk_norm {
+        roles.extend([Role::QNorm, Role::KNorm]);
+    }
+    roles.extend([Role::Q, Role::K, Role::V, Role::O]);
+    if cfg.qkv_bias {
+        roles.extend([Role::QBias, Role::KBias, Role::VBias]);
+    }
+    if cfg.o_bias {
+        roles.push(Role::OBias);
+    }
+    if cfg.sandwich_norms {
+        roles.extend([Role::PostAttnNorm, Role::PostFfnNorm]);
+    }
+    roles.extend([Role::FfnNorm, Role::Gate, Role::Up, Role::Down]);
+    roles
+}
+
+/// Every tensor a base of `cfg` loads from `src`, as (role, block).
+pub(crate) fn plan(src: &dyn TensorSource, cfg: &ModelConfig) -> Vec<(Role, usize)> {
+    let mut plan = vec![(Role::Embed, 0)];
+    let roles = block_roles(cfg);
+    for i in 0..cfg.n_layers {
+        plan.extend(roles.iter().map(|&r| (r, i)));
+    }
+    plan.push((Role::FinalNorm, 0));
+    if !cfg.tied_embeddings {
+        plan.push((Role::Head, 0));
+    }
+    if let Some(name) = src.name(cfg, Role::RopeFreqs, 0) {
+        if src.header(&name).is_some() {
+            plan.push((Role::RopeFreqs, 0));
+        }
+    }
+    plan
 }
 
 pub(crate) fn check_shape(
@@ -185,10 +285,39 @@ pub(crate) fn check_shape(
     Ok(())
 }
 
-/// A file format's view of a llama checkpoint: how it names each tensor and how it loads one.
+/// What a file's header says of one tensor.
+#[derive(Debug, Clone)]
+pub(crate) struct TensorHeader {
+    pub shape: Vec<usize>,
+    /// Bytes as stored.
+    pub bytes: u64,
+    /// Whether a matrix of this dtype is kept as stored with the `stored` compute dtype
+    /// (quantized blocks, f16, bf16); others are widened to f32.
+    pub packed: bool,
+}
+
+impl TensorHeader {
+    fn elements(&self) -> u64 {
+        self.shape.iter().product::<usize>() as u64
+    }
+
+    /// Bytes the tensor holds once loaded for `role` in `compute`.
+    fn resident(&self, role: Role, compute: ComputeDtype) -> u64 {
+        if role.is_vector() || !(self.packed && compute == ComputeDtype::Stored) {
+            self.elements() * 4
+        } else {
+            self.bytes
+        }
+    }
+}
+
+/// A file format's view of a checkpoint: how it names each tensor and how it loads one.
 pub(crate) trait TensorSource {
-    /// The tensor's name for `role`; `layer` matters for the per-block roles only.
-    fn name(&self, role: Role, layer: usize) -> String;
+    fn path(&self) -> &Path;
+    /// The tensor's name for `role` (`layer` matters for the per-block roles only); `None`
+    /// where the format has no such tensor.
+    fn name(&self, cfg: &ModelConfig, role: Role, layer: usize) -> Option<String>;
+    fn header(&self, name: &str) -> Option<TensorHeader>;
     /// Loads `name`, checked against `role`'s shape, ready to compute in `compute`.
     fn load(
         &self,
@@ -197,60 +326,139 @@ pub(crate) trait TensorSource {
         cfg: &ModelConfig,
         compute: ComputeDtype,
     ) -> Result<Linear>;
-    /// Whether quantized tensors stay in a shared file mapping (not owned memory).
-    fn mapped(&self) -> bool;
+    /// Added to norm gains as they are read (Gemma's Hugging Face checkpoints store `w` for a
+    /// gain of `1 + w`; its GGUF files store the sum).
+    fn norm_offset(&self, cfg: &ModelConfig) -> f32;
 }
 
-/// Loads every tensor of a llama checkpoint from `src` and counts the bytes it holds.
+fn required_name(
+    src: &dyn TensorSource,
+    cfg: &ModelConfig,
+    role: Role,
+    layer: usize,
+) -> Result<String> {
+    src.name(cfg, role, layer).ok_or_else(|| {
+        EngineError::format(
+            src.path(),
+            format!("the format has no tensor for {role:?} of block {layer}"),
+        )
+    })
+}
+
+/// Bytes of a base's weights once loaded, in each compute dtype, from the headers alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Resident {
+    pub stored: u64,
+    pub f32: u64,
+}
+
+impl Resident {
+    pub fn of(&self, dtype: ComputeDtype) -> u64 {
+        match dtype {
+            ComputeDtype::Stored => self.stored,
+            ComputeDtype::F32 => self.f32,
+        }
+    }
+}
+
+/// What loading `cfg` from `src` will hold, tensor by tensor as [`assemble`] loads them. A
+/// tensor missing from the headers counts nothing (the load itself will name it).
+pub(crate) fn resident(src: &dyn TensorSource, cfg: &ModelConfig) -> Resident {
+    let mut r = Resident { stored: 0, f32: 0 };
+    for (role, layer) in plan(src, cfg) {
+        let Some(h) = src.name(cfg, role, layer).and_then(|n| src.header(&n)) else {
+            continue;
+        };
+        r.stored += h.resident(role, ComputeDtype::Stored);
+        r.f32 += h.resident(role, ComputeDtype::F32);
+    }
+    r
+}
+
+/// Loads every tensor of a checkpoint of `cfg` from `src` and counts the bytes it holds.
 pub(crate) fn assemble(
     src: &dyn TensorSource,
     cfg: &ModelConfig,
     compute: ComputeDtype,
 ) -> Result<ModelWeights> {
-    let matrix = |role: Role, layer: usize| src.load(&src.name(role, layer), role, cfg, compute);
-    // Norm gains are tiny and always kept in f32.
-    let norm = |role: Role, layer: usize| -> Result<Tensor> {
-        Ok(src
-            .load(&src.name(role, layer), role, cfg, ComputeDtype::F32)?
-            .to_f32()?)
+    let mut bytes = WeightBytes::default();
+    let mut matrix = |role: Role, layer: usize| -> Result<Linear> {
+        let m = src.load(&required_name(src, cfg, role, layer)?, role, cfg, compute)?;
+        bytes += m.bytes(false);
+        Ok(m)
     };
     let embed = matrix(Role::Embed, 0)?;
-    let mut blocks = Vec::with_capacity(cfg.n_layers);
-    for i in 0..cfg.n_layers {
-        blocks.push(BlockWeights {
-            attn_norm: norm(Role::AttnNorm, i)?,
-            wq: matrix(Role::Q, i)?,
-            wk: matrix(Role::K, i)?,
-            wv: matrix(Role::V, i)?,
-            wo: matrix(Role::O, i)?,
-            ffn_norm: norm(Role::FfnNorm, i)?,
-            w_gate: matrix(Role::Gate, i)?,
-            w_up: matrix(Role::Up, i)?,
-            w_down: matrix(Role::Down, i)?,
-        });
-    }
-    let final_norm = norm(Role::FinalNorm, 0)?;
     let head = if cfg.tied_embeddings {
         embed.clone()
     } else {
         matrix(Role::Head, 0)?
     };
-    let mut bytes = WeightBytes::default();
-    bytes += embed.bytes(src.mapped());
-    if !cfg.tied_embeddings {
-        bytes += head.bytes(src.mapped());
+    let mut mats = Vec::with_capacity(cfg.n_layers);
+    for i in 0..cfg.n_layers {
+        mats.push([
+            matrix(Role::Q, i)?,
+            matrix(Role::K, i)?,
+            matrix(Role::V, i)?,
+            matrix(Role::O, i)?,
+            matrix(Role::Gate, i)?,
+            matrix(Role::Up, i)?,
+            matrix(Role::Down, i)?,
+        ]);
     }
-    for b in &blocks {
-        for l in [&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_up, &b.w_down] {
-            bytes += l.bytes(src.mapped());
-        }
+    let offset = src.norm_offset(cfg);
+    let mut vector_bytes = 0u64;
+    let mut vector = |role: Role, layer: usize| -> Result<Tensor> {
+        let t = src
+            .load(
+                &required_name(src, cfg, role, layer)?,
+                role,
+                cfg,
+                ComputeDtype::F32,
+            )?
+            .to_f32()?;
+        let t = if role.is_norm() && offset != 0.0 {
+            (t + offset as f64)?
+        } else {
+            t
+        };
+        vector_bytes += (t.elem_count() * 4) as u64;
+        Ok(t)
+    };
+    let mut opt = |on: bool, role: Role, layer: usize| on.then(|| vector(role, layer)).transpose();
+    let mut blocks = Vec::with_capacity(cfg.n_layers);
+    for (i, [wq, wk, wv, wo, w_gate, w_up, w_down]) in mats.into_iter().enumerate() {
+        blocks.push(BlockWeights {
+            attn_norm: opt(true, Role::AttnNorm, i)?.expect("always loaded"),
+            post_attn_norm: opt(cfg.sandwich_norms, Role::PostAttnNorm, i)?,
+            q_norm: opt(cfg.qk_norm, Role::QNorm, i)?,
+            k_norm: opt(cfg.qk_norm, Role::KNorm, i)?,
+            bq: opt(cfg.qkv_bias, Role::QBias, i)?,
+            bk: opt(cfg.qkv_bias, Role::KBias, i)?,
+            bv: opt(cfg.qkv_bias, Role::VBias, i)?,
+            bo: opt(cfg.o_bias, Role::OBias, i)?,
+            ffn_norm: opt(true, Role::FfnNorm, i)?.expect("always loaded"),
+            post_ffn_norm: opt(cfg.sandwich_norms, Role::PostFfnNorm, i)?,
+            wq,
+            wk,
+            wv,
+            wo,
+            w_gate,
+            w_up,
+            w_down,
+        });
     }
-    bytes.owned += ((2 * cfg.n_layers + 1) * cfg.d_model * 4) as u64;
+    let final_norm = opt(true, Role::FinalNorm, 0)?.expect("always loaded");
+    let has_freqs = plan(src, cfg).contains(&(Role::RopeFreqs, 0));
+    let rope_freqs = opt(has_freqs, Role::RopeFreqs, 0)?
+        .map(|t| t.to_vec1::<f32>())
+        .transpose()?;
+    bytes.owned += vector_bytes;
     Ok(ModelWeights {
         embed: Embedding(embed),
         blocks,
         final_norm,
         head,
+        rope_freqs,
         bytes,
     })
 }

@@ -6,65 +6,11 @@ use std::path::{Path, PathBuf};
 
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
-use serde::Deserialize;
 
-use super::tensor_file::read_safetensors_with_progress;
-use super::{check_shape, ComputeDtype, Linear, ModelWeights, Role, TensorSource};
-use crate::config::{ModelConfig, RopeStyle};
+use super::tensor_file::read_safetensors_where;
+use super::{check_shape, ComputeDtype, Linear, ModelWeights, Role, TensorHeader, TensorSource};
+use crate::config::{Family, ModelConfig};
 use crate::error::{EngineError, Result};
-
-/// The subset of a Hugging Face `config.json` the llama forward depends on.
-#[derive(Debug, Deserialize)]
-pub struct HfConfig {
-    #[serde(default)]
-    pub architectures: Vec<String>,
-    #[serde(default)]
-    pub model_type: Option<String>,
-    pub hidden_size: usize,
-    pub intermediate_size: usize,
-    pub num_hidden_layers: usize,
-    pub num_attention_heads: usize,
-    pub num_key_value_heads: Option<usize>,
-    pub head_dim: Option<usize>,
-    pub vocab_size: usize,
-    #[serde(default = "default_eps")]
-    pub rms_norm_eps: f64,
-    /// Older configs give the rope base at the top level...
-    #[serde(default)]
-    pub rope_theta: Option<f64>,
-    /// ...newer ones inside `rope_parameters`, with the scaling type.
-    #[serde(default)]
-    pub rope_parameters: Option<RopeParameters>,
-    #[serde(default)]
-    pub rope_scaling: Option<serde_json::Value>,
-    #[serde(default = "default_ctx")]
-    pub max_position_embeddings: usize,
-    #[serde(default)]
-    pub tie_word_embeddings: bool,
-    #[serde(default)]
-    pub attention_bias: bool,
-    #[serde(default)]
-    pub mlp_bias: bool,
-    #[serde(default)]
-    pub hidden_act: Option<String>,
-    #[serde(default)]
-    pub bos_token_id: Option<serde_json::Value>,
-    #[serde(default)]
-    pub eos_token_id: Option<serde_json::Value>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct RopeParameters {
-    pub rope_theta: Option<f64>,
-    pub rope_type: Option<String>,
-}
-
-fn default_eps() -> f64 {
-    1e-6
-}
-fn default_ctx() -> usize {
-    2048
-}
 
 /// Token ids given as a number or a list of numbers (both forms occur in the wild).
 pub fn id_list(v: &Option<serde_json::Value>) -> Vec<u32> {
@@ -83,9 +29,14 @@ pub fn id_list(v: &Option<serde_json::Value>) -> Vec<u32> {
 
 pub struct HfCheckpoint {
     pub dir: PathBuf,
-    pub hf: HfConfig,
+    /// `config.json` as written.
+    pub json: serde_json::Value,
     files: Vec<PathBuf>,
     tensors: Tensors,
+    /// What the text model's tensor names start with: `model.` for causal LMs,
+    /// `language_model.model.` or `model.language_model.` for multimodal Gemma-3.
+    prefix: String,
+    head: String,
 }
 
 /// Where a checkpoint's tensors are: mapped for reading headers alone, or read tensor by
@@ -130,11 +81,19 @@ impl Tensors {
         }
     }
 
-    /// The tensor's shape (from the header when mapped) and a way to get the tensor.
+    /// The tensor's shape (from the header when mapped).
     fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.shape_dtype(name).map(|(s, _)| s)
+    }
+
+    fn shape_dtype(&self, name: &str) -> Option<(Vec<usize>, DType)> {
         match self {
-            Tensors::Mapped(m) => m.get(name).ok().map(|v| v.shape().to_vec()),
-            Tensors::Read(t) => t.get(name).map(|t| t.dims().to_vec()),
+            Tensors::Mapped(m) => {
+                let v = m.get(name).ok()?;
+                let dtype = DType::try_from(v.dtype()).ok()?;
+                Some((v.shape().to_vec(), dtype))
+            }
+            Tensors::Read(t) => t.get(name).map(|t| (t.dims().to_vec(), t.dtype())),
         }
     }
 
@@ -149,69 +108,51 @@ impl Tensors {
     }
 }
 
+/// Where the text model's tensors may live in a checkpoint, with the head's name.
+const LAYOUTS: &[(&str, &str)] = &[
+    ("model.", "lm_head.weight"),
+    ("language_model.model.", "language_model.lm_head.weight"),
+    ("model.language_model.", "lm_head.weight"),
+];
+
 impl HfCheckpoint {
+    /// Reads `config.json` and the safetensors headers (no tensor data).
     pub fn open(dir: &Path) -> Result<Self> {
         let cfg_path = dir.join("config.json");
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| EngineError::io(&cfg_path, e))?;
-        let hf: HfConfig = serde_json::from_str(&text)
+        let json: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| EngineError::format(&cfg_path, format!("invalid config.json: {e}")))?;
-        let is_llama = hf.model_type.as_deref() == Some("llama")
-            || hf.architectures.iter().any(|a| a == "LlamaForCausalLM");
-        if !is_llama {
-            return Err(EngineError::unsupported(
-                &cfg_path,
-                format!(
-                    "architecture {:?} / model_type {:?} (supported: LlamaForCausalLM)",
-                    hf.architectures, hf.model_type
-                ),
-            ));
-        }
-        if hf.attention_bias || hf.mlp_bias {
-            return Err(EngineError::unsupported(
-                &cfg_path,
-                "llama variant with bias terms",
-            ));
-        }
-        if let Some(act) = &hf.hidden_act {
-            if act != "silu" {
-                return Err(EngineError::unsupported(
-                    &cfg_path,
-                    format!("activation `{act}`"),
-                ));
-            }
-        }
-        if hf.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
-            return Err(EngineError::unsupported(&cfg_path, "rope_scaling"));
-        }
-        if let Some(kind) = hf
-            .rope_parameters
-            .as_ref()
-            .and_then(|r| r.rope_type.as_deref())
-        {
-            if kind != "default" {
-                return Err(EngineError::unsupported(
-                    &cfg_path,
-                    format!("rope_type `{kind}`"),
-                ));
-            }
-        }
         let files = shard_files(dir)?;
         // SAFETY: read-only maps of files lensd never writes, whose headers alone are read.
         let tensors = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| {
             EngineError::format(&files[0], format!("invalid safetensors file: {e}"))
         })?;
+        let tensors = Tensors::Mapped(tensors);
+        let (prefix, head) = LAYOUTS
+            .iter()
+            .find(|(p, _)| tensors.has(&format!("{p}embed_tokens.weight")))
+            .copied()
+            .unwrap_or(LAYOUTS[0]);
         Ok(HfCheckpoint {
             dir: dir.to_path_buf(),
-            hf,
+            json,
             files,
-            tensors: Tensors::Mapped(tensors),
+            tensors,
+            prefix: prefix.into(),
+            head: head.into(),
         })
     }
 
-    /// [`HfCheckpoint::open`], then reads every shard's tensors into memory for loading,
-    /// calling `progress(bytes done, bytes total)` per tensor.
+    /// [`HfCheckpoint::open`], then reads the tensors the model uses into memory, calling
+    /// `progress(bytes done, bytes total)` per tensor. Tensors the text model does not use (a
+    /// vision tower) are skipped without being read.
     pub fn read(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<Self> {
         let mut ck = Self::open(dir)?;
+        let cfg = ck.config()?;
+        let wanted: std::collections::HashSet<String> = super::plan(&ck, &cfg)
+            .into_iter()
+            .filter_map(|(role, layer)| ck.name(&cfg, role, layer))
+            .collect();
         let total: u64 = ck
             .files
             .iter()
@@ -222,7 +163,7 @@ impl HfCheckpoint {
         let mut before = 0;
         for f in &ck.files {
             let mut size = 0;
-            let shard = read_safetensors_with_progress(f, &mut |done, len| {
+            let shard = read_safetensors_where(f, &|n| wanted.contains(n), &mut |done, len| {
                 size = len;
                 progress(before + done, total)
             })?;
@@ -237,38 +178,38 @@ impl HfCheckpoint {
         &self.files
     }
 
+    /// The model's configuration, read by its family's description.
     pub fn config(&self) -> Result<ModelConfig> {
-        let h = &self.hf;
-        let head_dim = h.head_dim.unwrap_or(
-            h.hidden_size
-                .checked_div(h.num_attention_heads)
-                .unwrap_or(0),
-        );
-        let cfg = ModelConfig {
-            architecture: "llama".into(),
-            n_layers: h.num_hidden_layers,
-            d_model: h.hidden_size,
-            n_heads: h.num_attention_heads,
-            n_kv_heads: h.num_key_value_heads.unwrap_or(h.num_attention_heads),
-            head_dim,
-            d_ff: h.intermediate_size,
-            vocab_size: h.vocab_size,
-            rms_eps: h.rms_norm_eps,
-            rope_theta: h
-                .rope_theta
-                .or(h.rope_parameters.as_ref().and_then(|r| r.rope_theta))
-                .unwrap_or(10_000.0),
-            rope_style: RopeStyle::Halves,
-            max_positions: h.max_position_embeddings,
-            tied_embeddings: h.tie_word_embeddings || !self.has("lm_head.weight"),
-        };
-        cfg.check().map_err(|m| {
-            EngineError::format(
-                &self.dir.join("config.json"),
-                format!("inconsistent configuration: {m}"),
-            )
-        })?;
+        let path = self.dir.join("config.json");
+        let rows = self
+            .tensors
+            .shape(&format!("{}embed_tokens.weight", self.prefix))
+            .and_then(|s| s.first().copied());
+        let mut cfg = crate::family::from_hf(&path, &self.json, rows)?;
+        // A checkpoint without a separate head shares the embedding, whatever the flag says.
+        cfg.tied_embeddings |= !self.has(&self.head);
         Ok(cfg)
+    }
+
+    /// The BOS id and the EOS ids of `config.json` (or of its `text_config`).
+    pub fn token_ids(&self) -> (Option<u32>, Vec<u32>) {
+        let text = self.json.get("text_config");
+        let find = |key: &str| {
+            self.json
+                .get(key)
+                .filter(|v| !v.is_null())
+                .or_else(|| text.and_then(|t| t.get(key)).filter(|v| !v.is_null()))
+                .cloned()
+        };
+        (
+            id_list(&find("bos_token_id")).first().copied(),
+            id_list(&find("eos_token_id")),
+        )
+    }
+
+    /// The bytes the model of `cfg` holds once loaded, from the headers alone.
+    pub fn resident(&self, cfg: &ModelConfig) -> super::Resident {
+        super::resident(self, cfg)
     }
 
     fn has(&self, name: &str) -> bool {
@@ -288,21 +229,55 @@ impl HfCheckpoint {
 }
 
 impl TensorSource for HfCheckpoint {
-    fn name(&self, role: Role, layer: usize) -> String {
-        let block = |s: &str| format!("model.layers.{layer}.{s}.weight");
-        match role {
-            Role::Embed => "model.embed_tokens.weight".into(),
-            Role::Head => "lm_head.weight".into(),
-            Role::FinalNorm => "model.norm.weight".into(),
-            Role::AttnNorm => block("input_layernorm"),
-            Role::FfnNorm => block("post_attention_layernorm"),
-            Role::Q => block("self_attn.q_proj"),
-            Role::K => block("self_attn.k_proj"),
-            Role::V => block("self_attn.v_proj"),
-            Role::O => block("self_attn.o_proj"),
-            Role::Gate => block("mlp.gate_proj"),
-            Role::Up => block("mlp.up_proj"),
-            Role::Down => block("mlp.down_proj"),
+    fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    fn name(&self, cfg: &ModelConfig, role: Role, layer: usize) -> Option<String> {
+        let p = &self.prefix;
+        let block = |s: &str| format!("{p}layers.{layer}.{s}");
+        Some(match role {
+            Role::Embed => format!("{p}embed_tokens.weight"),
+            Role::Head => self.head.clone(),
+            Role::FinalNorm => format!("{p}norm.weight"),
+            Role::RopeFreqs => return None,
+            Role::AttnNorm => block("input_layernorm.weight"),
+            // Gemma names its four norms by place; llama-shaped models call their pre-MLP norm
+            // `post_attention_layernorm`.
+            Role::PostAttnNorm => block("post_attention_layernorm.weight"),
+            Role::FfnNorm if cfg.sandwich_norms => block("pre_feedforward_layernorm.weight"),
+            Role::FfnNorm => block("post_attention_layernorm.weight"),
+            Role::PostFfnNorm => block("post_feedforward_layernorm.weight"),
+            Role::QNorm => block("self_attn.q_norm.weight"),
+            Role::KNorm => block("self_attn.k_norm.weight"),
+            Role::Q => block("self_attn.q_proj.weight"),
+            Role::K => block("self_attn.k_proj.weight"),
+            Role::V => block("self_attn.v_proj.weight"),
+            Role::O => block("self_attn.o_proj.weight"),
+            Role::QBias => block("self_attn.q_proj.bias"),
+            Role::KBias => block("self_attn.k_proj.bias"),
+            Role::VBias => block("self_attn.v_proj.bias"),
+            Role::OBias => block("self_attn.o_proj.bias"),
+            Role::Gate => block("mlp.gate_proj.weight"),
+            Role::Up => block("mlp.up_proj.weight"),
+            Role::Down => block("mlp.down_proj.weight"),
+        })
+    }
+
+    fn header(&self, name: &str) -> Option<TensorHeader> {
+        let (shape, dtype) = self.tensors.shape_dtype(name)?;
+        let elements = shape.iter().product::<usize>() as u64;
+        Some(TensorHeader {
+            bytes: elements * dtype.size_in_bytes() as u64,
+            packed: matches!(dtype, DType::F16 | DType::BF16),
+            shape,
+        })
+    }
+
+    fn norm_offset(&self, cfg: &ModelConfig) -> f32 {
+        match cfg.family {
+            Family::Gemma2 | Family::Gemma3 => 1.0,
+            _ => 0.0,
         }
     }
 
@@ -336,10 +311,6 @@ impl TensorSource for HfCheckpoint {
             }
         };
         Ok(Linear::Dense(t))
-    }
-
-    fn mapped(&self) -> bool {
-        false
     }
 }
 

@@ -32,6 +32,16 @@ pub fn read_safetensors_with_progress(
     path: &Path,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<HashMap<String, Tensor>> {
+    read_safetensors_where(path, &|_| true, progress)
+}
+
+/// The tensors of the file for which `want(name)` holds; the others' bytes are not read
+/// (a multimodal checkpoint's vision tower, when only the text model runs).
+pub fn read_safetensors_where(
+    path: &Path,
+    want: &dyn Fn(&str) -> bool,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<HashMap<String, Tensor>> {
     let bad = |m: String| EngineError::format(path, format!("invalid safetensors file: {m}"));
     let file = file::open(path)?;
     let len = file.size().map_err(|e| EngineError::io(path, e))?;
@@ -77,6 +87,11 @@ pub fn read_safetensors_with_progress(
             Ok(data + start)
         };
         let f = file.as_ref();
+        if !want(&name) {
+            done += end.saturating_sub(start);
+            progress(done, len);
+            continue;
+        }
         let t = match info.dtype.as_str() {
             "F32" => read_typed::<f32>(path, f, at(DType::F32)?, len, elems, &info.shape),
             "F16" => read_typed::<half::f16>(path, f, at(DType::F16)?, len, elems, &info.shape),

@@ -56,7 +56,7 @@ pub fn write_untrained(
         if ids.is_empty() {
             return Ok(Tensor::zeros((0, d), DType::F32, &Device::Cpu)?);
         }
-        base.model.embed(&ids)
+        base.model.embed_unscaled(&ids)
     };
     let split = |prompt: &str, mark: &str| -> Result<(String, String)> {
         prompt
