@@ -27,6 +27,19 @@ def check_demo_model() -> Path:
     return DEMO_MODEL
 
 
+GEMMA3_MODEL = ROOT / "models" / "gemma-3-270m-q4_k_m.gguf"
+GEMMA3_MODEL_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+
+
+def check_gemma3_model() -> Path:
+    if not GEMMA3_MODEL.exists():
+        raise SystemExit(f"missing {GEMMA3_MODEL}; run scripts/fetch-gemma3.sh first")
+    digest = sha256_file(GEMMA3_MODEL)
+    if digest != GEMMA3_MODEL_SHA256:
+        raise SystemExit(f"{GEMMA3_MODEL} has sha256 {digest}, expected {GEMMA3_MODEL_SHA256}")
+    return GEMMA3_MODEL
+
+
 def _is_flat(v) -> bool:
     """True for lists whose items are scalars or lists of scalars."""
     if not isinstance(v, list):

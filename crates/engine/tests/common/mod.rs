@@ -33,6 +33,28 @@ pub fn demo_model() -> PathBuf {
     p
 }
 
+/// Gemma-3-270M (`LENSD_GEMMA3_MODEL` or `models/gemma-3-270m-q4_k_m.gguf`), or `None` when it
+/// is absent: unlike the demo model, its tests skip, saying so, unless `LENSD_REQUIRE_GEMMA`
+/// is set (as `scripts/test.sh` and CI set it), where its absence fails them.
+pub fn gemma3_model() -> Option<PathBuf> {
+    let p = std::env::var_os("LENSD_GEMMA3_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("models/gemma-3-270m-q4_k_m.gguf"));
+    if p.is_file() {
+        return Some(p);
+    }
+    assert!(
+        std::env::var_os("LENSD_REQUIRE_GEMMA").is_none(),
+        "LENSD_REQUIRE_GEMMA is set but {} is missing: run scripts/fetch-gemma3.sh first",
+        p.display()
+    );
+    eprintln!(
+        "SKIPPED: {} is missing (run scripts/fetch-gemma3.sh; set LENSD_REQUIRE_GEMMA=1 to fail instead)",
+        p.display()
+    );
+    None
+}
+
 pub fn compute_lock() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
