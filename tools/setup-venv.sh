@@ -37,6 +37,7 @@ PACKAGES=(
   "tokenizers==0.23.3"
   "accelerate==1.15.0"  # transformers needs it to load GGUF files (compare_llamacpp_hf.py)
   "peft==0.21.2"  # applies the LoRA donor in talkative_reference.py
+  "sentencepiece==0.2.3"  # Gemma tokenizer.model for gen_tiny_families.py (llama.cpp's converter needs it)
   # llama-cpp-python's own runtime dependencies (it is installed with --no-deps below)
   "typing-extensions"
   "diskcache"

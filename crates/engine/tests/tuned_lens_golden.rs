@@ -2,6 +2,8 @@
 //! the tiny llama: its cells in lensd against the package's own numbers, and the logit lens.
 
 mod common;
+#[path = "common/lens_golden.rs"]
+mod lens_golden;
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
@@ -11,8 +13,6 @@ use lensd_core::Analysis;
 use lensd_engine::lens::analyze::{analyze, AnalyzeOptions};
 use lensd_engine::lens::{Lens, TunedLens};
 use lensd_engine::{Base, ComputeDtype, EngineError, LoadOptions};
-
-const TOL: f32 = 1e-4;
 
 fn tiny() -> Base {
     Base::load(
@@ -45,54 +45,6 @@ fn ids(g: &HashMap<String, Tensor>, s: usize) -> Vec<u32> {
         .unwrap()
 }
 
-fn v1(t: &Tensor) -> Vec<f32> {
-    t.to_vec1().unwrap()
-}
-
-/// Compares an analysis with the package's numbers stored under `prefix` (`""` or `logit_`).
-fn check(a: &Analysis, want: &HashMap<String, Tensor>, prefix: &str, s: usize) {
-    for row in &a.layers {
-        let i = row.layer;
-        let key = |k: &str| format!("{prefix}{k}.{s}.{i}");
-        let ent = v1(&want[&key("entropy")]);
-        let kl = v1(&want[&key("kl")]);
-        let top_ids: Vec<Vec<i64>> = want[&key("topk_ids")].to_vec2().unwrap();
-        let top_p: Vec<Vec<f32>> = want[&key("topk_probs")].to_vec2().unwrap();
-        for (pos, c) in row.positions.iter().enumerate() {
-            let at = format!("{prefix}lens sequence {s} layer {i} position {pos}");
-            assert!(
-                (c.entropy - ent[pos]).abs() < TOL,
-                "{at}: entropy {} vs {}",
-                c.entropy,
-                ent[pos]
-            );
-            assert!(
-                (c.kl_to_final - kl[pos]).abs() < TOL,
-                "{at}: KL {} vs {}",
-                c.kl_to_final,
-                kl[pos]
-            );
-            for (k, t) in c.top.iter().enumerate() {
-                assert!(
-                    (t.prob - top_p[pos][k]).abs() < TOL,
-                    "{at}: top-{k} prob {} vs {}",
-                    t.prob,
-                    top_p[pos][k]
-                );
-                // Ids must agree unless two probabilities are tied within the tolerance.
-                if t.id as i64 != top_ids[pos][k] {
-                    let tied = top_p[pos]
-                        .iter()
-                        .filter(|p| (*p - t.prob).abs() < TOL)
-                        .count()
-                        > 1;
-                    assert!(tied, "{at}: top-{k} id {} vs {}", t.id, top_ids[pos][k]);
-                }
-            }
-        }
-    }
-}
-
 fn run(base: &Base, lens: &Lens, ids: &[u32], layers: Vec<usize>) -> Analysis {
     let opts = AnalyzeOptions::new(layers, 5);
     analyze(
@@ -117,7 +69,7 @@ fn a_lens_saved_by_the_tuned_lens_package_gives_its_numbers() {
     .unwrap();
     for s in 0..3 {
         let a = run(&base, &lens, &ids(&g, s), vec![0, 1, 2]);
-        check(&a, &want, "", s);
+        lens_golden::check(&a, &want, "", s);
     }
 }
 
@@ -127,7 +79,7 @@ fn the_logit_lens_matches_the_package_at_every_layer() {
     let (g, want) = golden();
     for s in 0..3 {
         let a = run(&base, &Lens::Logit, &ids(&g, s), vec![0, 1, 2, 3]);
-        check(&a, &want, "logit_", s);
+        lens_golden::check(&a, &want, "logit_", s);
         // At the last layer every lens is the model itself.
         for c in &a.layers[3].positions {
             assert!(c.kl_to_final.abs() < 1e-5);

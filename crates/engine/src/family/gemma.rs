@@ -88,7 +88,12 @@ pub(super) fn from_hf(f: &HfFields, family: Family) -> Result<ModelConfig> {
                 "bidirectional attention",
             )?;
             c.qk_norm = true;
-            let pattern = f.usize_or("sliding_window_pattern", 6)?.max(1);
+            // transformers 5 writes the pattern as `_sliding_window_pattern` beside the list.
+            let pattern = match f.opt_usize("sliding_window_pattern")? {
+                Some(p) => p,
+                None => f.usize_or("_sliding_window_pattern", 6)?,
+            }
+            .max(1);
             c.sliding_layers =
                 listed.unwrap_or_else(|| sliding_pattern(n, |i| (i + 1) % pattern != 0));
             let per_kind = f

@@ -89,6 +89,14 @@ impl FileBytes {
         }
     }
 
+    /// An aligned copy of `bytes` (tests build tensors without a file).
+    #[cfg(test)]
+    pub(crate) fn copy_of(bytes: &[u8]) -> Self {
+        let mut f = Self::zeroed(bytes.len());
+        f.as_mut_bytes().copy_from_slice(bytes);
+        f
+    }
+
     fn as_mut_bytes(&mut self) -> &mut [u8] {
         // SAFETY: as in `deref`, and `&mut self` makes the borrow unique.
         unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr() as *mut u8, self.len) }

@@ -170,3 +170,78 @@ pub(crate) fn view(
     };
     QTensor::new(QStorage::Cpu(storage), shape.to_vec()).map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::QMatMul;
+    use candle_core::{Device, Module, Tensor};
+
+    /// Every block type common GGUF files use, viewed in place, multiplies as candle's own
+    /// quantized tensor does and as its dequantized f32 matrix nearly does (the quantized
+    /// product rounds the activations to 8 bits).
+    #[test]
+    fn views_of_every_common_block_type_multiply_like_their_dequantized_matrices() {
+        let dev = &Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (16, 512), dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (3, 512), dev).unwrap();
+        for dtype in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q8_0,
+            GgmlDType::Q4K,
+            GgmlDType::Q5K,
+            GgmlDType::Q6K,
+        ] {
+            let q = QTensor::quantize(&w, dtype).unwrap();
+            let data = q.data().unwrap();
+            let bytes = Arc::new(FileBytes::copy_of(&data));
+            let v = view(&bytes, 0, data.len(), dtype, &[16, 512]).unwrap();
+            let dense = v.dequantize(dev).unwrap();
+            let same = (&dense - q.dequantize(dev).unwrap())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(same, 0.0, "{dtype:?}: the view dequantizes as candle does");
+            let got = QMatMul::QTensor(Arc::new(v)).forward(&x).unwrap();
+            let want = x.matmul(&dense.t().unwrap()).unwrap();
+            let scale = want
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let err = (&got - &want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                err < 0.02 * scale,
+                "{dtype:?}: quantized product off by {err} of {scale}"
+            );
+            let reference = QMatMul::QTensor(Arc::new(q)).forward(&x).unwrap();
+            let d = (&got - &reference)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(
+                d, 0.0,
+                "{dtype:?}: the view multiplies as candle's tensor does"
+            );
+        }
+    }
+}
