@@ -1,6 +1,10 @@
 //! The registry: which model uses which base and lens, with every base and lens identified by
 //! content, so that groups naming the same file share one resource. Built from a checked
 //! config; compared with a newer one to apply a reload without disturbing what is unchanged.
+//!
+//! A model's full donor (a fine-tune named by `different_activations_orig_path`) is a base
+//! like any other, shared by content with other donors and with group bases; the model refers
+//! to it beside its group's base.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -50,7 +54,8 @@ pub struct LensSpec {
     pub kind: LensKind,
     pub path: PathBuf,
     pub bytes: u64,
-    /// A talkative lens's LoRA adapter for the activations (its bytes count in `bytes`).
+    /// A talkative lens's LoRA adapter for the activations (its bytes count in `bytes`). A
+    /// full donor model is not here but in [`ModelRef::donor`].
     pub donor: Option<PathBuf>,
 }
 
@@ -69,6 +74,11 @@ pub struct ModelRef {
     pub base: BaseKey,
     /// `None` for the logit lens, which needs no weights beyond the base.
     pub lens: Option<LensKey>,
+    /// A talkative lens's full donor model: a base of its own whose activations the lens
+    /// explains and which generates for the model. `None` without one, with a LoRA donor (part
+    /// of the lens), and when the donor is the group's base itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub donor: Option<BaseKey>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -85,7 +95,7 @@ pub struct Registry {
 pub struct RegistryDiff {
     pub added_models: Vec<String>,
     pub removed_models: Vec<String>,
-    /// Models whose base or lens changed.
+    /// Models whose base, lens or donor changed.
     pub changed_models: Vec<String>,
     /// Resources no model uses any more.
     pub dropped: Vec<ResourceKey>,
@@ -95,7 +105,8 @@ pub struct RegistryDiff {
 
 impl Registry {
     /// Builds the registry of a config whose files [`crate::config::check`] resolved. Models
-    /// whose base or lens was not resolved (a check error) are left out.
+    /// whose base or lens was not resolved (a check error) are left out; a full donor
+    /// (`resolved.donors`) becomes a base shared by content, with its users' policy.
     pub fn build(config: &Config, resolved: &Resolved) -> Registry {
         let mut r = Registry::default();
         for g in &config.groups {
@@ -120,23 +131,45 @@ impl Registry {
                             continue;
                         };
                         let key = LensKey(lf.content_id.clone());
+                        // A full donor is a base below, never part of the lens.
+                        let adapter = m
+                            .donor
+                            .clone()
+                            .filter(|_| !resolved.donors.contains_key(&m.id));
                         r.lenses.entry(key.clone()).or_insert_with(|| LensSpec {
                             kind,
                             path: path.clone(),
                             bytes: lf.bytes,
-                            donor: m.donor.clone(),
+                            donor: adapter,
                         });
                         Some(key)
                     }
                     (_, None) => continue,
                 };
+                let donor = match (resolved.donors.get(&m.id), &m.donor) {
+                    (Some(df), Some(path)) => {
+                        let key = BaseKey(df.content_id.clone());
+                        r.bases.entry(key.clone()).or_insert_with(|| BaseSpec {
+                            path: path.clone(),
+                            dtype: g.compute_dtype,
+                            bytes: df.resident_bytes,
+                            n_layers: df.n_layers,
+                            d_model: df.d_model,
+                        });
+                        // A donor identical to the group's base is the base itself.
+                        Some(key).filter(|k| *k != base)
+                    }
+                    _ => None,
+                };
                 let pinned = g.pin || m.pin;
-                merge(
-                    &mut r.policies,
-                    ResourceKey::Base(base.clone()),
-                    pinned,
-                    keep_alive,
-                );
+                for b in std::iter::once(&base).chain(&donor) {
+                    merge(
+                        &mut r.policies,
+                        ResourceKey::Base(b.clone()),
+                        pinned,
+                        keep_alive,
+                    );
+                }
                 if let Some(l) = &lens {
                     merge(
                         &mut r.policies,
@@ -151,6 +184,7 @@ impl Registry {
                         group: g.id.clone(),
                         base: base.clone(),
                         lens,
+                        donor,
                     },
                 );
                 ids.push(m.id.clone());
@@ -175,12 +209,35 @@ impl Registry {
         }
     }
 
-    /// The resources a model needs: its base, then its lens if it has one.
+    /// The resources a model needs: its base, its full donor if it has one, then its lens if
+    /// it has one.
     pub fn needs(&self, model: &str) -> Option<Vec<ResourceKey>> {
         let m = self.models.get(model)?;
         let mut v = vec![ResourceKey::Base(m.base.clone())];
+        v.extend(m.donor.clone().map(ResourceKey::Base));
         v.extend(m.lens.clone().map(ResourceKey::Lens));
         Some(v)
+    }
+
+    /// The models that use `key`: as their base, their full donor or their lens.
+    pub fn users(&self, key: &ResourceKey) -> Vec<String> {
+        self.models
+            .iter()
+            .filter(|(_, m)| match key {
+                ResourceKey::Base(b) => m.base == *b || m.donor.as_ref() == Some(b),
+                ResourceKey::Lens(l) => m.lens.as_ref() == Some(l),
+            })
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// The models whose full donor `base` is.
+    pub fn donor_of(&self, base: &BaseKey) -> Vec<String> {
+        self.models
+            .iter()
+            .filter(|(_, m)| m.donor.as_ref() == Some(base))
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     /// The resources of every model of a group, base first, without repeats.
@@ -206,7 +263,7 @@ impl Registry {
         for (id, m) in &next.models {
             match self.models.get(id) {
                 None => d.added_models.push(id.clone()),
-                Some(old) if old.base != m.base || old.lens != m.lens => {
+                Some(old) if old.base != m.base || old.lens != m.lens || old.donor != m.donor => {
                     d.changed_models.push(id.clone())
                 }
                 Some(_) => {}

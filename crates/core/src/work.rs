@@ -164,6 +164,10 @@ impl Work {
 pub struct JobLens {
     pub model: String,
     pub lens: Option<LensKey>,
+    /// The model's full donor, leased with the job: a talkative lens reads its activations
+    /// there instead of in the job's base.
+    #[serde(default)]
+    pub donor: Option<BaseKey>,
 }
 
 /// Work resolved for the engine: the text is final and every model is a base and a lens.
@@ -183,6 +187,9 @@ pub enum Job {
         /// The model's lens: a talkative lens's donor adapter applies to the generation.
         #[serde(default)]
         lens: Option<LensKey>,
+        /// The model's full donor, leased with the job: it generates instead of the base.
+        #[serde(default)]
+        donor: Option<BaseKey>,
         prompt: Prompt,
         sampling: Sampling,
     },

@@ -7,8 +7,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use lensd_core::config::{
-    check, default_budgets, parse, BaseFacts, Budgets, Config, LensFacts, Probe, Report, Severity,
+    check, default_budgets, parse, BaseFacts, Budgets, Config, DonorKind, LensFacts, Probe, Report,
+    Severity, Shape,
 };
+use lensd_core::registry::{BaseKey, Registry, ResourceKey};
 use lensd_core::{ByteSize, ComputeDtype, LensKind};
 use serde_json::{json, Value};
 
@@ -20,6 +22,7 @@ const MIB: u64 = 1 << 20;
 struct FakeProbe {
     bases: HashMap<PathBuf, BaseFacts>,
     lenses: HashMap<PathBuf, LensFacts>,
+    adapters: BTreeSet<PathBuf>,
     calls: RefCell<Vec<String>>,
 }
 
@@ -33,6 +36,14 @@ impl FakeProbe {
                 n_layers,
                 d_model,
                 resident_bytes: stored,
+                shape: Shape {
+                    architecture: "llama".into(),
+                    n_heads: 8,
+                    n_kv_heads: 2,
+                    head_dim: d_model / 8,
+                    d_ff: 4 * d_model,
+                    vocab_size: 32_000,
+                },
             },
         );
         self
@@ -99,6 +110,20 @@ impl Probe for FakeProbe {
             .get(path)
             .cloned()
             .ok_or_else(|| format!("{}: No such file or directory", path.display()))
+    }
+
+    /// Bases are full models; any other path that exists is a LoRA adapter.
+    fn donor_kind(&self, path: &Path) -> Result<DonorKind, String> {
+        self.calls
+            .borrow_mut()
+            .push(format!("donor {}", path.display()));
+        if self.bases.contains_key(path) {
+            Ok(DonorKind::Model)
+        } else if self.adapters.contains(path) {
+            Ok(DonorKind::Adapter)
+        } else {
+            Err(format!("{}: No such file or directory", path.display()))
+        }
     }
 }
 
@@ -409,4 +434,247 @@ fn budgets_left_unset_come_from_the_machine_and_say_so() {
         "{m}"
     );
     assert!(m.contains("set settings.device_budget"), "{m}");
+}
+
+// ---- donors ------------------------------------------------------------------------------
+
+impl FakeProbe {
+    /// A base or full donor with a Gemma-2-9B-like shape, changed by `edit`.
+    fn model(mut self, path: &str, stored: u64, edit: impl FnOnce(&mut BaseFacts)) -> Self {
+        let mut facts = BaseFacts {
+            content_id: format!("id-of-{path}"),
+            n_layers: 42,
+            d_model: 3584,
+            resident_bytes: stored,
+            shape: Shape {
+                architecture: "gemma2".into(),
+                n_heads: 16,
+                n_kv_heads: 8,
+                head_dim: 256,
+                d_ff: 14336,
+                vocab_size: 256_000,
+            },
+        };
+        edit(&mut facts);
+        self.bases.insert(path.into(), facts);
+        self
+    }
+
+    fn adapter(mut self, path: &str) -> Self {
+        self.adapters.insert(path.into());
+        self
+    }
+}
+
+/// The original's deployment in small: a base, a fine-tune of it named as the donor of two
+/// models, a LoRA donor, and a second group whose base is the fine-tune itself.
+fn donors_probe() -> FakeProbe {
+    FakeProbe::default()
+        .model("/m/gemma", GIB, |_| {})
+        .model("/m/abliterated", GIB, |_| {})
+        .model("/m/qwen", GIB, |f| {
+            f.n_layers = 48;
+            f.d_model = 5120;
+            f.shape.architecture = "qwen2".into();
+            f.shape.n_heads = 40;
+            f.shape.vocab_size = 152_064;
+        })
+        .adapter("/a/lora")
+        .lens("/l/talk", Some(3584), Some(42), Some(20))
+        .lens("/l/talk-lora", Some(3584), Some(42), Some(20))
+}
+
+fn donors_config(donor: &str, settings: Value) -> Config {
+    config(
+        json!([
+            {"group_id": "gemma", "group_name": "G", "base_model_path": "/m/gemma",
+             "compute_dtype": "stored", "models": [
+                {"id": "talk-a", "name": "a", "lens_checkpoint_path": "/l/talk",
+                 "different_activations_orig_path": donor},
+                {"id": "talk-b", "name": "b", "lens_checkpoint_path": "/l/talk",
+                 "different_activations_orig_path": donor},
+                {"id": "talk-lora", "name": "lora", "lens_checkpoint_path": "/l/talk-lora",
+                 "different_activations_orig_path": "/a/lora"},
+                {"id": "plain", "name": "plain", "lens_checkpoint_path": "/l/talk"}
+            ]},
+            {"group_id": "abliterated", "group_name": "A", "base_model_path": "/m/abliterated",
+             "compute_dtype": "stored", "models": [{"id": "abl-logit", "name": "logit"}]}
+        ]),
+        settings,
+    )
+}
+
+#[test]
+fn a_full_donor_is_probed_as_a_base_and_shared_by_content() {
+    let probe = donors_probe();
+    let c = donors_config("/m/abliterated", json!({}));
+    let (report, resolved) = check(&c, &probe, roomy());
+    assert!(report.issues.is_empty(), "{report}");
+    assert_eq!(
+        probe.calls(),
+        [
+            "base /m/gemma stored",
+            "donor /m/abliterated",
+            "base /m/abliterated stored",
+            "lens talkative /l/talk",
+            "donor /a/lora",
+            "lens talkative /l/talk-lora",
+        ],
+        "each donor's kind is read once; a full donor is probed as a base in its group's \
+         dtype, once, also when another group names it as its base"
+    );
+    let donor_ids: Vec<&str> = resolved.donors.keys().map(String::as_str).collect();
+    assert_eq!(donor_ids, ["talk-a", "talk-b"], "a LoRA donor is no base");
+    assert_eq!(resolved.donors["talk-a"], resolved.bases["abliterated"]);
+
+    let r = Registry::build(&c, &resolved);
+    let donor = BaseKey("id-of-/m/abliteratedstored".into());
+    assert_eq!(r.bases.len(), 2, "the donor shares the second group's base");
+    assert_eq!(r.models["talk-a"].donor.as_ref(), Some(&donor));
+    assert_eq!(r.models["talk-b"].donor.as_ref(), Some(&donor));
+    assert_eq!(r.models["abl-logit"].base, donor);
+    assert_eq!(r.models["talk-lora"].donor, None);
+    assert_eq!(r.models["plain"].donor, None);
+    assert_eq!(
+        r.needs("talk-a").unwrap(),
+        [
+            ResourceKey::Base(r.models["talk-a"].base.clone()),
+            ResourceKey::Base(donor.clone()),
+            ResourceKey::Lens(r.models["talk-a"].lens.clone().unwrap()),
+        ]
+    );
+    // The full donor is not part of the lens; the LoRA donor is.
+    let talk = &r.lenses[r.models["talk-a"].lens.as_ref().unwrap()];
+    assert_eq!(talk.donor, None);
+    assert_eq!(r.models["plain"].lens, r.models["talk-a"].lens, "one lens");
+    let lora = &r.lenses[r.models["talk-lora"].lens.as_ref().unwrap()];
+    assert_eq!(lora.donor.as_deref(), Some(Path::new("/a/lora")));
+    assert_eq!(
+        r.users(&ResourceKey::Base(donor.clone())),
+        ["abl-logit", "talk-a", "talk-b"]
+    );
+    assert_eq!(r.donor_of(&donor), ["talk-a", "talk-b"]);
+    let group_needs = r.group_needs("gemma").unwrap();
+    assert!(
+        group_needs.contains(&ResourceKey::Base(donor)),
+        "a preload brings donors too"
+    );
+}
+
+#[test]
+fn a_donor_that_is_the_base_itself_needs_nothing_more() {
+    let c = donors_config("/m/gemma", json!({}));
+    let (report, resolved) = check(&c, &donors_probe(), roomy());
+    assert!(report.issues.is_empty(), "{report}");
+    let r = Registry::build(&c, &resolved);
+    assert_eq!(r.models["talk-a"].donor, None);
+    assert_eq!(r.needs("talk-a").unwrap().len(), 2, "base and lens");
+}
+
+#[test]
+fn a_donor_whose_shapes_differ_is_refused_naming_both_and_each_difference() {
+    let c = donors_config("/m/qwen", json!({}));
+    let (report, resolved) = check(&c, &donors_probe(), roomy());
+    assert_eq!(
+        paths(&report, Severity::Error),
+        set(&[
+            "model_groups[0].models[0].different_activations_orig_path",
+            "model_groups[0].models[1].different_activations_orig_path",
+        ]),
+        "{report}"
+    );
+    let m = message(
+        &report,
+        "model_groups[0].models[0].different_activations_orig_path",
+    );
+    for part in [
+        "/m/qwen",
+        "/m/gemma",
+        "(donor vs base)",
+        "architecture qwen2 vs gemma2",
+        "layers 48 vs 42",
+        "width (d_model) 5120 vs 3584",
+        "attention heads 40 vs 16",
+        "vocabulary 152064 vs 256000",
+    ] {
+        assert!(m.contains(part), "{part}: {m}");
+    }
+    assert!(!m.contains("key/value heads"), "only what differs: {m}");
+    // The models are left out of what would be served; the others stay.
+    assert!(!resolved.donors.contains_key("talk-a"));
+    assert!(!resolved.lenses.contains_key("talk-a"));
+    let r = Registry::build(&c, &resolved);
+    assert!(!r.models.contains_key("talk-a") && r.models.contains_key("plain"));
+}
+
+#[test]
+fn an_unreadable_donor_is_reported_at_its_key() {
+    let c = donors_config("/m/gone", json!({}));
+    let (report, _) = check(&c, &donors_probe(), roomy());
+    let m = message(
+        &report,
+        "model_groups[0].models[0].different_activations_orig_path",
+    );
+    assert!(m.starts_with("cannot read the donor: /m/gone"), "{m}");
+}
+
+#[test]
+fn the_device_budget_must_hold_a_base_with_a_models_donor_and_lens() {
+    // gemma 1 GiB + the donor 1 GiB + the lens 1 MiB.
+    let c = donors_config(
+        "/m/abliterated",
+        json!({"device_budget": "2GiB", "host_budget": "8GiB"}),
+    );
+    let (report, _) = check(&c, &donors_probe(), Budgets::resolve(&c.settings, 64 * GIB));
+    let m = message(&report, "settings.device_budget");
+    assert!(
+        m.contains("/m/gemma")
+            && m.contains("the donor model /m/abliterated of model talk-a (1.0 GiB)")
+            && m.contains("the lens of model talk-a (1.0 MiB)")
+            && m.contains("2.0 GiB in all"),
+        "{m}"
+    );
+    let c = donors_config(
+        "/m/abliterated",
+        json!({"device_budget": "2049MiB", "host_budget": "8GiB"}),
+    );
+    let (report, _) = check(&c, &donors_probe(), Budgets::resolve(&c.settings, 64 * GIB));
+    assert!(report.issues.is_empty(), "{report}");
+    // A donor that is the base costs nothing more.
+    let c = donors_config(
+        "/m/gemma",
+        json!({"device_budget": "1025MiB", "host_budget": "8GiB"}),
+    );
+    let (report, _) = check(&c, &donors_probe(), Budgets::resolve(&c.settings, 64 * GIB));
+    assert!(report.issues.is_empty(), "{report}");
+}
+
+#[test]
+fn a_reload_that_changes_a_donor_changes_the_model_and_its_resources() {
+    let probe = donors_probe().model("/m/other-tune", GIB, |_| {});
+    let build = |donor: &str, second_group: bool| {
+        let mut c = donors_config(donor, json!({}));
+        if !second_group {
+            c.groups.truncate(1);
+        }
+        let (report, resolved) = check(&c, &probe, roomy());
+        assert!(report.issues.is_empty(), "{report}");
+        Registry::build(&c, &resolved)
+    };
+    let before = build("/m/abliterated", false);
+    let after = build("/m/other-tune", false);
+    let d = before.diff(&after);
+    assert_eq!(d.changed_models, ["talk-a", "talk-b"]);
+    let old = ResourceKey::Base(BaseKey("id-of-/m/abliteratedstored".into()));
+    let new = ResourceKey::Base(BaseKey("id-of-/m/other-tunestored".into()));
+    assert_eq!(d.dropped, std::slice::from_ref(&old));
+    assert_eq!(d.new, [new]);
+    // A donor that another group still uses as its base stays.
+    let d = build("/m/abliterated", true).diff(&build("/m/other-tune", true));
+    assert!(!d.dropped.contains(&old), "{d:?}");
+    // The same donor again changes nothing.
+    assert_eq!(
+        before.diff(&build("/m/abliterated", false)),
+        Default::default()
+    );
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use lensd_core::config::{parse, Preload, Report, Severity};
+use lensd_core::config::{parse, HubId, Preload, Report, Severity};
 use lensd_core::{ByteSize, ComputeDtype, LensKind};
 use serde_json::json;
 
@@ -346,4 +346,79 @@ fn a_document_that_is_not_an_object_or_lacks_groups_is_refused() {
         paths(&report, Severity::Error),
         ["model_groups".to_string(), "groups".to_string()].into()
     );
+}
+
+#[test]
+fn hub_ids_survive_path_resolution_unless_the_config_folder_has_that_path() {
+    let doc = json!({
+        "model_groups": [
+            {"group_id": "hub", "group_name": "Hub", "base_model_path": "google/gemma-2-9b-it",
+             "models": [{"id": "a", "name": "A", "lens_checkpoint_path": "lenses/b",
+                         "different_activations_orig_path": "IlyaGusev/gemma-2-9b-it-abliterated@v1"}]},
+            {"group_id": "local", "group_name": "Local", "base_model_path": "models/tiny",
+             "models": []},
+            {"group_id": "file", "group_name": "File", "base_model_path": "models/smol.gguf",
+             "models": []}
+        ]
+    });
+    let (config, report) = parse(&doc.to_string());
+    assert!(!report.has_errors(), "{report}");
+    let mut config = config.unwrap();
+    // Only `models/tiny` exists beside the config.
+    let dir = Path::new("/etc/lensd");
+    config.resolve_paths_with(dir, |p| p == dir.join("models/tiny"));
+    let hub = config.group("hub").unwrap();
+    assert_eq!(
+        hub.base_path,
+        Path::new("google/gemma-2-9b-it"),
+        "kept for the hub cache"
+    );
+    assert_eq!(
+        hub.models[0].donor.as_deref(),
+        Some(Path::new("IlyaGusev/gemma-2-9b-it-abliterated@v1"))
+    );
+    assert_eq!(
+        hub.models[0].lens_path.as_deref(),
+        Some(Path::new("/etc/lensd/lenses/b")),
+        "a lens checkpoint is always a local folder, even one shaped like an id"
+    );
+    let local = config.group("local").unwrap();
+    assert_eq!(local.base_path, Path::new("/etc/lensd/models/tiny"));
+    let file = config.group("file").unwrap();
+    assert_eq!(
+        file.base_path,
+        Path::new("/etc/lensd/models/smol.gguf"),
+        "a missing file is reported at its full path, not looked up on the hub"
+    );
+}
+
+#[test]
+fn hub_ids_follow_the_hubs_naming_rules() {
+    let id = HubId::parse("google/gemma-2-9b-it").unwrap();
+    assert_eq!(
+        (id.repo.as_str(), id.revision_or_main()),
+        ("google/gemma-2-9b-it", "main")
+    );
+    assert_eq!(id.cache_folder(), "models--google--gemma-2-9b-it");
+    let id = HubId::parse("Qwen/Qwen3-0.6B@refs/pr/1").unwrap();
+    assert_eq!(id.revision.as_deref(), Some("refs/pr/1"));
+    assert_eq!(id.to_string(), "Qwen/Qwen3-0.6B@refs/pr/1");
+    for not_an_id in [
+        "gemma",
+        "/abs/path",
+        "./models/x",
+        "a/b/c",
+        "owner/",
+        "-owner/name",
+        "owner/name-",
+        "owner/na--me",
+        "owner/na..me",
+        "owner/name with space",
+        "models/smol.gguf",
+        "owner/name@",
+        "owner/name@../x",
+        "owner/name@/abs",
+    ] {
+        assert_eq!(HubId::parse(not_an_id), None, "{not_an_id}");
+    }
 }

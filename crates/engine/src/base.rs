@@ -36,6 +36,8 @@ impl Base {
         options: LoadOptions,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Self> {
+        // A Hugging Face hub id (`owner/name[@revision]`) reads its snapshot in the local cache.
+        let path = &crate::hub::locate(path)?;
         let meta = std::fs::metadata(path).map_err(|e| EngineError::io(path, e))?;
         if meta.is_dir() {
             Self::load_hf(path, options, progress)
@@ -57,7 +59,12 @@ impl Base {
         let g = GgufFile::read(path, progress)?;
         let cfg = g.config()?;
         let tokenizer = Tokenizer::from_gguf(&g)?;
-        let chat = chat_template(g.get_str("tokenizer.chat_template").ok(), &tokenizer)?;
+        // A file without a template gets its family's well-known format, as llama.cpp does.
+        let src = g
+            .get_str("tokenizer.chat_template")
+            .ok()
+            .or_else(|| crate::chat::fallback_template(g.architecture().ok()?));
+        let chat = chat_template(src, &tokenizer)?;
         let w = g.load_weights(&cfg, options.compute)?;
         check_vocab(path, &cfg, &tokenizer)?;
         Ok(Base {

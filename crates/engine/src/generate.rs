@@ -8,8 +8,8 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::base::Base;
+use crate::donor::Donor;
 use crate::error::{EngineError, Result};
-use crate::lora::Adapter;
 use crate::model::{KvCache, Logits};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -165,22 +165,23 @@ pub fn generate(
     generate_with(base, prompt, params, None, on_token)
 }
 
-/// [`generate`] from the base with a LoRA adapter applied (a talkative lens's donor).
+/// [`generate`] from the donor of a talkative lens: the base with a LoRA adapter applied, or a
+/// full donor model (the base's tokenizer reads and writes the text).
 pub fn generate_with(
     base: &Base,
     prompt: &[u32],
     params: &SamplingParams,
-    adapter: Option<&Adapter>,
+    donor: Option<Donor>,
     on_token: &mut dyn FnMut(u32) -> ControlFlow<()>,
 ) -> Result<Generation> {
     params.validate()?;
-    if let Some(a) = adapter {
-        a.check(base.config())?;
+    if let Some(d) = donor {
+        d.check(base.config())?;
     }
     if prompt.is_empty() {
         return Err(EngineError::Input("the prompt is empty".into()));
     }
-    let model = &base.model;
+    let (model, adapter) = Donor::resolve(donor, &base.model);
     let mut cache = [KvCache::default()];
     let mut sampler = Sampler::new(params.clone());
     let t0 = std::time::Instant::now();

@@ -123,6 +123,8 @@ fn hf_entries(ck: &HfCheckpoint) -> Vec<Entry> {
 }
 
 pub fn inspect(path: &Path) -> Result<InspectReport> {
+    // A Hugging Face hub id (`owner/name[@revision]`) reads its snapshot in the local cache.
+    let path = &crate::hub::locate(path)?;
     let meta = std::fs::metadata(path).map_err(|e| EngineError::io(path, e))?;
     if meta.is_dir() {
         inspect_hf(path)

@@ -6,9 +6,11 @@
 pub mod base;
 pub mod chat;
 pub mod config;
+pub mod donor;
 pub mod error;
 pub mod family;
 pub mod generate;
+pub mod hub;
 pub mod inspect;
 pub mod lens;
 pub mod lora;

@@ -1,6 +1,6 @@
-//! Facts about bases and lenses read from their files without loading any weights, for checking
-//! a configuration before anything is loaded; and the machine's memory size, from which default
-//! budgets are derived.
+//! Facts about bases, lenses and donors read from their files without loading any weights, for
+//! checking a configuration before anything is loaded; and the machine's memory size, from which
+//! default budgets are derived.
 //!
 //! A base is identified by the content of its weight files, not by its path, so that two groups
 //! naming the same checkpoint (or copies of it) share one loaded copy. Hashing a multi-gigabyte
@@ -14,10 +14,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use lensd_core::config::{BaseFacts, LensFacts, Probe};
+use lensd_core::config::{BaseFacts, DonorKind, LensFacts, Probe, Shape};
 use lensd_core::{ComputeDtype, LensKind};
 
 use crate::error::{EngineError, Result};
+use crate::hub;
 use crate::inspect::{gguf_resident, hf_resident};
 use crate::lens::talkative::{self, TalkativeLens};
 use crate::lens::TunedLens;
@@ -50,14 +51,15 @@ impl FileProbe {
     }
 
     /// The facts of the base at `path` (a GGUF file or a Hugging Face folder) for `dtype`.
+    /// A Hugging Face hub id (`owner/name[@revision]`) is read from the local hub cache.
     pub fn base_facts(&self, path: &Path, dtype: ComputeDtype) -> Result<BaseFacts> {
+        let path = &hub::locate(path)?;
         let meta = fs::metadata(path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                // The original site named bases by Hugging Face id; say why that no longer works.
                 EngineError::format(
                     path,
-                    "no such file or folder: lensd reads bases from local files, so a Hugging \
-                     Face model id must be downloaded first and its folder named instead",
+                    "no such file or folder: name a GGUF file, a Hugging Face checkpoint folder, \
+                     or a Hugging Face model id (owner/name) downloaded with `lensd pull`",
                 )
             } else {
                 EngineError::io(path, e)
@@ -96,7 +98,45 @@ impl FileProbe {
             n_layers: cfg.n_layers,
             d_model: cfg.d_model,
             resident_bytes: resident.of(dtype),
+            shape: Shape {
+                architecture: cfg.family.name().into(),
+                n_heads: cfg.n_heads,
+                n_kv_heads: cfg.n_kv_heads,
+                head_dim: cfg.head_dim,
+                d_ff: cfg.d_ff,
+                vocab_size: cfg.vocab_size,
+            },
         })
+    }
+
+    /// What a model's `different_activations_orig_path` names, told from its files: a folder
+    /// with `adapter_config.json` is a PEFT LoRA adapter; a folder with `config.json`, or a GGUF
+    /// file, is a full model (then read with [`FileProbe::base_facts`]). A hub id is read from
+    /// the local hub cache.
+    pub fn donor_kind(&self, spec: &Path) -> Result<DonorKind> {
+        let path = &hub::locate(spec)?;
+        let meta = fs::metadata(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                EngineError::format(path, format!("no such file or folder: {DONOR_FORMS}"))
+            } else {
+                EngineError::io(path, e)
+            }
+        })?;
+        let model = if meta.is_dir() {
+            path.join("config.json").is_file()
+        } else {
+            gguf::is_gguf(path)
+        };
+        if meta.is_dir() && path.join("adapter_config.json").is_file() {
+            Ok(DonorKind::Adapter)
+        } else if model {
+            Ok(DonorKind::Model)
+        } else {
+            Err(EngineError::format(
+                path,
+                format!("neither a LoRA adapter nor a model: {DONOR_FORMS}"),
+            ))
+        }
     }
 
     /// The facts of a lens of `kind` at `path`. A logit lens has no files and no facts.
@@ -161,12 +201,13 @@ impl FileProbe {
         }
         let mut bytes = lens.bytes();
         if let Some(donor) = donor {
+            let donor = &hub::locate(donor)?;
             if !donor.is_dir() {
                 return Err(EngineError::format(
                     donor,
-                    "the donor (different_activations_orig_path) must be a local folder with a \
-                     PEFT LoRA adapter (adapter_config.json, adapter_model.safetensors); \
-                     lensd does not fetch models by name",
+                    "the donor (different_activations_orig_path) must be a folder with a PEFT \
+                     LoRA adapter (adapter_config.json, adapter_model.safetensors), or the \
+                     Hugging Face id (owner/name) of one downloaded with `lensd pull`",
                 ));
             }
             let adapter = Adapter::open(donor)?;
@@ -210,6 +251,12 @@ impl FileProbe {
     }
 }
 
+/// What a donor may be, for messages.
+const DONOR_FORMS: &str = "the donor (different_activations_orig_path) is a PEFT LoRA adapter \
+    folder (adapter_config.json, adapter_model.safetensors), a full model of the base's shapes \
+    (a folder with config.json, safetensors weights and tokenizer.json, or a GGUF file), or the \
+    Hugging Face id (owner/name) of either, downloaded with `lensd pull`";
+
 impl Probe for FileProbe {
     fn base(&self, path: &Path, dtype: ComputeDtype) -> std::result::Result<BaseFacts, String> {
         self.base_facts(path, dtype).map_err(|e| e.to_string())
@@ -223,6 +270,10 @@ impl Probe for FileProbe {
     ) -> std::result::Result<LensFacts, String> {
         self.lens_facts_with(kind, path, donor)
             .map_err(|e| e.to_string())
+    }
+
+    fn donor_kind(&self, path: &Path) -> std::result::Result<DonorKind, String> {
+        FileProbe::donor_kind(self, path).map_err(|e| e.to_string())
     }
 }
 

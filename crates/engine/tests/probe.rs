@@ -7,7 +7,7 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use lensd_core::config::{check, parse, Budgets, Severity};
+use lensd_core::config::{check, parse, Budgets, DonorKind, Severity};
 use lensd_core::{ComputeDtype, LensKind};
 use lensd_engine::probe::FileProbe;
 use serde_json::json;
@@ -349,18 +349,50 @@ fn a_talkative_lens_with_a_donor_checks_clean_and_its_mistakes_are_placed() {
         [
             ("model_groups[0].models[2].layer", Severity::Warning),
             (
-                "model_groups[0].models[3].lens_checkpoint_path",
+                "model_groups[0].models[3].different_activations_orig_path",
                 Severity::Error
             ),
         ],
         "{report}"
     );
-    assert!(report.issues[1]
-        .message
-        .contains("local folder with a PEFT LoRA adapter"));
+    // A donor named by hub id is looked up in the local Hugging Face cache, never fetched.
+    let msg = &report.issues[1].message;
+    assert!(
+        msg.contains("someone/llama-lora") && msg.contains("lensd pull someone/llama-lora"),
+        "{msg}"
+    );
     // The donor is part of the lens: more bytes, another identity.
     let (with, without) = (&resolved.lenses["talk"], &resolved.lenses["plain"]);
     assert!(with.bytes > without.bytes);
     assert_ne!(with.content_id, without.content_id);
     assert_eq!(without.layer, Some(0));
+}
+
+#[test]
+fn a_donor_is_told_apart_by_its_files() {
+    let probe = FileProbe::new();
+    let kind = |p: &Path| probe.donor_kind(p);
+    assert_eq!(
+        kind(&common::testdata("talkative/donor")).unwrap(),
+        DonorKind::Adapter
+    );
+    assert_eq!(kind(&tiny()).unwrap(), DonorKind::Model);
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = dir.path().join("tiny.gguf");
+    common::write_tiny_gguf(&gguf, |_, _| {});
+    assert_eq!(kind(&gguf).unwrap(), DonorKind::Model);
+    // A full donor is probed as a base: its shapes are in its facts.
+    let shape = probe.base_facts(&tiny(), ComputeDtype::F32).unwrap().shape;
+    assert_eq!(
+        (shape.architecture.as_str(), shape.n_heads, shape.n_kv_heads),
+        ("llama", 4, 2)
+    );
+    assert_eq!(
+        (shape.head_dim, shape.d_ff, shape.vocab_size),
+        (16, 128, 512)
+    );
+    let e = kind(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("neither a LoRA adapter nor a model"), "{e}");
+    let e = kind(&dir.path().join("missing")).unwrap_err().to_string();
+    assert!(e.contains("no such file or folder"), "{e}");
 }

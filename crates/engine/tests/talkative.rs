@@ -7,6 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use lensd_engine::donor::Donor;
 use lensd_engine::lens::talkative::{ExplainOptions, TalkativeLens};
 use lensd_engine::lora::Adapter;
 use lensd_engine::{Base, ComputeDtype, EngineError, LoadOptions};
@@ -91,7 +92,10 @@ fn greedy_explanations_and_scores_match_the_reference() {
     let mut worst = [0f32; 4];
     for case in g["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
-        let adapter = case["donor"].as_bool().unwrap().then_some(&donor);
+        let adapter = case["donor"]
+            .as_bool()
+            .unwrap()
+            .then_some(Donor::Adapter(&donor));
         let rows = lens
             .explain(
                 &base.model,
@@ -200,7 +204,7 @@ fn the_encoder_alone_scores_fixed_explanations_like_the_reference() {
     let rmse_rel = tol(&g, "relative_rmse_rel");
     for s in g["encoder_scores"].as_array().unwrap() {
         let case = s["case"].as_str().unwrap();
-        let adapter = (case == "donor").then_some(&donor);
+        let adapter = (case == "donor").then_some(Donor::Adapter(&donor));
         let p = s["position"].as_u64().unwrap() as usize;
         let got = lens
             .score(

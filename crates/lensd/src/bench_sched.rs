@@ -206,6 +206,7 @@ async fn simulated(policy: PolicyKind, clients: usize, per_client: usize) -> Res
                 group: format!("g{i}"),
                 base: key,
                 lens: None,
+                donor: None,
             },
         );
         reg.groups.insert(format!("g{i}"), vec![m.to_string()]);

@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use lensd_core::config::{Budgets, Config, Resolved};
 use lensd_core::{ByteSize, LayerSpec};
+use lensd_engine::donor::Donor;
 use lensd_engine::generate::{generate, SamplingParams, TextStream};
 use lensd_engine::lens::analyze::{analyze, AnalyzeOptions};
 use lensd_engine::lens::fit::{fit_tuned_lens, FitOptions, FitStage};
@@ -223,11 +224,21 @@ pub fn run(cmd: Command) -> Result<()> {
             let base = load(&model.model, crate::Dtype::F32)?;
             let talkative = TalkativeLens::load(&lens, base.config())
                 .with_context(|| format!("cannot use the talkative lens {}", lens.display()))?;
-            let adapter = donor
-                .as_deref()
-                .map(|d| Adapter::load(d, base.config()))
-                .transpose()
-                .context("cannot use the donor")?;
+            // A LoRA adapter applies to the base; a full model (a fine-tune of the base) is
+            // loaded beside it, in the same dtype.
+            let (adapter, full) = match donor.as_deref() {
+                None => (None, None),
+                Some(d) => match FileProbe::new().donor_kind(d) {
+                    Ok(lensd_core::config::DonorKind::Model) => (
+                        None,
+                        Some(load(d, crate::Dtype::F32).context("cannot use the donor")?),
+                    ),
+                    _ => (
+                        Some(Adapter::load(d, base.config()).context("cannot use the donor")?),
+                        None,
+                    ),
+                },
+            };
             let text = if chat { base.chat_prompt(&text)? } else { text };
             let ids = base.tokenizer.encode_prompt(&text, chat)?;
             let positions: Vec<usize> = (0..ids.len()).collect();
@@ -244,7 +255,10 @@ pub fn run(cmd: Command) -> Result<()> {
                 &base.model,
                 &ids,
                 &positions,
-                adapter.as_ref(),
+                match (&full, &adapter) {
+                    (Some(m), _) => Some(Donor::Model(&m.model)),
+                    (None, a) => a.as_ref().map(Donor::Adapter),
+                },
                 base.space_id()?,
                 &opts,
                 &mut |rows| {
@@ -592,7 +606,8 @@ fn plural(n: usize) -> &'static str {
 struct ConfigSummary {
     groups: usize,
     models: usize,
-    /// Distinct bases by content: groups naming the same weights share one entry.
+    /// Distinct bases by content, full donors included: groups and donors naming the same
+    /// weights share one entry.
     bases: Vec<BaseSummary>,
     /// Distinct lens files by content.
     lenses: Vec<LensSummary>,
@@ -607,6 +622,9 @@ struct BaseSummary {
     d_model: usize,
     resident_bytes: u64,
     groups: Vec<String>,
+    /// Models whose full donor (`different_activations_orig_path`) this base is.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    donor_for: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -633,7 +651,24 @@ impl ConfigSummary {
                         d_model: b.d_model,
                         resident_bytes: b.resident_bytes,
                         groups: vec![g.id.clone()],
+                        donor_for: Vec::new(),
                     }),
+                }
+            }
+            for m in &g.models {
+                if let (Some(d), Some(path)) = (resolved.donors.get(&m.id), &m.donor) {
+                    match bases.iter_mut().find(|s| s.content_id == d.content_id) {
+                        Some(s) => s.donor_for.push(m.id.clone()),
+                        None => bases.push(BaseSummary {
+                            content_id: d.content_id.clone(),
+                            path: path.display().to_string(),
+                            n_layers: d.n_layers,
+                            d_model: d.d_model,
+                            resident_bytes: d.resident_bytes,
+                            groups: Vec::new(),
+                            donor_for: vec![m.id.clone()],
+                        }),
+                    }
                 }
             }
             for m in &g.models {
@@ -667,15 +702,22 @@ impl std::fmt::Display for ConfigSummary {
         writeln!(f, "{} groups, {} models", self.groups, self.models)?;
         writeln!(f, "bases ({} distinct):", self.bases.len())?;
         for b in &self.bases {
+            let mut users = Vec::new();
+            if !b.groups.is_empty() {
+                users.push(format!("groups {}", b.groups.join(", ")));
+            }
+            if !b.donor_for.is_empty() {
+                users.push(format!("donor of {}", b.donor_for.join(", ")));
+            }
             writeln!(
                 f,
-                "  {:<30}  {:>10}  {} layers, d_model {}  {}  (groups {})",
+                "  {:<30}  {:>10}  {} layers, d_model {}  {}  ({})",
                 b.content_id,
                 ByteSize(b.resident_bytes).to_string(),
                 b.n_layers,
                 b.d_model,
                 b.path,
-                b.groups.join(", ")
+                users.join("; ")
             )?;
         }
         writeln!(f, "lens files ({} distinct):", self.lenses.len())?;

@@ -7,6 +7,7 @@ mod bench_sched;
 mod bench_switch;
 mod bench_ws;
 mod commands;
+mod pull;
 mod render;
 mod serve;
 mod soak;
@@ -28,7 +29,19 @@ const DEMO_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: TopCommand,
+}
+
+/// The commands, and `pull`, the one that downloads (kept out of `Command`, which
+/// `commands::run` matches whole).
+#[derive(Subcommand)]
+enum TopCommand {
+    #[command(flatten)]
+    Local(Command),
+    /// Download a model repository from the Hugging Face hub (HF_ENDPOINT, HF_TOKEN) into the
+    /// local hub cache (HF_HUB_CACHE, else HF_HOME/hub), where configs and --model name it by
+    /// id (owner/name). Resumes a cut transfer; the server itself never downloads.
+    Pull(pull::PullArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -161,7 +174,8 @@ enum Command {
         /// The talkative lens folder (talkative.json + lens.safetensors).
         #[arg(long)]
         lens: PathBuf,
-        /// A LoRA adapter folder (PEFT) applied to the base for the activations and KL.
+        /// The donor for the activations and KL: a LoRA adapter folder (PEFT) applied to the
+        /// base, or a full model of the base's shapes (folder, GGUF file or hub id).
         #[arg(long)]
         donor: Option<PathBuf>,
         /// Text to explain.
@@ -478,7 +492,11 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match commands::run(cli.command) {
+    let result = match cli.command {
+        TopCommand::Local(command) => commands::run(command),
+        TopCommand::Pull(args) => pull::run(args),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -4,6 +4,10 @@
 //! On CPU the device and host tiers are the same RAM, so a loaded resource is loaded once and
 //! the residency manager only relabels which budget it counts against; `transfer` is never
 //! called.
+//!
+//! A model's full donor (a fine-tune of its base) is loaded as a base like any other; a job
+//! names it beside the base, and the talkative lens reads its activations and generates with
+//! it while the lens's decoder and encoder run on the group's base.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -17,6 +21,7 @@ use lensd_core::registry::{BaseKey, LensKey, ResourceKey};
 use lensd_core::residency::Tier;
 use lensd_core::work::{ComputeEvent, Job, JobFailure, JobOutput, Remaining};
 use lensd_core::LensKind;
+use lensd_engine::donor::Donor;
 use lensd_engine::generate::{generate_with, SamplingParams, StopReason, TextStream};
 use lensd_engine::lens::analyze::{analyze, AnalyzeOptions};
 use lensd_engine::lens::talkative::{ExplainOptions, TalkativeLens};
@@ -259,6 +264,7 @@ impl CpuEngine {
         })
     }
 
+    /// A loaded base (a group's or a full donor's), which the job's lease keeps.
     fn loaded_base(&self, key: &BaseKey) -> Result<Arc<Base>, JobFailure> {
         self.base(key).ok_or_else(|| {
             JobFailure::Engine(format!(
@@ -281,6 +287,7 @@ impl CpuEngine {
             } => {
                 let base = self.loaded_base(&base)?;
                 let mut held = Vec::with_capacity(lenses.len());
+                let mut donors = Vec::with_capacity(lenses.len());
                 for l in &lenses {
                     held.push(match &l.lens {
                         Some(k) => self.lens(k).ok_or_else(|| {
@@ -288,6 +295,7 @@ impl CpuEngine {
                         })?,
                         None => Arc::new(Held::Cells(Lens::Logit)),
                     });
+                    donors.push(l.donor.as_ref().map(|d| self.loaded_base(d)).transpose()?);
                 }
                 let (text, special) = base.render(&text, false).map_err(failure)?;
                 let ids = base
@@ -366,13 +374,14 @@ impl CpuEngine {
                     let Held::Talkative(talkative) = h.as_ref() else {
                         continue;
                     };
-                    let (lens, donor) = talkative.as_ref();
+                    let (lens, adapter) = talkative.as_ref();
+                    let donor = donor_of(donors[i].as_deref(), adapter.as_ref());
                     let mut explanations = Vec::with_capacity(ids.len());
                     lens.explain(
                         &base.model,
                         &ids,
                         &positions,
-                        donor.as_ref(),
+                        donor,
                         space,
                         &opts,
                         &mut |rows| {
@@ -425,6 +434,7 @@ impl CpuEngine {
             Job::Generate {
                 base,
                 lens,
+                donor,
                 prompt,
                 sampling,
             } => {
@@ -436,10 +446,12 @@ impl CpuEngine {
                     })?),
                     None => None,
                 };
-                let donor = held.as_deref().and_then(|h| match h {
+                let full = donor.as_ref().map(|d| self.loaded_base(d)).transpose()?;
+                let adapter = held.as_deref().and_then(|h| match h {
                     Held::Talkative(t) => t.1.as_ref(),
                     Held::Cells(_) => None,
                 });
+                let donor = donor_of(full.as_deref(), adapter);
                 let (prompt, special) = base.render(&prompt, true).map_err(failure)?;
                 let ids = base
                     .tokenizer
@@ -483,6 +495,14 @@ impl CpuEngine {
                 })
             }
         }
+    }
+}
+
+/// A model's donor: its full donor model when it has one, else its lens's LoRA adapter.
+fn donor_of<'a>(full: Option<&'a Base>, adapter: Option<&'a Adapter>) -> Option<Donor<'a>> {
+    match (full, adapter) {
+        (Some(b), _) => Some(Donor::Model(&b.model)),
+        (None, a) => a.map(Donor::Adapter),
     }
 }
 

@@ -7,6 +7,8 @@ use std::process::{Command, Output};
 
 use serde_json::{json, Value};
 
+mod common;
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -196,5 +198,120 @@ fn an_unreadable_config_file_is_named() {
     assert!(
         stderr.contains("cannot read the config file /nonexistent/model_groups.json"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn a_full_donor_of_the_bases_shapes_passes_and_is_listed_as_a_base() {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_tiny(tmp.path());
+    common::fine_tune(&tmp.path().join("tune"), 1, |_| true);
+    let talk = common::testdata("talkative/lens");
+    let doc = json!({
+        "model_groups": [
+            {"group_id": "g", "group_name": "G", "base_model_path": "tiny", "models": [
+                {"id": "talk", "name": "Talk", "lens_checkpoint_path": talk,
+                 "different_activations_orig_path": "tune"},
+                {"id": "talk2", "name": "Talk too", "lens_checkpoint_path": talk,
+                 "different_activations_orig_path": "tune"},
+                {"id": "lora", "name": "LoRA", "lens_checkpoint_path": talk,
+                 "different_activations_orig_path": common::testdata("talkative/donor")}
+            ]},
+            {"group_id": "t", "group_name": "The fine-tune", "base_model_path": "tune",
+             "models": [{"id": "t-logit", "name": "Logit"}]}
+        ],
+        "settings": {"device_budget": "64MiB", "host_budget": "32MiB"}
+    });
+    let file = write_config(tmp.path(), &doc);
+    let out = check_config(&file, "json");
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(v["issues"], json!([]));
+    let bases = v["bases"].as_array().unwrap();
+    assert_eq!(
+        bases.len(),
+        2,
+        "the base, and the donor shared with group t: {v}"
+    );
+    assert_eq!(bases[0]["groups"], json!(["g"]));
+    assert!(bases[0].get("donor_for").is_none(), "{v}");
+    assert_eq!(bases[1]["donor_for"], json!(["talk", "talk2"]));
+    assert_eq!(bases[1]["groups"], json!(["t"]));
+    assert_eq!(bases[0]["resident_bytes"], bases[1]["resident_bytes"]);
+    assert_ne!(bases[0]["content_id"], bases[1]["content_id"]);
+
+    let out = check_config(&file, "table");
+    let table = text(&out.stdout);
+    assert!(
+        table.contains("(groups t; donor of talk, talk2)"),
+        "{table}"
+    );
+}
+
+#[test]
+fn a_donor_whose_shapes_differ_is_refused_naming_both() {
+    let tmp = tempfile::tempdir().unwrap();
+    let talk = common::testdata("talkative/lens");
+    let gemma = common::testdata("tiny-gemma2");
+    let llama3 = common::testdata("tiny-llama3/model.gguf");
+    let doc = json!({
+        "model_groups": [
+            {"group_id": "g", "group_name": "G", "base_model_path": tiny(), "models": [
+                {"id": "gemma", "name": "Gemma", "lens_checkpoint_path": talk,
+                 "different_activations_orig_path": gemma},
+                {"id": "llama3", "name": "Llama 3", "lens_checkpoint_path": talk,
+                 "different_activations_orig_path": llama3},
+                {"id": "gone", "name": "Gone", "lens_checkpoint_path": talk,
+                 "different_activations_orig_path": "no-such-donor"}
+            ]}
+        ],
+        "settings": {"device_budget": "64MiB", "host_budget": "32MiB"}
+    });
+    let file = write_config(tmp.path(), &doc);
+    let out = check_config(&file, "json");
+    assert!(!out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    let issues: Vec<(&str, &str)> = v["issues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["severity"].as_str().unwrap(), i["path"].as_str().unwrap()))
+        .collect();
+    let at = |i: usize| format!("model_groups[0].models[{i}].different_activations_orig_path");
+    assert_eq!(
+        issues,
+        [
+            ("error", at(0).as_str()),
+            ("error", at(1).as_str()),
+            ("error", at(2).as_str()),
+        ],
+        "{v}"
+    );
+    let message = |i: usize| v["issues"][i]["message"].as_str().unwrap().to_string();
+    let m = message(0);
+    for part in [
+        gemma.to_str().unwrap(),
+        tiny().to_str().unwrap(),
+        "(donor vs base)",
+        "architecture gemma2 vs llama",
+        "layers 4 vs 3",
+        "width (d_model) 48 vs 64",
+        "feed-forward width 96 vs 128",
+    ] {
+        assert!(m.contains(part), "{part}: {m}");
+    }
+    let m = message(1);
+    assert!(
+        m.contains(llama3.to_str().unwrap()) && m.ends_with(
+            "(donor vs base): feed-forward width 96 vs 128; name a fine-tune of the group's base"
+        ),
+        "a GGUF file is a full model too: {m}"
+    );
+    let m = message(2);
+    assert!(
+        m.contains("cannot read the donor")
+            && m.contains(tmp.path().join("no-such-donor").to_str().unwrap())
+            && m.contains("PEFT LoRA adapter folder"),
+        "{m}"
     );
 }

@@ -77,10 +77,12 @@ async fn a_talkative_lens_with_its_donor_explains_beside_the_logit_lens() {
             JobLens {
                 model: "logit".into(),
                 lens: None,
+                donor: None,
             },
             JobLens {
                 model: "talk".into(),
                 lens: Some(lens),
+                donor: None,
             },
         ],
         text: Prompt::plain(golden["text"].as_str().unwrap()),
@@ -206,6 +208,7 @@ async fn generation_with_a_talkative_model_comes_from_its_donor() {
             Job::Generate {
                 base: base.clone(),
                 lens,
+                donor: None,
                 prompt: Prompt::plain("Every layer adds"),
                 sampling: sampling.clone(),
             },
@@ -239,7 +242,8 @@ async fn generation_with_a_talkative_model_comes_from_its_donor() {
         ..Default::default()
     };
     let direct = |a: Option<&lensd_engine::lora::Adapter>| {
-        lensd_engine::generate::generate_with(&tiny, &prompt, &params, a, &mut |_| {
+        let d = a.map(lensd_engine::donor::Donor::Adapter);
+        lensd_engine::generate::generate_with(&tiny, &prompt, &params, d, &mut |_| {
             ControlFlow::Continue(())
         })
         .unwrap()

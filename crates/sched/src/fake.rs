@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use lensd_core::analysis::{Analysis, Cell, LayerRow, RowsChunk, TokenInfo, TopToken};
 use lensd_core::engine::{BoxFuture, ComputeSink, Engine, EngineFailure, Progress, Source};
-use lensd_core::registry::ResourceKey;
+use lensd_core::registry::{BaseKey, ResourceKey};
 use lensd_core::residency::Tier;
 use lensd_core::work::{ComputeEvent, Job, JobFailure, JobOutput, Prompt, Remaining};
 
@@ -209,17 +209,28 @@ impl Engine for FakeEngine {
     fn run(&self, job: Job, mut events: ComputeSink) -> BoxFuture<Result<JobOutput, JobFailure>> {
         let me = self.clone();
         Box::pin(async move {
+            let donors: Vec<BaseKey> = match &job {
+                Job::Analyze { lenses, .. } => {
+                    lenses.iter().filter_map(|l| l.donor.clone()).collect()
+                }
+                Job::Generate { donor, .. } => donor.iter().cloned().collect(),
+            };
             let fault = {
                 let mut inner = me.lock();
                 inner.running += 1;
                 inner.max_running = inner.max_running.max(inner.running);
-                inner.log.push(match &job {
+                let mut line = match &job {
                     Job::Analyze { base, lenses, .. } => {
                         let names: Vec<&str> = lenses.iter().map(|l| l.model.as_str()).collect();
                         format!("analyze {} [{}]", base.0, names.join(","))
                     }
                     Job::Generate { base, .. } => format!("generate {}", base.0),
-                });
+                };
+                if !donors.is_empty() {
+                    let names: Vec<&str> = donors.iter().map(|d| d.0.as_str()).collect();
+                    line.push_str(&format!(" donors [{}]", names.join(",")));
+                }
+                inner.log.push(line);
                 inner.job_fault.take()
             };
             /// Counts the job out even when it panics.
@@ -230,6 +241,17 @@ impl Engine for FakeEngine {
                 }
             }
             let _running = Running(me.clone());
+            // As the real engine does, a job whose donor is not loaded fails.
+            let held = me.held();
+            if let Some(d) = donors
+                .iter()
+                .find(|d| !held.contains_key(&ResourceKey::Base((*d).clone())))
+            {
+                return Err(JobFailure::Engine(format!(
+                    "the donor base {} is not loaded; the job ran without its lease",
+                    d.0
+                )));
+            }
             me.compute(job, &mut events, fault).await
         })
     }

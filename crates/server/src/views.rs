@@ -123,8 +123,17 @@ pub fn model_view(
         None => (None, false, 0),
     };
     let lens_estimate = lens_tier.map_or(0, |t| estimate_ms(t, lens_bytes, report, bytes_per_ms));
+    // A full donor is a second base the model needs on the device.
+    let (donor_estimate, donor_loading) = match r.and_then(|r| r.donor.clone()) {
+        Some(d) => {
+            let (t, loading) = tier_of(report, &ResourceKey::Base(d.clone()));
+            let bytes = snap.registry.bases.get(&d).map_or(0, |b| b.bytes);
+            (estimate_ms(t, bytes, report, bytes_per_ms), loading)
+        }
+        None => (0, false),
+    };
     let estimated_ready_ms =
-        estimate_ms(base_tier, base_bytes, report, bytes_per_ms) + lens_estimate;
+        estimate_ms(base_tier, base_bytes, report, bytes_per_ms) + lens_estimate + donor_estimate;
     ModelView {
         id: m.id.clone(),
         name: m.name.clone(),
@@ -140,7 +149,7 @@ pub fn model_view(
             lens_tier: lens_tier.map(|t| t.as_str().to_string()),
             base_bytes,
             lens_bytes,
-            loading: base_loading || lens_loading,
+            loading: base_loading || lens_loading || donor_loading,
             estimated_ready_ms,
         },
     }

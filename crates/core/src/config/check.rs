@@ -1,4 +1,6 @@
-//! Checks of a parsed config against the files it names, through a [`Probe`].
+//! Checks of a parsed config against the files it names, through a [`Probe`]: bases, lenses,
+//! and donors (a LoRA adapter is read with its lens; a full donor model is read as a base and
+//! must have its group's base's shapes).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -20,6 +22,62 @@ pub struct BaseFacts {
     pub d_model: usize,
     /// Bytes the base occupies once loaded in its compute dtype.
     pub resident_bytes: u64,
+    /// The rest of its architecture: what a full donor must share with the base it stands in
+    /// for.
+    pub shape: Shape,
+}
+
+/// A base's architecture beyond its depth and width.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Shape {
+    /// The family (`llama`, `qwen2`, `gemma2`, ...).
+    pub architecture: String,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub d_ff: usize,
+    pub vocab_size: usize,
+}
+
+impl BaseFacts {
+    /// Each way a donor (`self`) differs from `base`, as `what donor vs base`: empty when the
+    /// donor can stand in for the base.
+    pub fn shape_differences(&self, base: &BaseFacts) -> Vec<String> {
+        let (d, b) = (&self.shape, &base.shape);
+        let mut out = Vec::new();
+        if d.architecture != b.architecture {
+            out.push(format!(
+                "architecture {} vs {}",
+                d.architecture, b.architecture
+            ));
+        }
+        for (what, x, y) in [
+            ("layers", self.n_layers, base.n_layers),
+            ("width (d_model)", self.d_model, base.d_model),
+            ("attention heads", d.n_heads, b.n_heads),
+            ("key/value heads", d.n_kv_heads, b.n_kv_heads),
+            ("head dimension", d.head_dim, b.head_dim),
+            ("feed-forward width", d.d_ff, b.d_ff),
+            ("vocabulary", d.vocab_size, b.vocab_size),
+        ] {
+            if x != y {
+                out.push(format!("{what} {x} vs {y}"));
+            }
+        }
+        out
+    }
+}
+
+/// What `different_activations_orig_path` names, told from its files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DonorKind {
+    /// A PEFT LoRA adapter folder (`adapter_config.json`): part of the lens, applied to the
+    /// group's base.
+    Adapter,
+    /// A full model of the base's architecture and shapes (a folder with `config.json`, a GGUF
+    /// file, or a hub id of either): a base of its own.
+    Model,
 }
 
 /// What a lens's files say, read without loading its tensors.
@@ -41,6 +99,9 @@ pub trait Probe {
     fn base(&self, path: &Path, dtype: ComputeDtype) -> Result<BaseFacts, String>;
     /// The facts of a lens; `donor` is a talkative lens's LoRA adapter, part of the lens.
     fn lens(&self, kind: LensKind, path: &Path, donor: Option<&Path>) -> Result<LensFacts, String>;
+    /// Whether a model's donor is a LoRA adapter or a full model, from its files. A full
+    /// donor is then probed with [`Probe::base`].
+    fn donor_kind(&self, path: &Path) -> Result<DonorKind, String>;
 }
 
 /// Byte budgets of the device and host tiers.
@@ -70,20 +131,24 @@ pub fn default_budgets(machine_memory: u64) -> Budgets {
     }
 }
 
-/// Facts gathered by [`check`], keyed by group id (bases) and model id (lenses).
+/// Facts gathered by [`check`], keyed by group id (bases) and model id (lenses, donors).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Resolved {
     pub bases: BTreeMap<String, BaseFacts>,
     pub lenses: BTreeMap<String, LensFacts>,
+    /// Full donor models that passed the check, by the id of the model naming them. A model
+    /// whose donor is absent here has a LoRA adapter (part of its lens), or none.
+    pub donors: BTreeMap<String, BaseFacts>,
 }
 
-/// Checks every base and lens the config names, and the budgets against them. Each distinct
-/// (base path, compute dtype) and each distinct (lens kind, path) is probed once; logit lenses
-/// have no files and are never probed.
+/// Checks every base, lens and donor the config names, and the budgets against them. Each
+/// distinct (base path, compute dtype), including full donors, and each distinct (lens kind,
+/// path, adapter) is probed once; logit lenses have no files and are never probed.
 pub fn check(config: &Config, probe: &dyn Probe, budgets: Budgets) -> (Report, Resolved) {
     let mut report = Report::default();
     let mut resolved = Resolved::default();
-    let mut bases: HashMap<(PathBuf, ComputeDtype), Result<BaseFacts, String>> = HashMap::new();
+    let mut bases: Bases = HashMap::new();
+    let mut donors: HashMap<PathBuf, Result<DonorKind, String>> = HashMap::new();
     let mut lenses: HashMap<(LensKind, PathBuf, Option<PathBuf>), Result<LensFacts, String>> =
         HashMap::new();
     for (gi, g) in config.groups.iter().enumerate() {
@@ -121,15 +186,44 @@ pub fn check(config: &Config, probe: &dyn Probe, budgets: Budgets) -> (Report, R
             let Some(lens_path) = m.lens_path.as_ref().filter(|_| m.lens != LensKind::Logit) else {
                 continue;
             };
+            // A LoRA donor is read with the lens; a full donor is a base of its own.
+            let (adapter, donor_ok) = match &m.donor {
+                None => (None, true),
+                Some(d) => match donors
+                    .entry(d.clone())
+                    .or_insert_with(|| probe.donor_kind(d))
+                {
+                    Ok(DonorKind::Adapter) => (Some(d.clone()), true),
+                    Ok(DonorKind::Model) => {
+                        match full_donor(probe, &mut bases, &mut report, &mpath, g, d, &base) {
+                            Some(f) => {
+                                resolved.donors.insert(m.id.clone(), f);
+                                (None, true)
+                            }
+                            None => (None, false),
+                        }
+                    }
+                    Err(e) => {
+                        report.error(
+                            at(&mpath, "different_activations_orig_path"),
+                            format!("cannot read the donor: {e}"),
+                        );
+                        (None, false)
+                    }
+                },
+            };
             let facts = lenses
-                .entry((m.lens, lens_path.clone(), m.donor.clone()))
-                .or_insert_with(|| probe.lens(m.lens, lens_path, m.donor.as_deref()));
+                .entry((m.lens, lens_path.clone(), adapter.clone()))
+                .or_insert_with(|| probe.lens(m.lens, lens_path, adapter.as_deref()));
             match facts {
                 Ok(f) => {
                     if let Some(b) = &base {
                         lens_fits(&mut report, &mpath, m, f, b, &g.base_path);
                     }
-                    resolved.lenses.insert(m.id.clone(), f.clone());
+                    // A model whose donor failed is left out, like one whose lens failed.
+                    if donor_ok {
+                        resolved.lenses.insert(m.id.clone(), f.clone());
+                    }
                 }
                 Err(e) => report.error(
                     at(&mpath, "lens_checkpoint_path"),
@@ -140,6 +234,51 @@ pub fn check(config: &Config, probe: &dyn Probe, budgets: Budgets) -> (Report, R
     }
     check_budgets(&mut report, config, &resolved, budgets);
     (report, resolved)
+}
+
+/// Probed bases by (path, compute dtype), full donors included.
+type Bases = HashMap<(PathBuf, ComputeDtype), Result<BaseFacts, String>>;
+
+/// Probes the full donor `path` of the model at `mpath` as a base in group `g`'s compute dtype
+/// and checks its shapes against the group's base. Its facts when it can stand in for that
+/// base; otherwise the problem is reported at the model's `different_activations_orig_path`.
+fn full_donor(
+    probe: &dyn Probe,
+    bases: &mut Bases,
+    report: &mut Report,
+    mpath: &str,
+    g: &Group,
+    path: &Path,
+    base: &Option<BaseFacts>,
+) -> Option<BaseFacts> {
+    let here = at(mpath, "different_activations_orig_path");
+    let facts = bases
+        .entry((path.to_path_buf(), g.compute_dtype))
+        .or_insert_with(|| probe.base(path, g.compute_dtype));
+    let facts = match facts {
+        Ok(f) => f.clone(),
+        Err(e) => {
+            report.error(here, format!("cannot read the donor model: {e}"));
+            return None;
+        }
+    };
+    // Without a readable base there is nothing to compare with; the base's error says why.
+    let base = base.as_ref()?;
+    let differences = facts.shape_differences(base);
+    if !differences.is_empty() {
+        report.error(
+            here,
+            format!(
+                "the donor model {} cannot stand in for the base {}: its shapes differ \
+                 (donor vs base): {}; name a fine-tune of the group's base",
+                path.display(),
+                g.base_path.display(),
+                differences.join(", ")
+            ),
+        );
+        return None;
+    }
+    Some(facts)
 }
 
 /// Whether a lens's header agrees with the base of its group.
@@ -201,12 +340,16 @@ fn lens_fits(
     }
 }
 
-/// What one group needs on the device: its base, and the largest of its lenses.
+/// What one model needs on the device at once: its group's base, its full donor when that is
+/// another base, and its lens.
 struct Need<'a> {
     group: &'a Group,
     base: &'a BaseFacts,
-    /// (model id, bytes) of the group's largest lens.
+    /// (donor path, facts) of a full donor other than the base.
+    donor: Option<(&'a Path, &'a BaseFacts)>,
+    /// (model id, bytes) of the lens.
     lens: Option<(&'a str, u64)>,
+    model: Option<&'a str>,
 }
 
 impl Need<'_> {
@@ -221,28 +364,51 @@ impl Need<'_> {
     }
 
     fn total(&self) -> u64 {
-        self.base.resident_bytes + self.lens.map_or(0, |(_, bytes)| bytes)
+        self.base.resident_bytes
+            + self.donor.map_or(0, |(_, d)| d.resident_bytes)
+            + self.lens.map_or(0, |(_, bytes)| bytes)
     }
 }
 
-/// The budgets against the largest base, and the largest base plus a lens of its group.
-fn check_budgets(report: &mut Report, config: &Config, resolved: &Resolved, budgets: Budgets) {
-    let needs: Vec<Need> = config
-        .groups
-        .iter()
-        .filter_map(|group| {
-            let lens = group
-                .models
-                .iter()
-                .filter_map(|m| Some((m.id.as_str(), resolved.lenses.get(&m.id)?.bytes)))
-                .max_by_key(|(_, bytes)| *bytes);
-            Some(Need {
+/// The needs of every model whose base was read (one without a model for an empty group).
+fn needs<'a>(config: &'a Config, resolved: &'a Resolved) -> Vec<Need<'a>> {
+    let mut out = Vec::new();
+    for group in &config.groups {
+        let Some(base) = resolved.bases.get(&group.id) else {
+            continue;
+        };
+        let before = out.len();
+        for m in &group.models {
+            let donor = resolved
+                .donors
+                .get(&m.id)
+                .filter(|d| d.content_id != base.content_id)
+                .zip(m.donor.as_deref())
+                .map(|(d, p)| (p, d));
+            out.push(Need {
                 group,
-                base: resolved.bases.get(&group.id)?,
-                lens,
-            })
-        })
-        .collect();
+                base,
+                donor,
+                lens: resolved.lenses.get(&m.id).map(|l| (m.id.as_str(), l.bytes)),
+                model: Some(&m.id),
+            });
+        }
+        if out.len() == before {
+            out.push(Need {
+                group,
+                base,
+                donor: None,
+                lens: None,
+                model: None,
+            });
+        }
+    }
+    out
+}
+
+/// The budgets against the largest base, and the largest base with a model's donor and lens.
+fn check_budgets(report: &mut Report, config: &Config, resolved: &Resolved, budgets: Budgets) {
+    let needs = needs(config, resolved);
     let Some(biggest) = needs.iter().max_by_key(|n| n.base.resident_bytes) else {
         return;
     };
@@ -260,18 +426,35 @@ fn check_budgets(report: &mut Report, config: &Config, resolved: &Resolved, budg
                 biggest.base_name()
             ),
         );
-    } else if let Some(need) = needs.iter().max_by_key(|n| n.total()) {
-        if let (Some((lens_id, lens_bytes)), true) = (need.lens, budgets.device < need.total()) {
-            report.error(
-                "settings.device_budget",
-                format!(
-                    "the device budget of {device} cannot hold the base {} together with the \
-                     lens of model {lens_id} ({}): {} in all",
-                    need.base_name(),
-                    ByteSize(lens_bytes),
-                    ByteSize(need.total())
-                ),
-            );
+    } else if let Some(need) = needs.iter().rev().max_by_key(|n| n.total()) {
+        // `max_by_key` keeps the last of equals: reversed, the first model is named.
+        if budgets.device < need.total() {
+            let mut parts = Vec::new();
+            if let (Some((path, d)), Some(model)) = (need.donor, need.model) {
+                parts.push(format!(
+                    "the donor model {} of model {model} ({})",
+                    path.display(),
+                    ByteSize(d.resident_bytes)
+                ));
+            }
+            if let Some((lens_id, lens_bytes)) = need.lens {
+                parts.push(format!(
+                    "the lens of model {lens_id} ({})",
+                    ByteSize(lens_bytes)
+                ));
+            }
+            if !parts.is_empty() {
+                report.error(
+                    "settings.device_budget",
+                    format!(
+                        "the device budget of {device} cannot hold the base {} together with {}: \
+                         {} in all",
+                        need.base_name(),
+                        parts.join(" and "),
+                        ByteSize(need.total())
+                    ),
+                );
+            }
         }
     }
     if budgets.host < biggest.base.resident_bytes {

@@ -15,8 +15,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use check::{check, default_budgets, BaseFacts, Budgets, LensFacts, Probe, Resolved};
-pub use parse::parse;
+pub use check::{
+    check, default_budgets, BaseFacts, Budgets, DonorKind, LensFacts, Probe, Resolved, Shape,
+};
+pub use parse::{parse, HubId};
 pub use value::parse_duration;
 
 use crate::bytes::ByteSize;
@@ -66,8 +68,9 @@ pub struct ModelEntry {
     pub auto_batch_size_max: Option<u32>,
     pub visible: bool,
     pub backend_only: bool,
-    /// The original's `different_activations_orig_path`: a LoRA adapter (PEFT folder) applied
-    /// to the shared base for a talkative lens's activations and KL (docs/talkative.md).
+    /// The original's `different_activations_orig_path`: the model whose activations a
+    /// talkative lens explains, either a LoRA adapter (PEFT folder) applied to the shared base
+    /// or a full model of the base's shapes, loaded as a base of its own (docs/talkative.md).
     pub donor: Option<PathBuf>,
     pub pin: bool,
 }
@@ -168,21 +171,37 @@ impl Config {
     }
 
     /// Joins every relative base and lens path onto `dir`, the folder of the config file, so that
-    /// a file means the same whatever folder the server is started from.
+    /// a file means the same whatever folder the server is started from. A base or donor named
+    /// by Hugging Face hub id (`google/gemma-2-9b-it`), as the original's files do, is kept as
+    /// written when nothing under `dir` has that path, for the engine to find in the hub cache.
+    /// Looks at the file system (one `stat` per such id); [`Config::resolve_paths_with`] takes
+    /// the check as an argument.
     pub fn resolve_paths(&mut self, dir: &Path) {
-        let resolve = |p: &mut PathBuf| {
+        self.resolve_paths_with(dir, |p| p.exists());
+    }
+
+    /// [`Config::resolve_paths`], with `exists` telling whether a joined path names a file.
+    pub fn resolve_paths_with(&mut self, dir: &Path, exists: impl Fn(&Path) -> bool) {
+        let join = |p: &mut PathBuf| {
             if p.is_relative() {
                 *p = dir.join(&*p);
             }
         };
+        // Lens checkpoints are always local folders; bases and donors may be hub ids.
+        let join_or_hub = |p: &mut PathBuf| {
+            let hub_id = p.to_str().and_then(HubId::parse).is_some();
+            if !hub_id || exists(&dir.join(&*p)) {
+                join(p);
+            }
+        };
         for g in &mut self.groups {
-            resolve(&mut g.base_path);
+            join_or_hub(&mut g.base_path);
             for m in &mut g.models {
                 if let Some(p) = &mut m.lens_path {
-                    resolve(p);
+                    join(p);
                 }
                 if let Some(p) = &mut m.donor {
-                    resolve(p);
+                    join_or_hub(p);
                 }
             }
         }

@@ -612,3 +612,82 @@ impl Reader {
         }
     }
 }
+
+/// A Hugging Face hub model id as the original's files write it: `owner/name`, optionally
+/// followed by `@revision` (a branch, a tag or a commit). Only the syntax lives here; finding the
+/// model in the local cache is the engine's (`lensd_engine::hub`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubId {
+    /// `owner/name`.
+    pub repo: String,
+    /// The revision after `@`; `None` means the default branch, `main`.
+    pub revision: Option<String>,
+}
+
+impl HubId {
+    /// `spec` as a hub id, or `None` when it is not one: exactly one `/` between two names of
+    /// letters, digits, `-`, `_` and `.` (the hub's own rule: at most 96 characters, starting
+    /// and ending with a letter, a digit or `_`, no `--` or `..`). A name ending in a weight or
+    /// config file's extension (`x/model.gguf`) is a path, not a repository.
+    pub fn parse(spec: &str) -> Option<HubId> {
+        let (repo, revision) = match spec.split_once('@') {
+            Some((repo, rev)) => (repo, Some(rev)),
+            None => (spec, None),
+        };
+        let (owner, name) = repo.split_once('/')?;
+        if !hub_name(owner) || !hub_name(name) || FILE_EXTENSIONS.iter().any(|e| name.ends_with(e))
+        {
+            return None;
+        }
+        if let Some(rev) = revision {
+            // Branch names may hold `/` (`refs/pr/1`); no part may climb out of the cache.
+            let ok = !rev.starts_with('/')
+                && rev
+                    .split('/')
+                    .all(|p| !p.is_empty() && p != "." && p != "..")
+                && !rev
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == '\\');
+            if !ok {
+                return None;
+            }
+        }
+        Some(HubId {
+            repo: repo.to_string(),
+            revision: revision.map(str::to_string),
+        })
+    }
+
+    /// The revision to read: the one given, else `main`.
+    pub fn revision_or_main(&self) -> &str {
+        self.revision.as_deref().unwrap_or("main")
+    }
+
+    /// The repository's folder in the cache: `models--{owner}--{name}`.
+    pub fn cache_folder(&self) -> String {
+        format!("models--{}", self.repo.replace('/', "--"))
+    }
+}
+
+impl std::fmt::Display for HubId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.revision {
+            Some(rev) => write!(f, "{}@{rev}", self.repo),
+            None => f.write_str(&self.repo),
+        }
+    }
+}
+
+/// Endings that make `owner/name` a file rather than a repository.
+const FILE_EXTENSIONS: &[&str] = &[".gguf", ".safetensors", ".json", ".pt", ".bin"];
+
+fn hub_name(s: &str) -> bool {
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+    (1..=96).contains(&s.len())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && edge(s.chars().next())
+        && edge(s.chars().last())
+        && !s.contains("--")
+        && !s.contains("..")
+}

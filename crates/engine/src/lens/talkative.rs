@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::ModelConfig;
+use crate::donor::Donor;
 use crate::error::{EngineError, Result};
 use crate::generate::{Sampler, SamplingParams};
 use crate::lora::Adapter;
@@ -212,10 +213,10 @@ impl TalkativeLens {
         Ok(())
     }
 
-    fn check_with(&self, cfg: &ModelConfig, adapter: Option<&Adapter>) -> Result<()> {
+    fn check_with(&self, cfg: &ModelConfig, donor: Option<Donor>) -> Result<()> {
         self.check(cfg)?;
-        if let Some(a) = adapter {
-            a.check(cfg)?;
+        if let Some(d) = donor {
+            d.check(cfg)?;
         }
         Ok(())
     }
@@ -497,12 +498,12 @@ impl TalkativeLens {
         &self,
         model: &Model,
         ids: &[u32],
-        adapter: Option<&Adapter>,
+        donor: Option<Donor>,
         positions: &[usize],
         explanations: &[Vec<u32>],
     ) -> Result<Vec<(f32, f32)>> {
-        self.check_with(&model.cfg, adapter)?;
-        let (acts, _, _) = self.activations(model, ids, adapter, false)?;
+        self.check_with(&model.cfg, donor)?;
+        let (acts, _, _) = self.activations(Donor::resolve(donor, model), ids, false)?;
         let idx = Tensor::from_vec(
             positions.iter().map(|&p| p as u32).collect::<Vec<_>>(),
             positions.len(),
@@ -520,12 +521,12 @@ impl TalkativeLens {
             .collect())
     }
 
-    /// The activations `[s, d]` of the whole text, and (for KL) the final logits and the cache.
+    /// The activations `[s, d]` of the whole text in `model` with `adapter` (the donor), and
+    /// (for KL) its final-normed states and cache.
     fn activations(
         &self,
-        model: &Model,
+        (model, adapter): (&Model, Option<&Adapter>),
         ids: &[u32],
-        adapter: Option<&Adapter>,
         keep: bool,
     ) -> Result<(Tensor, Option<Tensor>, Option<KvCache>)> {
         if ids.is_empty() {
@@ -558,8 +559,8 @@ impl TalkativeLens {
         ))
     }
 
-    /// Explains `positions` of `ids` (docs/talkative.md, "The algorithm"). `adapter` is the
-    /// donor for activations and KL. `space` is the id that replaces a token for salience.
+    /// Explains `positions` of `ids` (docs/talkative.md, "The algorithm"). `donor` gives the
+    /// activations and the KL (a LoRA adapter on the base, or a full model). `space` is the id that replaces a token for salience.
     /// `progress` sees each finished sub-batch's rows and returns false to stop.
     #[allow(clippy::too_many_arguments)]
     pub fn explain(
@@ -567,20 +568,21 @@ impl TalkativeLens {
         model: &Model,
         ids: &[u32],
         positions: &[usize],
-        adapter: Option<&Adapter>,
+        donor: Option<Donor>,
         space: u32,
         opts: &ExplainOptions,
         progress: &mut dyn FnMut(&[ExplainedRow]) -> bool,
     ) -> Result<Vec<ExplainedRow>> {
         opts.validate()?;
-        self.check_with(&model.cfg, adapter)?;
+        self.check_with(&model.cfg, donor)?;
         if let Some(&p) = positions.iter().find(|&&p| p >= ids.len()) {
             return Err(EngineError::Input(format!(
                 "position {p} is outside the text's {} tokens",
                 ids.len()
             )));
         }
-        let (acts, normed, cache) = self.activations(model, ids, adapter, opts.kl)?;
+        let acting = Donor::resolve(donor, model);
+        let (acts, normed, cache) = self.activations(acting, ids, opts.kl)?;
         let mut sampler = Sampler::new(SamplingParams {
             temperature: opts.temperature,
             seed: opts.seed,
@@ -628,7 +630,7 @@ impl TalkativeLens {
                 self.salience(model, &acts, space, &mut rows)?;
             }
             if let (Some(normed), Some(cache)) = (&normed, &cache) {
-                self.kl(model, adapter, normed, cache, &mut rows)?;
+                self.kl(model, acting, normed, cache, &mut rows)?;
             }
             let go_on = progress(&rows);
             out.extend(rows);
@@ -676,7 +678,7 @@ impl TalkativeLens {
     fn kl(
         &self,
         model: &Model,
-        adapter: Option<&Adapter>,
+        (acting, adapter): (&Model, Option<&Adapter>),
         normed: &Tensor,
         cache: &KvCache,
         rows: &mut [ExplainedRow],
@@ -689,10 +691,12 @@ impl TalkativeLens {
             .iter()
             .map(|r| cache.prefix(r.position, after.clone()))
             .collect::<Result<Vec<_>>>()?;
+        // The continuation after the patched position runs in the donor, whose states the
+        // lens explained; the reconstruction came from the base's encoder.
         let (h, _) = if after.is_empty() {
             (rec, Vec::new())
         } else {
-            model.run_blocks(
+            acting.run_blocks(
                 rec,
                 &vec![1; rows.len()],
                 Some(&mut caches),
@@ -703,11 +707,11 @@ impl TalkativeLens {
                 },
             )?
         };
-        let q = candle_nn::ops::log_softmax(&model.unembed(&model.final_norm(&h)?)?, D::Minus1)?;
+        let q = candle_nn::ops::log_softmax(&acting.unembed(&acting.final_norm(&h)?)?, D::Minus1)?;
         let at: Vec<u32> = rows.iter().map(|r| r.position as u32).collect();
         let n = at.len();
         let orig = normed.index_select(&Tensor::from_vec(at, n, &Device::Cpu)?, 0)?;
-        let p = candle_nn::ops::log_softmax(&model.unembed(&orig)?, D::Minus1)?;
+        let p = candle_nn::ops::log_softmax(&acting.unembed(&orig)?, D::Minus1)?;
         let kl: Vec<f32> = (p.exp()? * (&p - &q)?)?.sum(D::Minus1)?.to_vec1()?;
         for (r, k) in rows.iter_mut().zip(kl) {
             r.kl_divergence = Some(k.max(0.0));

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod client;
 pub mod server;
 
 use std::path::{Path, PathBuf};
@@ -24,6 +25,25 @@ pub fn demo_model() -> PathBuf {
         p.display()
     );
     p
+}
+
+/// Gemma-3-270M, or `None` when it is absent: its tests then skip, saying so, unless
+/// `LENSD_REQUIRE_GEMMA` is set (as `scripts/test.sh` sets it), where its absence fails them.
+pub fn gemma3_model() -> Option<PathBuf> {
+    let p = root().join("models/gemma-3-270m-q4_k_m.gguf");
+    if p.is_file() {
+        return Some(p);
+    }
+    assert!(
+        std::env::var_os("LENSD_REQUIRE_GEMMA").is_none(),
+        "LENSD_REQUIRE_GEMMA is set but {} is missing: run scripts/fetch-gemma3.sh first",
+        p.display()
+    );
+    eprintln!(
+        "SKIPPED: {} is missing (run scripts/fetch-gemma3.sh)",
+        p.display()
+    );
+    None
 }
 
 /// Fits a small tuned lens for the demo model with the CLI; different ridges give different
@@ -63,4 +83,51 @@ pub fn fit(dir: &Path, name: &str, ridge: &str) -> PathBuf {
         String::from_utf8_lossy(&status.stderr)
     );
     out
+}
+
+/// Writes a copy of the tiny checkpoint to `dir` in which every weight `pick` selects by name is
+/// moved by up to a tenth of its tensor's RMS, drawn from `seed`: a fine-tune of the same
+/// architecture and shapes.
+pub fn fine_tune(dir: &Path, seed: u64, pick: impl Fn(&str) -> bool) {
+    std::fs::create_dir_all(dir).unwrap();
+    let tiny = testdata("tiny-llama");
+    for f in ["config.json", "generation_config.json", "tokenizer.json"] {
+        std::fs::copy(tiny.join(f), dir.join(f)).unwrap();
+    }
+    let weights =
+        candle_core::safetensors::load(tiny.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    let moved: std::collections::HashMap<String, candle_core::Tensor> = weights
+        .into_iter()
+        .map(|(name, t)| {
+            if !pick(&name) {
+                return (name, t);
+            }
+            let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+            let rms = (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt();
+            let mut state = seed ^ fnv(&name);
+            let v: Vec<f32> = v
+                .iter()
+                .map(|x| x + 0.1 * rms * (2.0 * uniform(&mut state) - 1.0))
+                .collect();
+            let t = candle_core::Tensor::from_vec(v, t.shape(), &candle_core::Device::Cpu).unwrap();
+            (name, t)
+        })
+        .collect();
+    candle_core::safetensors::save(&moved, dir.join("model.safetensors")).unwrap();
+}
+
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// splitmix64, as a float in [0, 1).
+fn uniform(state: &mut u64) -> f32 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32
 }

@@ -136,6 +136,7 @@ impl State {
             lenses.push(JobLens {
                 model: m.clone(),
                 lens: r.lens.clone(),
+                donor: r.donor.clone(),
             });
         }
         let after = match &work {

@@ -82,6 +82,7 @@ fn registry() -> Registry {
                 group: base.into(),
                 base: BaseKey(base.into()),
                 lens: None,
+                donor: None,
             },
         );
     }

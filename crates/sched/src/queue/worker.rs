@@ -301,6 +301,7 @@ impl Worker {
             Work::Generate(g) => Job::Generate {
                 base: task.base.clone(),
                 lens: task.lenses.first().and_then(|l| l.lens.clone()),
+                donor: task.lenses.first().and_then(|l| l.donor.clone()),
                 prompt: g.prompt.clone(),
                 sampling: g.sampling.clone(),
             },

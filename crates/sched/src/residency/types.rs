@@ -9,8 +9,8 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::actor::Internal;
 
-/// Running work's hold on a model's base and lens: while it lives they stay on the device and
-/// are never moved or evicted. Dropping it ends the hold.
+/// Running work's hold on a model's base, full donor and lens: while it lives they stay on the
+/// device and are never moved or evicted. Dropping it ends the hold.
 #[derive(Debug)]
 pub struct Lease {
     /// The models leased, all on one base.
@@ -18,6 +18,8 @@ pub struct Lease {
     pub base: BaseKey,
     /// Each model's lens, in the order of `models` (`None` for the logit lens).
     pub lenses: Vec<Option<LensKey>>,
+    /// Each model's full donor, in the order of `models`: leased like the base.
+    pub donors: Vec<Option<BaseKey>>,
     pub(crate) keys: Vec<ResourceKey>,
     pub(crate) release: UnboundedSender<Internal>,
 }
@@ -110,8 +112,11 @@ pub struct EntryReport {
     pub idle_ms: Option<u64>,
     pub leases: u32,
     pub pinned: bool,
-    /// Models that use this resource.
+    /// Models that use this resource (as their base, their lens or their full donor).
     pub models: Vec<String>,
+    /// Of `models`, those whose full donor this base is.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub donor_for: Vec<String>,
 }
 
 /// Every resource of the registry with its tier and bytes, the tiers' use against their

@@ -70,6 +70,7 @@ pub fn registry(groups: &[G]) -> Registry {
                     group: gid.to_string(),
                     base: bkey.clone(),
                     lens: lkey,
+                    donor: None,
                 },
             );
             ids.push(mid.to_string());
@@ -81,3 +82,22 @@ pub fn registry(groups: &[G]) -> Registry {
 
 pub const GB: u64 = 1 << 30;
 pub const MB: u64 = 1 << 20;
+
+/// Gives `models` the full donor `path` of `bytes`: a base of its own, keyed by path like
+/// every base here, shared with any group or donor naming the same path.
+pub fn with_donor(r: &mut Registry, models: &[&str], path: &str, bytes: u64) {
+    let key = BaseKey(path.to_string());
+    r.bases.entry(key.clone()).or_insert_with(|| BaseSpec {
+        path: PathBuf::from(path),
+        dtype: ComputeDtype::F32,
+        bytes,
+        n_layers: 30,
+        d_model: 576,
+    });
+    r.policies
+        .entry(ResourceKey::Base(key.clone()))
+        .or_default();
+    for m in models {
+        r.models.get_mut(*m).expect("a model of the registry").donor = Some(key.clone());
+    }
+}

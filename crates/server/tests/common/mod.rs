@@ -52,6 +52,7 @@ pub fn snapshot() -> Snapshot {
                 n_layers: 4,
                 d_model: 8,
                 resident_bytes: 1 << 30,
+                shape: Default::default(),
             },
         );
     }

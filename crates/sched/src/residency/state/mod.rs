@@ -171,8 +171,18 @@ impl State {
                 .get(l)
                 .map(|s| s.path.display().to_string()),
         };
+        // A full donor says whose it is: a base no group names would puzzle the reader.
+        let donor_of = match key {
+            ResourceKey::Base(b) => self.registry.donor_of(b),
+            ResourceKey::Lens(_) => Vec::new(),
+        };
+        let role = if donor_of.is_empty() {
+            String::new()
+        } else {
+            format!(", the donor of {}", donor_of.join(", "))
+        };
         match path {
-            Some(p) => format!("{key} ({p})"),
+            Some(p) => format!("{key} ({p}{role})"),
             None => key.to_string(),
         }
     }
@@ -670,6 +680,7 @@ impl State {
                 let lease = Lease {
                     base: refs[0].base.clone(),
                     lenses: refs.iter().map(|m| m.lens.clone()).collect(),
+                    donors: refs.iter().map(|m| m.donor.clone()).collect(),
                     models,
                     keys: w.keys,
                     release: self.release.clone(),

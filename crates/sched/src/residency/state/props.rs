@@ -2,7 +2,8 @@
 //! unloads, engine jobs that succeed or fail, keep-alive expiry and time passing, under random
 //! budgets, with tiers that are one memory (CPU) or two (a device). After every step the
 //! budgets hold and every lease's resources stay ready on the device, counted exactly; at the
-//! end every acquire and preload has had exactly one answer.
+//! end every acquire and preload has had exactly one answer. One model's full donor is the
+//! other group's base.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -71,10 +72,13 @@ fn registry(keep_alive_ms: Option<u64>, pin_by: bool) -> Registry {
                 group: g.into(),
                 base: BaseKey(b.into()),
                 lens,
+                donor: None,
             },
         );
         r.groups.entry(g.into()).or_default().push(m.into());
     }
+    // x2's full donor is the other group's base: one resource with two roles.
+    r.models.get_mut("x2").expect("listed").donor = Some(BaseKey("by".into()));
     r
 }
 

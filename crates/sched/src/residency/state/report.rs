@@ -36,16 +36,11 @@ impl State {
     pub fn report(&self, now: u64, process_resident_bytes: Option<u64>) -> MemoryReport {
         let mut entries = Vec::new();
         for key in self.registry.resources() {
-            let models: Vec<String> = self
-                .registry
-                .models
-                .iter()
-                .filter(|(_, m)| match &key {
-                    ResourceKey::Base(b) => &m.base == b,
-                    ResourceKey::Lens(l) => m.lens.as_ref() == Some(l),
-                })
-                .map(|(id, _)| id.clone())
-                .collect();
+            let models = self.registry.users(&key);
+            let donor_for = match &key {
+                ResourceKey::Base(b) => self.registry.donor_of(b),
+                ResourceKey::Lens(_) => Vec::new(),
+            };
             let path = match &key {
                 ResourceKey::Base(b) => self.registry.bases[b].path.display().to_string(),
                 ResourceKey::Lens(l) => self.registry.lenses[l].path.display().to_string(),
@@ -66,6 +61,7 @@ impl State {
                     .map(|e| now.saturating_sub(e.last_use)),
                 leases: e.map_or(0, |e| e.leases),
                 models,
+                donor_for,
                 resource: key,
             });
         }

@@ -37,6 +37,7 @@ fn registry() -> Registry {
                 group: "g".into(),
                 base: b.clone(),
                 lens: Some(lk),
+                donor: None,
             },
         );
     }
