@@ -7,7 +7,7 @@ use std::path::Path;
 
 use candle_core::quantized::gguf_file::Value;
 use candle_core::{DType, Device, Tensor};
-use lensd_engine::model::{Model, Logits};
+use lensd_engine::model::{Logits, Model};
 use lensd_engine::weights::gguf::GgufFile;
 use lensd_engine::{Base, EngineError, LoadOptions};
 use rand::{Rng, SeedableRng};

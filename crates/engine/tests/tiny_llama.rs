@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use lensd_engine::model::{KvCache, Model, Logits};
+use lensd_engine::model::{KvCache, Logits, Model};
 use lensd_engine::weights::gguf::GgufFile;
 use lensd_engine::{Base, ComputeDtype, LoadOptions};
 
