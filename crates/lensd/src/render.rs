@@ -70,7 +70,13 @@ pub fn inspect(r: &InspectReport) -> String {
             s,
             "layers {}  width {}  heads {}/{} kv  head dim {}  ffn {}  vocab {}  context {}  rope base {} ({:?})  tied head: {}",
             c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, c.d_ff, c.vocab_size,
-            c.max_positions, c.rope_theta, c.rope_style, c.tied_embeddings
+            c.max_positions, c.rope.theta, c.rope_style, c.tied_embeddings
+        );
+        let _ = writeln!(
+            s,
+            "family {}: {}",
+            c.family.name(),
+            family_options(c).join(", ")
         );
     }
     if let Some(u) = &r.unsupported {
@@ -119,6 +125,53 @@ pub fn inspect(r: &InspectReport) -> String {
         bytes(r.resident_f32)
     );
     s
+}
+
+/// The options a family sets, in words, for `lensd inspect`.
+fn family_options(c: &lensd_engine::ModelConfig) -> Vec<String> {
+    use lensd_engine::config::{Activation, RopeScaling};
+    let mut o = vec![match c.activation {
+        Activation::Silu => "SiLU-gated MLP".to_string(),
+        Activation::GeluTanh => "GeGLU (tanh GELU)".to_string(),
+    }];
+    match &c.rope.scaling {
+        RopeScaling::None => {}
+        RopeScaling::Linear { factor } => o.push(format!("linear rope scaling ×{factor}")),
+        RopeScaling::Llama3 { factor, .. } => o.push(format!("llama3 rope scaling ×{factor}")),
+    }
+    if let Some(r) = &c.sliding_rope {
+        o.push(format!("sliding layers' rope base {}", r.theta));
+    }
+    if c.embed_scale != 1.0 {
+        o.push(format!("embeddings ×{}", c.embed_scale));
+    }
+    if c.qkv_bias {
+        o.push("q/k/v biases".into());
+    }
+    if c.o_bias {
+        o.push("output bias".into());
+    }
+    if c.qk_norm {
+        o.push("per-head q/k norm".into());
+    }
+    if c.sandwich_norms {
+        o.push("norms after attention and MLP".into());
+    }
+    if let Some(cap) = c.attn_softcap {
+        o.push(format!("attention soft-cap {cap}"));
+    }
+    if let Some(cap) = c.final_softcap {
+        o.push(format!("final soft-cap {cap}"));
+    }
+    if let Some(w) = c.sliding_window {
+        let n = c.sliding_layers.iter().filter(|&&s| s).count();
+        o.push(format!(
+            "sliding window {w} on {n} of {} layers",
+            c.n_layers
+        ));
+    }
+    o.push(format!("query scale {:.5}", c.query_scale));
+    o
 }
 
 /// A layers × positions grid with the lens's top-1 token in each cell, followed by the mean

@@ -36,9 +36,46 @@ const DEMO_LENS: &str = "models/lenses/smollm2-135m-tuned";
 /// The untrained talkative lens that `scripts/demo.sh` writes (`lensd init-talkative`).
 const DEMO_TALKATIVE: &str = "models/lenses/smollm2-135m-talkative-untrained";
 
+/// The second family of the demo: Gemma-3-270M (`scripts/fetch-gemma3.sh`), its fitted tuned
+/// lens and an untrained talkative lens, which `scripts/demo.sh` prepares.
+const GEMMA_MODEL: &str = "models/gemma-3-270m-q4_k_m.gguf";
+const GEMMA_LENS: &str = "models/lenses/gemma3-270m-tuned";
+const GEMMA_TALKATIVE: &str = "models/lenses/gemma3-270m-talkative-untrained";
+
+/// The Gemma-3-270M group of the embedded default, when its model file is present.
+fn gemma_group() -> Option<serde_json::Value> {
+    let model = std::fs::canonicalize(GEMMA_MODEL).ok()?;
+    let present = |dir: &str, file: &str| {
+        std::fs::canonicalize(dir)
+            .ok()
+            .filter(|p| p.join(file).is_file())
+    };
+    let mut models = vec![
+        serde_json::json!({"id": "gemma3-logit", "name": "Logit lens", "lens": "logit",
+        "description": "Gemma's own final norm and unembedding applied at every layer"}),
+    ];
+    if let Some(p) = present(GEMMA_LENS, "params.safetensors") {
+        models.push(serde_json::json!({"id": "gemma3-tuned", "name": "Tuned lens", "lens": "tuned",
+            "lens_checkpoint_path": p,
+            "description": "Affine translators fitted in closed form on Python's documentation and licence texts"}));
+    }
+    if let Some(p) = present(GEMMA_TALKATIVE, "talkative.json") {
+        models.push(serde_json::json!({"id": "gemma3-talkative-untrained",
+            "name": "Talkative lens (untrained)", "lens": "talkative", "lens_checkpoint_path": p,
+            "layer": 9,
+            "description": "Never trained: it runs the talkative path on Gemma; its words mean nothing"}));
+    }
+    Some(
+        serde_json::json!({"group_id": "gemma3-270m", "group_name": "Gemma 3 270M",
+        "base_model_path": model,
+        "description": "Gemma-3-270M (Q4_K_M GGUF), the family of the original site's default group, computing in f32",
+        "models": models}),
+    )
+}
+
 /// The embedded default: the demo model with the logit lens, the fitted demo tuned lens and an
 /// untrained talkative lens, in two groups that name the same base (one copy of it, and of the
-/// lens, is loaded).
+/// lens, is loaded); and Gemma-3-270M's group when `scripts/demo.sh` has fetched it.
 fn default_config(data: &Path) -> Result<PathBuf> {
     let model = std::fs::canonicalize(crate::DEMO_MODEL).with_context(|| {
         format!(
@@ -75,13 +112,15 @@ fn default_config(data: &Path) -> Result<PathBuf> {
         serde_json::json!({"id": "smollm2-compare-logit", "name": "Logit lens (compare)", "lens": "logit"}),
     ];
     compare.extend(tuned("smollm2-compare-tuned", "Tuned lens (compare)"));
+    let mut groups = vec![
+        serde_json::json!({"group_id": "smollm2-135m", "group_name": "SmolLM2 135M Instruct", "base_model_path": model,
+         "description": "The demo model, SmolLM2-135M-Instruct (Q4_1 GGUF), computing in f32", "models": main}),
+        serde_json::json!({"group_id": "smollm2-135m-compare", "group_name": "SmolLM2 135M Instruct (second group)", "base_model_path": model,
+         "description": "The same base file as the first group: lensd loads it once", "models": compare}),
+    ];
+    groups.extend(gemma_group());
     let doc = serde_json::json!({
-        "model_groups": [
-            {"group_id": "smollm2-135m", "group_name": "SmolLM2 135M Instruct", "base_model_path": model,
-             "description": "The demo model, SmolLM2-135M-Instruct (Q4_1 GGUF), computing in f32", "models": main},
-            {"group_id": "smollm2-135m-compare", "group_name": "SmolLM2 135M Instruct (second group)", "base_model_path": model,
-             "description": "The same base file as the first group: lensd loads it once", "models": compare}
-        ],
+        "model_groups": groups,
         "settings": {"default_group": "smollm2-135m"}
     });
     std::fs::create_dir_all(data).with_context(|| format!("cannot create {}", data.display()))?;

@@ -119,7 +119,13 @@ pub fn fit_tuned_lens(
             "seq_len must be at least 2 and batch_seqs at least 1".into(),
         ));
     }
-    let (train, hold) = split_corpus(corpus, opts);
+    let (mut train, mut hold) = split_corpus(corpus, opts);
+    // Every sequence starts as the model expects a text to (Gemma needs its BOS).
+    if let (true, Some(bos)) = (base.tokenizer.add_bos, base.tokenizer.bos_id) {
+        for s in train.iter_mut().chain(hold.iter_mut()) {
+            s.insert(0, bos);
+        }
+    }
     let train_tokens = train.len() * opts.seq_len;
     if train_tokens < 4 * (d + 1) {
         return Err(EngineError::Input(format!(
