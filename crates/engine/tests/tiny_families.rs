@@ -353,3 +353,64 @@ fn tuned_and_logit_lenses_on_gemma2_match_the_package_with_the_soft_cap() {
         lens_golden::check(&a, &want, "logit_", s);
     }
 }
+
+/// A checkpoint in the layout of the multimodal Gemma-3 models (4B and larger, the original's
+/// `google/gemma-3-27b-it`): the text model's configuration under `text_config`, its tensors
+/// under `language_model.model.`, beside a vision tower and a projector.
+fn multimodal_gemma3(out: &Path) {
+    let src = dir("gemma3");
+    let text: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    let config = serde_json::json!({
+        "architectures": ["Gemma3ForConditionalGeneration"],
+        "model_type": "gemma3",
+        "text_config": text,
+        "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 8},
+        "mm_tokens_per_image": 4,
+    });
+    std::fs::write(out.join("config.json"), config.to_string()).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), out.join(f)).unwrap();
+    }
+    let mut tensors = HashMap::new();
+    for shard in [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ] {
+        for (name, t) in golden(&src.join(shard)) {
+            let name = name.replacen("model.", "language_model.model.", 1);
+            tensors.insert(name, t);
+        }
+    }
+    let dev = &Device::Cpu;
+    tensors.insert(
+        "vision_tower.vision_model.embeddings.patch_embedding.weight".into(),
+        Tensor::ones((8, 3, 4, 4), DType::F32, dev).unwrap(),
+    );
+    tensors.insert(
+        "multi_modal_projector.mm_input_projection_weight".into(),
+        Tensor::ones((8, 48), DType::F32, dev).unwrap(),
+    );
+    candle_core::safetensors::save(&tensors, out.join("model.safetensors")).unwrap();
+}
+
+#[test]
+fn the_text_model_of_a_multimodal_gemma3_checkpoint_runs_alone() {
+    let _lock = common::compute_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    multimodal_gemma3(tmp.path());
+    let base = load(tmp.path(), ComputeDtype::F32);
+    assert_eq!(base.config().family, Family::Gemma3);
+    check_all_layers(
+        "multimodal gemma3",
+        &base,
+        &golden(&dir("gemma3").join("golden.safetensors")),
+        TOL,
+    );
+    // The vision tower is neither loaded nor counted.
+    let report = lensd_engine::inspect::inspect(tmp.path()).unwrap();
+    let text_only = lensd_engine::inspect::inspect(&dir("gemma3")).unwrap();
+    assert_eq!(report.resident_f32, text_only.resident_f32);
+    assert_eq!(base.bytes().owned, report.resident_f32);
+    assert!(report.tensor_bytes > text_only.tensor_bytes);
+}
