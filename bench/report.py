@@ -43,12 +43,23 @@ MEANING = {
                                     "is inlined there)",
     "row_stats": "lensd's per-cell statistics (softmax, entropy, KL, rank) over the vocabulary",
     "tcp_": "the kernel sending frames to the clients",
-    "pack_operands": "packing matrix operands for the matrix products of the analyses that ran "
-                     "(those that started before their cancel arrived)",
+    "pack_operands": "packing the operands of the f32 matrix products",
     "gemm_f32::microkernel": "the same matrix products",
     "policy::pick": "the scheduler choosing the next request",
     "policy::order": "the scheduler working out every waiting request's queue position",
 }
+
+
+# Meanings that hold only in one profile, by (part, dtype).
+MEANING_IN = {
+    ("server", "load"): {
+        "pack_operands": "packing matrix operands for the matrix products of the analyses that "
+                         "ran (those that started before their cancel arrived)"},
+}
+# What a symbol whose meaning refers to an earlier row ("the same ...") means when it is the
+# first matrix-product symbol of its profile.
+FIRST_MENTION = {"gemm_f32::microkernel": "f32 matrix products (gemm's inner kernel)"}
+MATRIX_PRODUCTS = ("gemm", "pack_operands")
 
 
 def profile(results, part, dtype, top=4):
@@ -56,22 +67,40 @@ def profile(results, part, dtype, top=4):
     f = results / f"profile-{part}-{dtype}.txt"
     if not f.exists():
         return None
-    rows = []
+    meanings = {**MEANING, **MEANING_IN.get((part, dtype), {})}
+    rows, products_seen = [], False
     for line in f.read_text().splitlines()[:top]:
         pct, _, rest = line.strip().partition("%")
         kernel = "[k]" in rest
         sym = rest.replace("[.]", "").replace("[k]", "").strip().split("  ")[0].strip()
         sym = sym.replace("candle_core::quantized::k_quants::", "")
-        meaning = next((m for k, m in MEANING.items() if k in sym), None)
+        key = next((k for k in meanings if k in sym), None)
+        meaning = meanings.get(key)
+        if key in FIRST_MENTION and not products_seen:
+            meaning = FIRST_MENTION[key]
+        products_seen = products_seen or any(m in sym for m in MATRIX_PRODUCTS)
         rows.append((pct.strip(), ("kernel: " if kernel else "") + sym, meaning))
     return rows
 
 
-def forward_section(res, lensd, llama, tl):
+# The models whose forward passes and lens analyses bench/run.sh measures: the title of their
+# section, the intro's first words, the stored dtype's label and what its blocks are.
+DEMO = {"title": "Forward passes and lens analyses", "lead": "Same GGUF file",
+        "stored": "Q4_1", "blocks": "Q4_1/Q8_0 blocks"}
+GEMMA3 = {"title": "Gemma-3-270M: forward passes and lens analyses",
+          "lead": "The same measurements on Gemma-3-270M (`models/gemma-3-270m-q4_k_m.gguf`, "
+                  "18 layers, d=640, vocabulary 262,144, tied embeddings, fetched by "
+                  "`scripts/fetch-gemma3.sh`) with its own tuned lens fitted by `lensd fit-lens` "
+                  "on the demo corpus. Same GGUF file",
+          "stored": "Q4_K_M", "blocks": "Q4_K, Q5_0, Q6_K and Q8_0 blocks"}
+
+
+def forward_section(res, lensd, llama, tl, model=DEMO):
     by = {r["dtype"]: r for r in lensd["results"]}
     lenses = {l["lens"]: l for l in lensd["analysis"]["lenses"]}
     peer = {l["lens"]: l for l in tl["lenses"]}
     rows, behind = [], []
+    stored = f"stored ({model['stored']})"
 
     def row(measure, dtype, ours, theirs, peer_name, part=None):
         r, where = ratio(ours, theirs)
@@ -81,8 +110,8 @@ def forward_section(res, lensd, llama, tl):
 
     ll = llama["engine"]
     row("prefill, tokens/s", "f32", by["f32"]["prefill_tokens_per_s"], llama["prefill_tokens_per_s"], ll, ("prefill", "f32"))
-    row("prefill, tokens/s", "stored (Q4_1)", by["stored"]["prefill_tokens_per_s"], llama["prefill_tokens_per_s"], ll, ("prefill", "stored"))
-    row("decode, tokens/s", "stored (Q4_1)", by["stored"]["decode_tokens_per_s"], llama["decode_tokens_per_s"], ll, ("decode", "stored"))
+    row("prefill, tokens/s", stored, by["stored"]["prefill_tokens_per_s"], llama["prefill_tokens_per_s"], ll, ("prefill", "stored"))
+    row("decode, tokens/s", stored, by["stored"]["decode_tokens_per_s"], llama["decode_tokens_per_s"], ll, ("decode", "stored"))
     row("decode, tokens/s", "f32", by["f32"]["decode_tokens_per_s"], llama["decode_tokens_per_s"], ll, ("decode", "f32"))
     for name in ("logit", "tuned"):
         if name in lenses and name in peer:
@@ -90,9 +119,9 @@ def forward_section(res, lensd, llama, tl):
                 peer[name]["tokens_per_s"], tl["engine"], ("analysis", "f32"))
     a = lensd["analysis"]
     out = [
-        "## Forward passes and lens analyses",
+        f"## {model['title']}",
         "",
-        f"Same GGUF file, same {lensd['prompt_tokens']}-token prompt ids, {lensd['threads']} threads everywhere. "
+        f"{model['lead']}, same {lensd['prompt_tokens']}-token prompt ids, {lensd['threads']} threads everywhere. "
         "Higher is better in every row; the ratio is lensd ÷ peer.",
         "",
         "- **prefill**: one forward pass over the prompt from an empty cache;",
@@ -104,7 +133,7 @@ def forward_section(res, lensd, llama, tl):
         "with the GGUF dequantized to f32 and saved as safetensors, and lensd's tuned lens saved "
         "as the package's `params.pt`.",
         "",
-        "`stored` keeps the file's Q4_1/Q8_0 blocks; `f32` dequantizes at load. "
+        f"`stored` keeps the file's {model['blocks']}; `f32` dequantizes at load. "
         "lensd analyses in f32 and generates in the stored dtype by default.",
         "",
         table(["measure", "lensd dtype", "lensd", "peer", "peer", "ratio", "where lensd stands"], rows),
@@ -116,17 +145,40 @@ def forward_section(res, lensd, llama, tl):
         "Equal work, checked before timing:",
         "",
     ]
+    if model is not DEMO:
+        out.append(f"- every engine reads lensd's ids, which start with the model's BOS token "
+                   f"(id {lensd['ids'][0]}) as Gemma needs; llama.cpp checks that its GGUF asks "
+                   "for that BOS.")
     ag = llama["agreement"]
+    tol = ag.get("tolerance", {})
+    if tol.get("near_tie_logits") is None:
+        ties = (f"({ag['top1_differ_near_ties']} differ, all near ties: llama.cpp quantizes activations "
+                "for its quantized products, lensd's analysis is f32).")
+    else:
+        ties = (f"(the {ag['top1_differ']} that differ are {ag['top1_differ_max_logit_gap']:.2f} "
+                "logits or less below llama.cpp's own top-1, where the check allows "
+                f"{tol['near_tie_logits']:g}: llama.cpp quantizes activations for its quantized "
+                "products and evaluates GELU from a float16 table, which moves this model's logits "
+                "by up to about 3 from an f32 forward such as lensd's); at every position llama.cpp's "
+                f"probability of lensd's top-1 is within {ag['top1_prob_max_diff']:.3f} of lensd's "
+                f"(the check allows {tol['max_top1_prob_diff']:g}).")
     out.append(f"- llama.cpp's greedy continuation equals lensd's (stored dtype) for "
                f"{ag['decode_same_prefix']} of {ag['decode_tokens']} tokens; its top-1 equals lensd's "
                f"final layer at {ag['positions'] - ag['top1_differ']} of {ag['positions']} positions "
-               f"({ag['top1_differ_near_ties']} differ, all near ties: llama.cpp quantizes activations "
-               "for its quantized products, lensd's analysis is f32).")
+               + ties)
     for l in tl["lenses"]:
         g = l["agreement"]
         out.append(f"- tuned-lens `{l['lens']}`: top-1 equal in {g['same_top1']} of {g['cells']} cells "
                    f"({g['near_tie_mismatches']} near ties), top-1 probability within "
                    f"{g['max_top1_prob_diff']:.1e}, entropy within {g['max_entropy_diff']:.1e} nats.")
+    if tl.get("final_norm", "package") != "package":
+        cap = tl.get("final_logit_softcapping")
+        out.append("- the tuned-lens package does not know this model's final norm (its "
+                   "`get_final_norm` raises NotImplementedError): `bench/tunedlens.py` hands it "
+                   "the model's own `norm` and changes nothing else; "
+                   + (f"the model's final logit soft-cap ({cap:g}), which the package never "
+                      "applies, is applied to its lens logits as lensd does." if cap else
+                      "the model has no final logit soft-cap, so none is applied."))
     return out, behind
 
 
@@ -287,6 +339,11 @@ def main():
     lensd, llama, tl = load(r, "lensd.json"), load(r, "llamacpp.json"), load(r, "tunedlens.json")
     stages = [l.split("\t") for l in (r / "stages.tsv").read_text().splitlines()]
     forward, behind = forward_section(r, lensd, llama, tl)
+    gemma = []
+    if (r / "gemma3-lensd.json").exists():
+        gemma, _ = forward_section(r, load(r, "gemma3-lensd.json"), load(r, "gemma3-llamacpp.json"),
+                                   load(r, "gemma3-tunedlens.json"), GEMMA3)
+        gemma.append("")
     doc = [
         "# Benchmarks", "",
         "Written by `bench/run.sh`, which sets up the peers from the package registries, runs every "
@@ -299,7 +356,7 @@ def main():
         "- time of the run: " + ", ".join(f"{name} {int(s) // 60} min {int(s) % 60} s" for name, s in stages),
         "",
     ]
-    doc += forward + [""] + behind_section(r, behind) + [""]
+    doc += forward + [""] + behind_section(r, behind) + [""] + gemma
     doc += switch_section(load(r, "switch.json")) + [""]
     doc += memory_section(load(r, "memory.json")) + [""]
     doc += sched_section(load(r, "sched.json")) + [""]

