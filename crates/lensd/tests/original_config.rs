@@ -23,7 +23,7 @@ fn cache(hub: &Path, id: &str, src: &Path) {
     fs::write(repo.join("refs/main"), &commit).unwrap();
     for entry in fs::read_dir(src).unwrap() {
         let p = entry.unwrap().path();
-        if p.is_file() && !p.extension().is_some_and(|e| e == "gguf") {
+        if p.is_file() && p.extension().is_none_or(|e| e != "gguf") {
             fs::copy(&p, snap.join(p.file_name().unwrap())).unwrap();
         }
     }
