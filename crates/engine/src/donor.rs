@@ -5,6 +5,8 @@
 //! model) loaded as a base of its own. The talkative decoder and encoder always run on the
 //! group's base.
 
+use lensd_core::config::{shape_differences, Shape};
+
 use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::lora::Adapter;
@@ -37,30 +39,28 @@ impl<'a> Donor<'a> {
     }
 }
 
+/// What a full donor must share with the base it stands in for, in the config check's terms.
+pub fn shape_of(c: &ModelConfig) -> (usize, usize, Shape) {
+    (
+        c.n_layers,
+        c.d_model,
+        Shape {
+            architecture: c.family.name().into(),
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+            d_ff: c.d_ff,
+            vocab_size: c.vocab_size,
+        },
+    )
+}
+
 /// Whether a full donor model of `donor` can stand in for a base of `base`: same family and
-/// every shape equal. The error lists each difference as "donor vs base".
+/// every shape equal, the rule of the config check. The error lists each difference as
+/// "donor vs base".
 pub fn same_shapes(donor: &ModelConfig, base: &ModelConfig) -> std::result::Result<(), String> {
-    let mut diffs = Vec::new();
-    if donor.family != base.family {
-        diffs.push(format!(
-            "family {} vs {}",
-            donor.family.name(),
-            base.family.name()
-        ));
-    }
-    for (what, a, b) in [
-        ("layers", donor.n_layers, base.n_layers),
-        ("width (d_model)", donor.d_model, base.d_model),
-        ("attention heads", donor.n_heads, base.n_heads),
-        ("key/value heads", donor.n_kv_heads, base.n_kv_heads),
-        ("head dimension", donor.head_dim, base.head_dim),
-        ("feed-forward width", donor.d_ff, base.d_ff),
-        ("vocabulary", donor.vocab_size, base.vocab_size),
-    ] {
-        if a != b {
-            diffs.push(format!("{what} {a} vs {b}"));
-        }
-    }
+    let ((dl, dw, ds), (bl, bw, bs)) = (shape_of(donor), shape_of(base));
+    let diffs = shape_differences((dl, dw, &ds), (bl, bw, &bs));
     if diffs.is_empty() {
         Ok(())
     } else {

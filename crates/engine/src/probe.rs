@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use lensd_core::config::{BaseFacts, DonorKind, LensFacts, Probe, Shape};
+use lensd_core::config::{BaseFacts, DonorKind, LensFacts, Probe};
 use lensd_core::{ComputeDtype, LensKind};
 
 use crate::error::{EngineError, Result};
@@ -98,14 +98,7 @@ impl FileProbe {
             n_layers: cfg.n_layers,
             d_model: cfg.d_model,
             resident_bytes: resident.of(dtype),
-            shape: Shape {
-                architecture: cfg.family.name().into(),
-                n_heads: cfg.n_heads,
-                n_kv_heads: cfg.n_kv_heads,
-                head_dim: cfg.head_dim,
-                d_ff: cfg.d_ff,
-                vocab_size: cfg.vocab_size,
-            },
+            shape: crate::donor::shape_of(&cfg).2,
         })
     }
 

@@ -43,29 +43,41 @@ impl BaseFacts {
     /// Each way a donor (`self`) differs from `base`, as `what donor vs base`: empty when the
     /// donor can stand in for the base.
     pub fn shape_differences(&self, base: &BaseFacts) -> Vec<String> {
-        let (d, b) = (&self.shape, &base.shape);
-        let mut out = Vec::new();
-        if d.architecture != b.architecture {
-            out.push(format!(
-                "architecture {} vs {}",
-                d.architecture, b.architecture
-            ));
-        }
-        for (what, x, y) in [
-            ("layers", self.n_layers, base.n_layers),
-            ("width (d_model)", self.d_model, base.d_model),
-            ("attention heads", d.n_heads, b.n_heads),
-            ("key/value heads", d.n_kv_heads, b.n_kv_heads),
-            ("head dimension", d.head_dim, b.head_dim),
-            ("feed-forward width", d.d_ff, b.d_ff),
-            ("vocabulary", d.vocab_size, b.vocab_size),
-        ] {
-            if x != y {
-                out.push(format!("{what} {x} vs {y}"));
-            }
-        }
-        out
+        shape_differences(
+            (self.n_layers, self.d_model, &self.shape),
+            (base.n_layers, base.d_model, &base.shape),
+        )
     }
+}
+
+/// Each way a model of (layers, width, shape) `donor` differs from one of `base`, as `what
+/// donor vs base`: empty when the donor can stand in for the base. The engine checks loaded
+/// models with it too.
+pub fn shape_differences(
+    (donor_layers, donor_width, d): (usize, usize, &Shape),
+    (base_layers, base_width, b): (usize, usize, &Shape),
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if d.architecture != b.architecture {
+        out.push(format!(
+            "architecture {} vs {}",
+            d.architecture, b.architecture
+        ));
+    }
+    for (what, x, y) in [
+        ("layers", donor_layers, base_layers),
+        ("width (d_model)", donor_width, base_width),
+        ("attention heads", d.n_heads, b.n_heads),
+        ("key/value heads", d.n_kv_heads, b.n_kv_heads),
+        ("head dimension", d.head_dim, b.head_dim),
+        ("feed-forward width", d.d_ff, b.d_ff),
+        ("vocabulary", d.vocab_size, b.vocab_size),
+    ] {
+        if x != y {
+            out.push(format!("{what} {x} vs {y}"));
+        }
+    }
+    out
 }
 
 /// What `different_activations_orig_path` names, told from its files.

@@ -16,7 +16,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use check::{
-    check, default_budgets, BaseFacts, Budgets, DonorKind, LensFacts, Probe, Resolved, Shape,
+    check, default_budgets, shape_differences, BaseFacts, Budgets, DonorKind, LensFacts, Probe,
+    Resolved, Shape,
 };
 pub use parse::{parse, HubId};
 pub use value::parse_duration;

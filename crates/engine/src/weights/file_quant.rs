@@ -177,6 +177,16 @@ mod tests {
     use candle_core::quantized::QMatMul;
     use candle_core::{Device, Module, Tensor};
 
+    /// The largest absolute value of `t`.
+    fn max_abs(t: &Tensor) -> f32 {
+        t.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
     /// Every block type common GGUF files use, viewed in place, multiplies as candle's own
     /// quantized tensor does and as its dequantized f32 matrix nearly does (the quantized
     /// product rounds the activations to 8 bits).
@@ -199,45 +209,17 @@ mod tests {
             let bytes = Arc::new(FileBytes::copy_of(&data));
             let v = view(&bytes, 0, data.len(), dtype, &[16, 512]).unwrap();
             let dense = v.dequantize(dev).unwrap();
-            let same = (&dense - q.dequantize(dev).unwrap())
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let same = max_abs(&(&dense - q.dequantize(dev).unwrap()).unwrap());
             assert_eq!(same, 0.0, "{dtype:?}: the view dequantizes as candle does");
             let got = QMatMul::QTensor(Arc::new(v)).forward(&x).unwrap();
             let want = x.matmul(&dense.t().unwrap()).unwrap();
-            let scale = want
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            let err = (&got - &want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let (err, scale) = (max_abs(&(&got - &want).unwrap()), max_abs(&want));
             assert!(
                 err < 0.02 * scale,
                 "{dtype:?}: quantized product off by {err} of {scale}"
             );
             let reference = QMatMul::QTensor(Arc::new(q)).forward(&x).unwrap();
-            let d = (&got - &reference)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let d = max_abs(&(&got - &reference).unwrap());
             assert_eq!(
                 d, 0.0,
                 "{dtype:?}: the view multiplies as candle's tensor does"
