@@ -4,24 +4,32 @@
 //! that ships none can fall back on lensd's own template for its family
 //! ([`fallback_template`]), as llama.cpp falls back on its built-in formats.
 //!
+//! A template is code from a model file: each rendering runs on a budget of instructions,
+//! recursion and output bytes ([`limits`]), and one past a limit is an error naming the
+//! template and the limit.
+//!
 //! System messages: a template that refuses them (Gemma-2's raises an exception) is rendered
 //! again with the system message folded into the first user turn, `"{system}\n\n{user}"`, which
 //! is what Gemma-3's own template does with it.
+
+pub mod limits;
 
 use minijinja::value::{Kwargs, Value};
 use minijinja::{Environment, Error as JinjaError, ErrorKind};
 
 use crate::error::{EngineError, Result};
 
+use limits::{Budget, Capped};
+
 pub use lensd_core::work::ChatMessage as Message;
 
 pub struct ChatTemplate {
     env: Environment<'static>,
+    /// What the template is called in errors, and its name in minijinja.
+    origin: String,
     bos: String,
     eos: String,
 }
-
-const NAME: &str = "chat";
 
 /// Gemma's turn format, written for lensd (the same text as llama.cpp's built-in `gemma`
 /// format, BOS first): `<start_of_turn>{user|model}\n{content}<end_of_turn>\n`, system messages
@@ -50,14 +58,27 @@ pub fn fallback_template(architecture: &str) -> Option<&'static str> {
     }
 }
 
+/// How a rendering failed: at one of the limits (not worth a second try), or otherwise.
+enum Failure {
+    Limit(EngineError),
+    Other(EngineError),
+}
+
 impl ChatTemplate {
+    /// The template `source`, called "the model's template" in errors; see [`Self::named`].
     pub fn new(source: &str, bos: String, eos: String) -> Result<Self> {
+        Self::named("the model's template", source, bos, eos)
+    }
+
+    /// The template `source`, called `origin` in errors (say, "`tokenizer.chat_template` of
+    /// model.gguf"): minijinja's messages name it too, with the line.
+    pub fn named(origin: &str, source: &str, bos: String, eos: String) -> Result<Self> {
         let mut env = Environment::new();
         // Hugging Face renders chat templates with these two Jinja settings.
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         minijinja_contrib::add_to_environment(&mut env);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_unknown_method_callback(limits::unknown_method);
         env.add_function(
             "raise_exception",
             |msg: String| -> std::result::Result<String, JinjaError> {
@@ -71,9 +92,15 @@ impl ChatTemplate {
             strftime(&format, now).map_err(|e| JinjaError::new(ErrorKind::InvalidOperation, e))
         });
         env.add_filter("tojson", tojson);
-        env.add_template_owned(NAME, source.to_string())
-            .map_err(|e| EngineError::Template(format!("the template does not parse: {e}")))?;
-        Ok(ChatTemplate { env, bos, eos })
+        limits::install(&mut env);
+        env.add_template_owned(origin.to_string(), source.to_string())
+            .map_err(|e| EngineError::Template(format!("{origin} does not parse: {e}")))?;
+        Ok(ChatTemplate {
+            env,
+            origin: origin.to_string(),
+            bos,
+            eos,
+        })
     }
 
     /// Renders `messages`; with `add_generation_prompt` the text ends where the assistant's
@@ -82,27 +109,62 @@ impl ChatTemplate {
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         match self.render_as_is(messages, add_generation_prompt) {
             Ok(text) => Ok(text),
-            Err(first) => match fold_system(messages) {
+            Err(Failure::Limit(e)) => Err(e),
+            Err(Failure::Other(first)) => match fold_system(messages) {
                 Some(folded) => self
                     .render_as_is(&folded, add_generation_prompt)
-                    .map_err(|_| first),
+                    .map_err(|second| match second {
+                        Failure::Limit(e) => e,
+                        Failure::Other(_) => first,
+                    }),
                 None => Err(first),
             },
         }
     }
 
-    fn render_as_is(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-        let tmpl = self
-            .env
-            .get_template(NAME)
-            .map_err(|e| EngineError::Template(e.to_string()))?;
-        tmpl.render(minijinja::context! {
-            messages => messages,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => self.bos,
-            eos_token => self.eos,
-        })
-        .map_err(|e| EngineError::Template(format!("rendering failed: {e}")))
+    fn render_as_is(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> std::result::Result<String, Failure> {
+        let budget = Budget::for_conversation(messages);
+        // The fuel is the environment's; a clone shares the compiled template.
+        let mut env = self.env.clone();
+        env.set_fuel(Some(budget.fuel));
+        let tmpl = env
+            .get_template(&self.origin)
+            .map_err(|e| Failure::Other(EngineError::Template(e.to_string())))?;
+        let mut out = Capped::new(budget.output_bytes);
+        let rendered = tmpl.render_captured_to(
+            minijinja::context! {
+                messages => messages,
+                add_generation_prompt => add_generation_prompt,
+                bos_token => self.bos,
+                eos_token => self.eos,
+            },
+            &mut out,
+        );
+        match rendered {
+            Ok(_) => String::from_utf8(out.text).map_err(|_| {
+                Failure::Other(EngineError::Template(format!(
+                    "{} wrote text that is not UTF-8",
+                    self.origin
+                )))
+            }),
+            Err(e) => Err(
+                match limits::limit_reached(&e, &budget, messages.len(), &out) {
+                    Some(why) => Failure::Limit(EngineError::Template(format!(
+                        "{} was stopped{}: {why}",
+                        self.origin,
+                        e.line().map(|l| format!(" at line {l}")).unwrap_or_default()
+                    ))),
+                    None => Failure::Other(EngineError::Template(format!(
+                        "rendering {} failed: {e}",
+                        self.origin
+                    ))),
+                },
+            ),
+        }
     }
 }
 
@@ -125,7 +187,7 @@ pub fn fold_system(messages: &[Message]) -> Option<Vec<Message>> {
 /// Python's `json.dumps(value, ensure_ascii=False, indent=indent)`, which Hugging Face
 /// gives templates as `tojson`: `", "` and `": "` between items, or one item per line.
 fn tojson(value: &Value, kwargs: Kwargs) -> std::result::Result<Value, JinjaError> {
-    let indent: Option<usize> = kwargs.get("indent")?;
+    let indent = limits::tojson_indent(&kwargs)?;
     kwargs.assert_all_used()?;
     let json = serde_json::to_value(value)
         .map_err(|e| JinjaError::new(ErrorKind::InvalidOperation, e.to_string()))?;
@@ -318,7 +380,7 @@ mod tests {
         let t = template("{{ x | tojson }}|{{ x | tojson(indent=2) }}|{{ [] | tojson(indent=2) }}");
         let ctx =
             minijinja::context! { x => minijinja::context! { a => vec![1, 2], b => "é\"\n" } };
-        let tmpl = t.env.get_template(NAME).unwrap();
+        let tmpl = t.env.get_template(&t.origin).unwrap();
         assert_eq!(
             tmpl.render(ctx).unwrap(),
             "{\"a\": [1, 2], \"b\": \"é\\\"\\n\"}|{\n  \"a\": [\n    1,\n    2\n  ],\n  \"b\": \"é\\\"\\n\"\n}|[]"
@@ -414,5 +476,143 @@ mod tests {
             out,
             "[system]You are helpful.\n[user]a\n[assistant]b\n[user]c*\n11"
         );
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::limits::*;
+    use super::*;
+
+    fn refusal(src: &str, messages: &[Message]) -> String {
+        let t = ChatTemplate::named("`tokenizer.chat_template` of m.gguf", src, "".into(), "".into())
+            .unwrap();
+        let err = t.render(messages, true).unwrap_err().to_string();
+        assert!(err.contains("`tokenizer.chat_template` of m.gguf"), "{err}");
+        err
+    }
+
+    fn one_turn() -> Vec<Message> {
+        vec![Message::new("user", "Hi")]
+    }
+
+    /// Runs `f` on a thread with the default 2 MiB stack of spawned threads (the compute
+    /// thread's), so that a stack overflow fails the test instead of passing on the main
+    /// thread's 8 MiB.
+    fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_range_of_a_billion_numbers_is_refused_naming_the_limit() {
+        let err = refusal("{% for i in range(10**9) %}x{% endfor %}", &one_turn());
+        assert!(err.contains(&format!("at most {MAX_ITEMS} numbers")), "{err}");
+        assert!(err.contains("1000000000"), "{err}");
+        // Within the limit, range is minijinja's.
+        let t = ChatTemplate::new("{{ range(1, 10, 3) | list }}", "".into(), "".into()).unwrap();
+        assert_eq!(t.render(&one_turn(), false).unwrap(), "[1, 4, 7]");
+    }
+
+    #[test]
+    fn a_loop_without_end_runs_out_of_fuel() {
+        let src = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}";
+        let err = refusal(src, &one_turn());
+        let fuel = Budget::for_conversation(&one_turn()).fuel;
+        assert!(err.contains("ran out of fuel"), "{err}");
+        assert!(err.contains(&format!("{fuel} instructions")), "{err}");
+        assert!(err.contains("for each of the 1 messages"), "{err}");
+    }
+
+    #[test]
+    fn macros_recursing_without_end_stop_at_the_recursion_limit_within_a_small_stack() {
+        // Each level opens blocks too, as a schema-rendering macro does.
+        let src = "{% macro f(n) %}{% if n >= 0 %}{% for k in [n] %}{% with x = k %}\
+            {{ f(x + 1) }}{% endwith %}{% endfor %}{% endif %}{% endmacro %}{{ f(0) }}";
+        let err = on_small_stack(move || refusal(src, &one_turn()));
+        assert!(err.contains(&format!("recursion limit of {RECURSION_LIMIT}")), "{err}");
+        // A bounded recursion well within the limit (a level counts about 7) renders, on the
+        // same stack.
+        let depth = 20;
+        let bounded = format!(
+            "{{% macro f(n) %}}{{% if n < {depth} %}}{{% for k in [n] %}}{{{{ f(k + 1) }}}}\
+             {{% endfor %}}{{% else %}}done{{% endif %}}{{% endmacro %}}{{{{ f(0) }}}}"
+        );
+        let out = on_small_stack(move || {
+            ChatTemplate::new(&bounded, "".into(), "".into())
+                .unwrap()
+                .render(&[Message::new("user", "x")], false)
+        });
+        assert_eq!(out.unwrap(), "done");
+    }
+
+    #[test]
+    fn huge_strings_are_refused_naming_the_limit() {
+        // Past minijinja's own limit on repetition.
+        let err = refusal("{{ 'a' * 10**9 }}", &one_turn());
+        assert!(err.contains(&format!("at most {MAX_REPEATED_STRING} bytes")), "{err}");
+        // Within it, but more than a rendering may write.
+        let err = refusal("{{ 'ab' * 3000000 }}", &one_turn());
+        let limit = Budget::for_conversation(&one_turn()).output_bytes;
+        assert!(err.contains(&format!("limit of {limit} bytes")), "{err}");
+    }
+
+    #[test]
+    fn builtins_sized_by_the_template_are_refused_before_they_allocate() {
+        for (src, needle) in [
+            ("{{ 'a\nb' | indent(10**12) }}", "the width of `indent`"),
+            ("{{ 'a' | indent(width=10**12) }}", "the width of `indent`"),
+            ("{{ ('\n' * 10**7) | indent(100) }}", "`indent` may make at most"),
+            ("{{ [1] | batch(10**12) }}", "the count of `batch`"),
+            ("{{ [1] | slice(10**12) }}", "the count of `slice`"),
+            ("{{ '%99999999999d' | format(1) }}", "format string"),
+            ("{{ '%(x)5000.2f' | format(x=1) }}", "format string"),
+            ("{{ '{:>99999999999}'.format(1) }}", "format string"),
+            ("{{ messages | tojson(indent=10**9) }}", "the indent of `tojson`"),
+        ] {
+            let err = refusal(src, &one_turn());
+            assert!(err.contains(needle), "{src}: {err}");
+        }
+        // Reasonable sizes are the builtins' own.
+        let t = ChatTemplate::new(
+            "{{ 'a\nb' | indent(2) }}|{{ [1, 2, 3] | batch(2) | list }}|{{ '%05.1f' | format(2.5) }}|{{ '{:>4}'.format(7) }}",
+            "".into(),
+            "".into(),
+        )
+        .unwrap();
+        assert_eq!(
+            t.render(&one_turn(), false).unwrap(),
+            "a\n  b|[[1, 2], [3]]|002.5|   7"
+        );
+    }
+
+    #[test]
+    fn a_limit_is_not_tried_again_with_the_system_message_folded() {
+        // A template that fails on a system message is normally rendered again; one stopped
+        // by a limit is not (that would double the time a bad template takes).
+        let src = "{% if messages[0].role == 'system' %}{% for i in range(100000) %}\
+            {% for j in range(100000) %}{% endfor %}{% endfor %}{% endif %}ok";
+        let err = refusal(src, &[Message::new("system", "s"), Message::new("user", "u")]);
+        assert!(err.contains("ran out of fuel"), "{err}");
+    }
+
+    #[test]
+    fn long_conversations_render_within_the_budget() {
+        // The largest conversation a 256 KiB request can carry has about 9,000 short messages.
+        let messages: Vec<Message> = (0..9_000)
+            .map(|i| Message::new(if i % 2 == 0 { "user" } else { "assistant" }, "ok"))
+            .collect();
+        let out = template(fallback_template("gemma3").unwrap())
+            .render(&messages, true)
+            .unwrap();
+        assert_eq!(out.matches("<start_of_turn>").count(), 9_001);
+    }
+
+    fn template(src: &str) -> ChatTemplate {
+        ChatTemplate::new(src, "<bos>".into(), "<eos>".into()).unwrap()
     }
 }

@@ -296,6 +296,7 @@ pub fn run(cmd: Command) -> Result<()> {
             users_may_preload,
             shutdown_grace,
             web_dir,
+            http,
         } => {
             let limits = lensd_server::limits::Limits {
                 max_text_chars,
@@ -315,6 +316,7 @@ pub fn run(cmd: Command) -> Result<()> {
                 users_may_preload,
                 max_tokens,
                 web_dir,
+                http,
             };
             tokio::runtime::Runtime::new()?.block_on(crate::serve::run(options))
         }

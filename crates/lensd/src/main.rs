@@ -312,6 +312,9 @@ enum Command {
         /// (for working on the page without rebuilding).
         #[arg(long)]
         web_dir: Option<PathBuf>,
+        /// Limits on HTTP connections and on failed authentication.
+        #[command(flatten)]
+        http: serve::HttpArgs,
     },
     /// Compare the group-aware scheduling policy with first-in-first-out on the same workload,
     /// simulated with the demo model's costs and on the demo model itself.

@@ -29,6 +29,98 @@ pub struct ServeOptions {
     pub retention_days: u64,
     pub users_may_preload: bool,
     pub max_tokens: usize,
+    pub http: HttpArgs,
+}
+
+/// `lensd serve`'s limits on HTTP connections and on failed authentication
+/// (docs/server.md, Limits).
+#[derive(clap::Args, Debug, Clone)]
+pub struct HttpArgs {
+    /// HTTP connections open at once, WebSockets included [default: 1024, or twice
+    /// --max-connections if that is more]. Kept under the process's descriptor limit.
+    #[arg(long)]
+    pub max_http_connections: Option<usize>,
+    /// HTTP connections open at once from one client address [default: 256, or
+    /// --max-connections if that is more].
+    #[arg(long)]
+    pub max_connections_per_address: Option<usize>,
+    /// Seconds a client has to send a request's headers, from connecting or from the first
+    /// byte of its next request on a kept-alive connection.
+    #[arg(long, default_value_t = 10.0)]
+    pub header_timeout: f64,
+    /// Seconds a kept-alive HTTP connection may wait for its next request.
+    #[arg(long, default_value_t = 60.0)]
+    pub idle_timeout: f64,
+    /// Failed authentications per client address per minute; past it, keys from that
+    /// address are refused (429) unchecked.
+    #[arg(long, default_value_t = 10)]
+    pub auth_failures_per_minute: u32,
+}
+
+/// Descriptors kept for everything but connections: the listener, the runtime's, the
+/// database's and the logs', weight files being opened, and connections being refused.
+const DESCRIPTOR_RESERVE: u64 = 64;
+
+/// Raises the soft descriptor limit to the hard one, and returns the soft limit in force.
+fn raise_descriptor_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    Some(lim.rlim_cur as u64)
+}
+
+impl HttpArgs {
+    /// Sets the HTTP limits in `limits`, whose `max_connections` (WebSockets) is already set,
+    /// keeping the connection cap under the descriptor limit `descriptors`.
+    fn apply(&self, limits: &mut Limits, descriptors: Option<u64>) -> Result<()> {
+        let seconds = |name: &str, s: f64| {
+            Duration::try_from_secs_f64(s)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .with_context(|| format!("--{name} must be a positive number of seconds, got {s}"))
+        };
+        limits.http_header_timeout = seconds("header-timeout", self.header_timeout)?;
+        limits.http_idle_timeout = seconds("idle-timeout", self.idle_timeout)?;
+        limits.auth_failures_per_minute = self.auth_failures_per_minute;
+        let ws = limits.max_connections;
+        let mut total = self.max_http_connections.unwrap_or(1024.max(2 * ws));
+        let per_address = self.max_connections_per_address.unwrap_or(256.max(ws));
+        if let Some(fds) = descriptors {
+            let room = fds.saturating_sub(DESCRIPTOR_RESERVE).max(1) as usize;
+            if total > room {
+                tracing::warn!(
+                    asked = total,
+                    kept = room,
+                    descriptors = fds,
+                    "the descriptor limit allows fewer HTTP connections than asked; raise it \
+                     (ulimit -n) to allow more"
+                );
+                total = room;
+            }
+        }
+        if total == 0 || per_address == 0 {
+            anyhow::bail!("--max-http-connections and --max-connections-per-address must be at least 1");
+        }
+        limits.max_http_connections = total;
+        limits.max_http_connections_per_address = per_address.min(total);
+        Ok(())
+    }
 }
 
 /// The demo lens that `scripts/demo.sh` fits.
@@ -175,8 +267,9 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested");
 }
 
-pub async fn run(o: ServeOptions) -> Result<()> {
+pub async fn run(mut o: ServeOptions) -> Result<()> {
     lensd::runtime::map_large_blocks();
+    o.http.apply(&mut o.limits, raise_descriptor_limit())?;
     let config = match &o.config {
         Some(c) => c.clone(),
         None => default_config(&o.data)?,

@@ -247,6 +247,49 @@ async fn cancelling_queued_work_is_immediate_and_running_work_stops_at_the_next_
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_deadline_too_far_to_count_is_no_deadline_and_a_cancellation_says_its_reason() {
+    // issue 17 item 7: `now + deadline` wrapped round in u64 and the request ended at once
+    // with `deadline_exceeded`.
+    let w = world(two_groups(), QueueConfig::default());
+    let (id, mut far) = w
+        .scheduler
+        .submit(&client("x"), analyze("a1", 4), Some(Duration::from_millis(u64::MAX)))
+        .await
+        .unwrap();
+    let evs = drain(&mut far).await;
+    assert!(matches!(evs.last(), Some(RequestEvent::Completed { .. })), "{evs:?}");
+    assert!(!w.scheduler.cancel_because(id, "over").await, "already over");
+    // issue 17 item 10: a cancellation by the server names the server's reason.
+    let (_, mut running) = w
+        .scheduler
+        .submit(&client("x"), analyze("a1", 40), Some(Duration::MAX))
+        .await
+        .unwrap();
+    let (queued_id, mut queued) = w
+        .scheduler
+        .submit(&client("y"), analyze("a1", 4), None)
+        .await
+        .unwrap();
+    while !matches!(running.recv().await, Some(RequestEvent::Rows { .. })) {}
+    let reason = "the server is shutting down";
+    assert!(w.scheduler.cancel_because(queued_id, reason).await);
+    let last = drain(&mut queued).await.pop();
+    assert_eq!(
+        last,
+        Some(RequestEvent::Cancelled {
+            partial: false,
+            reason: reason.into()
+        })
+    );
+    assert!(w.scheduler.cancel_client(&client("x")).await == 1);
+    let last = drain(&mut running).await.pop();
+    assert!(
+        matches!(&last, Some(RequestEvent::Cancelled { partial: true, .. })),
+        "{last:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_disconnect_cancels_all_of_a_clients_work_and_leaves_no_lease() {
     let w = world(two_groups(), QueueConfig::default());
     let gone = client("gone");

@@ -1,8 +1,19 @@
-//! Who is calling: roles from API keys (bearer header; on WebSocket also a first `auth`
-//! message), and what each role may see and do.
+//! Who is calling: roles from API keys (an `Authorization: Bearer <key>` header; on WebSocket
+//! also an `auth` message), what each role may see and do, and the throttle on failed
+//! authentication per client address.
+//!
+//! Keys are kept as SHA-256 digests and a presented key is compared with every one of them in
+//! constant time, so neither the answer's timing nor the order of the keys tells anything about
+//! a key's characters.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -68,7 +79,12 @@ struct KeyFile {
 /// The configured API keys.
 #[derive(Debug, Clone, Default)]
 pub struct Keys {
-    by_key: HashMap<String, (Role, String)>,
+    /// Each key's SHA-256 digest, role and name.
+    keys: Vec<([u8; 32], Role, String)>,
+}
+
+fn digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
 }
 
 impl Keys {
@@ -94,30 +110,123 @@ impl Keys {
             let name = k
                 .name
                 .unwrap_or_else(|| format!("{:?}-{i}", k.role).to_lowercase());
+            if name.starts_with(ANONYMOUS_OWNER) {
+                return Err(format!(
+                    "{}: keys[{i}] has the name `{name}`; names starting with \
+                     `{ANONYMOUS_OWNER}` are kept for anonymous callers",
+                    path.display()
+                ));
+            }
             keys.insert(&k.key, k.role, &name);
         }
         Ok(keys)
     }
 
     pub fn insert(&mut self, key: &str, role: Role, name: &str) {
-        self.by_key
-            .insert(key.to_string(), (role, name.to_string()));
+        let d = digest(key);
+        self.keys.retain(|(k, _, _)| *k != d);
+        self.keys.push((d, role, name.to_string()));
     }
 
-    /// The caller behind an `Authorization` header value (or a bare key), if any.
-    pub fn caller(&self, presented: Option<&str>) -> Result<Caller, ApiError> {
-        let Some(raw) = presented else {
+    /// The caller behind an `Authorization` header value: anonymous without one, else the
+    /// holder of the key it carries in the `Bearer` scheme (the scheme's name in any case).
+    pub fn caller(&self, header: Option<&str>) -> Result<Caller, ApiError> {
+        let Some(raw) = header else {
             return Ok(Caller::anonymous());
         };
-        let key = raw.strip_prefix("Bearer ").unwrap_or(raw).trim();
-        match self.by_key.get(key) {
+        let key = raw
+            .trim()
+            .split_once(' ')
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, key)| key.trim());
+        match key {
+            Some(key) => self.holder(key),
+            // Never echo what was sent: it may be a key.
+            None => Err(ApiError::Unauthorized(
+                "the Authorization header must be `Bearer <key>`".into(),
+            )),
+        }
+    }
+
+    /// The holder of `key` itself (the WebSocket `auth` message carries a bare key).
+    pub fn holder(&self, key: &str) -> Result<Caller, ApiError> {
+        let d = digest(key);
+        let mut found = None;
+        // Every key is compared, whichever matches.
+        for (k, role, name) in &self.keys {
+            if bool::from(k.ct_eq(&d)) {
+                found = Some((*role, name));
+            }
+        }
+        match found {
             Some((role, name)) => Ok(Caller {
-                role: *role,
+                role,
                 label: name.clone(),
             }),
             // Never echo the key.
             None => Err(ApiError::Unauthorized("the API key is not valid".into())),
         }
+    }
+}
+
+/// The owner label of anonymous callers starts with this, followed by their address: an
+/// anonymous result belongs to the address that asked for it.
+pub const ANONYMOUS_OWNER: &str = "ip:";
+
+/// Failed authentications per client address over the last minute.
+pub struct AuthThrottle {
+    per_minute: u32,
+    failures: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
+}
+
+const WINDOW: Duration = Duration::from_secs(60);
+
+impl AuthThrottle {
+    pub fn new(per_minute: u32) -> Self {
+        AuthThrottle {
+            per_minute,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Authenticates `attempt` for `addr` unless that address has failed too often in the last
+    /// minute; records a failure.
+    pub fn check(
+        &self,
+        addr: Option<IpAddr>,
+        attempt: impl FnOnce() -> Result<Caller, ApiError>,
+    ) -> Result<Caller, ApiError> {
+        let Some(addr) = addr else {
+            return attempt();
+        };
+        let now = Instant::now();
+        {
+            let mut all = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(times) = all.get_mut(&addr) {
+                while times.front().is_some_and(|t| now - *t >= WINDOW) {
+                    times.pop_front();
+                }
+                if times.len() >= self.per_minute as usize {
+                    let wait = WINDOW.saturating_sub(now - times[0]).as_secs() + 1;
+                    metrics::counter!(crate::metrics::AUTH_THROTTLED).increment(1);
+                    return Err(ApiError::RateLimited(format!(
+                        "your address has made {} failed authentications per minute, the \
+                         most allowed; keys from it are not checked for {wait} s",
+                        self.per_minute
+                    )));
+                }
+            }
+        }
+        let r = attempt();
+        if matches!(r, Err(ApiError::Unauthorized(_))) {
+            let mut all = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+            // Forget addresses whose failures are all old, so the table stays small.
+            if all.len() > 4096 {
+                all.retain(|_, t| t.back().is_some_and(|t| now - *t < WINDOW));
+            }
+            all.entry(addr).or_default().push_back(now);
+        }
+        r
     }
 }
 
@@ -141,9 +250,14 @@ mod tests {
         .unwrap();
         let admin = keys.caller(Some("Bearer 0123456789abcdef")).unwrap();
         assert_eq!((admin.role, admin.label.as_str()), (Role::Admin, "ops"));
-        let user = keys.caller(Some("fedcba9876543210")).unwrap();
+        let user = keys.caller(Some("bearer fedcba9876543210")).unwrap();
         assert_eq!((user.role, user.label.as_str()), (Role::User, "user-1"));
+        assert_eq!(keys.holder("fedcba9876543210").unwrap(), user);
         assert!(keys.caller(Some("Bearer nope")).is_err());
+        // issue 17 item 10: a key without the scheme is refused, without echoing it.
+        let e = keys.caller(Some("fedcba9876543210")).unwrap_err().body();
+        assert_eq!(e.error_type, "unauthorized");
+        assert!(e.message.contains("Bearer") && !e.message.contains("fedcba"), "{}", e.message);
     }
 
     #[test]
@@ -161,6 +275,10 @@ mod tests {
             (
                 r#"{"keys": [{"key": "0123456789abcdef", "role": "root"}]}"#,
                 "FILE: invalid key file",
+            ),
+            (
+                r#"{"keys": [{"key": "0123456789abcdef", "role": "user", "name": "ip:1.2.3.4"}]}"#,
+                "FILE: keys[0] has the name `ip:1.2.3.4`",
             ),
         ] {
             let e = read(text).expect_err("refused");

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod conn;
 pub mod error;
 pub mod limits;
 pub mod metrics;
@@ -20,7 +21,6 @@ pub mod ws;
 pub use state::{AppState, Control, Parts, Phase, Shared};
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -34,22 +34,17 @@ pub async fn serve(
     signal: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = api::router(state.clone());
-    let (stopped, stop) = tokio::sync::oneshot::channel::<()>();
     let draining = state.clone();
     tokio::spawn(async move {
         signal.await;
         drain(&draining).await;
-        let _ = stopped.send(());
     });
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async {
-        let _ = stop.await;
-    })
-    .await
+    conn::accept(state, listener, app).await;
+    Ok(())
 }
+
+/// Why work still running when the grace period ends was cancelled.
+pub const SHUTDOWN_REASON: &str = "the server is shutting down";
 
 /// The shutdown sequence up to closing connections.
 pub async fn drain(state: &Shared) {
@@ -73,7 +68,10 @@ pub async fn drain(state: &Shared) {
             "cancelling work still running after the grace period"
         );
         for t in &left {
-            state.scheduler.cancel(t.internal).await;
+            state
+                .scheduler
+                .cancel_because(t.internal, SHUTDOWN_REASON)
+                .await;
         }
         // Each ends at its next sub-batch; give them a bounded time to report and be stored.
         let end = tokio::time::Instant::now() + Duration::from_secs(10);

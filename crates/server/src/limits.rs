@@ -25,6 +25,22 @@ pub struct Limits {
     pub burst: u32,
     /// Running work may finish for this long after a shutdown begins.
     pub shutdown_grace: Duration,
+    /// A WebSocket session whose output queue stays full this long (its client reads nothing
+    /// while answers wait; meanwhile its input is not read) is closed, saying why.
+    pub ws_output_timeout: Duration,
+    /// HTTP connections (plain and upgraded to WebSocket) open at once, and from one client
+    /// address; past either the connection is answered (503 / 429) and closed, never left in
+    /// the kernel's queue. `lensd serve` also keeps the first under its descriptor limit.
+    pub max_http_connections: usize,
+    pub max_http_connections_per_address: usize,
+    /// A request's headers must arrive within this, counted from the connection's start or
+    /// from the first byte of a later request on it; else the connection is closed.
+    pub http_header_timeout: Duration,
+    /// A kept-alive HTTP connection with no request in progress is closed after this.
+    pub http_idle_timeout: Duration,
+    /// Failed authentications per client address per minute; past it keys from that address
+    /// are not even checked (429) until the minute has let some through again.
+    pub auth_failures_per_minute: u32,
 }
 
 impl Default for Limits {
@@ -38,6 +54,12 @@ impl Default for Limits {
             requests_per_minute: 120,
             burst: 30,
             shutdown_grace: Duration::from_secs(20),
+            ws_output_timeout: Duration::from_secs(30),
+            max_http_connections: 1024,
+            max_http_connections_per_address: 256,
+            http_header_timeout: Duration::from_secs(10),
+            http_idle_timeout: Duration::from_secs(60),
+            auth_failures_per_minute: 10,
         }
     }
 }

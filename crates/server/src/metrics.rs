@@ -13,6 +13,14 @@ pub const SWITCH_SECONDS: &str = "lensd_switch_seconds";
 pub const TIER_BYTES: &str = "lensd_tier_bytes";
 pub const TIER_BUDGET: &str = "lensd_tier_budget_bytes";
 pub const CONNECTIONS: &str = "lensd_websocket_connections";
+/// HTTP connections open (WebSockets included), and those ended by the connection layer.
+pub const HTTP_CONNECTIONS: &str = "lensd_http_connections";
+pub const HTTP_EVICTED: &str = "lensd_http_connections_evicted_total";
+pub const HTTP_REFUSED: &str = "lensd_http_connections_refused_total";
+pub const HTTP_TIMED_OUT: &str = "lensd_http_connections_timed_out_total";
+/// WebSocket sessions closed because their client read nothing.
+pub const WS_STALLED: &str = "lensd_websocket_stalled_total";
+pub const AUTH_THROTTLED: &str = "lensd_auth_throttled_total";
 pub const RESULTS_UNSAVED: &str = "lensd_results_unsaved_total";
 pub const RESIDENT_BYTES: &str = "lensd_process_resident_bytes";
 pub const HEAP_IN_USE: &str = "lensd_heap_in_use_bytes";

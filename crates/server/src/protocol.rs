@@ -284,7 +284,7 @@ pub enum ClientMessage {
     Auth {
         key: String,
     },
-    ListModelGroups,
+    ListModelGroups {},
     /// Set this connection's current model.
     SwitchModel {
         model_id: String,
@@ -326,10 +326,11 @@ pub enum ClientMessage {
     CancelRequest {
         request_id: String,
     },
-    /// Cancel all of this connection's work.
-    Interrupt,
+    /// Cancel all of this connection's work. (Field-less messages are empty structs so that
+    /// unknown fields are refused like everywhere else.)
+    Interrupt {},
     /// Ask for a `queue_update`.
-    Status,
+    Status {},
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

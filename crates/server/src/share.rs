@@ -463,6 +463,7 @@ mod tests {
             outcome: "completed".to_string(),
             output,
             error: None,
+            partial: false,
             timings: json!({"wait_ms": 4, "compute_ms": 120}),
         }
     }

@@ -31,6 +31,8 @@ pub struct AppState {
     pub snapshot: RwLock<Arc<Snapshot>>,
     pub control: Option<Arc<dyn Control>>,
     pub keys: Keys,
+    /// Failed authentications per client address.
+    pub auth: crate::auth::AuthThrottle,
     pub limits: Limits,
     pub rate: Rate,
     pub requests: Requests,
@@ -41,7 +43,10 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// Measured speed of bringing bases in, for switch estimates.
     pub load_bytes_per_ms: AtomicU64,
+    /// WebSocket sessions open (`limits.max_connections`).
     pub connections: AtomicUsize,
+    /// HTTP connections open, with their caps (`limits.max_http_connections`).
+    pub http: Arc<crate::conn::Connections>,
     pub next_connection: AtomicU64,
     /// Set once shutdown begins: no new work is accepted.
     pub closing: AtomicBool,
@@ -85,12 +90,17 @@ impl AppState {
         let (shutdown, _) = watch::channel(Phase::Serving);
         let broadcast = tokio::sync::broadcast::channel(64).0;
         forward_placement(p.residency.changes(), broadcast.clone());
+        let http = crate::conn::Connections::new(
+            p.limits.max_http_connections,
+            p.limits.max_http_connections_per_address,
+        );
         Arc::new(AppState {
             scheduler: p.scheduler,
             residency: p.residency,
             snapshot: RwLock::new(Arc::new(p.snapshot)),
             control: p.control,
             rate: Rate::new(&p.limits),
+            auth: crate::auth::AuthThrottle::new(p.limits.auth_failures_per_minute),
             keys: p.keys,
             limits: p.limits,
             requests: Requests::default(),
@@ -100,6 +110,7 @@ impl AppState {
             metrics: crate::metrics::handle(),
             load_bytes_per_ms: AtomicU64::new(DEFAULT_LOAD_BYTES_PER_MS),
             connections: AtomicUsize::new(0),
+            http,
             next_connection: AtomicU64::new(0),
             closing: AtomicBool::new(false),
             shutdown,

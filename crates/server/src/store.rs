@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 /// The schema this build writes. Bump it with a new step in `migrate` whenever a column or
 /// index changes; a file written by a newer build is refused rather than misread.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// What a memory-only store calls itself in error messages.
 const IN_MEMORY: &str = ":memory:";
@@ -35,7 +35,11 @@ pub struct StoredResult {
     pub outcome: String,
     /// The `JobOutput` as JSON when completed; partial rows, or nothing, otherwise.
     pub output: Option<serde_json::Value>,
+    /// The error's message, or why the request was cancelled.
     pub error: Option<String>,
+    /// A cancelled request had sent part of its result before it ended.
+    #[serde(default)]
+    pub partial: bool,
     /// Stage durations, e.g. `{"wait_ms": .., "compute_ms": ..}`.
     pub timings: serde_json::Value,
 }
@@ -166,8 +170,9 @@ impl Store {
         self.lock()
             .execute(
                 "INSERT OR REPLACE INTO results
-                     (id, kind, models, client, created_at, input, outcome, output, error, timings)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                     (id, kind, models, client, created_at, input, outcome, output, error, timings,
+                      partial)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 params![
                     r.id,
                     r.kind,
@@ -178,7 +183,8 @@ impl Store {
                     r.outcome,
                     output,
                     r.error,
-                    timings
+                    timings,
+                    r.partial
                 ],
             )
             .map_err(|source| sql(&self.db, "saving a result", source))?;
@@ -189,7 +195,8 @@ impl Store {
         let raw = self
             .lock()
             .query_row(
-                "SELECT id, kind, models, client, created_at, input, outcome, output, error, timings
+                "SELECT id, kind, models, client, created_at, input, outcome, output, error, timings,
+                        partial
                  FROM results WHERE id = ?1",
                 [id],
                 RawRow::read,
@@ -207,7 +214,8 @@ impl Store {
         let read = || -> rusqlite::Result<Vec<RawRow>> {
             // Among results of the same second, the one saved last comes first.
             let mut stmt = conn.prepare_cached(
-                "SELECT id, kind, models, client, created_at, input, outcome, NULL, error, timings
+                "SELECT id, kind, models, client, created_at, input, outcome, NULL, error, timings,
+                        partial
                  FROM results WHERE client = ?1
                  ORDER BY created_at DESC, rowid DESC LIMIT ?2",
             )?;
@@ -285,6 +293,11 @@ fn migrate(db: &str, conn: &mut Connection, seen: i64) -> Result<(), StoreError>
         )
         .map_err(fail)?;
     }
+    if from < 2 {
+        // Version 2: whether a cancelled request had sent part of its result.
+        tx.execute_batch("ALTER TABLE results ADD COLUMN partial INTEGER NOT NULL DEFAULT 0;")
+            .map_err(fail)?;
+    }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(fail)?;
     tx.commit().map_err(fail)
@@ -302,6 +315,7 @@ struct RawRow {
     output: Option<String>,
     error: Option<String>,
     timings: String,
+    partial: bool,
 }
 
 impl RawRow {
@@ -317,6 +331,7 @@ impl RawRow {
             output: row.get(7)?,
             error: row.get(8)?,
             timings: row.get(9)?,
+            partial: row.get(10)?,
         })
     }
 
@@ -354,6 +369,7 @@ impl RawRow {
             outcome: self.outcome,
             output,
             error: self.error,
+            partial: self.partial,
             timings,
         })
     }
@@ -405,6 +421,7 @@ mod tests {
             outcome: "completed".to_string(),
             output: Some(json!({"kind": "analysis", "analyses": []})),
             error: None,
+            partial: false,
             timings: json!({"wait_ms": 12, "compute_ms": 340}),
         }
     }
@@ -543,6 +560,33 @@ mod tests {
             .unwrap();
         assert_eq!(mode, "wal");
         assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn a_version_1_file_is_migrated_keeping_its_results() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE results (id TEXT PRIMARY KEY NOT NULL, kind TEXT NOT NULL,
+                     models TEXT NOT NULL, client TEXT NOT NULL, created_at INTEGER NOT NULL,
+                     input TEXT NOT NULL, outcome TEXT NOT NULL, output TEXT, error TEXT,
+                     timings TEXT NOT NULL);
+                 INSERT INTO results VALUES ('r-old', 'analysis', '[]', 'alice', 5, '{}',
+                     'cancelled', NULL, NULL, '{}');
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let old = store.get("r-old").unwrap().unwrap();
+        assert_eq!((old.outcome.as_str(), old.partial), ("cancelled", false));
+        let mut r = result("r-new", "alice", 6);
+        r.outcome = "cancelled".into();
+        r.partial = true;
+        store.save(&r).unwrap();
+        assert_eq!(store.get("r-new").unwrap(), Some(r));
     }
 
     #[test]

@@ -14,7 +14,6 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::time::Instant;
 use utoipa::ToSchema;
 
-use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::metrics as m;
 use crate::reqlog::LogRecord;
@@ -192,11 +191,11 @@ fn unix_now() -> i64 {
 }
 
 /// Checks a request against the caller's rights and the limits, queues it, and starts
-/// tracking it. `client` is the scheduler's client (a connection or a key).
+/// tracking it. `who.client` is the scheduler's client (a connection or a key), `who.owner`
+/// who may read it later.
 pub async fn submit(
     state: &Shared,
-    caller: &Caller,
-    client: &str,
+    who: &crate::api::Who,
     mut work: Work,
     deadline: Option<Duration>,
 ) -> ApiResult<Arc<Tracked>> {
@@ -205,6 +204,7 @@ pub async fn submit(
             "the server is shutting down and accepts no new work".into(),
         ));
     }
+    let (caller, client) = (&who.caller, who.client.as_str());
     state.rate.check(client)?;
     let snap = state.snapshot();
     // A request without a model uses the client's current one.
@@ -263,7 +263,7 @@ pub async fn submit(
         id: public_id(),
         internal,
         client: client.to_string(),
-        owner: caller.label.clone(),
+        owner: who.owner.clone(),
         kind,
         models,
         input,
@@ -286,12 +286,12 @@ pub async fn submit(
 }
 
 /// The scheduler's id of a generation the caller made, named by its public id.
-pub fn chained(state: &Shared, caller: &Caller, generation: &str) -> ApiResult<RequestId> {
+pub fn chained(state: &Shared, who: &crate::api::Who, generation: &str) -> ApiResult<RequestId> {
     let t = state
         .requests
         .get(generation)
         .ok_or_else(|| ApiError::NotFound(format!("request {generation} is not known")))?;
-    if t.kind != "generation" || t.owner != caller.label {
+    if t.kind != "generation" || t.owner != who.owner {
         return Err(ApiError::BadRequest(format!(
             "request {generation} is not a generation of yours"
         )));
@@ -426,14 +426,11 @@ async fn persist(state: &Shared, t: &Arc<Tracked>, ev: &RequestEvent) {
     if let Some(ms) = compute_ms {
         metrics::histogram!(m::COMPUTE_SECONDS).record(ms as f64 / 1e3);
     }
-    let (outcome, output, error) = match ev {
-        RequestEvent::Completed { output } => ("completed".to_string(), as_json(output), None),
-        RequestEvent::Error {
-            error_type,
-            message,
-        } => (format!("error:{error_type}"), None, Some(message.clone())),
-        RequestEvent::Cancelled { .. } => ("cancelled".to_string(), None, None),
-        _ => ("unknown".to_string(), None, None),
+    let outcome = match ev {
+        RequestEvent::Completed { .. } => "completed".to_string(),
+        RequestEvent::Error { error_type, .. } => format!("error:{error_type}"),
+        RequestEvent::Cancelled { .. } => "cancelled".to_string(),
+        _ => "unknown".to_string(),
     };
     metrics::counter!(m::REQUESTS, "kind" => t.kind, "outcome" => outcome.split(':').next().unwrap_or("").to_string()).increment(1);
     if let Some(log) = &state.log {
@@ -457,18 +454,7 @@ async fn persist(state: &Shared, t: &Arc<Tracked>, ev: &RequestEvent) {
         }
     }
     if let Some(store) = state.store.clone() {
-        let rec = StoredResult {
-            id: t.id.clone(),
-            kind: t.kind.to_string(),
-            models: t.models.clone(),
-            client: t.owner.clone(),
-            created_at: t.created_at,
-            input: t.input.clone(),
-            outcome: outcome.split(':').next().unwrap_or("").to_string(),
-            output,
-            error,
-            timings: serde_json::json!({ "wait_ms": wait_ms, "compute_ms": compute_ms }),
-        };
+        let rec = stored_result(t, ev, (wait_ms, compute_ms));
         let saved = tokio::task::spawn_blocking(move || store.save(&rec)).await;
         // The client still hears the end; only the stored copy (and its share link) is lost.
         let error = match saved {
@@ -480,6 +466,49 @@ async fn persist(state: &Shared, t: &Arc<Tracked>, ev: &RequestEvent) {
             metrics::counter!(m::RESULTS_UNSAVED).increment(1);
             tracing::error!(%e, request = %t.id, "result not stored");
         }
+    }
+}
+
+/// What the results database keeps of `t`, which ended with `ev` after the stage durations
+/// `(wait_ms, compute_ms)`.
+fn stored_result(
+    t: &Tracked,
+    ev: &RequestEvent,
+    (wait_ms, compute_ms): (Option<u64>, Option<u64>),
+) -> StoredResult {
+    let (outcome, output, error, partial) = match ev {
+        RequestEvent::Completed { output } => ("completed", as_json(output), None, false),
+        RequestEvent::Error { message, .. } => ("error", None, Some(message.clone()), false),
+        RequestEvent::Cancelled { partial, reason } => {
+            ("cancelled", None, Some(reason.clone()), *partial)
+        }
+        _ => ("unknown", None, None, false),
+    };
+    StoredResult {
+        id: t.id.clone(),
+        kind: t.kind.to_string(),
+        models: t.models.clone(),
+        client: t.owner.clone(),
+        created_at: t.created_at,
+        input: t.input.clone(),
+        outcome: outcome.to_string(),
+        output,
+        error,
+        partial,
+        timings: serde_json::json!({ "wait_ms": wait_ms, "compute_ms": compute_ms }),
+    }
+}
+
+/// The status of a request read back from the results database (after a restart, or once its
+/// events were let go), as [`Status`] reports a request still in memory.
+pub fn stored_status(r: &StoredResult) -> Status {
+    match r.outcome.as_str() {
+        "completed" => Status::Completed,
+        "cancelled" => Status::Cancelled { partial: r.partial },
+        _ => Status::Error {
+            error_type: "error".into(),
+            message: r.error.clone().unwrap_or_default(),
+        },
     }
 }
 
@@ -552,6 +581,39 @@ mod tests {
         r.finished_within("next", 1, 3, 100);
         assert!(r.get("running").is_some());
         assert_eq!(kept(&r), ["next"]);
+    }
+
+    #[test]
+    fn a_cancellation_reads_back_partial_or_not_with_its_reason_after_a_restart() {
+        // issue 17 item 10: a stored cancellation with `partial: true` read back `partial:
+        // false` once the server restarted.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.sqlite3");
+        let cases = [
+            ("r-partial", true, "cancelled by the client"),
+            ("r-whole", false, "the client disconnected"),
+            ("r-shutdown", true, "the server is shutting down"),
+        ];
+        {
+            let store = crate::store::Store::open(&path).unwrap();
+            for (id, partial, reason) in cases {
+                let ev = RequestEvent::Cancelled {
+                    partial,
+                    reason: reason.into(),
+                };
+                let rec = stored_result(&tracked(id), &ev, (Some(3), Some(40)));
+                store.save(&rec).unwrap();
+            }
+        }
+        // A restart: nothing but the file is left.
+        let store = crate::store::Store::open(&path).unwrap();
+        for (id, partial, reason) in cases {
+            let r = store.get(id).unwrap().unwrap();
+            assert_eq!(r.outcome, "cancelled");
+            assert_eq!(stored_status(&r), Status::Cancelled { partial }, "{id}");
+            let message = r.error.unwrap_or_default();
+            assert!(message.starts_with(reason), "{id}: {message}");
+        }
     }
 
     #[test]

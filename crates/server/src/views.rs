@@ -232,6 +232,33 @@ pub fn find<'a>(snap: &'a Snapshot, role: Role, id: &str) -> Option<(&'a Group, 
     snap.config.model(id).filter(|(g, m)| may_use(role, g, m))
 }
 
+/// Replaces every absolute path in `message` (a `/` that begins a word, up to the next space,
+/// quote, backtick, bracket, comma, colon or semicolon) with `[file]`. For messages about a
+/// configuration that is not in force, such as a reload's errors, whose paths [`scrub`] cannot
+/// know; a sentence's last path takes its full stop with it.
+pub fn scrub_absolute_paths(message: &str) -> String {
+    const STARTS_AFTER: &str = " \t\n'\"`([{=:,";
+    const ENDS_AT: &str = " \t\n'\"`)]},;:";
+    let mut out = String::with_capacity(message.len());
+    let mut in_path = false;
+    let mut prev: Option<char> = None;
+    for c in message.chars() {
+        if in_path {
+            if ENDS_AT.contains(c) {
+                in_path = false;
+                out.push(c);
+            }
+        } else if c == '/' && prev.is_none_or(|p| STARTS_AFTER.contains(p)) {
+            in_path = true;
+            out.push_str("[file]");
+        } else {
+            out.push(c);
+        }
+        prev = Some(c);
+    }
+    out
+}
+
 /// Replaces every configured file path in `message` so that errors never reveal them.
 pub fn scrub(snap: &Snapshot, message: &str) -> String {
     let mut out = message.to_string();
@@ -252,4 +279,25 @@ pub fn scrub(snap: &Snapshot, message: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scrub_absolute_paths;
+
+    #[test]
+    fn absolute_paths_are_scrubbed_wherever_they_start_a_word() {
+        // issue 17 item 8: a reload's error named the new configuration's files.
+        let message = "/etc/lensd/model_groups.json: groups[0] (`demo`): base_model_path \
+            '/opt/w/missing.gguf' does not exist; lens=/srv/l.safetensors, see (/a/b)";
+        let out = scrub_absolute_paths(message);
+        assert_eq!(
+            out,
+            "[file]: groups[0] (`demo`): base_model_path '[file]' does not exist; \
+             lens=[file], see ([file])"
+        );
+        // Slashes inside words are not paths.
+        let plain = "3 tokens/s, 1/2 of the budget, and/or a ratio";
+        assert_eq!(scrub_absolute_paths(plain), plain);
+    }
 }

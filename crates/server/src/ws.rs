@@ -1,6 +1,10 @@
 //! `/ws`: one session per connection. Messages are parsed into the protocol's types; a
 //! malformed or unknown one gets an `error` frame and the session goes on. Each connection is
 //! its own client for fairness, and closing it cancels its work.
+//!
+//! A session's output waits in a bounded queue. While the queue is full the session reads no
+//! more of its client's messages (each answer waits for room), and a client that reads nothing
+//! for `limits.ws_output_timeout` has its session closed, with a close frame saying why.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -9,7 +13,6 @@ use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use lensd_core::residency::Tier;
@@ -20,7 +23,7 @@ use tokio::sync::mpsc;
 use crate::api::v1::switch_to;
 use crate::api::v2::group_views;
 use crate::api::Who;
-use crate::auth::{Caller, Role};
+use crate::auth::Role;
 use crate::error::ApiError;
 use crate::protocol::{
     ClientMessage, EventFrame, LimitsView, QueueEntry, ServerMessage, PROTOCOL_VERSION,
@@ -32,6 +35,24 @@ use crate::views;
 /// Bytes read from a WebSocket at a time.
 const READ_BUFFER_BYTES: usize = 8 * 1024;
 
+/// Frames waiting for a slow client before the session stops reading its messages.
+pub const OUTPUT_FRAMES: usize = 64;
+
+/// The WebSocket library refuses messages this many times lensd's own limit (dropping the
+/// connection); up to there, lensd answers a too-large message with `payload_too_large` and
+/// the session goes on.
+const TRANSPORT_LIMIT_FACTOR: usize = 4;
+
+/// Holds one place in the WebSocket connection count, given back when dropped: when the
+/// session ends, and also when the upgrade never completes (the client went away first).
+struct Place(Shared);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Frames for the client, in order.
 enum Out {
     Message(ServerMessage),
@@ -40,32 +61,31 @@ enum Out {
 
 pub async fn upgrade(
     State(state): State<Shared>,
-    headers: HeaderMap,
+    who: Who,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    let presented = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let caller = state.keys.caller(presented)?;
     let open = state.connections.fetch_add(1, Ordering::SeqCst);
+    let place = Place(state.clone());
     if open >= state.limits.max_connections {
-        state.connections.fetch_sub(1, Ordering::SeqCst);
         return Err(ApiError::RateLimited(format!(
             "the server has {} WebSocket connections open, the most it allows; try again later",
             state.limits.max_connections
         )));
     }
-    let max = state.limits.max_message_bytes;
+    let transport = state
+        .limits
+        .max_message_bytes
+        .saturating_mul(TRANSPORT_LIMIT_FACTOR);
     Ok(ws
-        .max_message_size(max)
-        .max_frame_size(max)
+        .max_message_size(transport)
+        .max_frame_size(transport)
         // Client messages are small: an 8 KiB read buffer (larger messages still arrive whole)
         // instead of the default 128 KiB keeps an idle connection at about 21 KiB of server
         // memory rather than 140 KiB (`lensd bench-ws`).
         .read_buffer_size(READ_BUFFER_BYTES)
         .on_upgrade(move |socket| async move {
-            session(state.clone(), socket, caller).await;
-            state.connections.fetch_sub(1, Ordering::SeqCst);
+            session(state, socket, who).await;
+            drop(place);
         }))
 }
 
@@ -73,32 +93,65 @@ struct Session {
     state: Shared,
     who: Who,
     session: String,
-    out: mpsc::UnboundedSender<Out>,
+    out: mpsc::Sender<Out>,
     requests: HashMap<String, Arc<Tracked>>,
 }
 
-async fn session(state: Shared, socket: WebSocket, caller: Caller) {
-    let n = state.next_connection.fetch_add(1, Ordering::SeqCst) + 1;
-    let session_id = format!("ws-{n}");
-    let (mut sink, mut stream) = socket.split();
-    let (out, mut out_rx) = mpsc::unbounded_channel::<Out>();
-    let writer = tokio::spawn(async move {
-        while let Some(frame) = out_rx.recv().await {
-            let text = match &frame {
-                Out::Message(m) => serde_json::to_string(m),
-                Out::Event(e) => serde_json::to_string(e),
-            };
-            let Ok(text) = text else { continue };
-            if sink.send(Message::Text(text.into())).await.is_err() {
-                break;
+/// Writes the session's frames to the client in order. A frame the client does not take within
+/// `stall` ends the session: the queue is let go (so the session notices), and a close frame
+/// says why, if the client is still there to read it.
+async fn write(
+    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    mut frames: mpsc::Receiver<Out>,
+    stall: Duration,
+    session: String,
+) {
+    while let Some(frame) = frames.recv().await {
+        let text = match &frame {
+            Out::Message(m) => serde_json::to_string(m),
+            Out::Event(e) => serde_json::to_string(e),
+        };
+        let Ok(text) = text else { continue };
+        match tokio::time::timeout(stall, sink.send(Message::Text(text.into()))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => break,
+            Err(_) => {
+                drop(frames);
+                let why = format!(
+                    "the client read none of its messages for {} s while {OUTPUT_FRAMES} more \
+                     waited",
+                    stall.as_secs_f64()
+                );
+                tracing::info!(%session, %why, "closing a session that does not read");
+                metrics::counter!(crate::metrics::WS_STALLED).increment(1);
+                let close = Message::Close(Some(axum::extract::ws::CloseFrame {
+                    // 1008: policy violation.
+                    code: 1008,
+                    reason: why.into(),
+                }));
+                let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(close)).await;
+                return;
             }
         }
-        let _ = sink.close().await;
-    });
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+}
+
+async fn session(state: Shared, socket: WebSocket, who: Who) {
+    let n = state.next_connection.fetch_add(1, Ordering::SeqCst) + 1;
+    let session_id = format!("ws-{n}");
+    let (sink, mut stream) = socket.split();
+    let (out, out_rx) = mpsc::channel::<Out>(OUTPUT_FRAMES);
+    let writer = tokio::spawn(write(
+        sink,
+        out_rx,
+        state.limits.ws_output_timeout,
+        session_id.clone(),
+    ));
     let mut s = Session {
         who: Who {
-            caller,
             client: session_id.clone(),
+            ..who
         },
         session: session_id.clone(),
         state: state.clone(),
@@ -117,26 +170,42 @@ async fn session(state: Shared, socket: WebSocket, caller: Caller) {
             requests_per_minute: state.limits.requests_per_minute,
         },
         current_model: None,
-    });
+    })
+    .await;
     let mut shutdown = state.shutdown.subscribe();
     let mut told = false;
     let mut broadcast = state.broadcast.subscribe();
+    let transport = state
+        .limits
+        .max_message_bytes
+        .saturating_mul(TRANSPORT_LIMIT_FACTOR);
+    let stalled = s.out.clone();
     loop {
         tokio::select! {
+            // The writer gave up on a client that does not read.
+            _ = stalled.closed() => break,
             msg = broadcast.recv() => {
                 // A client that fell behind just misses a notice; the next one tells the same.
                 if let Ok(m) = msg {
-                    s.send(m);
+                    s.send(m).await;
                 }
             }
             frame = stream.next() => match frame {
                 Some(Ok(Message::Text(text))) => s.handle(text.as_str()).await,
-                Some(Ok(Message::Binary(_))) => s.error(ApiError::BadRequest("binary frames are not part of the protocol; send JSON text".into()), None),
+                Some(Ok(Message::Binary(_))) => s.error(ApiError::BadRequest("binary frames are not part of the protocol; send JSON text".into()), None).await,
                 Some(Ok(Message::Close(_))) | None => break,
                 Some(Ok(_)) => {}
-                // Oversized or broken frames end the connection at the transport level.
+                // Broken frames, and messages past even the transport's limit, end the
+                // connection; the client hears why first where it can.
                 Some(Err(e)) => {
                     tracing::debug!(session = %s.session, %e, "websocket closed");
+                    if e.to_string().contains("too long") {
+                        s.error(ApiError::TooLarge(format!(
+                            "the message is larger than {transport} bytes (the limit is {} bytes); \
+                             the connection is closed",
+                            state.limits.max_message_bytes
+                        )), None).await;
+                    }
                     break;
                 }
             },
@@ -145,7 +214,7 @@ async fn session(state: Shared, socket: WebSocket, caller: Caller) {
                 // Both phases may pass before this session looks: tell the client once either way.
                 if phase != Phase::Serving && !told {
                     told = true;
-                    s.send(ServerMessage::ServerShutdown { grace_seconds: state.limits.shutdown_grace.as_secs() });
+                    s.send(ServerMessage::ServerShutdown { grace_seconds: state.limits.shutdown_grace.as_secs() }).await;
                 }
                 if changed.is_err() || phase == Phase::Closing {
                     break;
@@ -166,18 +235,21 @@ async fn session(state: Shared, socket: WebSocket, caller: Caller) {
 }
 
 impl Session {
-    fn send(&self, m: ServerMessage) {
-        let _ = self.out.send(Out::Message(m));
+    /// Queues `m` for the client, waiting while its queue is full (the writer ends the session
+    /// if that lasts).
+    async fn send(&self, m: ServerMessage) {
+        let _ = self.out.send(Out::Message(m)).await;
     }
 
-    fn error(&self, e: ApiError, request_id: Option<String>) {
+    async fn error(&self, e: ApiError, request_id: Option<String>) {
         let body = e.body();
         let message = views::scrub(&self.state.snapshot(), &body.message);
         self.send(ServerMessage::Error {
             error_type: body.error_type,
             message,
             request_id,
-        });
+        })
+        .await;
     }
 
     async fn handle(&mut self, text: &str) {
@@ -187,7 +259,7 @@ impl Session {
                 "the message has {} bytes; the limit is {limit}",
                 text.len()
             ));
-            self.error(e, None);
+            self.error(e, None).await;
             return;
         }
         let msg: ClientMessage = match serde_json::from_str(text) {
@@ -200,12 +272,12 @@ impl Session {
                     Some(t) => format!("message `{t}`: {e}"),
                     None => format!("the frame is not a protocol message: {e}"),
                 };
-                self.error(ApiError::BadRequest(what), None);
+                self.error(ApiError::BadRequest(what), None).await;
                 return;
             }
         };
         if let Err(e) = self.dispatch(msg).await {
-            self.error(e, None);
+            self.error(e, None).await;
         }
     }
 
@@ -213,7 +285,14 @@ impl Session {
         let state = self.state.clone();
         match msg {
             ClientMessage::Auth { key } => {
-                self.who.caller = state.keys.caller(Some(&key))?;
+                let addr = self.who.addr;
+                let caller = state
+                    .auth
+                    .check(addr.map(|a| a.ip()), || state.keys.holder(&key))?;
+                self.who = Who {
+                    client: self.session.clone(),
+                    ..Who::new(caller, addr)
+                };
                 self.send(ServerMessage::ConnectionEstablished {
                     session: self.session.clone(),
                     role: self.who.caller.role,
@@ -226,15 +305,17 @@ impl Session {
                         requests_per_minute: state.limits.requests_per_minute,
                     },
                     current_model: state.default_model(&self.who.client),
-                });
+                })
+                .await;
             }
-            ClientMessage::ListModelGroups => {
+            ClientMessage::ListModelGroups {} => {
                 let current = state.default_model(&self.who.client);
                 let groups = group_views(&state, &self.who, current.as_deref()).await;
                 self.send(ServerMessage::ModelGroupsList {
                     groups,
                     current_model: current,
-                });
+                })
+                .await;
             }
             ClientMessage::SwitchModel { model_id } => self.switch(&model_id, false).await?,
             ClientMessage::SwitchModelGrouped {
@@ -243,12 +324,11 @@ impl Session {
                 preload,
             } => {
                 if let Some(g) = group_id {
+                    // A model the caller may not see is unknown, whatever group is named.
                     let snap = state.snapshot();
-                    let in_group = snap
-                        .config
-                        .model(&model_id)
-                        .is_some_and(|(grp, _)| grp.id == g);
-                    if !in_group {
+                    let (group, _) = views::find(&snap, self.who.caller.role, &model_id)
+                        .ok_or_else(|| ApiError::UnknownModel(model_id.clone()))?;
+                    if group.id != g {
                         return Err(ApiError::BadRequest(format!(
                             "model `{model_id}` is not in group `{g}`"
                         )));
@@ -292,7 +372,8 @@ impl Session {
                     bytes_done: None,
                     bytes_total: None,
                     message: Some(format!("{} moved, {} kept", r.moved.len(), r.kept.len())),
-                });
+                })
+                .await;
             }
             ClientMessage::GetModelInfo { model_id } => {
                 let snap = state.snapshot();
@@ -307,7 +388,8 @@ impl Session {
                         m,
                         state.load_bytes_per_ms.load(Ordering::Relaxed),
                     ),
-                });
+                })
+                .await;
             }
             ClientMessage::Analyze(req) => {
                 let work = req.work(req.given()?)?;
@@ -328,7 +410,7 @@ impl Session {
                 let gen = self
                     .submit(work, generate.deadline_ms, generate.client_tag.clone())
                     .await?;
-                let request = tracker::chained(&state, &self.who.caller, &gen)?;
+                let request = tracker::chained(&state, &self.who, &gen)?;
                 let analyze = crate::protocol::AnalyzeRequest {
                     models: if models.is_empty() {
                         generate.model_id.clone().into_iter().collect()
@@ -356,12 +438,12 @@ impl Session {
                     )));
                 }
             }
-            ClientMessage::Interrupt => {
+            ClientMessage::Interrupt {} => {
                 for t in self.requests.values() {
                     state.scheduler.cancel(t.internal).await;
                 }
             }
-            ClientMessage::Status => self.queue_update(),
+            ClientMessage::Status {} => self.queue_update().await,
         }
         Ok(())
     }
@@ -373,7 +455,8 @@ impl Session {
             group_id: r.group_id,
             fast_switch: r.fast_switch,
             preloading: r.preloading,
-        });
+        })
+        .await;
         Ok(())
     }
 
@@ -391,16 +474,20 @@ impl Session {
                            done: Option<u64>,
                            total: Option<u64>,
                            message: Option<String>| {
-            let _ = out.send(Out::Message(ServerMessage::GroupSwitchStatus {
+            let frame = Out::Message(ServerMessage::GroupSwitchStatus {
                 group_id: group_id.clone(),
                 status: status.into(),
                 resource,
                 bytes_done: done,
                 bytes_total: total,
                 message,
-            }));
+            });
+            let out = out.clone();
+            async move {
+                let _ = out.send(frame).await;
+            }
         };
-        status("preloading", None, None, None, None);
+        status("preloading", None, None, None, None).await;
         tokio::spawn(async move {
             while let Some(ev) = events.recv().await {
                 match ev {
@@ -414,10 +501,11 @@ impl Session {
                         Some(bytes_done),
                         Some(bytes_total),
                         None,
-                    ),
+                    )
+                    .await,
                     PreloadEvent::Ready { .. } => {}
                     PreloadEvent::Done { .. } => {
-                        status("preloaded", None, None, None, None);
+                        status("preloaded", None, None, None, None).await;
                         break;
                     }
                     PreloadEvent::Failed { error, .. } => {
@@ -427,7 +515,8 @@ impl Session {
                             None,
                             None,
                             Some(views::scrub(&snap, &error)),
-                        );
+                        )
+                        .await;
                         break;
                     }
                 }
@@ -445,8 +534,7 @@ impl Session {
     ) -> Result<String, ApiError> {
         let t = tracker::submit(
             &self.state,
-            &self.who.caller,
-            &self.who.client,
+            &self.who,
             work,
             deadline_ms.map(Duration::from_millis),
         )
@@ -455,24 +543,26 @@ impl Session {
             request_id: t.id.clone(),
             kind: t.kind.into(),
             client_tag: tag,
-        });
+        })
+        .await;
         self.requests.insert(t.id.clone(), t.clone());
         let (past, mut rx) = t.subscribe();
         let out = self.out.clone();
         let id = t.id.clone();
         tokio::spawn(async move {
-            let forward = |ev: RequestEvent| {
-                out.send(Out::Event(EventFrame {
+            let frame = |ev: RequestEvent| {
+                Out::Event(EventFrame {
                     request_id: id.clone(),
                     event: ev,
-                }))
-                .is_ok()
+                })
             };
             for ev in past {
-                forward(ev);
+                if out.send(frame(ev)).await.is_err() {
+                    return;
+                }
             }
             while let Some(ev) = rx.recv().await {
-                if !forward(ev) {
+                if out.send(frame(ev)).await.is_err() {
                     break;
                 }
             }
@@ -481,7 +571,7 @@ impl Session {
     }
 
     /// This connection's unfinished requests with their places.
-    fn queue_update(&self) {
+    async fn queue_update(&self) {
         let requests = self
             .requests
             .values()
@@ -501,7 +591,7 @@ impl Session {
                 _ => None,
             })
             .collect();
-        self.send(ServerMessage::QueueUpdate { requests });
+        self.send(ServerMessage::QueueUpdate { requests }).await;
     }
 }
 

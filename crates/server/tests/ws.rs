@@ -456,3 +456,171 @@ async fn every_client_hears_when_another_clients_request_loads_weights() {
         .unwrap();
     assert_eq!(public["base_tier"], "device", "{public}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hidden_and_unknown_models_answer_alike_when_switching_by_group() {
+    // issue 17 item 4: a hidden model of a public group answered `unknown_model`, a model that
+    // does not exist `bad_request "… is not in group …"`.
+    let s = server();
+    let (url, _stop) = listen(s.state.clone()).await;
+    let mut ws = connect(&url, None).await;
+    recv(&mut ws).await;
+    for (model, group) in [
+        ("hid", "public"),
+        ("hid", "hidden"),
+        ("be", "public"),
+        ("be", "backend"),
+        ("does-not-exist", "public"),
+        ("does-not-exist", "hidden"),
+    ] {
+        send(
+            &mut ws,
+            json!({"type": "switch_model_grouped", "model_id": model, "group_id": group}),
+        )
+        .await;
+        let e = recv(&mut ws).await;
+        assert_eq!(e["error_type"], "unknown_model", "{model} in {group}: {e}");
+        assert_eq!(e["message"], format!("unknown model `{model}`"), "{e}");
+    }
+    // A visible model named with a group it is not in is the caller's mistake, said plainly.
+    send(
+        &mut ws,
+        json!({"type": "switch_model_grouped", "model_id": "pub-logit", "group_id": "nope"}),
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await["error_type"], "bad_request");
+    // An admin sees the hidden model and switches to it.
+    let mut admin = connect(&url, Some(ADMIN)).await;
+    recv(&mut admin).await;
+    send(
+        &mut admin,
+        json!({"type": "switch_model_grouped", "model_id": "hid", "group_id": "hidden"}),
+    )
+    .await;
+    assert_eq!(recv(&mut admin).await["type"], "model_switched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn field_less_messages_refuse_unknown_fields_and_cancel_nothing() {
+    // issue 17 item 6: `{"type": "interrupt", "request_id": …}` was accepted and cancelled all
+    // of the connection's work.
+    let engine = FakeEngine::new(true);
+    engine.set_compute_costs(Duration::from_millis(5), Duration::ZERO);
+    let s = server_with(Limits::default(), QueueConfig::default(), engine);
+    let (url, _stop) = listen(s.state.clone()).await;
+    let mut ws = connect(&url, None).await;
+    recv(&mut ws).await;
+    let text = (0..40).map(|i| format!("w{i}")).collect::<Vec<_>>().join(" ");
+    send(
+        &mut ws,
+        json!({"type": "analyze", "model_id": "pub-logit", "text": text}),
+    )
+    .await;
+    let accepted = until(&mut ws, "accepted").await.pop().unwrap();
+    let id = accepted["request_id"].as_str().unwrap().to_string();
+    for frame in [
+        json!({"type": "interrupt", "request_id": id}),
+        json!({"type": "status", "verbose": true}),
+        json!({"type": "list_model_groups", "refresh": true}),
+    ] {
+        send(&mut ws, frame.clone()).await;
+        let e = until(&mut ws, "error").await.pop().unwrap();
+        assert_eq!(e["error_type"], "bad_request", "{frame}: {e}");
+        let field = frame.as_object().unwrap().keys().find(|k| *k != "type").unwrap().clone();
+        assert!(e["message"].as_str().unwrap().contains(&field), "{frame}: {e}");
+    }
+    // The analysis was not cancelled.
+    let events = request_events(&mut ws, &id).await;
+    assert_eq!(events.last().unwrap()["type"], "completed");
+    // The plain forms still work.
+    send(&mut ws, json!({"type": "status"})).await;
+    until(&mut ws, "queue_update").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_size_limit_is_answered_payload_too_large() {
+    // issue 17 item 9: the WebSocket library dropped the connection before lensd's own check.
+    let s = server_with(
+        Limits {
+            max_message_bytes: 4096,
+            ..Limits::default()
+        },
+        QueueConfig::default(),
+        FakeEngine::new(true),
+    );
+    let (url, _stop) = listen(s.state.clone()).await;
+    let mut ws = connect(&url, None).await;
+    recv(&mut ws).await;
+    let text = "a".repeat(5000);
+    send(&mut ws, json!({"type": "analyze", "model_id": "pub-logit", "text": text})).await;
+    let e = recv(&mut ws).await;
+    assert_eq!(e["error_type"], "payload_too_large", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("4096"), "{e}");
+    // The session goes on.
+    send(&mut ws, json!({"type": "list_model_groups"})).await;
+    assert_eq!(recv(&mut ws).await["type"], "model_groups_list");
+    // Far past the limit the connection ends, and the client hears why first.
+    let huge = "a".repeat(4096 * 4 + 100);
+    let _ = ws.send(Message::Text(huge.into())).await;
+    let e = recv(&mut ws).await;
+    assert_eq!(e["error_type"], "payload_too_large", "{e}");
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(m)) = ws.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the connection closes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_never_reads_stops_being_read_and_is_closed() {
+    // issue 17 item 2: one connection sending `list_model_groups` and never reading grew the
+    // server's memory without bound (an unbounded output queue, and input read on regardless).
+    let s = server_with(
+        Limits {
+            ws_output_timeout: Duration::from_secs(1),
+            ..Limits::default()
+        },
+        QueueConfig::default(),
+        FakeEngine::new(true),
+    );
+    let (url, _stop) = listen(s.state.clone()).await;
+    let ws = connect(&url, None).await;
+    let (mut sink, mut stream) = ws.split();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = sent.clone();
+    let all = 200_000;
+    let writer = tokio::spawn(async move {
+        let frame = json!({"type": "list_model_groups"}).to_string();
+        for _ in 0..all {
+            if sink.send(Message::Text(frame.clone().into())).await.is_err() {
+                break;
+            }
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    // The server stops reading once the session's output is full, so the client cannot send
+    // everything; then it closes the session.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while s.state.connections.load(std::sync::atomic::Ordering::SeqCst) != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the session was not closed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
+    let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(sent < all, "the server read all {all} messages of a client that never read");
+    // What reached the client ends with the reason, where it could still be sent.
+    let mut closed_with = None;
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
+        if let Message::Close(frame) = m {
+            closed_with = frame.map(|f| f.reason.to_string());
+            break;
+        }
+    }
+    if let Some(reason) = closed_with {
+        assert!(reason.contains("read none of its messages"), "{reason}");
+    }
+}

@@ -203,6 +203,31 @@ mod tests {
     }
 
     #[test]
+    fn a_pipe_is_refused_naming_it_without_waiting_for_a_writer() {
+        // issue 17 item 10: opening a FIFO for reading waits for a writer for ever.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.gguf");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let (done, result) = std::sync::mpsc::channel();
+        let p = path.clone();
+        std::thread::spawn(move || {
+            let _ = done.send(read_whole(&p, &mut |_, _| {}).map(|_| ()));
+        });
+        let result = result
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("refused at once, not left waiting for a writer");
+        let m = result.expect_err("a pipe is no weights file").to_string();
+        assert!(
+            m.contains(&path.display().to_string()) && m.contains("named pipe"),
+            "{m}"
+        );
+    }
+
+    #[test]
     fn a_missing_file_is_an_error_naming_it() {
         let Err(e) = read_whole(Path::new("/nonexistent/w.gguf"), &mut |_, _| {}) else {
             panic!("a missing file reads")

@@ -111,6 +111,7 @@ pub(crate) enum Command {
     },
     Cancel {
         id: RequestId,
+        reason: String,
         reply: oneshot::Sender<bool>,
     },
     CancelClient {
@@ -217,11 +218,15 @@ impl Actor {
                         }
                     }
                 }
-                let deadline_ms = deadline.map(|d| now + d.as_millis() as u64);
+                // A deadline too far to count in milliseconds is no deadline in practice; it
+                // must never wrap round to the past.
+                let deadline_ms = deadline.map(|d| {
+                    now.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                });
                 let _ = reply.send(self.state.submit(client, work, deadline_ms, now));
             }
-            Command::Cancel { id, reply } => {
-                let _ = reply.send(self.state.cancel(id, "cancelled by the client", now));
+            Command::Cancel { id, reason, reply } => {
+                let _ = reply.send(self.state.cancel(id, &reason, now));
             }
             Command::CancelClient { client, reply } => {
                 self.defaults.remove(&client);
@@ -337,9 +342,16 @@ impl Scheduler {
         .unwrap_or(Err(SubmitError::Stopped))
     }
 
-    /// Cancels a request; false when it is unknown or already over.
+    /// Cancels a request at its client's wish; false when it is unknown or already over.
     pub async fn cancel(&self, id: RequestId) -> bool {
-        self.ask(|reply| Command::Cancel { id, reply })
+        self.cancel_because(id, "cancelled by the client").await
+    }
+
+    /// Cancels a request, telling its client `reason`; false when it is unknown or already
+    /// over.
+    pub async fn cancel_because(&self, id: RequestId, reason: &str) -> bool {
+        let reason = reason.to_string();
+        self.ask(|reply| Command::Cancel { id, reason, reply })
             .await
             .unwrap_or(false)
     }

@@ -17,10 +17,57 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::state::Shared;
 
-/// The caller of a request and the client it counts as (its key's name, else its address).
+/// The caller of a request, the client it counts as for fairness (its key's name, else its
+/// address; a WebSocket session is a client of its own), and the owner of what it submits
+/// (its key's name, else `ip:` and its address).
 pub struct Who {
     pub caller: Caller,
     pub client: String,
+    pub owner: String,
+    /// Where the caller connects from (none for calls made inside the process).
+    pub addr: Option<SocketAddr>,
+}
+
+impl Who {
+    /// `caller` connecting from `addr`.
+    pub fn new(caller: Caller, addr: Option<SocketAddr>) -> Who {
+        let place = match addr {
+            Some(a) => format!("ip:{}", a.ip()),
+            None => "local".to_string(),
+        };
+        let (client, owner) = if caller.label.is_empty() {
+            let owner = match addr {
+                Some(a) => format!("{}{}", crate::auth::ANONYMOUS_OWNER, a.ip()),
+                None => crate::auth::ANONYMOUS_OWNER.to_string(),
+            };
+            (place, owner)
+        } else {
+            (format!("key:{}", caller.label), caller.label.clone())
+        };
+        Who {
+            caller,
+            client,
+            owner,
+            addr,
+        }
+    }
+}
+
+/// The caller behind `headers`, from `addr`, with the throttle on failed authentication.
+pub fn authenticate(
+    state: &Shared,
+    headers: &axum::http::HeaderMap,
+    addr: Option<SocketAddr>,
+) -> Result<Caller, ApiError> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    if presented.is_none() {
+        return Ok(Caller::anonymous());
+    }
+    state
+        .auth
+        .check(addr.map(|a| a.ip()), || state.keys.caller(presented))
 }
 
 impl FromRequestParts<Shared> for Who {
@@ -30,20 +77,12 @@ impl FromRequestParts<Shared> for Who {
         parts: &mut Parts,
         state: &Shared,
     ) -> Result<Self, Self::Rejection> {
-        let presented = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let caller = state.keys.caller(presented)?;
-        let client = if caller.label.is_empty() {
-            match parts.extensions.get::<ConnectInfo<SocketAddr>>() {
-                Some(ConnectInfo(addr)) => format!("ip:{}", addr.ip()),
-                None => "local".to_string(),
-            }
-        } else {
-            format!("key:{}", caller.label)
-        };
-        Ok(Who { caller, client })
+        let addr = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(a)| *a);
+        let caller = authenticate(state, &parts.headers, addr)?;
+        Ok(Who::new(caller, addr))
     }
 }
 

@@ -81,6 +81,7 @@ pub async fn metrics(State(state): State<Shared>) -> ApiResult<Response> {
     }
     metrics::gauge!(m::CONNECTIONS)
         .set(state.connections.load(std::sync::atomic::Ordering::Relaxed) as f64);
+    metrics::gauge!(m::HTTP_CONNECTIONS).set(state.http.open() as f64);
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         handle.render(),

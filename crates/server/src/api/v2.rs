@@ -364,7 +364,7 @@ pub async fn analyze(
             ))
         }
         Some(serde_json::Value::String(id)) => Text::Generated {
-            request: tracker::chained(&state, &who.caller, &id)?,
+            request: tracker::chained(&state, &who, &id)?,
         },
         Some(_) => return Err(ApiError::BadRequest("`after` must be a request id".into())),
         None => req.given()?,
@@ -372,8 +372,7 @@ pub async fn analyze(
     let work = req.work(text)?;
     let t = tracker::submit(
         &state,
-        &who.caller,
-        &who.client,
+        &who,
         work,
         req.deadline_ms.map(Duration::from_millis),
     )
@@ -393,8 +392,7 @@ pub async fn generate(
     let work = req.work()?;
     let t = tracker::submit(
         &state,
-        &who.caller,
-        &who.client,
+        &who,
         work,
         req.deadline_ms.map(Duration::from_millis),
     )
@@ -417,7 +415,7 @@ pub struct RequestView {
 
 fn may_see(t: &Tracked, who: &Who) -> bool {
     who.caller.role == Role::Admin
-        || t.owner == who.caller.label && (t.client == who.client || !who.caller.label.is_empty())
+        || t.owner == who.owner
 }
 
 /// A request's status, and its result once completed (also after a restart).
@@ -453,16 +451,9 @@ pub async fn request(
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let r = stored
-        .filter(|r| who.caller.role == Role::Admin || r.client == who.caller.label)
+        .filter(|r| who.caller.role == Role::Admin || r.client == who.owner)
         .ok_or_else(|| ApiError::NotFound(format!("no request `{id}`")))?;
-    let status = match r.outcome.as_str() {
-        "completed" => Status::Completed,
-        "cancelled" => Status::Cancelled { partial: false },
-        _ => Status::Error {
-            error_type: "error".into(),
-            message: r.error.clone().unwrap_or_default(),
-        },
-    };
+    let status = crate::tracker::stored_status(&r);
     Ok(Json(RequestView {
         request_id: r.id,
         kind: r.kind,
@@ -549,7 +540,12 @@ pub async fn reload(State(state): State<Shared>, who: Who) -> ApiResult<Json<Rel
     let (snapshot, diff) = control
         .reload()
         .await
-        .map_err(|e| ApiError::BadRequest(views::scrub(&state.snapshot(), &e)))?;
+        // The paths of the configuration that failed are not the running one's: scrub every
+        // absolute path.
+        .map_err(|e| {
+            let known = views::scrub(&state.snapshot(), &e);
+            ApiError::BadRequest(views::scrub_absolute_paths(&known))
+        })?;
     state
         .scheduler
         .set_registry(snapshot.registry.clone())
