@@ -155,7 +155,7 @@ fn read_tokenizer_config(dir: &Path) -> Result<Option<serde_json::Value>> {
     if !p.exists() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&p).map_err(|e| EngineError::io(&p, e))?;
+    let text = lensd_core::files::read_to_string(&p).map_err(|e| EngineError::io(&p, e))?;
     serde_json::from_str(&text)
         .map(Some)
         .map_err(|e| EngineError::format(&p, format!("invalid JSON: {e}")))

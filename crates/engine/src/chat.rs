@@ -111,12 +111,13 @@ impl ChatTemplate {
             Ok(text) => Ok(text),
             Err(Failure::Limit(e)) => Err(e),
             Err(Failure::Other(first)) => match fold_system(messages) {
-                Some(folded) => self
-                    .render_as_is(&folded, add_generation_prompt)
-                    .map_err(|second| match second {
-                        Failure::Limit(e) => e,
-                        Failure::Other(_) => first,
-                    }),
+                Some(folded) => {
+                    self.render_as_is(&folded, add_generation_prompt)
+                        .map_err(|second| match second {
+                            Failure::Limit(e) => e,
+                            Failure::Other(_) => first,
+                        })
+                }
                 None => Err(first),
             },
         }
@@ -156,7 +157,9 @@ impl ChatTemplate {
                     Some(why) => Failure::Limit(EngineError::Template(format!(
                         "{} was stopped{}: {why}",
                         self.origin,
-                        e.line().map(|l| format!(" at line {l}")).unwrap_or_default()
+                        e.line()
+                            .map(|l| format!(" at line {l}"))
+                            .unwrap_or_default()
                     ))),
                     None => Failure::Other(EngineError::Template(format!(
                         "rendering {} failed: {e}",
@@ -485,8 +488,13 @@ mod limit_tests {
     use super::*;
 
     fn refusal(src: &str, messages: &[Message]) -> String {
-        let t = ChatTemplate::named("`tokenizer.chat_template` of m.gguf", src, "".into(), "".into())
-            .unwrap();
+        let t = ChatTemplate::named(
+            "`tokenizer.chat_template` of m.gguf",
+            src,
+            "".into(),
+            "".into(),
+        )
+        .unwrap();
         let err = t.render(messages, true).unwrap_err().to_string();
         assert!(err.contains("`tokenizer.chat_template` of m.gguf"), "{err}");
         err
@@ -511,7 +519,10 @@ mod limit_tests {
     #[test]
     fn a_range_of_a_billion_numbers_is_refused_naming_the_limit() {
         let err = refusal("{% for i in range(10**9) %}x{% endfor %}", &one_turn());
-        assert!(err.contains(&format!("at most {MAX_ITEMS} numbers")), "{err}");
+        assert!(
+            err.contains(&format!("at most {MAX_ITEMS} numbers")),
+            "{err}"
+        );
         assert!(err.contains("1000000000"), "{err}");
         // Within the limit, range is minijinja's.
         let t = ChatTemplate::new("{{ range(1, 10, 3) | list }}", "".into(), "".into()).unwrap();
@@ -520,7 +531,8 @@ mod limit_tests {
 
     #[test]
     fn a_loop_without_end_runs_out_of_fuel() {
-        let src = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}";
+        let src =
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}";
         let err = refusal(src, &one_turn());
         let fuel = Budget::for_conversation(&one_turn()).fuel;
         assert!(err.contains("ran out of fuel"), "{err}");
@@ -534,7 +546,10 @@ mod limit_tests {
         let src = "{% macro f(n) %}{% if n >= 0 %}{% for k in [n] %}{% with x = k %}\
             {{ f(x + 1) }}{% endwith %}{% endfor %}{% endif %}{% endmacro %}{{ f(0) }}";
         let err = on_small_stack(move || refusal(src, &one_turn()));
-        assert!(err.contains(&format!("recursion limit of {RECURSION_LIMIT}")), "{err}");
+        assert!(
+            err.contains(&format!("recursion limit of {RECURSION_LIMIT}")),
+            "{err}"
+        );
         // A bounded recursion well within the limit (a level counts about 7) renders, on the
         // same stack.
         let depth = 20;
@@ -554,7 +569,10 @@ mod limit_tests {
     fn huge_strings_are_refused_naming_the_limit() {
         // Past minijinja's own limit on repetition.
         let err = refusal("{{ 'a' * 10**9 }}", &one_turn());
-        assert!(err.contains(&format!("at most {MAX_REPEATED_STRING} bytes")), "{err}");
+        assert!(
+            err.contains(&format!("at most {MAX_REPEATED_STRING} bytes")),
+            "{err}"
+        );
         // Within it, but more than a rendering may write.
         let err = refusal("{{ 'ab' * 3000000 }}", &one_turn());
         let limit = Budget::for_conversation(&one_turn()).output_bytes;
@@ -566,13 +584,19 @@ mod limit_tests {
         for (src, needle) in [
             ("{{ 'a\nb' | indent(10**12) }}", "the width of `indent`"),
             ("{{ 'a' | indent(width=10**12) }}", "the width of `indent`"),
-            ("{{ ('\n' * 10**7) | indent(100) }}", "`indent` may make at most"),
+            (
+                "{{ ('\n' * 10**7) | indent(100) }}",
+                "`indent` may make at most",
+            ),
             ("{{ [1] | batch(10**12) }}", "the count of `batch`"),
             ("{{ [1] | slice(10**12) }}", "the count of `slice`"),
             ("{{ '%99999999999d' | format(1) }}", "format string"),
             ("{{ '%(x)5000.2f' | format(x=1) }}", "format string"),
             ("{{ '{:>99999999999}'.format(1) }}", "format string"),
-            ("{{ messages | tojson(indent=10**9) }}", "the indent of `tojson`"),
+            (
+                "{{ messages | tojson(indent=10**9) }}",
+                "the indent of `tojson`",
+            ),
         ] {
             let err = refusal(src, &one_turn());
             assert!(err.contains(needle), "{src}: {err}");
@@ -596,7 +620,10 @@ mod limit_tests {
         // by a limit is not (that would double the time a bad template takes).
         let src = "{% if messages[0].role == 'system' %}{% for i in range(100000) %}\
             {% for j in range(100000) %}{% endfor %}{% endfor %}{% endif %}ok";
-        let err = refusal(src, &[Message::new("system", "s"), Message::new("user", "u")]);
+        let err = refusal(
+            src,
+            &[Message::new("system", "s"), Message::new("user", "u")],
+        );
         assert!(err.contains("ran out of fuel"), "{err}");
     }
 

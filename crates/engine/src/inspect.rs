@@ -126,6 +126,10 @@ pub fn inspect(path: &Path) -> Result<InspectReport> {
     // A Hugging Face hub id (`owner/name[@revision]`) reads its snapshot in the local cache.
     let path = &crate::hub::locate(path)?;
     let meta = std::fs::metadata(path).map_err(|e| EngineError::io(path, e))?;
+    if !meta.is_dir() {
+        // Says what a pipe or device is, instead of waiting on it or calling it no model.
+        lensd_core::files::open(path).map_err(|e| EngineError::io(path, e))?;
+    }
     if meta.is_dir() {
         inspect_hf(path)
     } else if gguf::is_gguf(path) {
@@ -180,7 +184,7 @@ fn inspect_hf(dir: &Path) -> Result<InspectReport> {
         .join("tokenizer.json")
         .is_file()
         .then(|| "tokenizer.json".to_string());
-    let chat_template = std::fs::read_to_string(dir.join("tokenizer_config.json"))
+    let chat_template = lensd_core::files::read_to_string(&dir.join("tokenizer_config.json"))
         .map(|t| t.contains("\"chat_template\""))
         .unwrap_or(false);
     let architecture = match &config {

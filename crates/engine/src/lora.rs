@@ -131,8 +131,8 @@ impl Adapter {
     /// checked against each other here and against a base by [`Adapter::check`].
     pub fn open(dir: &Path) -> Result<Adapter> {
         let config_path = dir.join("adapter_config.json");
-        let text =
-            std::fs::read_to_string(&config_path).map_err(|e| EngineError::io(&config_path, e))?;
+        let text = lensd_core::files::read_to_string(&config_path)
+            .map_err(|e| EngineError::io(&config_path, e))?;
         let pc: PeftConfig = serde_json::from_str(&text).map_err(|e| {
             EngineError::format(&config_path, format!("invalid adapter config: {e}"))
         })?;

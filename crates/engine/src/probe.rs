@@ -65,6 +65,10 @@ impl FileProbe {
                 EngineError::io(path, e)
             }
         })?;
+        if !meta.is_dir() {
+            // Says what a pipe or device is, instead of reading it as a model.
+            lensd_core::files::open(path).map_err(|e| EngineError::io(path, e))?;
+        }
         let (cfg, resident, files) = if meta.is_dir() {
             let ck = HfCheckpoint::open(path)?;
             if !path.join("tokenizer.json").is_file() {
@@ -155,8 +159,9 @@ impl FileProbe {
     }
 
     fn tuned(&self, dir: &Path) -> Result<LensFacts> {
-        // A missing folder is reported as missing, not as a file of the wrong kind.
-        fs::metadata(dir).map_err(|e| EngineError::io(dir, e))?;
+        // A missing folder is reported as missing, a pipe as a pipe, not as a file of the
+        // wrong kind.
+        lensd_core::files::folder(dir).map_err(|e| EngineError::io(dir, e))?;
         let cfg = TunedLens::read_config(dir)?;
         let cfg_path = dir.join("config.json");
         // The loader prefers params.safetensors when both exist; hash what it would read.
@@ -187,6 +192,7 @@ impl FileProbe {
     /// problem is best reported when the configuration is checked. Its LoRA donor, when the
     /// model names one, is part of the lens: its bytes count and its files are in the identity.
     fn talkative(&self, dir: &Path, donor: Option<&Path>) -> Result<LensFacts> {
+        lensd_core::files::folder(dir).map_err(|e| EngineError::io(dir, e))?;
         let lens = TalkativeLens::open(dir)?;
         let mut h = blake3::Hasher::new();
         for f in [talkative::MANIFEST, talkative::TENSORS] {
@@ -273,7 +279,7 @@ impl Probe for FileProbe {
 fn hash_file(path: &Path, len: u64) -> std::io::Result<blake3::Hash> {
     // Read in chunks, not mapped: a file truncated while it is hashed is then an error, not a
     // bus error.
-    let file = fs::File::open(path)?;
+    let file = lensd_core::files::open(path)?;
     let mut buf = vec![0u8; (8 << 20).min(len as usize).max(1)];
     let mut h = blake3::Hasher::new();
     let mut done = 0u64;

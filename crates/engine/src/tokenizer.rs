@@ -440,7 +440,7 @@ fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
     if !path.exists() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))?;
+    let text = lensd_core::files::read_to_string(path).map_err(|e| EngineError::io(path, e))?;
     serde_json::from_str(&text)
         .map(Some)
         .map_err(|e| EngineError::format(path, format!("invalid JSON: {e}")))

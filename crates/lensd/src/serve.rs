@@ -115,7 +115,9 @@ impl HttpArgs {
             }
         }
         if total == 0 || per_address == 0 {
-            anyhow::bail!("--max-http-connections and --max-connections-per-address must be at least 1");
+            anyhow::bail!(
+                "--max-http-connections and --max-connections-per-address must be at least 1"
+            );
         }
         limits.max_http_connections = total;
         limits.max_http_connections_per_address = per_address.min(total);

@@ -23,29 +23,29 @@ pub struct Checked {
     pub budgets: Budgets,
 }
 
-/// Parses `path` and, when the document is sound, checks the files it names (`None` when it is
-/// not). Relative paths in the file are resolved against its folder. The report lists every
-/// problem found; the config is fit to serve only when it has no errors.
+/// Parses `path` and, when its groups are sound, checks the files they name. Relative paths in
+/// the file are resolved against its folder. The report lists every problem found (an error in
+/// the settings does not hide those of the files); the config is returned, fit to serve, only
+/// when it has no errors.
 pub fn read_config(path: &Path, probe: &FileProbe) -> Result<(Option<Checked>, Report)> {
-    let text = std::fs::read_to_string(path)
+    let text = lensd_core::files::read_to_string(path)
         .with_context(|| format!("cannot read the config file {}", path.display()))?;
-    let (config, mut report) = config::parse(&text);
+    let (config, mut report) = config::parse_for_checking(&text);
     let Some(mut config) = config else {
         return Ok((None, report));
     };
+    let sound = !report.has_errors();
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
     config.resolve_paths(dir.unwrap_or(Path::new(".")));
     let budgets = budgets(&config.settings)?;
     let (checked, resolved) = config::check(&config, probe, budgets);
     report.extend(checked);
-    Ok((
-        Some(Checked {
-            config,
-            resolved,
-            budgets,
-        }),
-        report,
-    ))
+    let checked = Checked {
+        config,
+        resolved,
+        budgets,
+    };
+    Ok((sound.then_some(checked), report))
 }
 
 /// The configured budgets, falling back to shares of this machine's memory.

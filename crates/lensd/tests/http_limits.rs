@@ -106,8 +106,7 @@ async fn a_flood_of_partial_headers_under_a_low_descriptor_limit_is_survived() {
         let Ok(mut s) = connect_from(&from, &server.addr).await else {
             continue;
         };
-        if s
-            .write_all(b"GET /healthz HTTP/1.1\r\nHost: lensd\r\nX-Slow: ")
+        if s.write_all(b"GET /healthz HTTP/1.1\r\nHost: lensd\r\nX-Slow: ")
             .await
             .is_ok()
         {
@@ -135,7 +134,10 @@ async fn a_flood_of_partial_headers_under_a_low_descriptor_limit_is_survived() {
             open += 1;
         }
     }
-    assert_eq!(open, 0, "connections still open 10 s after the header timeout");
+    assert_eq!(
+        open, 0,
+        "connections still open 10 s after the header timeout"
+    );
     assert!(healthy(&server.addr, Duration::from_secs(2)).await);
     server.stop();
 }
@@ -171,7 +173,11 @@ async fn a_reload_that_fails_does_not_reveal_the_new_configurations_paths() {
         body.contains("base_model_path"),
         "the error still says where the problem is: {body}"
     );
-    for leak in ["distinctive-xq7", "missing-base", dir.path().to_str().unwrap()] {
+    for leak in [
+        "distinctive-xq7",
+        "missing-base",
+        dir.path().to_str().unwrap(),
+    ] {
         assert!(!body.contains(leak), "`{leak}` in {body}");
     }
     server.stop();

@@ -159,7 +159,10 @@ fn check_config_reports_piped_bases_and_lenses_where_they_are_named() {
     assert!(!out.status.success());
     for (at, named) in [
         ("model_groups[0].base_model_path", dir.join("base.gguf")),
-        ("model_groups[1].base_model_path", dir.join("folder/config.json")),
+        (
+            "model_groups[1].base_model_path",
+            dir.join("folder/config.json"),
+        ),
         (
             "model_groups[2].models[0].lens_checkpoint_path",
             dir.join("tuned-pipe"),

@@ -81,7 +81,10 @@ async fn aborted_upgrades_give_their_connection_back() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         open = connections(&addr).await;
     }
-    assert_eq!(open, 0, "aborted upgrades still counted as open connections");
+    assert_eq!(
+        open, 0,
+        "aborted upgrades still counted as open connections"
+    );
     // And a normal client still gets in, as many times as the limit allows.
     let mut clients = Vec::new();
     for _ in 0..8 {

@@ -253,12 +253,22 @@ async fn a_deadline_too_far_to_count_is_no_deadline_and_a_cancellation_says_its_
     let w = world(two_groups(), QueueConfig::default());
     let (id, mut far) = w
         .scheduler
-        .submit(&client("x"), analyze("a1", 4), Some(Duration::from_millis(u64::MAX)))
+        .submit(
+            &client("x"),
+            analyze("a1", 4),
+            Some(Duration::from_millis(u64::MAX)),
+        )
         .await
         .unwrap();
     let evs = drain(&mut far).await;
-    assert!(matches!(evs.last(), Some(RequestEvent::Completed { .. })), "{evs:?}");
-    assert!(!w.scheduler.cancel_because(id, "over").await, "already over");
+    assert!(
+        matches!(evs.last(), Some(RequestEvent::Completed { .. })),
+        "{evs:?}"
+    );
+    assert!(
+        !w.scheduler.cancel_because(id, "over").await,
+        "already over"
+    );
     // issue 17 item 10: a cancellation by the server names the server's reason.
     let (_, mut running) = w
         .scheduler

@@ -90,7 +90,8 @@ fn digest(key: &str) -> [u8; 32] {
 impl Keys {
     /// Reads `{"keys": [{"key": "...", "role": "user"|"admin", "name": "..."}]}`.
     pub fn from_file(path: &Path) -> Result<Keys, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let text = lensd_core::files::read_to_string(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         let file: KeyFile = serde_json::from_str(&text)
             .map_err(|e| format!("{}: invalid key file: {e}", path.display()))?;
         let mut keys = Keys::default();
@@ -257,7 +258,11 @@ mod tests {
         // issue 17 item 10: a key without the scheme is refused, without echoing it.
         let e = keys.caller(Some("fedcba9876543210")).unwrap_err().body();
         assert_eq!(e.error_type, "unauthorized");
-        assert!(e.message.contains("Bearer") && !e.message.contains("fedcba"), "{}", e.message);
+        assert!(
+            e.message.contains("Bearer") && !e.message.contains("fedcba"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

@@ -495,14 +495,16 @@ impl Session {
                         resource,
                         bytes_done,
                         bytes_total,
-                    } => status(
-                        "loading",
-                        Some(kind(&resource)),
-                        Some(bytes_done),
-                        Some(bytes_total),
-                        None,
-                    )
-                    .await,
+                    } => {
+                        status(
+                            "loading",
+                            Some(kind(&resource)),
+                            Some(bytes_done),
+                            Some(bytes_total),
+                            None,
+                        )
+                        .await
+                    }
                     PreloadEvent::Ready { .. } => {}
                     PreloadEvent::Done { .. } => {
                         status("preloaded", None, None, None, None).await;

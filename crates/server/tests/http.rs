@@ -233,8 +233,8 @@ async fn analyse_from(from: &str, addr: SocketAddr) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_anonymous_result_is_read_only_from_the_address_that_submitted_it_also_after_a_restart(
-) {
+async fn an_anonymous_result_is_read_only_from_the_address_that_submitted_it_also_after_a_restart()
+{
     // issue 17 item 5: an anonymous result was returned in full to any anonymous caller,
     // from any address, by GET /api/v2/requests/{id}.
     let store = Arc::new(Store::open_in_memory().unwrap());
@@ -245,18 +245,40 @@ async fn an_anonymous_result_is_read_only_from_the_address_that_submitted_it_als
     let (status, body) = request("127.0.0.6", addr, "GET", &path, None, None).await;
     assert_eq!(status, 404, "another address: {body}");
     assert!(!body.contains("the owner reads this"), "{body}");
-    let (status, body) = request("127.0.0.6", addr, "POST", &format!("{path}/cancel"), None, None)
-        .await;
+    let (status, body) = request(
+        "127.0.0.6",
+        addr,
+        "POST",
+        &format!("{path}/cancel"),
+        None,
+        None,
+    )
+    .await;
     assert_eq!(status, 404, "{body}");
     let (status, body) = request("127.0.0.5", addr, "GET", &path, None, None).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(json(&body)["status"]["state"], "completed", "{body}");
     assert!(json(&body)["result"].is_object(), "{body}");
     // A key's holder is not the anonymous owner either; an admin sees everything.
-    let (status, _) = request("127.0.0.5", addr, "GET", &path, Some(&format!("Bearer {USER}")), None).await;
+    let (status, _) = request(
+        "127.0.0.5",
+        addr,
+        "GET",
+        &path,
+        Some(&format!("Bearer {USER}")),
+        None,
+    )
+    .await;
     assert_eq!(status, 404);
-    let (status, _) =
-        request("127.0.0.6", addr, "GET", &path, Some(&format!("Bearer {ADMIN}")), None).await;
+    let (status, _) = request(
+        "127.0.0.6",
+        addr,
+        "GET",
+        &path,
+        Some(&format!("Bearer {ADMIN}")),
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
     let _ = stop.send(());
 
@@ -275,7 +297,8 @@ async fn an_anonymous_result_is_read_only_from_the_address_that_submitted_it_als
 async fn the_authorization_header_needs_the_bearer_scheme() {
     // issue 17 item 10: a key sent without `Bearer ` was accepted.
     let (addr, _stop) = listen(serve_limits(Limits::default())).await;
-    let (status, body) = request("127.0.0.7", addr, "GET", "/api/v1/models", Some(USER), None).await;
+    let (status, body) =
+        request("127.0.0.7", addr, "GET", "/api/v1/models", Some(USER), None).await;
     assert_eq!(status, 401, "{body}");
     let message = json(&body)["message"].as_str().unwrap().to_string();
     assert!(message.contains("Bearer"), "{message}");
@@ -302,10 +325,26 @@ async fn failed_authentication_is_throttled_per_address() {
     let (addr, _stop) = listen(serve_limits(Limits::default())).await;
     let wrong = "Bearer wrong-key-0123456789abcdef";
     for i in 0..10 {
-        let (status, body) = request("127.0.0.8", addr, "GET", "/api/v2/groups", Some(wrong), None).await;
+        let (status, body) = request(
+            "127.0.0.8",
+            addr,
+            "GET",
+            "/api/v2/groups",
+            Some(wrong),
+            None,
+        )
+        .await;
         assert_eq!(status, 401, "attempt {i}: {body}");
     }
-    let (status, body) = request("127.0.0.8", addr, "GET", "/api/v2/groups", Some(wrong), None).await;
+    let (status, body) = request(
+        "127.0.0.8",
+        addr,
+        "GET",
+        "/api/v2/groups",
+        Some(wrong),
+        None,
+    )
+    .await;
     assert_eq!(status, 429, "{body}");
     assert_eq!(json(&body)["error_type"], "rate_limited");
     let message = json(&body)["message"].as_str().unwrap().to_string();
@@ -315,11 +354,27 @@ async fn failed_authentication_is_throttled_per_address() {
     );
     // While throttled even the right key is not checked from that address...
     let right = format!("Bearer {USER}");
-    let (status, _) = request("127.0.0.8", addr, "GET", "/api/v2/groups", Some(&right), None).await;
+    let (status, _) = request(
+        "127.0.0.8",
+        addr,
+        "GET",
+        "/api/v2/groups",
+        Some(&right),
+        None,
+    )
+    .await;
     assert_eq!(status, 429);
     // ...and anonymous calls from it still work, as does the key from elsewhere.
     let (status, _) = request("127.0.0.8", addr, "GET", "/api/v2/groups", None, None).await;
     assert_eq!(status, 200);
-    let (status, _) = request("127.0.0.9", addr, "GET", "/api/v2/groups", Some(&right), None).await;
+    let (status, _) = request(
+        "127.0.0.9",
+        addr,
+        "GET",
+        "/api/v2/groups",
+        Some(&right),
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
 }

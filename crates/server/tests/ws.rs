@@ -510,7 +510,10 @@ async fn field_less_messages_refuse_unknown_fields_and_cancel_nothing() {
     let (url, _stop) = listen(s.state.clone()).await;
     let mut ws = connect(&url, None).await;
     recv(&mut ws).await;
-    let text = (0..40).map(|i| format!("w{i}")).collect::<Vec<_>>().join(" ");
+    let text = (0..40)
+        .map(|i| format!("w{i}"))
+        .collect::<Vec<_>>()
+        .join(" ");
     send(
         &mut ws,
         json!({"type": "analyze", "model_id": "pub-logit", "text": text}),
@@ -526,8 +529,17 @@ async fn field_less_messages_refuse_unknown_fields_and_cancel_nothing() {
         send(&mut ws, frame.clone()).await;
         let e = until(&mut ws, "error").await.pop().unwrap();
         assert_eq!(e["error_type"], "bad_request", "{frame}: {e}");
-        let field = frame.as_object().unwrap().keys().find(|k| *k != "type").unwrap().clone();
-        assert!(e["message"].as_str().unwrap().contains(&field), "{frame}: {e}");
+        let field = frame
+            .as_object()
+            .unwrap()
+            .keys()
+            .find(|k| *k != "type")
+            .unwrap()
+            .clone();
+        assert!(
+            e["message"].as_str().unwrap().contains(&field),
+            "{frame}: {e}"
+        );
     }
     // The analysis was not cancelled.
     let events = request_events(&mut ws, &id).await;
@@ -552,7 +564,11 @@ async fn a_message_over_the_size_limit_is_answered_payload_too_large() {
     let mut ws = connect(&url, None).await;
     recv(&mut ws).await;
     let text = "a".repeat(5000);
-    send(&mut ws, json!({"type": "analyze", "model_id": "pub-logit", "text": text})).await;
+    send(
+        &mut ws,
+        json!({"type": "analyze", "model_id": "pub-logit", "text": text}),
+    )
+    .await;
     let e = recv(&mut ws).await;
     assert_eq!(e["error_type"], "payload_too_large", "{e}");
     assert!(e["message"].as_str().unwrap().contains("4096"), "{e}");
@@ -596,7 +612,11 @@ async fn a_session_that_never_reads_stops_being_read_and_is_closed() {
     let writer = tokio::spawn(async move {
         let frame = json!({"type": "list_model_groups"}).to_string();
         for _ in 0..all {
-            if sink.send(Message::Text(frame.clone().into())).await.is_err() {
+            if sink
+                .send(Message::Text(frame.clone().into()))
+                .await
+                .is_err()
+            {
                 break;
             }
             counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -605,13 +625,24 @@ async fn a_session_that_never_reads_stops_being_read_and_is_closed() {
     // The server stops reading once the session's output is full, so the client cannot send
     // everything; then it closes the session.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while s.state.connections.load(std::sync::atomic::Ordering::SeqCst) != 0 {
-        assert!(tokio::time::Instant::now() < deadline, "the session was not closed");
+    while s
+        .state
+        .connections
+        .load(std::sync::atomic::Ordering::SeqCst)
+        != 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the session was not closed"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
     let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(sent < all, "the server read all {all} messages of a client that never read");
+    assert!(
+        sent < all,
+        "the server read all {all} messages of a client that never read"
+    );
     // What reached the client ends with the reason, where it could still be sent.
     let mut closed_with = None;
     while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(5), stream.next()).await {

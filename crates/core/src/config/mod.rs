@@ -19,7 +19,7 @@ pub use check::{
     check, default_budgets, shape_differences, BaseFacts, Budgets, DonorKind, LensFacts, Probe,
     Resolved, Shape,
 };
-pub use parse::{parse, HubId};
+pub use parse::{parse, parse_for_checking, HubId};
 pub use value::parse_duration;
 
 use crate::bytes::ByteSize;

@@ -91,6 +91,23 @@ pub fn parse(text: &str) -> (Option<Config>, Report) {
     (config, r.report)
 }
 
+/// As [`parse`], but the configuration is also returned when every error is in `settings`
+/// (each setting in error then left at its default), so that the files its groups name can
+/// still be checked and their problems reported beside the settings' ones. Such a
+/// configuration is for checking only; `report.has_errors()` says it must not be served.
+pub fn parse_for_checking(text: &str) -> (Option<Config>, Report) {
+    let mut r = Reader::default();
+    let Ok(doc) = serde_json::from_str::<Value>(text) else {
+        return parse(text);
+    };
+    let config = r.document(&doc);
+    let only_settings = r
+        .report
+        .errors()
+        .all(|e| e.path == "settings" || e.path.starts_with("settings."));
+    (config.filter(|_| only_settings), r.report)
+}
+
 /// A JSON object together with the path it sits at.
 struct Obj<'a> {
     map: &'a Map<String, Value>,

@@ -47,7 +47,10 @@ pub struct Budget {
 
 impl Budget {
     pub fn for_conversation(messages: &[Message]) -> Self {
-        let bytes: usize = messages.iter().map(|m| m.role.len() + m.content.len()).sum();
+        let bytes: usize = messages
+            .iter()
+            .map(|m| m.role.len() + m.content.len())
+            .sum();
         Budget {
             fuel: FUEL_BASE.saturating_add(FUEL_PER_MESSAGE.saturating_mul(messages.len() as u64)),
             output_bytes: OUTPUT_BASE.saturating_add(OUTPUT_PER_MESSAGE_BYTE.saturating_mul(bytes)),
@@ -267,14 +270,22 @@ pub(super) fn check_format_widths(fmt: &str) -> Result<(), JinjaError> {
             b'%' => {
                 let mut j = i + 1;
                 if b.get(j) == Some(&b'(') {
-                    j += b[j..].iter().position(|&c| c == b')').unwrap_or(b.len() - j);
+                    j += b[j..]
+                        .iter()
+                        .position(|&c| c == b')')
+                        .unwrap_or(b.len() - j);
                 }
                 while j < b.len() && b"#0-+ .0123456789()".contains(&b[j]) {
                     j += 1;
                 }
                 j
             }
-            b'{' => i + b[i..].iter().position(|&c| c == b'}').unwrap_or(b.len() - i),
+            b'{' => {
+                i + b[i..]
+                    .iter()
+                    .position(|&c| c == b'}')
+                    .unwrap_or(b.len() - i)
+            }
             _ => {
                 i += 1;
                 continue;

@@ -234,7 +234,8 @@ impl TalkativeLens {
                 ),
             ));
         }
-        let text = std::fs::read_to_string(&mpath).map_err(|e| EngineError::io(&mpath, e))?;
+        let text =
+            lensd_core::files::read_to_string(&mpath).map_err(|e| EngineError::io(&mpath, e))?;
         let m: Manifest = serde_json::from_str(&text)
             .map_err(|e| EngineError::format(&mpath, format!("invalid manifest: {e}")))?;
         let bad = |msg: String| EngineError::format(&mpath, msg);

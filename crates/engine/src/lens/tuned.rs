@@ -77,7 +77,8 @@ impl TunedLens {
             ));
         }
         let cfg_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&cfg_path).map_err(|e| EngineError::io(&cfg_path, e))?;
+        let text = lensd_core::files::read_to_string(&cfg_path)
+            .map_err(|e| EngineError::io(&cfg_path, e))?;
         let config: TunedLensConfig = serde_json::from_str(&text).map_err(|e| {
             EngineError::format(&cfg_path, format!("invalid tuned-lens config: {e}"))
         })?;

@@ -30,7 +30,7 @@ pub struct RealFiles;
 
 impl FileSystem for RealFiles {
     fn open(&self, path: &Path) -> io::Result<Box<dyn ReadAt>> {
-        Ok(Box::new(std::fs::File::open(path)?))
+        Ok(Box::new(lensd_core::files::open(path)?))
     }
 }
 

@@ -41,7 +41,7 @@ impl std::fmt::Debug for GgufFile {
 pub fn is_gguf(path: &Path) -> bool {
     use std::io::Read;
     let mut magic = [0u8; 4];
-    std::fs::File::open(path)
+    lensd_core::files::open(path)
         .and_then(|mut f| f.read_exact(&mut magic))
         .map(|_| &magic == MAGIC)
         .unwrap_or(false)

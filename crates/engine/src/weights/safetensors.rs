@@ -119,10 +119,15 @@ impl HfCheckpoint {
     /// Reads `config.json` and the safetensors headers (no tensor data).
     pub fn open(dir: &Path) -> Result<Self> {
         let cfg_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&cfg_path).map_err(|e| EngineError::io(&cfg_path, e))?;
+        let text = lensd_core::files::read_to_string(&cfg_path)
+            .map_err(|e| EngineError::io(&cfg_path, e))?;
         let json: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| EngineError::format(&cfg_path, format!("invalid config.json: {e}")))?;
         let files = shard_files(dir)?;
+        // Mapping opens each file plainly: a pipe would wait for a writer.
+        for f in &files {
+            lensd_core::files::open(f).map_err(|e| EngineError::io(f, e))?;
+        }
         // SAFETY: read-only maps of files lensd never writes, whose headers alone are read.
         let tensors = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| {
             EngineError::format(&files[0], format!("invalid safetensors file: {e}"))
@@ -319,7 +324,8 @@ impl TensorSource for HfCheckpoint {
 fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
-        let text = std::fs::read_to_string(&index).map_err(|e| EngineError::io(&index, e))?;
+        let text =
+            lensd_core::files::read_to_string(&index).map_err(|e| EngineError::io(&index, e))?;
         let v: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| EngineError::format(&index, format!("invalid JSON: {e}")))?;
         let map = v

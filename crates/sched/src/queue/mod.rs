@@ -220,9 +220,8 @@ impl Actor {
                 }
                 // A deadline too far to count in milliseconds is no deadline in practice; it
                 // must never wrap round to the past.
-                let deadline_ms = deadline.map(|d| {
-                    now.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-                });
+                let deadline_ms = deadline
+                    .map(|d| now.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)));
                 let _ = reply.send(self.state.submit(client, work, deadline_ms, now));
             }
             Command::Cancel { id, reason, reply } => {

@@ -414,8 +414,7 @@ pub struct RequestView {
 }
 
 fn may_see(t: &Tracked, who: &Who) -> bool {
-    who.caller.role == Role::Admin
-        || t.owner == who.owner
+    who.caller.role == Role::Admin || t.owner == who.owner
 }
 
 /// A request's status, and its result once completed (also after a restart).

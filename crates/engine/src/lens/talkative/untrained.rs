@@ -96,7 +96,7 @@ pub fn write_untrained(
     std::fs::create_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;
     let tpath = dir.join(TENSORS);
     candle_core::safetensors::save(&t, &tpath)?;
-    let bytes = std::fs::read(&tpath).map_err(|e| EngineError::io(&tpath, e))?;
+    let bytes = lensd_core::files::read(&tpath).map_err(|e| EngineError::io(&tpath, e))?;
     let manifest = Manifest {
         format: FORMAT.into(),
         version: 1,
