@@ -312,7 +312,7 @@ enum Command {
         /// (for working on the page without rebuilding).
         #[arg(long)]
         web_dir: Option<PathBuf>,
-        /// Limits on HTTP connections and on failed authentication.
+        /// Limits on HTTP connections, on failed authentication and on each role's work.
         #[command(flatten)]
         http: serve::HttpArgs,
     },

@@ -32,8 +32,8 @@ pub struct ServeOptions {
     pub http: HttpArgs,
 }
 
-/// `lensd serve`'s limits on HTTP connections and on failed authentication
-/// (docs/server.md, Limits).
+/// `lensd serve`'s limits on HTTP connections, on failed authentication and on each role's
+/// work (docs/server.md, Limits).
 #[derive(clap::Args, Debug, Clone)]
 pub struct HttpArgs {
     /// HTTP connections open at once, WebSockets included [default: 1024, or twice
@@ -55,6 +55,10 @@ pub struct HttpArgs {
     /// address are refused (429) unchecked.
     #[arg(long, default_value_t = 10)]
     pub auth_failures_per_minute: u32,
+    /// A JSON file of limits per role (compute per request and per minute, default deadline,
+    /// size of analyses) replacing the defaults it names; see docs/server.md.
+    #[arg(long)]
+    pub role_limits: Option<PathBuf>,
 }
 
 /// Descriptors kept for everything but connections: the listener, the runtime's, the
@@ -98,6 +102,10 @@ impl HttpArgs {
         limits.http_header_timeout = seconds("header-timeout", self.header_timeout)?;
         limits.http_idle_timeout = seconds("idle-timeout", self.idle_timeout)?;
         limits.auth_failures_per_minute = self.auth_failures_per_minute;
+        if let Some(path) = &self.role_limits {
+            limits.roles = lensd_server::roles::RoleTable::from_file(path)
+                .map_err(|e| anyhow::anyhow!("--role-limits: {e}"))?;
+        }
         let ws = limits.max_connections;
         let mut total = self.max_http_connections.unwrap_or(1024.max(2 * ws));
         let per_address = self.max_connections_per_address.unwrap_or(256.max(ws));

@@ -182,3 +182,29 @@ async fn a_reload_that_fails_does_not_reveal_the_new_configurations_paths() {
     }
     server.stop();
 }
+
+#[test]
+fn role_limits_are_read_from_a_file_and_a_bad_one_stops_the_server_naming_it() {
+    // issue 17 item 11: limits per role are configurable; a mistake in them must not start a
+    // server with limits other than those asked for.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &common::demo_model());
+    let limits = dir.path().join("roles.json");
+    std::fs::write(&limits, r#"{"anonymous": {"compute_secs": 5}}"#).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lensd"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--config"])
+        .arg(&cfg)
+        .arg("--data")
+        .arg(dir.path().join("data"))
+        .arg("--role-limits")
+        .arg(&limits)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(limits.to_str().unwrap())
+            && stderr.contains("unknown limit `anonymous.compute_secs`"),
+        "{stderr}"
+    );
+}

@@ -300,6 +300,52 @@ async fn a_deadline_too_far_to_count_is_no_deadline_and_a_cancellation_says_its_
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_request_past_its_compute_limit_stops_naming_the_limit() {
+    // issue 17 item 11: only the optional deadline limited compute time. 200 words × 5 layers
+    // × 2 ms = 2 s of work against 0.5 s of compute; the wait before it does not count.
+    let w = world(two_groups(), QueueConfig::default());
+    let (_, mut first) = w
+        .scheduler
+        .submit(&client("x"), analyze("a1", 200), None)
+        .await
+        .unwrap();
+    let (_, mut limited) = w
+        .scheduler
+        .submit_limited(
+            &client("y"),
+            analyze("a1", 200),
+            None,
+            Some(Duration::from_millis(500)),
+        )
+        .await
+        .unwrap();
+    let evs = drain(&mut first).await;
+    assert!(
+        matches!(evs.last(), Some(RequestEvent::Completed { .. })),
+        "{evs:?}"
+    );
+    let started = tokio::time::Instant::now();
+    let evs = drain(&mut limited).await;
+    let ran = started.elapsed();
+    assert!(
+        ran >= Duration::from_millis(500) && ran < Duration::from_millis(800),
+        "ran for {ran:?}"
+    );
+    match evs.last() {
+        Some(RequestEvent::Error {
+            error_type,
+            message,
+        }) => {
+            assert_eq!(error_type, "compute_limit");
+            assert!(message.contains("0.5 s of compute"), "{message}");
+            assert!(message.contains("partial"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_grammar(&evs);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_disconnect_cancels_all_of_a_clients_work_and_leaves_no_lease() {
     let w = world(two_groups(), QueueConfig::default());
     let gone = client("gone");

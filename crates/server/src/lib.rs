@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod protocol;
 pub mod reqlog;
+pub mod roles;
 pub mod share;
 pub mod state;
 pub mod store;

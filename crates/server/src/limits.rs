@@ -41,6 +41,9 @@ pub struct Limits {
     /// Failed authentications per client address per minute; past it keys from that address
     /// are not even checked (429) until the minute has let some through again.
     pub auth_failures_per_minute: u32,
+    /// Limits on each role's work: compute per request and per minute, default deadlines,
+    /// the size of analyses.
+    pub roles: crate::roles::RoleTable,
 }
 
 impl Default for Limits {
@@ -60,6 +63,7 @@ impl Default for Limits {
             http_header_timeout: Duration::from_secs(10),
             http_idle_timeout: Duration::from_secs(60),
             auth_failures_per_minute: 10,
+            roles: crate::roles::RoleTable::default(),
         }
     }
 }

@@ -35,6 +35,8 @@ pub struct AppState {
     pub auth: crate::auth::AuthThrottle,
     pub limits: Limits,
     pub rate: Rate,
+    /// Compute each client used over the last minute (`limits.roles`).
+    pub compute: crate::roles::ComputeLedger,
     pub requests: Requests,
     pub store: Option<Arc<Store>>,
     pub log: Option<Arc<RequestLog>>,
@@ -100,6 +102,7 @@ impl AppState {
             snapshot: RwLock::new(Arc::new(p.snapshot)),
             control: p.control,
             rate: Rate::new(&p.limits),
+            compute: crate::roles::ComputeLedger::default(),
             auth: crate::auth::AuthThrottle::new(p.limits.auth_failures_per_minute),
             keys: p.keys,
             limits: p.limits,

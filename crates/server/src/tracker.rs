@@ -253,10 +253,19 @@ pub async fn submit(
             return Err(ApiError::UnknownModel(model.clone()));
         }
     }
+    let role = state.limits.roles.of(caller.role);
+    role.check_size(caller.role, &work, &snap.registry)?;
+    state.compute.check(&who.owner, caller.role, role)?;
+    let deadline = deadline.or(role.default_deadline());
     let input = serde_json::to_value(&work).unwrap_or_default();
     let (internal, rx) = state
         .scheduler
-        .submit(&ClientId(client.to_string()), work, deadline)
+        .submit_limited(
+            &ClientId(client.to_string()),
+            work,
+            deadline,
+            role.compute(),
+        )
         .await
         .map_err(ApiError::from)?;
     let t = Arc::new(Tracked {
@@ -424,6 +433,7 @@ async fn persist(state: &Shared, t: &Arc<Tracked>, ev: &RequestEvent) {
         (wait, compute)
     };
     if let Some(ms) = compute_ms {
+        state.compute.record(&t.owner, ms);
         metrics::histogram!(m::COMPUTE_SECONDS).record(ms as f64 / 1e3);
     }
     let outcome = match ev {

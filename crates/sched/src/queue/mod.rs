@@ -105,6 +105,7 @@ pub(crate) enum Command {
         client: ClientId,
         work: Work,
         deadline: Option<Duration>,
+        compute: Option<Duration>,
         reply: oneshot::Sender<
             Result<(RequestId, mpsc::UnboundedReceiver<RequestEvent>), SubmitError>,
         >,
@@ -208,6 +209,7 @@ impl Actor {
                 client,
                 mut work,
                 deadline,
+                compute,
                 reply,
             } => {
                 if work.models().is_empty() {
@@ -222,7 +224,12 @@ impl Actor {
                 // must never wrap round to the past.
                 let deadline_ms = deadline
                     .map(|d| now.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)));
-                let _ = reply.send(self.state.submit(client, work, deadline_ms, now));
+                let submitted = self.state.submit(client, work, deadline_ms, now);
+                if let (Ok((id, _)), Some(c)) = (&submitted, compute) {
+                    self.state
+                        .limit_compute(*id, u64::try_from(c.as_millis()).unwrap_or(u64::MAX));
+                }
+                let _ = reply.send(submitted);
             }
             Command::Cancel { id, reason, reply } => {
                 let _ = reply.send(self.state.cancel(id, &reason, now));
@@ -330,11 +337,24 @@ impl Scheduler {
         work: Work,
         deadline: Option<Duration>,
     ) -> Result<(RequestId, mpsc::UnboundedReceiver<RequestEvent>), SubmitError> {
+        self.submit_limited(client, work, deadline, None).await
+    }
+
+    /// As [`Scheduler::submit`], and once running the request may compute for at most
+    /// `compute`; past it, it ends with a `compute_limit` error (its rows so far partial).
+    pub async fn submit_limited(
+        &self,
+        client: &ClientId,
+        work: Work,
+        deadline: Option<Duration>,
+        compute: Option<Duration>,
+    ) -> Result<(RequestId, mpsc::UnboundedReceiver<RequestEvent>), SubmitError> {
         let client = client.clone();
         self.ask(|reply| Command::Submit {
             client,
             work,
             deadline,
+            compute,
             reply,
         })
         .await

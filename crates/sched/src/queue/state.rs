@@ -26,6 +26,8 @@ pub struct Task {
     pub cancel: Arc<Cancel>,
     /// Monotonic milliseconds after which the request is abandoned.
     pub deadline_ms: Option<u64>,
+    /// Milliseconds of compute the request may use once it runs.
+    pub compute_limit_ms: Option<u64>,
 }
 
 struct Queued {
@@ -191,6 +193,7 @@ impl State {
                 events: tx,
                 cancel: Arc::new(Cancel::default()),
                 deadline_ms,
+                compute_limit_ms: None,
             },
             enqueued_ms: now,
             after,
@@ -400,6 +403,13 @@ impl State {
             }
         }
         n
+    }
+
+    /// Limits the compute time of queued request `id` to `ms` once it runs.
+    pub fn limit_compute(&mut self, id: RequestId, ms: u64) {
+        if let Some(q) = self.queued.iter_mut().find(|q| q.task.id == id) {
+            q.task.compute_limit_ms = Some(ms);
+        }
     }
 
     /// Abandons queued requests past their deadline and stops a running one past its own.

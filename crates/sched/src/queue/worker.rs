@@ -7,6 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant as StdInstant;
 
+/// The cancellation reason, and error type, of a request stopped by its compute limit.
+pub const COMPUTE_LIMIT: &str = "compute_limit";
+
 use lensd_core::engine::Engine;
 use lensd_core::registry::{BaseKey, ResourceKey};
 use lensd_core::residency::Tier;
@@ -147,6 +150,9 @@ impl Worker {
                 .deadline_ms
                 .map(|ms| self.start + std::time::Duration::from_millis(ms));
             let began = StdInstant::now();
+            let compute_until = task
+                .compute_limit_ms
+                .map(|ms| Instant::now() + std::time::Duration::from_millis(ms));
             Box::new(move |ev: ComputeEvent| {
                 let progress = |done: u64, total: u64, remaining: Remaining| {
                     let elapsed = began.elapsed().as_secs_f64();
@@ -196,6 +202,8 @@ impl Worker {
                 let late = deadline.is_some_and(|d| Instant::now() >= d);
                 if late {
                     cancel.cancel("deadline");
+                } else if compute_until.is_some_and(|d| Instant::now() >= d) {
+                    cancel.cancel(COMPUTE_LIMIT);
                 }
                 if cancel.is_cancelled() {
                     std::ops::ControlFlow::Break(())
@@ -225,6 +233,22 @@ impl Worker {
                 };
                 send(RequestEvent::Completed { output });
                 (finished, load_ms)
+            }
+            Err(JobFailure::Cancelled) if task.cancel.reason() == COMPUTE_LIMIT => {
+                let limit = task.compute_limit_ms.unwrap_or(0) as f64 / 1e3;
+                send(RequestEvent::Error {
+                    error_type: COMPUTE_LIMIT.into(),
+                    message: format!(
+                        "the request used its {limit} s of compute, the most allowed for it{}; \
+                         ask for less (a shorter text, fewer layers, lenses or candidates)",
+                        if partial {
+                            "; the rows sent so far are partial"
+                        } else {
+                            ""
+                        }
+                    ),
+                });
+                (Finished::Failed, load_ms)
             }
             Err(JobFailure::Cancelled) if task.cancel.reason() == "deadline" => {
                 send(RequestEvent::Error {
