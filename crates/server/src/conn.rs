@@ -22,7 +22,7 @@ use axum::extract::ConnectInfo;
 use axum::http::{Request, StatusCode};
 use axum::Router;
 use hyper::body::{Frame, Incoming, SizeHint};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
@@ -397,8 +397,9 @@ async fn connection(
             }))
         }
     });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new());
+    // No timer: hyper's own header timeout would start as soon as an answer is sent, closing
+    // kept-alive connections before the idle timeout. `expired` keeps both.
+    let builder = hyper::server::conn::http1::Builder::new();
     let conn = builder.serve_connection(io, service).with_upgrades();
     tokio::pin!(conn);
     let mut phase = state.shutdown.subscribe();

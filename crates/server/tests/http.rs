@@ -378,3 +378,38 @@ async fn failed_authentication_is_throttled_per_address() {
     .await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_header_timeout_counts_from_a_requests_first_byte_not_from_the_last_answer() {
+    // issue 17 item 3: the header timeout must not close a kept-alive connection that waits
+    // (within the idle timeout) for its next request.
+    let (addr, _stop) = listen(serve_limits(limits(|l| {
+        l.http_header_timeout = Duration::from_millis(500);
+        l.http_idle_timeout = Duration::from_secs(10);
+    })))
+    .await;
+    let mut s = connect_from("127.0.0.10", addr).await;
+    let get = b"GET /healthz HTTP/1.1\r\nHost: lensd\r\n\r\n";
+    let mut buf = vec![0u8; 4096];
+    for round in 0..2 {
+        s.write_all(get).await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "round {round}");
+        // Three header timeouts of waiting between requests.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    // A head begun and not finished is cut off after the header timeout.
+    s.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+    let started = Instant::now();
+    let rest = read_until_closed(&mut s, Duration::from_secs(5))
+        .await
+        .expect("the unfinished head is cut off");
+    assert!(
+        rest.is_empty() || rest.starts_with("HTTP/1.1 408"),
+        "{rest:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(450));
+}
