@@ -126,7 +126,10 @@ fn gguf(u: &mut Unstructured) -> Result<(Vec<u8>, String)> {
         0 => "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}\
               {% if add_generation_prompt %}<|assistant|>{% endif %}"
             .to_string(),
-        _ => String::from_utf8_lossy(u.bytes(u.int_in_range(0..=512)?)?).into_owned(),
+        _ => {
+            let n = u.int_in_range(0..=512)?;
+            String::from_utf8_lossy(u.bytes(n)?).into_owned()
+        }
     };
     kv.string("tokenizer.chat_template", &template);
     let mut file = Vec::new();

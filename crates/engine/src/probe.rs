@@ -161,7 +161,12 @@ impl FileProbe {
     fn tuned(&self, dir: &Path) -> Result<LensFacts> {
         // A missing folder is reported as missing, a pipe as a pipe, not as a file of the
         // wrong kind.
-        lensd_core::files::folder(dir).map_err(|e| EngineError::io(dir, e))?;
+        if let Err(e) = lensd_core::files::folder(dir) {
+            // A plain file is told apart by the lens's own reader, naming what a lens is.
+            if !dir.is_file() {
+                return Err(EngineError::io(dir, e));
+            }
+        }
         let cfg = TunedLens::read_config(dir)?;
         let cfg_path = dir.join("config.json");
         // The loader prefers params.safetensors when both exist; hash what it would read.

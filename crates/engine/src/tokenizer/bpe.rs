@@ -132,6 +132,18 @@ pub fn from_gguf(g: &GgufFile, tokens: &[&str]) -> Result<(HfTokenizer, bool)> {
                 .ok_or_else(|| EngineError::format(path, format!("merge `{m}` is not two tokens")))
         })
         .collect::<Result<Vec<_>>>()?;
+    // Each merge must join two tokens into a third. The tokenizers crate assumes it (a merged
+    // piece longer than every token overruns its buffer), so it is checked here first.
+    for (a, b) in &merges {
+        for piece in [a.as_str(), b.as_str(), &format!("{a}{b}")] {
+            if !vocab.contains_key(piece) {
+                return Err(EngineError::format(
+                    path,
+                    format!("merge `{a} {b}`: `{piece}` is not a token of the vocabulary"),
+                ));
+            }
+        }
+    }
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
         .ignore_merges(pre.ignore_merges)
