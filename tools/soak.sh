@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # A soak run of the real server: builds lensd, sets up the demo model and lenses as
 # scripts/demo.sh does, starts `lensd serve` on its embedded demo configuration on a free
-# loopback port with an admin key, and runs `lensd soak` against it (many clients mixing
-# analyses, generations, cancels, dropped connections, status, preloads, unloads and
-# configuration reloads, while the server's memory, descriptors, threads and leases are
-# sampled). The report goes to bench/results/soak.json (git-ignored) and, as a table, to
-# standard output. Fails if the soak fails (a request without exactly one terminal event,
-# growth, leases left), if the server dies, or if it does not shut down cleanly.
+# loopback port with an admin key, and runs `lensd soak --hostile` against it (many clients
+# mixing analyses, generations, cancels, dropped connections, status, preloads, unloads and
+# configuration reloads, while the server's memory, descriptors, threads, HTTP connections and
+# leases are sampled; and among them hostile clients, each kind from a loopback address of its
+# own: aborted WebSocket upgrades, slow readers that never read, partial request headers,
+# oversize messages, probes of hidden and made-up models, and failed-auth storms). The report
+# goes to bench/results/soak.json (git-ignored) and, as a table, to standard output. Fails if
+# the soak fails (a request without exactly one terminal event, growth, leases or connections
+# left, a hostile client answered otherwise than expected or given more than its share), if
+# the server dies, or if it does not shut down cleanly.
 #
 #   tools/soak.sh                 # 20 minutes of load
 #   MINUTES=2 CLIENTS=16 tools/soak.sh
@@ -40,8 +44,13 @@ mkdir -p "$out"
 data=$(mktemp -d)
 key="soak-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
 printf '{"keys": [{"key": "%s", "role": "admin", "name": "soak"}]}\n' "$key" >"$data/keys.json"
+# The soak's users are all anonymous at 127.0.0.1, which the server counts as one client for
+# the anonymous compute quota (30 s of compute per minute per address): with it, most of the
+# load would be refused `rate_limited` instead of served. The hostile clients connect from
+# 127.0.0.2 to 127.0.0.7 and meet the server's other per-address limits as any client would.
+echo '{"anonymous": {"compute_seconds_per_minute": null}}' >"$data/roles.json"
 RUST_LOG="${RUST_LOG:-warn}" "$lensd" serve --addr 127.0.0.1:0 --data "$data" \
-  --keys "$data/keys.json" >"$data/stdout" 2>"$data/stderr" &
+  --keys "$data/keys.json" --role-limits "$data/roles.json" >"$data/stdout" 2>"$data/stderr" &
 server=$!
 trap 'kill "$server" 2>/dev/null || true; rm -rf "$data"' EXIT
 addr=""
@@ -57,7 +66,7 @@ log "server $server on $addr; $minutes minutes of load from $clients clients"
 status=0
 LENSD_ADMIN_KEY="$key" "$lensd" soak --url "ws://$addr/ws" --pid "$server" \
   --minutes "$minutes" --clients "$clients" --sample-seconds "$sample_seconds" --seed "$seed" \
-  --out "$out/soak.json" || status=$?
+  --hostile --out "$out/soak.json" || status=$?
 
 # A server that died is a zombie child until waited for: look at its state, not just its pid.
 state=$(ps -o stat= -p "$server" 2>/dev/null || true)

@@ -395,9 +395,13 @@ pub fn run(cmd: Command) -> Result<()> {
             admin_key,
             stall_seconds,
             idle_seconds,
+            hostile,
+            header_timeout,
+            ws_output_timeout,
             out,
             format,
         } => {
+            let seconds = |s: f64| std::time::Duration::from_secs_f64(s.max(0.0));
             let opts = crate::soak::SoakOptions {
                 url,
                 pid,
@@ -409,6 +413,9 @@ pub fn run(cmd: Command) -> Result<()> {
                 admin_key,
                 stall: std::time::Duration::from_secs(stall_seconds),
                 idle_timeout: std::time::Duration::from_secs(idle_seconds),
+                hostile,
+                header_timeout: seconds(header_timeout),
+                ws_output_timeout: seconds(ws_output_timeout),
             };
             let runtime = tokio::runtime::Runtime::new()?;
             let r = runtime.block_on(crate::soak::run(opts))?;

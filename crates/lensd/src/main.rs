@@ -397,8 +397,10 @@ enum Command {
     },
     /// Run many clients against a running `lensd serve` for a long, bounded time (analyses,
     /// generations, cancels, dropped connections, status, and with an admin key preloads,
-    /// unloads and reloads), sampling the server's memory, descriptors, threads and leases.
-    /// Fails if any grows without bound or any request lacks its one terminal event.
+    /// unloads and reloads), sampling the server's memory, descriptors, threads and leases;
+    /// with --hostile, hostile clients among them. Fails if any grows without bound, any
+    /// request lacks its one terminal event, or a hostile client is answered otherwise than
+    /// expected.
     Soak {
         /// The server's WebSocket address.
         #[arg(long, default_value = "ws://127.0.0.1:8000/ws")]
@@ -430,6 +432,21 @@ enum Command {
         /// The longest wait, in seconds, for the server to become idle after warm-up and load.
         #[arg(long, default_value_t = 120)]
         idle_seconds: u64,
+        /// Mix hostile clients among the users: aborted upgrades, slow readers, partial
+        /// headers, oversize messages, hidden-model probes and failed-auth storms, each from a
+        /// loopback address of its own (127.0.0.2 to 127.0.0.7; the server must listen on
+        /// loopback). Fails if any is answered otherwise than expected or gets more than its
+        /// share.
+        #[arg(long)]
+        hostile: bool,
+        /// The server's --header-timeout, in seconds: a partial header still open 30 s past it
+        /// fails the run.
+        #[arg(long, default_value_t = 10.0)]
+        header_timeout: f64,
+        /// The server's --ws-output-timeout, in seconds: a slow reader still open 30 s past it
+        /// fails the run.
+        #[arg(long, default_value_t = 30.0)]
+        ws_output_timeout: f64,
         /// Also write the JSON report to this file.
         #[arg(long)]
         out: Option<PathBuf>,

@@ -51,6 +51,10 @@ pub struct HttpArgs {
     /// Seconds a kept-alive HTTP connection may wait for its next request.
     #[arg(long, default_value_t = 60.0)]
     pub idle_timeout: f64,
+    /// Seconds a WebSocket client may read nothing while its session's output is full (64
+    /// frames waiting) before the session is closed, with code 1008 saying why.
+    #[arg(long, default_value_t = 30.0)]
+    pub ws_output_timeout: f64,
     /// Failed authentications per client address per minute; past it, keys from that
     /// address are refused (429) unchecked.
     #[arg(long, default_value_t = 10)]
@@ -86,7 +90,7 @@ fn raise_descriptor_limit() -> Option<u64> {
             }
         }
     }
-    Some(lim.rlim_cur as u64)
+    Some(lim.rlim_cur)
 }
 
 impl HttpArgs {
@@ -101,6 +105,7 @@ impl HttpArgs {
         };
         limits.http_header_timeout = seconds("header-timeout", self.header_timeout)?;
         limits.http_idle_timeout = seconds("idle-timeout", self.idle_timeout)?;
+        limits.ws_output_timeout = seconds("ws-output-timeout", self.ws_output_timeout)?;
         limits.auth_failures_per_minute = self.auth_failures_per_minute;
         if let Some(path) = &self.role_limits {
             limits.roles = lensd_server::roles::RoleTable::from_file(path)

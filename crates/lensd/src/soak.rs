@@ -11,13 +11,16 @@
 //! the host) on a WebSocket of their own, or `POST /api/v2/admin/reload`. Every sample period
 //! the server's resident memory, descriptors and threads (/proc), its leases and loaded bases
 //! and lenses (`/api/v2/memory`), its queue depth and WebSocket connections (`/metrics`) are
-//! recorded. End: the users stop, the server is waited for until idle (bounded), sampled, and
-//! asked (admin) how each request whose connection was dropped ended.
+//! recorded, and its HTTP connections. With `hostile`, hostile clients run beside the users
+//! for the whole load ([`hostile`]). End: the users and hostile clients stop, the server is
+//! waited for until idle (bounded), sampled, and asked (admin) how each request whose
+//! connection was dropped ended.
 //!
 //! The run fails, after the report is printed, when any rule of [`RULES`] is broken. Refusals
 //! (`queue_full`, `rate_limited`, `client_limit`) are counted as errors by kind, not failures.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,12 +28,15 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::bench_ws::sample as process_sample;
 use crate::render::bytes;
 
+mod hostile;
 mod user;
+
+use hostile::HostileReport;
 
 use user::{add, ty, Conn, Counts, Ctx, Log, OUTCOMES, SUBMITS, TEXTS, VIOLATIONS};
 
@@ -48,16 +54,21 @@ const HEAP_GROWTH_BYTES: u64 = 16 << 20;
 /// Descriptors and threads at the final idle sample beyond those after warm-up that fail it.
 const FD_SLACK: usize = 8;
 const THREAD_SLACK: usize = 4;
+/// HTTP connections open at the final idle sample beyond those after warm-up that fail it:
+/// the sampler's own, and one whose close the server has not yet seen.
+const HTTP_SLACK: u64 = 2;
 
 /// What makes a run fail.
-pub const RULES: [&str; 7] = [
+pub const RULES: [&str; 9] = [
     "every request on a connection that stayed open has exactly one terminal event (completed, error or cancelled) within the stall limit, no event after it, and `status` no longer lists it",
     "every request whose connection was dropped has ended by the end (checked with the admin key)",
     "no connection fails or closes unasked, no error has error_type `internal`, the server process lives",
     "resident memory: the lower quartile of the samples of the last quarter of the load exceeds that of the second quarter (after a warm-up of 20 %) by at most 10 % or at most 32 MiB",
     "heap in use beyond the accounted bytes and the finished requests kept (where the server counts its heap): the lower quartile of the last quarter exceeds that of the second by at most 16 MiB",
     "within the idle wait after the load the server becomes idle: nothing queued, no WebSocket connection open, no lease held",
-    "then descriptors are at most 8 and threads at most 4 above the idle sample after warm-up",
+    "then descriptors are at most 8, threads at most 4 and HTTP connections (`lensd_http_connections`) at most 2 above the idle sample after warm-up",
+    "with --hostile, every kind of hostile client made attempts and every hostile answer is the expected one: an aborted upgrade that reads its answer reads 101; a message of 2× `max_message_bytes` is answered `payload_too_large` and the session goes on, one over 4× is answered so and the connection closes; every probe of a hidden or made-up model (switch, model info, analysis) is answered `unknown_model`; a wrong key is answered 401 or 429 `rate_limited`, an anonymous call from the same address 200; hostile connections are accepted",
+    "with --hostile, no hostile client gets more than its share: a slow reader is closed within the output timeout + 30 s of connecting, a partial header within the header timeout + 30 s; at most 10 wrong keys from one address are answered 401 within any minute (the 11th's answer came less than 60 s after the 1st was sent: a failure), and a storm of more than 10 sees 429",
 ];
 
 #[derive(Debug, Clone)]
@@ -76,6 +87,12 @@ pub struct SoakOptions {
     pub stall: Duration,
     /// The longest wait for the server to become idle, after warm-up and at the end.
     pub idle_timeout: Duration,
+    /// Run the hostile clients beside the users.
+    pub hostile: bool,
+    /// The server's header and WebSocket output timeouts, which bound how long a partial header
+    /// and a slow reader may stay open.
+    pub header_timeout: Duration,
+    pub ws_output_timeout: Duration,
 }
 
 /// The server at one moment. `t_s` counts from the start of the command.
@@ -98,6 +115,8 @@ pub struct Sample {
     pub loaded: Option<usize>,
     pub queue_depth: Option<u64>,
     pub connections: Option<u64>,
+    /// HTTP connections open, WebSockets and the sampler's own included (`/metrics`).
+    pub http_connections: Option<u64>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -123,6 +142,8 @@ pub struct SoakReport {
     pub dropped_unverified: usize,
     /// The first faults seen.
     pub faults: Vec<String>,
+    /// What the hostile clients saw, when they ran.
+    pub hostile: Option<HostileReport>,
     pub server_start: Sample,
     pub server_after_warmup: Sample,
     pub server_end: Sample,
@@ -154,10 +175,35 @@ impl Sample {
     }
 }
 
+/// A connection to `addr` from the loopback address `from`, or from where the system picks.
+async fn connect_from(from: Option<IpAddr>, addr: &str) -> std::io::Result<TcpStream> {
+    let Some(from) = from else {
+        return TcpStream::connect(addr).await;
+    };
+    let to = tokio::net::lookup_host(addr)
+        .await?
+        .find(SocketAddr::is_ipv4);
+    let to = to.ok_or_else(|| std::io::Error::other(format!("{addr} has no IPv4 address")))?;
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(from, 0))?;
+    socket.connect(to).await
+}
+
 /// One HTTP/1.1 exchange on a connection of its own: the status and the body.
 async fn http(addr: &str, method: &str, path: &str, key: Option<&str>) -> Result<(u16, String)> {
+    http_from(None, addr, method, path, key).await
+}
+
+/// [`http`] from the loopback address `from`.
+async fn http_from(
+    from: Option<IpAddr>,
+    addr: &str,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+) -> Result<(u16, String)> {
     let exchange = async {
-        let mut s = TcpStream::connect(addr).await?;
+        let mut s = connect_from(from, addr).await?;
         let auth = key
             .map(|k| format!("Authorization: Bearer {k}\r\n"))
             .unwrap_or_default();
@@ -211,13 +257,15 @@ async fn sample(addr: &str, o: &SoakOptions, t0: Instant) -> Option<Sample> {
         };
         s.queue_depth = gauge("lensd_queue_depth");
         s.connections = gauge("lensd_websocket_connections");
+        s.http_connections = gauge("lensd_http_connections");
         s.finished_kept_bytes = gauge("lensd_finished_kept_bytes");
     }
     Some(s)
 }
 
 /// Samples until the server is idle (nothing queued, no lease, no WebSocket connection and,
-/// given `base`, descriptors and threads within the slack of it) or the idle timeout passes.
+/// given `base`, descriptors, threads and HTTP connections within the slack of it) or the idle
+/// timeout passes.
 async fn wait_idle(
     addr: &str,
     o: &SoakOptions,
@@ -233,7 +281,10 @@ async fn wait_idle(
             && s.leases == Some(0)
             && s.connections.unwrap_or(0) == 0
             && base.is_none_or(|b| {
-                s.open_fds <= b.open_fds + FD_SLACK && s.threads <= b.threads + THREAD_SLACK
+                s.open_fds <= b.open_fds + FD_SLACK
+                    && s.threads <= b.threads + THREAD_SLACK
+                    && s.http_connections.unwrap_or(0)
+                        <= b.http_connections.unwrap_or(0) + HTTP_SLACK
             });
         if idle || Instant::now() >= deadline {
             return Ok((s, idle));
@@ -425,6 +476,14 @@ fn judge(r: &mut SoakReport, server_gone: bool) {
             e.threads, w.threads
         ));
     }
+    let http = |x: &Sample| x.http_connections.unwrap_or(0);
+    if http(e) > http(w) + HTTP_SLACK {
+        f.push(format!(
+            "{} HTTP connections open at the end, {} after warm-up (slack {HTTP_SLACK})",
+            http(e),
+            http(w)
+        ));
+    }
     if e.leases != Some(0) {
         f.push(format!("leases held at the end: {:?}", e.leases));
     }
@@ -433,6 +492,9 @@ fn judge(r: &mut SoakReport, server_gone: bool) {
             "not idle at the end: {:?} queued, {:?} WebSocket connections",
             e.queue_depth, e.connections
         ));
+    }
+    if let Some(h) = &r.hostile {
+        f.extend(h.failures());
     }
     r.passed = f.is_empty();
     r.failures = f;
@@ -449,6 +511,10 @@ pub async fn run(o: SoakOptions) -> Result<SoakReport> {
         .await
         .with_context(|| format!("cannot read /proc/{}: is the server running?", o.pid))?;
     let groups = warm_up(&addr, &o).await?;
+    let plan = match o.hostile {
+        true => Some(hostile::prepare(&addr, &o).await?),
+        false => None,
+    };
     let (after_warmup, _) = wait_idle(&addr, &o, t0, None).await?;
     let load_started = Instant::now();
     let ctx = Arc::new(Ctx {
@@ -462,10 +528,15 @@ pub async fn run(o: SoakOptions) -> Result<SoakReport> {
     let users: Vec<_> = (0..o.clients)
         .map(|k| tokio::spawn(user::run(k, ctx.clone())))
         .collect();
+    let hostile = plan.map(|p| tokio::spawn(hostile::run(ctx.clone(), p)));
     let mut log = Log::default();
     for u in users {
         log.merge(u.await?);
     }
+    let hostile = match hostile {
+        Some(h) => Some(h.await??),
+        None => None,
+    };
     let wind_down_seconds = ctx.deadline.elapsed().as_secs_f64();
     let (samples, server_gone) = sampling.await?;
     let waited = Instant::now();
@@ -513,6 +584,7 @@ pub async fn run(o: SoakOptions) -> Result<SoakReport> {
         requests_submitted: submits("attempted"),
         requests_served: submits("completed"),
         dropped_unverified,
+        hostile,
         server_start: start,
         server_after_warmup: after_warmup,
         server_end: end,
@@ -598,6 +670,9 @@ pub fn table(r: &SoakReport) -> String {
     }
     s += &format!("\nerrors by kind: {}\n", listed(&r.errors));
     s += &format!("violations: {}\n\n", listed(&r.violations));
+    if let Some(h) = &r.hostile {
+        s += &h.table();
+    }
     s += "| server | start | after warm-up | end |\n|---|---:|---:|---:|\n";
     let all = [&r.server_start, &r.server_after_warmup, &r.server_end];
     let mut row = |name: &str, f: &dyn Fn(&Sample) -> String| {
@@ -611,6 +686,9 @@ pub fn table(r: &SoakReport) -> String {
     row("finished requests kept", &|x| opt(x.finished_kept_bytes));
     row("descriptors", &|x| x.open_fds.to_string());
     row("threads", &|x| x.threads.to_string());
+    row("HTTP connections", &|x| {
+        x.http_connections.map_or("?".into(), |n| n.to_string())
+    });
     row("leases", &|x| {
         x.leases.map_or("?".into(), |n| n.to_string())
     });
@@ -668,6 +746,7 @@ mod tests {
             leases: Some(0),
             queue_depth: Some(0),
             connections: Some(0),
+            http_connections: Some(1),
             ..Sample::default()
         };
         let samples = (0..100)
@@ -768,6 +847,7 @@ mod tests {
         r.server_end.threads = 8 + THREAD_SLACK;
         r.server_end.leases = Some(1);
         r.server_end.connections = Some(2);
+        r.server_end.http_connections = Some(1 + HTTP_SLACK + 1);
         add(&mut r.violations, "without_one_terminal", 1);
         judge(&mut r, true);
         let text = r.failures.join("\n");
@@ -777,9 +857,30 @@ mod tests {
             "not idle",
             "without_one_terminal",
             "ended",
+            "HTTP connections open at the end",
         ] {
             assert!(text.contains(expected), "no {expected} in {text}");
         }
         assert!(!text.contains("threads"), "{text}");
+    }
+
+    #[test]
+    fn hostile_failures_fail_the_run_and_are_reported() {
+        let mut r = report(|_| 700 << 20);
+        r.hostile = Some(HostileReport::default());
+        judge(&mut r, false);
+        // No kind made an attempt.
+        assert!(!r.passed);
+        assert_eq!(r.failures.len(), 6, "{:?}", r.failures);
+        assert!(
+            r.failures[0].contains("made no attempt"),
+            "{:?}",
+            r.failures
+        );
+        assert!(table(&r).contains("| hostile | from | attempted | outcomes |"));
+        let mut r = report(|_| 700 << 20);
+        judge(&mut r, false);
+        assert!(r.passed, "{:?}", r.failures);
+        assert!(!table(&r).contains("| hostile |"));
     }
 }

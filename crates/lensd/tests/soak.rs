@@ -1,6 +1,7 @@
 //! `lensd soak` against a real `lensd serve` on the demo model: a short run with a few clients
-//! performs every kind of action, sees every request end exactly once, and leaves the server
-//! idle with no lease held.
+//! and the hostile clients among them performs every kind of action, sees every request end
+//! exactly once, every hostile client answered as expected, and leaves the server idle with no
+//! lease held.
 
 mod common;
 
@@ -13,16 +14,18 @@ use serde_json::{json, Value};
 const ADMIN_KEY: &str = "admin-key-for-the-soak-test";
 
 /// Two groups naming the demo base: the logit lens and a fitted tuned lens, and the logit
-/// lens again.
+/// lens again; each with a model anonymous callers may not see (admins only, keys only).
 fn config(dir: &Path) -> std::path::PathBuf {
     let lens = common::fit(dir, "lens", "1e-3");
     let model = common::demo_model();
     let doc = json!({"model_groups": [
         {"group_id": "demo", "group_name": "SmolLM2", "base_model_path": model,
          "models": [{"id": "logit", "name": "Logit", "lens": "logit"},
-                    {"id": "tuned", "name": "Tuned", "lens": "tuned", "lens_checkpoint_path": lens}]},
+                    {"id": "tuned", "name": "Tuned", "lens": "tuned", "lens_checkpoint_path": lens},
+                    {"id": "hidden-logit", "name": "Hidden", "lens": "logit", "visible": false}]},
         {"group_id": "demo-2", "group_name": "SmolLM2 again", "base_model_path": model,
-         "models": [{"id": "logit-2", "name": "Logit", "lens": "logit"}]}],
+         "models": [{"id": "logit-2", "name": "Logit", "lens": "logit"},
+                    {"id": "backend-logit", "name": "Backend", "lens": "logit", "backend_only": true}]}],
         "settings": {"default_group": "demo", "device_budget": "2GiB", "host_budget": "1GiB"}});
     let cfg = dir.join("model_groups.json");
     std::fs::write(&cfg, doc.to_string()).unwrap();
@@ -30,23 +33,38 @@ fn config(dir: &Path) -> std::path::PathBuf {
 }
 
 #[test]
-fn a_short_soak_performs_every_action_and_every_request_ends_once() {
+fn a_short_soak_with_hostile_clients_performs_every_action_and_every_request_ends_once() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
     let keys = dir.path().join("keys.json");
     let doc = json!({"keys": [{"key": ADMIN_KEY, "role": "admin", "name": "soak"}]});
     std::fs::write(&keys, doc.to_string()).unwrap();
+    // The users are all anonymous at 127.0.0.1, one client for the compute quota.
+    let roles = dir.path().join("roles.json");
+    let doc = json!({"anonymous": {"compute_seconds_per_minute": null}});
+    std::fs::write(&roles, doc.to_string()).unwrap();
+    // Short header and output timeouts, so that partial headers and slow readers are closed
+    // many times within the load.
     let server = Server::start_with(
         &cfg,
         &dir.path().join("data"),
-        &["--keys", keys.to_str().unwrap()],
+        &[
+            "--keys",
+            keys.to_str().unwrap(),
+            "--role-limits",
+            roles.to_str().unwrap(),
+            "--header-timeout",
+            "2",
+            "--ws-output-timeout",
+            "2",
+        ],
     );
     let out = Command::new(env!("CARGO_BIN_EXE_lensd"))
         .args(["soak", "--url", &format!("ws://{}/ws", server.addr)])
         .args(["--pid", &server.child.id().to_string()])
         .args([
             "--minutes",
-            "0.4",
+            "0.5",
             "--clients",
             "3",
             "--sample-seconds",
@@ -59,6 +77,13 @@ fn a_short_soak_performs_every_action_and_every_request_ends_once() {
             "60",
             "--format",
             "json",
+        ])
+        .args([
+            "--hostile",
+            "--header-timeout",
+            "2",
+            "--ws-output-timeout",
+            "2",
         ])
         .env("LENSD_ADMIN_KEY", ADMIN_KEY)
         .env("RUST_LOG", "warn")
@@ -120,5 +145,64 @@ fn a_short_soak_performs_every_action_and_every_request_ends_once() {
         r["heap_unaccounted_last_quarter_p25"].as_u64().is_some(),
         "{r:#}"
     );
+    assert!(samples
+        .iter()
+        .all(|s| s["http_connections"].as_u64() >= Some(1)));
+    hostile_as_expected(&r["hostile"], &r);
     server.stop();
+}
+
+/// Every kind of hostile client ran and met the answers it should, and none got more than
+/// its share.
+fn hostile_as_expected(h: &Value, r: &Value) {
+    let count = |kind: &str, outcome: &str| h["kinds"][kind][outcome].as_u64().unwrap_or(0);
+    for (kind, outcome) in [
+        ("aborted_upgrade", "attempted"),
+        ("aborted_upgrade", "reset_after_101"),
+        ("slow_reader", "attempted"),
+        ("slow_reader", "closed"),
+        ("partial_header", "attempted"),
+        ("partial_header", "closed"),
+        ("oversize", "attempted"),
+        ("oversize", "twice_answered"),
+        ("oversize", "session_went_on"),
+        ("oversize", "over_4x_answered"),
+        ("oversize", "over_4x_closed"),
+        ("hidden_probe", "attempted"),
+        ("hidden_probe", "hidden_id"),
+        ("hidden_probe", "made_up_id"),
+        ("auth_storm", "attempted"),
+        ("auth_storm", "401"),
+        ("auth_storm", "429"),
+        ("auth_storm", "anonymous_200"),
+    ] {
+        assert!(count(kind, outcome) >= 1, "no {kind} {outcome}: {r:#}");
+    }
+    for (kind, n) in h["violations"].as_object().unwrap() {
+        assert_eq!(n, 0, "{kind}: {r:#}");
+    }
+    assert_eq!(
+        count("hidden_probe", "unknown_model"),
+        count("hidden_probe", "attempted")
+    );
+    let auth = count("auth_storm", "401") + count("auth_storm", "429");
+    assert_eq!(auth, count("auth_storm", "attempted"), "{r:#}");
+    assert!(h["most_401_in_a_minute"].as_u64().unwrap() <= 10, "{r:#}");
+    let mut hidden: Vec<&str> = h["hidden_models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    hidden.sort_unstable();
+    assert_eq!(hidden, ["backend-logit", "hidden-logit"], "{r:#}");
+    // Closed after the server's 2 s timeouts, within their bounds.
+    for kind in ["slow_reader", "partial_header"] {
+        let [shortest, longest] = [0, 1].map(|i| h["closed_after_seconds"][kind][i].as_f64());
+        assert!(shortest >= Some(1.5), "{kind}: {r:#}");
+        assert!(
+            longest <= h["close_bound_seconds"][kind].as_f64(),
+            "{kind}: {r:#}"
+        );
+    }
 }

@@ -46,23 +46,23 @@ const ACTIONS: [(&str, u32, bool); 8] = [
 /// The actions that submit a request.
 pub(super) const SUBMITS: [&str; 4] = ["analyze", "generate", "cancel", "disconnect"];
 
-/// The users' seeded draws.
-struct Rng(StdRng);
+/// The users' and the hostile clients' seeded draws.
+pub(super) struct Rng(StdRng);
 
 impl Rng {
-    fn seeded(seed: u64) -> Self {
+    pub(super) fn seeded(seed: u64) -> Self {
         Rng(StdRng::seed_from_u64(seed))
     }
 
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         self.0.random()
     }
 
-    fn below(&mut self, n: usize) -> usize {
+    pub(super) fn below(&mut self, n: usize) -> usize {
         self.0.random_range(0..n.max(1))
     }
 
-    fn chance(&mut self, percent: u64) -> bool {
+    pub(super) fn chance(&mut self, percent: u64) -> bool {
         self.0.random_range(0..100) < percent
     }
 }
