@@ -29,7 +29,9 @@ pub struct RoleLimits {
     /// `best_of_k` × positions of an analysis with a talkative lens (positions as above).
     pub max_explanation_samples: Option<u64>,
     /// Seconds of compute one client (a key, or an anonymous caller's address) may use over
-    /// any minute; past it, new work is refused until the minute has moved on.
+    /// any minute while other clients have work waiting or running; past it, its new work is
+    /// refused until the minute has moved on or the others are served. A client alone on the
+    /// server is never refused: the share is of a worker others want.
     pub compute_seconds_per_minute: Option<f64>,
 }
 
@@ -264,11 +266,21 @@ impl ComputeLedger {
             .push_back((now, ms));
     }
 
-    /// Refuses new work of `owner` (of `role`) while it has used its compute of the minute.
-    pub fn check(&self, owner: &str, role: Role, limits: &RoleLimits) -> Result<(), ApiError> {
+    /// Refuses new work of `owner` (of `role`) while it has used its compute of the minute and
+    /// `others_waiting` (other clients have work queued or running).
+    pub fn check(
+        &self,
+        owner: &str,
+        role: Role,
+        limits: &RoleLimits,
+        others_waiting: bool,
+    ) -> Result<(), ApiError> {
         let Some(per_minute) = limits.compute_seconds_per_minute else {
             return Ok(());
         };
+        if !others_waiting {
+            return Ok(());
+        }
         let now = Instant::now();
         let mut all = self.spent.lock().unwrap_or_else(|e| e.into_inner());
         let Some(spent) = all.get_mut(owner) else {
@@ -294,7 +306,7 @@ impl ComputeLedger {
         }
         let wait = free_at.saturating_duration_since(now).as_secs() + 1;
         Err(ApiError::RateLimited(format!(
-            "you used {:.1} s of compute in the last minute; the limit \
+            "you used {:.1} s of compute in the last minute while others wait; the limit \
              `compute_seconds_per_minute` for {} is {per_minute} s: try again in {wait} s",
             used as f64 / 1e3,
             role_name(role)
@@ -350,11 +362,15 @@ mod tests {
         let ledger = ComputeLedger::default();
         ledger.record("ip:10.0.0.1", 1500);
         assert!(ledger
-            .check("ip:10.0.0.1", Role::Anonymous, &limits)
+            .check("ip:10.0.0.1", Role::Anonymous, &limits, true)
             .is_ok());
         ledger.record("ip:10.0.0.1", 600);
+        // Alone on the server, the client is not held back.
+        assert!(ledger
+            .check("ip:10.0.0.1", Role::Anonymous, &limits, false)
+            .is_ok());
         let e = ledger
-            .check("ip:10.0.0.1", Role::Anonymous, &limits)
+            .check("ip:10.0.0.1", Role::Anonymous, &limits, true)
             .unwrap_err()
             .body();
         assert_eq!(e.error_type, "rate_limited");
@@ -365,7 +381,7 @@ mod tests {
             e.message
         );
         assert!(ledger
-            .check("ip:10.0.0.2", Role::Anonymous, &limits)
+            .check("ip:10.0.0.2", Role::Anonymous, &limits, true)
             .is_ok());
     }
 }

@@ -255,7 +255,10 @@ pub async fn submit(
     }
     let role = state.limits.roles.of(caller.role);
     role.check_size(caller.role, &work, &snap.registry)?;
-    state.compute.check(&who.owner, caller.role, role)?;
+    let others_waiting = state.requests.active().iter().any(|t| t.owner != who.owner);
+    state
+        .compute
+        .check(&who.owner, caller.role, role, others_waiting)?;
     let deadline = deadline.or(role.default_deadline());
     let input = serde_json::to_value(&work).unwrap_or_default();
     let (internal, rx) = state

@@ -131,7 +131,7 @@ async fn a_request_past_the_roles_compute_limit_ends_with_compute_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_past_its_compute_of_the_minute_waits_and_others_do_not() {
+async fn a_client_past_its_compute_of_the_minute_waits_while_others_want_the_worker() {
     let s = with_roles(
         r#"{"anonymous": {"compute_seconds_per_minute": 0.2}, "user": {"compute_seconds_per_minute": 0.2}}"#,
         Duration::from_millis(5),
@@ -148,6 +148,28 @@ async fn a_client_past_its_compute_of_the_minute_waits_and_others_do_not() {
     assert_eq!(status.as_u16(), 202, "{a}");
     let evs = events(&s.state, a["request_id"].as_str().unwrap(), None).await;
     assert_eq!(evs.last().unwrap()["type"], "completed");
+    // Alone on the server it is not held back.
+    let (status, alone) = call(
+        &s.state,
+        "POST",
+        "/api/v2/analyze",
+        None,
+        Some(&analysis("alone")),
+    )
+    .await;
+    assert_eq!(status.as_u16(), 202, "{alone}");
+    events(&s.state, alone["request_id"].as_str().unwrap(), None).await;
+    // Another client's work arrives: its share is its own...
+    let (status, theirs) = call(
+        &s.state,
+        "POST",
+        "/api/v2/analyze",
+        Some(USER),
+        Some(&analysis(&words(200))),
+    )
+    .await;
+    assert_eq!(status.as_u16(), 202, "{theirs}");
+    // ...and while it waits or runs, the first client has had its share.
     let (status, body) = call(
         &s.state,
         "POST",
@@ -159,21 +181,14 @@ async fn a_client_past_its_compute_of_the_minute_waits_and_others_do_not() {
     assert_eq!(status.as_u16(), 429, "{body}");
     assert_eq!(body["error_type"], "rate_limited");
     let message = body["message"].as_str().unwrap();
+    assert!(message.contains("while others wait"), "{message}");
     assert!(
         message.contains("`compute_seconds_per_minute`"),
         "{message}"
     );
     assert!(message.contains("try again in"), "{message}");
-    // Another client's share is its own.
-    let (status, body) = call(
-        &s.state,
-        "POST",
-        "/api/v2/analyze",
-        Some(USER),
-        Some(&analysis("mine")),
-    )
-    .await;
-    assert_eq!(status.as_u16(), 202, "{body}");
+    let evs = events(&s.state, theirs["request_id"].as_str().unwrap(), Some(USER)).await;
+    assert_eq!(evs.last().unwrap()["type"], "completed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
