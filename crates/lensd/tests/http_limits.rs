@@ -4,10 +4,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::client::http;
@@ -28,16 +27,7 @@ fn write_config(dir: &Path, base: &Path) -> std::path::PathBuf {
 
 /// `lensd serve` with its descriptor limit (soft and hard) set to `descriptors`.
 fn start_limited(cfg: &Path, data: &Path, descriptors: u64, extra: &[&str]) -> Server {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lensd"));
-    cmd.current_dir(common::root())
-        .args(["serve", "--addr", "127.0.0.1:0", "--shutdown-grace", "2"])
-        .args(extra)
-        .arg("--config")
-        .arg(cfg)
-        .arg("--data")
-        .arg(data)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped());
+    let mut cmd = Server::command(cfg, data, extra);
     // SAFETY: setrlimit is async-signal-safe and touches only the child's own limits.
     unsafe {
         cmd.pre_exec(move || {
@@ -51,17 +41,7 @@ fn start_limited(cfg: &Path, data: &Path, descriptors: u64, extra: &[&str]) -> S
             Ok(())
         });
     }
-    let mut child = cmd.spawn().expect("lensd serve starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("lensd listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    Server { child, addr }
+    Server::spawn(cmd)
 }
 
 /// A connection to `to` from the loopback address `from`.

@@ -18,8 +18,13 @@ impl Server {
 
     /// With `extra` arguments to `lensd serve`.
     pub fn start_with(config: &Path, data: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lensd"))
-            .current_dir(super::root())
+        Self::spawn(Self::command(config, data, extra))
+    }
+
+    /// The `lensd serve` command `start_with` runs, for a test to adjust before [`Server::spawn`].
+    pub fn command(config: &Path, data: &Path, extra: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lensd"));
+        cmd.current_dir(super::root())
             .args(["serve", "--addr", "127.0.0.1:0", "--shutdown-grace", "2"])
             .args(extra)
             .arg("--config")
@@ -27,9 +32,13 @@ impl Server {
             .arg("--data")
             .arg(data)
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("lensd serve starts");
+            .stdout(Stdio::piped());
+        cmd
+    }
+
+    /// Starts `cmd` and waits for the address it listens on.
+    pub fn spawn(mut cmd: Command) -> Server {
+        let mut child = cmd.spawn().expect("lensd serve starts");
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
