@@ -60,6 +60,10 @@ pub struct Explanation {
     /// when not asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kl_divergence: Option<f32>,
+    /// The logit lens's most likely tokens at the lens's layer (as many as the explanation has,
+    /// at most ten), space-separated; when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logit_lens_top: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

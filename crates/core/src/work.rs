@@ -66,6 +66,10 @@ pub enum Prompt {
     /// Turns rendered with the model's chat template. An analysis opens the assistant's turn
     /// after them unless the last turn is the assistant's; a generation always does.
     Chat { messages: Vec<ChatMessage> },
+    /// Turns rendered with the chat template whose last turn, the assistant's, is the start of
+    /// the reply: a generation continues it instead of opening a new turn (an assistant
+    /// prefill). An analysis reads it as [`Prompt::Chat`] does.
+    Prefill { messages: Vec<ChatMessage> },
 }
 
 impl Prompt {
@@ -84,7 +88,9 @@ impl Prompt {
     pub fn chars(&self) -> usize {
         match self {
             Prompt::Plain { text } | Prompt::Rendered { text } => text.chars().count(),
-            Prompt::Chat { messages } => messages.iter().map(|m| m.content.chars().count()).sum(),
+            Prompt::Chat { messages } | Prompt::Prefill { messages } => {
+                messages.iter().map(|m| m.content.chars().count()).sum()
+            }
         }
     }
 }
@@ -121,6 +127,18 @@ pub struct ExplainSettings {
     pub seed: u64,
     pub salience: bool,
     pub kl: bool,
+    /// Positions decoded together in one batch (each with its `best_of_k` candidates); none:
+    /// the engine's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_positions: Option<usize>,
+    /// Also name the logit lens's most likely tokens at the lens's layer beside each
+    /// explanation.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub logit_lens_top: bool,
+    /// Explain only the tokens of the last this many turns of a conversation (all of them
+    /// when it has fewer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_messages: Option<usize>,
 }
 
 impl Default for ExplainSettings {
@@ -131,6 +149,9 @@ impl Default for ExplainSettings {
             seed: 42,
             salience: true,
             kl: true,
+            batch_positions: None,
+            logit_lens_top: false,
+            last_messages: None,
         }
     }
 }

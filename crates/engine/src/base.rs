@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use lensd_core::work::Prompt;
 
-use crate::chat::ChatTemplate;
+use crate::chat::{ChatTemplate, Message};
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::model::Model;
@@ -128,19 +128,75 @@ impl Base {
             Prompt::Plain { text } => Ok((text.clone(), false)),
             Prompt::Rendered { text } => Ok((text.clone(), true)),
             Prompt::Chat { messages } => {
-                let chat = self.chat.as_ref().ok_or_else(|| {
-                    EngineError::Input(format!("{} has no chat template", self.source.display()))
-                })?;
-                if messages.is_empty() {
-                    return Err(EngineError::Input(
-                        "a chat needs at least one message".into(),
-                    ));
-                }
+                let chat = self.template(messages)?;
                 let open = reply || messages.last().is_some_and(|m| m.role != "assistant");
                 Ok((chat.render(messages, open)?, true))
             }
+            Prompt::Prefill { messages } => {
+                let chat = self.template(messages)?;
+                Ok((continue_final(chat, messages)?, true))
+            }
         }
     }
+
+    fn template(&self, messages: &[Message]) -> Result<&ChatTemplate> {
+        let chat = self.chat.as_ref().ok_or_else(|| {
+            EngineError::Input(format!("{} has no chat template", self.source.display()))
+        })?;
+        if messages.is_empty() {
+            return Err(EngineError::Input(
+                "a chat needs at least one message".into(),
+            ));
+        }
+        Ok(chat)
+    }
+
+    /// The first token position of the last `n` turns of `prompt`'s conversation, rendered
+    /// and tokenized as `ids` (0 for plain text, or when the conversation has no more than
+    /// `n` turns). Templates render a conversation's first turns as a prefix of the whole;
+    /// where one does not, the tokens the two renderings share decide.
+    pub fn last_turns_start(&self, prompt: &Prompt, ids: &[u32], n: usize) -> Result<usize> {
+        let messages = match prompt {
+            Prompt::Chat { messages } | Prompt::Prefill { messages } => messages,
+            Prompt::Plain { .. } | Prompt::Rendered { .. } => return Ok(0),
+        };
+        if n >= messages.len() {
+            return Ok(0);
+        }
+        let chat = self.template(messages)?;
+        let head = chat.render(&messages[..messages.len() - n], false)?;
+        let head = self.tokenizer.encode_prompt(&head, true)?;
+        Ok(head.iter().zip(ids).take_while(|(a, b)| a == b).count())
+    }
+}
+
+/// `messages` rendered so that the text ends inside the last turn, the assistant's, right
+/// after its content: the template renders the whole conversation, and what it writes after
+/// that content (its end-of-turn markup) is cut. An empty last turn opens the reply.
+fn continue_final(chat: &ChatTemplate, messages: &[Message]) -> Result<String> {
+    let (last, before) = messages.split_last().expect("checked non-empty");
+    if last.role != "assistant" {
+        return Err(EngineError::Input(format!(
+            "an assistant prefill needs the conversation to end with an assistant turn, not \
+             `{}`",
+            last.role
+        )));
+    }
+    if last.content.is_empty() {
+        return chat.render(before, true);
+    }
+    let text = chat.render(messages, false)?;
+    let end = text
+        .rfind(last.content.as_str())
+        .map(|at| at + last.content.len())
+        .ok_or_else(|| {
+            EngineError::Input(
+                "the chat template changes the assistant's last turn, so it cannot be \
+                 continued; send it without the prefill"
+                    .into(),
+            )
+        })?;
+    Ok(text[..end].to_string())
 }
 
 /// The chat template from `src`, given the tokenizer's BOS and EOS texts.
@@ -241,6 +297,7 @@ impl From<Explained> for lensd_core::analysis::Explanation {
             relative_rmse: e.row.relative_rmse,
             token_salience: e.row.token_salience,
             kl_divergence: e.row.kl_divergence,
+            logit_lens_top: None,
         }
     }
 }

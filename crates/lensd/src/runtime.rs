@@ -29,6 +29,9 @@ use lensd_engine::lens::{Lens, TunedLens};
 use lensd_engine::lora::Adapter;
 use lensd_engine::{Base, LoadOptions};
 
+/// Most tokens of the logit lens named beside an explanation, as the original named them.
+const LOGIT_LENS_TOP: usize = 10;
+
 /// A loaded lens: one that fills layers × positions, or a talkative lens with its donor.
 pub enum Held {
     Cells(Lens),
@@ -297,12 +300,18 @@ impl CpuEngine {
                     });
                     donors.push(l.donor.as_ref().map(|d| self.loaded_base(d)).transpose()?);
                 }
-                let (text, special) = base.render(&text, false).map_err(failure)?;
+                let (rendered, special) = base.render(&text, false).map_err(failure)?;
                 let ids = base
                     .tokenizer
-                    .encode_prompt(&text, special)
+                    .encode_prompt(&rendered, special)
                     .map_err(failure)?;
                 self.check_tokens(ids.len())?;
+                // Talkative lenses explain every position, or those of the last turns asked for.
+                let first = match explain.last_messages {
+                    Some(n) => base.last_turns_start(&text, &ids, n).map_err(failure)?,
+                    None => 0,
+                };
+                let positions: Vec<usize> = (first..ids.len()).collect();
                 let layers = layers
                     .resolve(base.config().n_layers)
                     .map_err(JobFailure::Invalid)?;
@@ -330,9 +339,9 @@ impl CpuEngine {
                     .collect();
                 let talkative = held.len() - cell_lenses.len();
                 let cells_total = (cell_lenses.len() * layers.len() * ids.len()) as u64;
-                let total = cells_total + (talkative * ids.len()) as u64;
+                let total = cells_total + (talkative * positions.len()) as u64;
                 let mut analyses: Vec<Option<Analysis>> = vec![None; held.len()];
-                let positions_total = (talkative * ids.len()) as u64;
+                let positions_total = (talkative * positions.len()) as u64;
                 if !cell_lenses.is_empty() {
                     let refs: Vec<&Lens> = cell_lenses.iter().map(|(_, l)| *l).collect();
                     let opts = AnalyzeOptions::new(layers, top_k);
@@ -361,14 +370,16 @@ impl CpuEngine {
                 let mut explained = 0u64;
                 let explaining = std::time::Instant::now();
                 let space = base.space_id().map_err(failure)?;
-                let positions: Vec<usize> = (0..ids.len()).collect();
                 let opts = ExplainOptions {
                     best_of_k: explain.best_of_k,
                     temperature: explain.temperature,
                     seed: explain.seed,
                     salience: explain.salience,
                     kl: explain.kl,
-                    batch_positions: (32 / explain.best_of_k).max(1),
+                    batch_positions: explain
+                        .batch_positions
+                        .unwrap_or(32 / explain.best_of_k)
+                        .max(1),
                 };
                 for (i, h) in held.iter().enumerate() {
                     let Held::Talkative(talkative) = h.as_ref() else {
@@ -376,7 +387,28 @@ impl CpuEngine {
                     };
                     let (lens, adapter) = talkative.as_ref();
                     let donor = donor_of(donors[i].as_deref(), adapter.as_ref());
-                    let mut explanations = Vec::with_capacity(ids.len());
+                    // The logit lens's top tokens at the lens's layer, per position.
+                    let logit_tops: Vec<Vec<String>> = if explain.logit_lens_top {
+                        let opts = AnalyzeOptions::new(vec![lens.tap()], LOGIT_LENS_TOP);
+                        let found = analyze(&base, &[&Lens::Logit], &ids, &opts, &mut |_| {
+                            std::ops::ControlFlow::Continue(())
+                        })
+                        .map_err(failure)?;
+                        found
+                            .into_iter()
+                            .next()
+                            .and_then(|a| a.layers.into_iter().next())
+                            .map(|row| {
+                                row.positions
+                                    .into_iter()
+                                    .map(|c| c.top.into_iter().map(|t| t.token).collect())
+                                    .collect()
+                            })
+                            .unwrap_or_default()
+                    } else {
+                        Vec::new()
+                    };
+                    let mut explanations = Vec::with_capacity(positions.len());
                     lens.explain(
                         &base.model,
                         &ids,
@@ -388,7 +420,15 @@ impl CpuEngine {
                             let named: Vec<Explanation> = base
                                 .describe(lens, rows.to_vec())
                                 .into_iter()
-                                .map(Explanation::from)
+                                .map(|e| {
+                                    let mut e = Explanation::from(e);
+                                    // As many tokens as the explanation has, at most ten.
+                                    let n = e.explanation_ids.len().clamp(1, LOGIT_LENS_TOP);
+                                    e.logit_lens_top = logit_tops.get(e.position).map(|top| {
+                                        top.iter().take(n).cloned().collect::<Vec<_>>().join(" ")
+                                    });
+                                    e
+                                })
                                 .collect();
                             done += rows.len() as u64;
                             explained += rows.len() as u64;

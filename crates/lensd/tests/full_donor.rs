@@ -228,6 +228,7 @@ async fn the_runtime_runs_a_job_in_the_donor_base_it_names() {
             seed: 0,
             salience: true,
             kl: true,
+            ..Default::default()
         },
     };
     let out = engine

@@ -96,6 +96,7 @@ async fn a_talkative_lens_with_its_donor_explains_beside_the_logit_lens() {
             seed: 0,
             salience: true,
             kl: true,
+            ..Default::default()
         },
     };
     let out = engine

@@ -430,7 +430,7 @@ impl FakeEngine {
 fn render(p: &Prompt) -> String {
     match p {
         Prompt::Plain { text } | Prompt::Rendered { text } => text.clone(),
-        Prompt::Chat { messages } => messages
+        Prompt::Chat { messages } | Prompt::Prefill { messages } => messages
             .iter()
             .map(|m| format!("{}: {}\n", m.role, m.content))
             .collect(),

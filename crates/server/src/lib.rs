@@ -8,6 +8,7 @@ pub mod error;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;
+pub mod original;
 pub mod protocol;
 pub mod reqlog;
 pub mod roles;

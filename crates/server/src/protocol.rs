@@ -228,6 +228,7 @@ impl AnalyzeRequest {
                 seed: o.seed,
                 salience: o.salience,
                 kl: o.kl,
+                ..ExplainSettings::default()
             },
         }))
     }

@@ -171,7 +171,9 @@ fn role_name(role: Role) -> &'static str {
 fn positions(prompt: &Prompt) -> u64 {
     let bytes = match prompt {
         Prompt::Plain { text } | Prompt::Rendered { text } => text.len(),
-        Prompt::Chat { messages } => messages.iter().map(|m| m.content.len()).sum(),
+        Prompt::Chat { messages } | Prompt::Prefill { messages } => {
+            messages.iter().map(|m| m.content.len()).sum()
+        }
     };
     bytes.max(1) as u64
 }

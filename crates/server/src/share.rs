@@ -525,6 +525,7 @@ mod tests {
                 relative_rmse: 0.25,
                 token_salience: vec![0.5, -0.25],
                 kl_divergence: Some(0.125),
+                logit_lens_top: None,
             }],
         };
         let output = serde_json::to_value(JobOutput::Analysis {

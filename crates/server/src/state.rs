@@ -59,6 +59,8 @@ pub struct AppState {
     pub web_dir: Option<std::path::PathBuf>,
     /// Messages for every connected client (residency changes).
     pub broadcast: tokio::sync::broadcast::Sender<crate::protocol::ServerMessage>,
+    /// Requests made over the original's REST routes, polled by id.
+    pub original_jobs: Arc<crate::original::jobs::Jobs>,
 }
 
 pub type Shared = Arc<AppState>;
@@ -120,6 +122,7 @@ impl AppState {
             allowed_origins: p.allowed_origins,
             web_dir: p.web_dir,
             broadcast,
+            original_jobs: Default::default(),
         })
     }
 

@@ -99,6 +99,19 @@ impl Tracked {
 pub struct Requests {
     map: Mutex<HashMap<String, Arc<Tracked>>>,
     finished: Mutex<Finished>,
+    /// Requests accepted, and ended by outcome, since the server started.
+    pub counts: Counts,
+    /// Sum of the compute time of completed requests, in milliseconds.
+    pub completed_compute_ms: std::sync::atomic::AtomicU64,
+}
+
+/// Requests accepted and ended since the server started, by outcome.
+#[derive(Default)]
+pub struct Counts {
+    pub accepted: std::sync::atomic::AtomicU64,
+    pub completed: std::sync::atomic::AtomicU64,
+    pub failed: std::sync::atomic::AtomicU64,
+    pub cancelled: std::sync::atomic::AtomicU64,
 }
 
 /// Finished requests still in the map, oldest first, with the bytes of their events.
@@ -141,6 +154,7 @@ impl Requests {
     }
 
     fn insert(&self, t: Arc<Tracked>) {
+        self.counts.accepted.fetch_add(1, Ordering::Relaxed);
         self.map
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -446,6 +460,22 @@ async fn persist(state: &Shared, t: &Arc<Tracked>, ev: &RequestEvent) {
         _ => "unknown".to_string(),
     };
     metrics::counter!(m::REQUESTS, "kind" => t.kind, "outcome" => outcome.split(':').next().unwrap_or("").to_string()).increment(1);
+    let counts = &state.requests.counts;
+    match ev {
+        RequestEvent::Completed { .. } => {
+            counts.completed.fetch_add(1, Ordering::Relaxed);
+            state
+                .requests
+                .completed_compute_ms
+                .fetch_add(compute_ms.unwrap_or(0), Ordering::Relaxed);
+        }
+        RequestEvent::Error { .. } => {
+            counts.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        _ => {
+            counts.cancelled.fetch_add(1, Ordering::Relaxed);
+        }
+    }
     if let Some(log) = &state.log {
         let rec = LogRecord {
             ts: time::OffsetDateTime::now_utc()

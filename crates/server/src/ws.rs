@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use lensd_core::residency::Tier;
@@ -25,6 +25,7 @@ use crate::api::v2::group_views;
 use crate::api::Who;
 use crate::auth::Role;
 use crate::error::ApiError;
+use crate::original::{self, Dialect};
 use crate::protocol::{
     ClientMessage, EventFrame, LimitsView, QueueEntry, ServerMessage, PROTOCOL_VERSION,
 };
@@ -54,16 +55,27 @@ impl Drop for Place {
 }
 
 /// Frames for the client, in order.
-enum Out {
+pub(crate) enum Out {
     Message(ServerMessage),
     Event(EventFrame),
+    /// A message of the original's dialect.
+    Json(serde_json::Value),
+}
+
+/// `/ws?dialect=…`: the protocol the connection speaks; detected from its first message when
+/// not given.
+#[derive(Debug, serde::Deserialize)]
+pub struct DialectQuery {
+    pub dialect: Option<String>,
 }
 
 pub async fn upgrade(
     State(state): State<Shared>,
     who: Who,
+    Query(query): Query<DialectQuery>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
+    let dialect = Dialect::named(query.dialect.as_deref()).map_err(ApiError::BadRequest)?;
     let open = state.connections.fetch_add(1, Ordering::SeqCst);
     let place = Place(state.clone());
     if open >= state.limits.max_connections {
@@ -84,7 +96,7 @@ pub async fn upgrade(
         // memory rather than 140 KiB (`lensd bench-ws`).
         .read_buffer_size(READ_BUFFER_BYTES)
         .on_upgrade(move |socket| async move {
-            session(state, socket, who).await;
+            session(state, socket, who, dialect).await;
             drop(place);
         }))
 }
@@ -95,6 +107,8 @@ struct Session {
     session: String,
     out: mpsc::Sender<Out>,
     requests: HashMap<String, Arc<Tracked>>,
+    dialect: Dialect,
+    original: original::ws::Conn,
 }
 
 /// Writes the session's frames to the client in order. A frame the client does not take within
@@ -110,6 +124,7 @@ async fn write(
         let text = match &frame {
             Out::Message(m) => serde_json::to_string(m),
             Out::Event(e) => serde_json::to_string(e),
+            Out::Json(v) => serde_json::to_string(v),
         };
         let Ok(text) = text else { continue };
         match tokio::time::timeout(stall, sink.send(Message::Text(text.into()))).await {
@@ -137,7 +152,7 @@ async fn write(
     let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
 }
 
-async fn session(state: Shared, socket: WebSocket, who: Who) {
+async fn session(state: Shared, socket: WebSocket, who: Who, dialect: Dialect) {
     let n = state.next_connection.fetch_add(1, Ordering::SeqCst) + 1;
     let session_id = format!("ws-{n}");
     let (sink, mut stream) = socket.split();
@@ -157,6 +172,8 @@ async fn session(state: Shared, socket: WebSocket, who: Who) {
         state: state.clone(),
         out,
         requests: HashMap::new(),
+        dialect,
+        original: Default::default(),
     };
     s.send(ServerMessage::ConnectionEstablished {
         session: session_id.clone(),
@@ -180,14 +197,31 @@ async fn session(state: Shared, socket: WebSocket, who: Who) {
         .max_message_bytes
         .saturating_mul(TRANSPORT_LIMIT_FACTOR);
     let stalled = s.out.clone();
+    let mut queue_ticks = tokio::time::interval(original::QUEUE_UPDATE_EVERY);
     loop {
         tokio::select! {
             // The writer gave up on a client that does not read.
             _ = stalled.closed() => break,
+            // The original's page shows the server's queue from a periodic update.
+            _ = queue_ticks.tick(), if s.dialect == Dialect::Original => {
+                let update = original::listing::queue_update(&s.state, &s.who.owner);
+                s.send_json(update).await;
+            }
             msg = broadcast.recv() => {
                 // A client that fell behind just misses a notice; the next one tells the same.
                 if let Ok(m) = msg {
-                    s.send(m).await;
+                    if s.dialect == Dialect::Original {
+                        // The original told every page its groups again when residency changed.
+                        if matches!(m, ServerMessage::ResidencyChanged { .. }) {
+                            let current = s.state.default_model(&s.who.client).or_else(|| {
+                                original::ws::server_default(&s.state.snapshot(), s.who.caller.role)
+                            });
+                            let list = original::listing::groups_list(&s.state, &s.who, current.as_deref()).await;
+                            s.send_json(list).await;
+                        }
+                    } else {
+                        s.send(m).await;
+                    }
                 }
             }
             frame = stream.next() => match frame {
@@ -241,6 +275,33 @@ impl Session {
         let _ = self.out.send(Out::Message(m)).await;
     }
 
+    async fn send_json(&self, v: serde_json::Value) {
+        let _ = self.out.send(Out::Json(v)).await;
+    }
+
+    /// A message in the original's dialect.
+    async fn handle_original(&mut self, text: &str) {
+        let ctx = original::ws::Ctx {
+            state: self.state.clone(),
+            who: self.who.clone(),
+            out: self.out.clone(),
+        };
+        match serde_json::from_str::<original::messages::ClientMessage>(text) {
+            Ok(msg) => original::ws::handle(&ctx, &mut self.original, msg).await,
+            Err(e) => {
+                let kind = serde_json::from_str::<serde_json::Value>(text)
+                    .ok()
+                    .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(String::from));
+                let what = match kind {
+                    Some(t) => format!("message `{t}`: {e}"),
+                    None => format!("the frame is not a message of the original's dialect: {e}"),
+                };
+                ctx.error(&ApiError::BadRequest(what), Default::default())
+                    .await;
+            }
+        }
+    }
+
     async fn error(&self, e: ApiError, request_id: Option<String>) {
         let body = e.body();
         let message = views::scrub(&self.state.snapshot(), &body.message);
@@ -262,8 +323,23 @@ impl Session {
             self.error(e, None).await;
             return;
         }
+        if self.dialect == Dialect::Original {
+            return self.handle_original(text).await;
+        }
         let msg: ClientMessage = match serde_json::from_str(text) {
-            Ok(m) => m,
+            Ok(m) => {
+                self.dialect = Dialect::Lensd;
+                m
+            }
+            // A first message that only the original's dialect reads makes the connection
+            // the original's.
+            Err(_)
+                if self.dialect == Dialect::Undecided
+                    && serde_json::from_str::<original::messages::ClientMessage>(text).is_ok() =>
+            {
+                self.dialect = Dialect::Original;
+                return self.handle_original(text).await;
+            }
             Err(e) => {
                 let kind = serde_json::from_str::<serde_json::Value>(text)
                     .ok()

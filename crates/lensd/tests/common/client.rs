@@ -34,6 +34,42 @@ pub async fn http(addr: &str, method: &str, path: &str, key: Option<&str>) -> (u
     (status, body)
 }
 
+/// A request with a JSON body and extra header lines; the status and the body.
+pub async fn http_json(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    headers: &[&str],
+) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Content-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status: u16 = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A WebSocket on `path` (with its query).
+pub async fn connect_to(addr: &str, path: &str) -> Ws {
+    tokio_tungstenite::connect_async(format!("ws://{addr}{path}"))
+        .await
+        .unwrap()
+        .0
+}
+
 pub async fn connect(addr: &str) -> Ws {
     tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
         .await

@@ -20,6 +20,7 @@ use crate::state::Shared;
 /// The caller of a request, the client it counts as for fairness (its key's name, else its
 /// address; a WebSocket session is a client of its own), and the owner of what it submits
 /// (its key's name, else `ip:` and its address).
+#[derive(Clone)]
 pub struct Who {
     pub caller: Caller,
     pub client: String,
@@ -113,6 +114,32 @@ impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<Shared> for Body
     }
 }
 
+/// The original's REST routes and slim API (`crate::original`); none shares a path with
+/// lensd's own.
+fn original_routes() -> Router<Shared> {
+    use crate::original::{rest, slim};
+    Router::new()
+        .route("/health", get(rest::health))
+        .route("/analyze", post(rest::analyze))
+        .route("/status/{id}", get(rest::status))
+        .route("/reset", post(rest::reset))
+        .route("/api/gpu_stats", get(rest::gpu_stats))
+        .route("/api/v2/system/state", get(rest::v2_system_state))
+        .route("/api/v2/models", get(rest::v2_models))
+        .route("/api/v2/models/load", post(rest::v2_load_model))
+        .route("/api/v2/groups/load", post(rest::v2_load_group))
+        .route("/api/v2/devices/{id}/memory", get(rest::v2_device_memory))
+        .route("/api/v2/current", get(rest::v2_current))
+        .route("/api/v2/switch", post(rest::v2_switch))
+        .route("/api/slim/", get(slim::index))
+        .route("/api/slim/generate", post(slim::generate))
+        .route("/api/slim/analyze", post(slim::analyze))
+        .route("/api/slim/send_message", post(slim::send_message))
+        .route("/api/slim/status/{id}", get(slim::status))
+        .route("/api/slim/models", get(slim::models))
+        .route("/api/slim/models/{id}/layers", get(slim::layers))
+}
+
 pub fn router(state: Shared) -> Router {
     let cors = if state.allowed_origins.iter().any(|o| o == "*") {
         CorsLayer::new().allow_origin(AllowOrigin::any())
@@ -150,6 +177,7 @@ pub fn router(state: Shared) -> Router {
         .route("/api/v2/requests/{id}/events", get(v2::events))
         .route("/api/v2/admin/reload", post(v2::reload))
         .route("/ws", get(crate::ws::upgrade))
+        .merge(original_routes())
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .layer(cors)
         .with_state(state)

@@ -57,8 +57,15 @@ pub async fn readyz(State(state): State<Shared>) -> (StatusCode, Json<Health>) {
     }
 }
 
-/// Prometheus metrics in the text exposition format.
-pub async fn metrics(State(state): State<Shared>) -> ApiResult<Response> {
+/// Prometheus metrics in the text exposition format; a client that asks for JSON (`Accept:
+/// application/json`) gets the original's request counts instead.
+pub async fn metrics(
+    State(state): State<Shared>,
+    headers: axum::http::HeaderMap,
+) -> ApiResult<Response> {
+    if let Some(json) = crate::original::rest::metrics(&state, &headers) {
+        return Ok(json);
+    }
     let handle = state
         .metrics
         .clone()
