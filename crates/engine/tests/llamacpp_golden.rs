@@ -119,3 +119,85 @@ fn conversations_render_and_tokenize_like_the_reference() {
         "plain text keeps special-token markup as text"
     );
 }
+
+/// An assistant prefill: the text ends inside the assistant's turn, right after its start.
+#[test]
+fn a_prefill_continues_the_assistants_last_turn() {
+    let base = common::demo(ComputeDtype::Stored);
+    let turns = |last: &str| {
+        vec![
+            ChatMessage::new("user", "Hi"),
+            ChatMessage::new("assistant", last),
+        ]
+    };
+    let (text, special) = base
+        .render(
+            &Prompt::Prefill {
+                messages: turns("Hel"),
+            },
+            true,
+        )
+        .unwrap();
+    assert!(special);
+    assert!(text.ends_with("<|im_start|>assistant\nHel"), "{text:?}");
+    // The same conversation as a chat closes the turn instead.
+    let closed = base
+        .render(
+            &Prompt::Chat {
+                messages: turns("Hel"),
+            },
+            false,
+        )
+        .unwrap()
+        .0;
+    assert_eq!(closed, format!("{text}<|im_end|>\n"));
+    // An empty last turn opens the reply.
+    let open = base
+        .render(
+            &Prompt::Prefill {
+                messages: turns(""),
+            },
+            true,
+        )
+        .unwrap()
+        .0;
+    assert!(open.ends_with("<|im_start|>assistant\n"), "{open:?}");
+    let e = base
+        .render(
+            &Prompt::Prefill {
+                messages: vec![ChatMessage::new("user", "Hi")],
+            },
+            true,
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("assistant"), "{e}");
+}
+
+/// The last turns of a conversation start where the template begins the first of them.
+#[test]
+fn the_last_turns_start_at_their_first_token() {
+    let base = common::demo(ComputeDtype::Stored);
+    let prompt = Prompt::Chat {
+        messages: vec![
+            ChatMessage::new("user", "Hi"),
+            ChatMessage::new("assistant", "Hello there"),
+            ChatMessage::new("user", "Bye"),
+        ],
+    };
+    let (text, special) = base.render(&prompt, false).unwrap();
+    let ids = base.tokenizer.encode_prompt(&text, special).unwrap();
+    let start = base.last_turns_start(&prompt, &ids, 1).unwrap();
+    let im_start = base.tokenizer.encode_prompt("<|im_start|>", true).unwrap();
+    assert_eq!(ids[start], *im_start.last().unwrap(), "a turn begins there");
+    let rest = base.tokenizer.decode(&ids[start..]).unwrap();
+    assert!(rest.contains("Bye") && !rest.contains("Hello"), "{rest:?}");
+    let two = base.last_turns_start(&prompt, &ids, 2).unwrap();
+    assert!(two < start && two > 0);
+    assert_eq!(base.last_turns_start(&prompt, &ids, 3).unwrap(), 0);
+    assert_eq!(
+        base.last_turns_start(&Prompt::plain("Bye"), &ids, 1)
+            .unwrap(),
+        0,
+        "plain text has no turns"
+    );
+}

@@ -290,6 +290,7 @@ pub fn run(cmd: Command) -> Result<()> {
             allow_origins,
             max_text_chars,
             max_tokens,
+            max_new_tokens,
             rate_per_minute,
             max_connections,
             retention_days,
@@ -300,6 +301,7 @@ pub fn run(cmd: Command) -> Result<()> {
         } => {
             let limits = lensd_server::limits::Limits {
                 max_text_chars,
+                max_new_tokens: max_new_tokens as usize,
                 requests_per_minute: rate_per_minute,
                 max_connections,
                 shutdown_grace: std::time::Duration::from_secs(shutdown_grace),

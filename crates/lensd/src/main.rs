@@ -33,8 +33,9 @@ struct Cli {
 }
 
 /// The commands, and `pull`, the one that downloads (kept out of `Command`, which
-/// `commands::run` matches whole).
+/// `commands::run` matches whole). Parsed once at start, so the variants' sizes do not matter.
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)]
 enum TopCommand {
     #[command(flatten)]
     Local(Command),
@@ -293,6 +294,9 @@ enum Command {
         /// Most tokens of an analysed text or a prompt.
         #[arg(long, default_value_t = 4096)]
         max_tokens: usize,
+        /// Most tokens one generation may ask for (the original's page offered up to 1,000).
+        #[arg(long, default_value_t = 1000)]
+        max_new_tokens: u32,
         /// Submissions per client per minute.
         #[arg(long, default_value_t = 120)]
         rate_per_minute: u32,

@@ -239,8 +239,19 @@ async fn the_original_page_lists_switches_analyses_and_generates() {
     let queued = expect(&mut ws, "queued").await;
     assert_eq!(queued["context"], "generation");
     let gen = queued["request_id"].as_str().unwrap().to_string();
-    assert_eq!(expect(&mut ws, "processing").await["context"], "generation");
-    let done = expect(&mut ws, "generation_complete").await;
+    // Each completion waits its turn, told under the one id the page knows.
+    let done = loop {
+        let v = next(&mut ws).await;
+        match v["type"].as_str().unwrap() {
+            "generation_complete" => break v,
+            "queued" | "processing" => {
+                assert_eq!(v["request_id"], gen.as_str(), "{v}");
+                assert_eq!(v["context"], "generation");
+            }
+            "queue_update" | "model_groups_list" | "status" => {}
+            other => panic!("unexpected {other}: {v}"),
+        }
+    };
     assert_eq!(done["request_id"], gen.as_str());
     let completions = done["result"]["completions"].as_array().unwrap();
     assert_eq!(completions.len(), 3);
@@ -598,5 +609,91 @@ async fn the_originals_rest_routes_and_slim_api_answer_in_its_shapes() {
     let (code, r) = post(addr, "/reset", Value::Null).await;
     assert_eq!(code, 200, "{r}");
     assert_eq!(r["status"], "reset");
+    server.stop();
+}
+
+const ADMIN: &str = "admin-key-0123456789abcdef";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_load_groups_and_see_lens_file_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.json");
+    std::fs::write(
+        &keys,
+        json!({"keys": [{"key": ADMIN, "role": "admin", "name": "ops"}]}).to_string(),
+    )
+    .unwrap();
+    let server = Server::start_with(
+        &config(dir.path()),
+        &dir.path().join("data"),
+        &["--keys", keys.to_str().unwrap()],
+    );
+    let addr = server.addr.as_str();
+
+    // Anonymous: no file names, no loading.
+    let mut anon = connect_to(addr, "/ws?dialect=original").await;
+    send(
+        &mut anon,
+        json!({"type": "preload_group", "group_id": "other"}),
+    )
+    .await;
+    let err = expect(&mut anon, "error").await;
+    assert!(err["error"].as_str().unwrap().contains("admin"), "{err}");
+
+    // The page cannot set headers on a WebSocket; the key comes in the query.
+    let mut ws = connect_to(addr, &format!("/ws?api_key={ADMIN}")).await;
+    send(
+        &mut ws,
+        json!({"type": "list_model_groups", "refresh": true}),
+    )
+    .await;
+    let list = expect(&mut ws, "model_groups_list").await;
+    assert_eq!(
+        list["groups"][0]["models"][0]["checkpoint_filename"],
+        "talkative"
+    );
+    send(
+        &mut ws,
+        json!({"type": "preload_group", "group_id": "other"}),
+    )
+    .await;
+    assert_eq!(
+        expect(&mut ws, "group_switch_status").await["status"],
+        "starting"
+    );
+    let done = loop {
+        let v = next(&mut ws).await;
+        match v["type"].as_str().unwrap() {
+            "group_preload_complete" => break v,
+            "group_switch_status" => assert!(
+                ["progress", "completed"].contains(&v["status"].as_str().unwrap()),
+                "{v}"
+            ),
+            _ => {}
+        }
+    };
+    assert_eq!(done["group_id"], "other");
+    let (code, body) = http_json(
+        addr,
+        "POST",
+        "/api/v2/groups/load",
+        Some(&json!({"group_id": "demo", "device_id": 0})),
+        &[&format!("Authorization: Bearer {ADMIN}")],
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = http_json(
+        addr,
+        "POST",
+        "/api/v2/groups/load",
+        Some(&json!({"group_id": "demo", "device_id": 3})),
+        &[&format!("Authorization: Bearer {ADMIN}")],
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("Unknown device"), "{body}");
+    // A wrong key is refused at the upgrade.
+    let refused = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?api_key=wrong")).await;
+    assert!(refused.is_err());
     server.stop();
 }

@@ -51,7 +51,7 @@ impl Default for Limits {
         Limits {
             max_text_chars: 20_000,
             max_lenses: 8,
-            max_new_tokens: 512,
+            max_new_tokens: 1000,
             max_message_bytes: 256 * 1024,
             max_connections: 512,
             requests_per_minute: 120,

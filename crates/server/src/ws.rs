@@ -67,6 +67,9 @@ pub(crate) enum Out {
 #[derive(Debug, serde::Deserialize)]
 pub struct DialectQuery {
     pub dialect: Option<String>,
+    /// An API key, for clients that cannot set the `Authorization` header of the upgrade (the
+    /// original's page); lensd's own clients send `auth` instead.
+    pub api_key: Option<String>,
 }
 
 pub async fn upgrade(
@@ -76,6 +79,16 @@ pub async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let dialect = Dialect::named(query.dialect.as_deref()).map_err(ApiError::BadRequest)?;
+    let who = match query.api_key {
+        Some(key) if who.caller.label.is_empty() => {
+            let addr = who.addr;
+            let caller = state
+                .auth
+                .check(addr.map(|a| a.ip()), || state.keys.holder(&key))?;
+            Who::new(caller, addr)
+        }
+        _ => who,
+    };
     let open = state.connections.fetch_add(1, Ordering::SeqCst);
     let place = Place(state.clone());
     if open >= state.limits.max_connections {
@@ -204,7 +217,8 @@ async fn session(state: Shared, socket: WebSocket, who: Who, dialect: Dialect) {
             _ = stalled.closed() => break,
             // The original's page shows the server's queue from a periodic update.
             _ = queue_ticks.tick(), if s.dialect == Dialect::Original => {
-                let update = original::listing::queue_update(&s.state, &s.who.owner);
+                let conn = &s.original;
+                let update = original::listing::queue_update(&s.state, &s.who.owner, |id| conn.alias(id));
                 s.send_json(update).await;
             }
             msg = broadcast.recv() => {

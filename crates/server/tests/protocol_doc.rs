@@ -87,3 +87,35 @@ fn every_server_example_parses_as_a_message_or_a_request_event() {
         assert!(kinds.contains(k), "no example of `{k}`");
     }
 }
+
+#[test]
+fn every_original_dialect_example_parses_and_every_message_has_one() {
+    use lensd_server::original::messages::ClientMessage as Original;
+    let mut kinds = BTreeSet::new();
+    for e in blocks("original-client") {
+        let v: serde_json::Value =
+            serde_json::from_str(&e).unwrap_or_else(|err| panic!("{e}: {err}"));
+        let _: Original = serde_json::from_str(&e).unwrap_or_else(|err| panic!("{e}: {err}"));
+        kinds.insert(v["type"].as_str().unwrap().to_string());
+    }
+    let all = [
+        "analyze",
+        "cancel_request",
+        "clear_device",
+        "generate",
+        "generate_and_analyze",
+        "get_model_info",
+        "interrupt",
+        "list_model_groups",
+        "list_models",
+        "load_group",
+        "load_model",
+        "ping",
+        "preload_group",
+        "status",
+        "switch_model",
+        "switch_model_grouped",
+        "unload_group",
+    ];
+    assert_eq!(kinds, all.iter().map(|s| s.to_string()).collect());
+}

@@ -208,14 +208,14 @@ pub async fn model_info(
 
 /// The server-wide queue as the original's periodic `queue_update` told it. Ids of other
 /// clients' requests are blanked: a client finds its own place without learning others' ids.
-pub fn queue_update(state: &Shared, owner: &str) -> Value {
+pub fn queue_update(state: &Shared, owner: &str, alias: impl Fn(&str) -> Option<String>) -> Value {
     let mut queued: Vec<(usize, String)> = Vec::new();
     let mut processing = 0;
     for t in state.requests.active() {
         match t.status() {
             Status::Queued { position } => {
                 let id = if t.owner == owner {
-                    t.id.clone()
+                    alias(&t.id).unwrap_or_else(|| t.id.clone())
                 } else {
                     String::new()
                 };

@@ -134,6 +134,17 @@ impl Live {
     }
 }
 
+impl Conn {
+    /// The id this session's client knows for the lensd request `id`: a generation's later
+    /// completions run under ids of their own.
+    pub fn alias(&self, id: &str) -> Option<String> {
+        self.requests
+            .values()
+            .find(|l| l.current().id == id)
+            .map(|l| l.id.clone())
+    }
+}
+
 /// A session's requests in the original's dialect, by id.
 #[derive(Default)]
 pub struct Conn {
@@ -159,11 +170,16 @@ pub async fn handle(ctx: &Ctx, conn: &mut Conn, msg: ClientMessage) {
         }
         ClientMessage::Generate(g) => {
             if let Err(e) = generate(ctx, conn, &g, None, true).await {
-                ctx.send(
-                    json!({"type": "generation_error", "error": e.body().message,
-                    "error_type": e.error_type()}),
-                )
-                .await;
+                let message = views::scrub(&ctx.state.snapshot(), &e.body().message);
+                let mut v = json!({"type": "generation_error", "error": message,
+                    "error_type": e.error_type()});
+                Ids {
+                    client_request_id: g.client_request_id.as_deref(),
+                    context: Some("generation"),
+                    ..Ids::default()
+                }
+                .put(&mut v);
+                ctx.send(v).await;
             }
             None
         }
@@ -175,13 +191,32 @@ pub async fn handle(ctx: &Ctx, conn: &mut Conn, msg: ClientMessage) {
             let r = generate_and_analyze(ctx, conn, generation, analysis, &client_request_id).await;
             r.err().map(|e| (e, "analysis", client_request_id))
         }
-        other => control(ctx, conn, other).await.err().map(|e| (e, "", None)),
+        other => {
+            // Errors about one request name it, so that the page finds the request they concern.
+            let about = match &other {
+                ClientMessage::CancelRequest { request_id } => Some(request_id.clone()),
+                ClientMessage::Interrupt { request_id, .. } => request_id.clone(),
+                _ => None,
+            };
+            control(ctx, conn, other)
+                .await
+                .err()
+                .map(|e| (e, "", about))
+        }
     };
-    if let Some((e, context, client)) = failed {
-        let ids = Ids {
-            context: (!context.is_empty()).then_some(context),
-            client_request_id: client.as_deref(),
-            ..Ids::default()
+    if let Some((e, context, id)) = failed {
+        // An analysis names its client's id; a cancel or interrupt the request it concerns.
+        let ids = if context.is_empty() {
+            Ids {
+                request_id: id.as_deref(),
+                ..Ids::default()
+            }
+        } else {
+            Ids {
+                context: Some(context),
+                client_request_id: id.as_deref(),
+                ..Ids::default()
+            }
         };
         ctx.error(&e, ids).await;
     }
@@ -357,24 +392,22 @@ fn queued_frame(ctx: &Ctx, live: &Live, position: usize) -> Value {
 }
 
 /// The frames that every request tells alike; true when `ev` was one of them.
-async fn tell_common(ctx: &Ctx, live: &Live, ev: &RequestEvent, first: bool) -> bool {
+async fn tell_common(ctx: &Ctx, live: &Live, ev: &RequestEvent) -> bool {
     match ev {
         RequestEvent::Queued { position } | RequestEvent::Position { position } => {
-            if first {
-                ctx.send(queued_frame(ctx, live, *position)).await;
-            }
+            ctx.send(queued_frame(ctx, live, *position)).await;
         }
         RequestEvent::Loading {
             resource,
             bytes_done,
             bytes_total,
-        } if first => {
+        } => {
             let pct = (*bytes_done * 100).checked_div(*bytes_total).unwrap_or(0);
             ctx.send(json!({"type": "status", "request_id": live.id,
                 "message": format!("Loading the {resource} for {}: {pct}%", live.context)}))
                 .await;
         }
-        RequestEvent::Started if first => {
+        RequestEvent::Started => {
             let message = if live.context == "analysis" {
                 "Analyzing..."
             } else {
@@ -424,7 +457,7 @@ async fn forward_analysis(ctx: Ctx, live: Arc<Live>, shape: Shape) {
         if let RequestEvent::Started = ev {
             started_at = Some(Instant::now());
         }
-        if tell_common(&ctx, &live, &ev, true).await {
+        if tell_common(&ctx, &live, &ev).await {
             continue;
         }
         match ev {
@@ -555,7 +588,8 @@ async fn forward_generation(ctx: Ctx, live: Arc<Live>, plan: GeneratePlan) {
                     None => break 'runs,
                 },
             };
-            if tell_common(&ctx, &live, &ev, i == 0).await {
+            // Each completion waits its turn: the page hears where it stands.
+            if tell_common(&ctx, &live, &ev).await {
                 continue;
             }
             match ev {
@@ -736,7 +770,10 @@ async fn control(ctx: &Ctx, conn: &mut Conn, msg: ClientMessage) -> Result<(), A
             stop(ctx, conn, &id, Stop::Interrupt).await?
         }
         ClientMessage::Status { request_id: None } => {
-            ctx.send(listing::queue_update(state, &who.owner)).await
+            ctx.send(listing::queue_update(state, &who.owner, |id| {
+                conn.alias(id)
+            }))
+            .await
         }
         ClientMessage::Status {
             request_id: Some(id),
