@@ -59,4 +59,4 @@ fi
 cd web/tests
 exec node --test "${concurrency[@]}" "$@" \
   io-fuzz.test.js analyze.test.js io.test.js talkative.test.js residency.test.js config.test.js \
-  reconnect.test.js chat.test.js
+  reconnect.test.js chat.test.js original.test.js

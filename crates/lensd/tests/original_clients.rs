@@ -74,6 +74,8 @@ async fn expect(ws: &mut Ws, kind: &str) -> Value {
             "model_groups_list",
             "status",
             "progress",
+            "queued",
+            "processing",
         ];
         assert!(
             passing.contains(&v["type"].as_str().unwrap_or("")),
@@ -695,5 +697,94 @@ async fn admins_load_groups_and_see_lens_file_names() {
     // A wrong key is refused at the upgrade.
     let refused = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?api_key=wrong")).await;
     assert!(refused.is_err());
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chained_work_prefills_status_and_the_smaller_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&config(dir.path()), &dir.path().join("data"));
+    let mut ws = connect(&server.addr).await;
+    send(&mut ws, json!({"type": "list_models", "refresh": false})).await;
+    let models = expect(&mut ws, "models_list").await;
+    assert_eq!(models["models"]["talk"]["display_name"], "Talkative L15");
+    assert_eq!(models["models"]["talk"]["layer"], 15);
+    send(&mut ws, json!({"type": "ping"})).await;
+    expect(&mut ws, "pong").await;
+
+    // Generate, then analyse the first completion, as the page's "Generate + Analyze" does.
+    send(
+        &mut ws,
+        json!({"type": "generate_and_analyze", "client_request_id": "ga",
+        "generation": {"text": "The sky is", "model_id": "talk",
+            "options": {"num_tokens": 3, "num_completions": 1, "temperature": 0.0}},
+        "analysis": {"text": "The sky is", "use_generated_completion": true,
+            "options": {"optimize_explanations_config": {"best_of_k": 1}, "no_kl": true}}}),
+    )
+    .await;
+    let (mut gen_id, mut ana_id, mut completion, mut rows) = (None, None, None, None);
+    while completion.is_none() || rows.is_none() {
+        let v = next(&mut ws).await;
+        match v["type"].as_str().unwrap() {
+            "queued" => match v["client_request_id"].as_str().unwrap() {
+                "ga_gen" => gen_id = Some(v["request_id"].clone()),
+                "ga" => ana_id = Some(v["request_id"].clone()),
+                other => panic!("{other}"),
+            },
+            "generation_complete" => {
+                assert_eq!(Some(&v["request_id"]), gen_id.as_ref());
+                completion = Some(v["result"]["completions"][0].as_str().unwrap().to_string());
+            }
+            "completed" => {
+                assert_eq!(Some(&v["request_id"]), ana_id.as_ref());
+                assert_eq!(v["client_request_id"], "ga");
+                rows = Some(v["result"]["data"].as_array().unwrap().clone());
+            }
+            "processing" | "progress" | "queue_update" | "model_groups_list" | "status" => {}
+            other => panic!("unexpected {other}: {v}"),
+        }
+    }
+    let rows = rows.unwrap();
+    let completion = completion.unwrap();
+    assert!(completion.starts_with("The sky is"), "{completion}");
+    let text: String = rows.iter().map(|r| r["token"].as_str().unwrap()).collect();
+    assert!(text.starts_with("The sky is"), "{text}");
+    assert!(rows.len() > 3, "the reply's tokens are read too: {text}");
+
+    // `status` of a finished request.
+    send(
+        &mut ws,
+        json!({"type": "status", "request_id": ana_id.unwrap()}),
+    )
+    .await;
+    let s = expect(&mut ws, "status_update").await;
+    assert_eq!(s["status"], "completed");
+
+    // An assistant prefill: the reply continues the assistant's words.
+    let convo = json!([{"role": "user", "content": "Count to five."}, {"role": "assistant", "content": "One, two,"}]).to_string();
+    send(
+        &mut ws,
+        json!({"type": "generate", "text": convo, "model_id": "talk",
+        "options": {"num_tokens": 4, "num_completions": 1, "temperature": 0.0, "is_chat": true,
+            "use_chat_format": true}}),
+    )
+    .await;
+    let done = expect(&mut ws, "generation_complete").await;
+    let full = done["result"]["completions"][0].as_str().unwrap();
+    assert!(full.contains("<|im_start|>assistant\nOne, two,"), "{full}");
+    assert!(
+        !full.contains("One, two,<|im_end|>"),
+        "the turn is continued, not closed: {full}"
+    );
+
+    // Special-token markup in plain text is read as the model's tokens, as the original did.
+    send(
+        &mut ws,
+        json!({"type": "analyze", "model_id": "logit", "client_request_id": "sp",
+        "text": "<|im_start|>user\nHi<|im_end|>"}),
+    )
+    .await;
+    let done = expect(&mut ws, "completed").await;
+    assert_eq!(done["result"]["data"][0]["token"], "<|im_start|>");
     server.stop();
 }

@@ -13,7 +13,7 @@ use crate::views::{GroupView, ModelView, ResidencyView};
 #[openapi(
     info(
         title = "lensd",
-        description = "Interpretability lenses over transformer language models: model groups sharing a base, per-request lens choice, and streamed results."
+        description = "Interpretability lenses over transformer language models: model groups sharing a base, per-request lens choice, and streamed results. The original site's REST routes and slim API (`/analyze`, `/status/{id}`, `/health`, `/reset`, `/api/gpu_stats`, `/api/v2/system/state`, `/api/v2/models`, `/api/v2/models/load`, `/api/v2/groups/load`, `/api/v2/devices/{id}/memory`, `/api/v2/current`, `/api/v2/switch`, `/api/slim/*`) are served beside this API in the original's shapes and described in docs/protocol.md; none of lensd's paths moved for them."
     ),
     paths(
         ops::healthz,

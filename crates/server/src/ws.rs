@@ -188,20 +188,25 @@ async fn session(state: Shared, socket: WebSocket, who: Who, dialect: Dialect) {
         dialect,
         original: Default::default(),
     };
-    s.send(ServerMessage::ConnectionEstablished {
-        session: session_id.clone(),
-        role: s.who.caller.role,
-        protocol_version: PROTOCOL_VERSION,
-        limits: LimitsView {
-            max_text_chars: state.limits.max_text_chars,
-            max_lenses: state.limits.max_lenses,
-            max_new_tokens: state.limits.max_new_tokens,
-            max_message_bytes: state.limits.max_message_bytes,
-            requests_per_minute: state.limits.requests_per_minute,
-        },
-        current_model: None,
-    })
-    .await;
+    if dialect == Dialect::Original {
+        let greeting = original::listing::greeting(&state, &s.who, &session_id);
+        s.send_json(greeting).await;
+    } else {
+        s.send(ServerMessage::ConnectionEstablished {
+            session: session_id.clone(),
+            role: s.who.caller.role,
+            protocol_version: PROTOCOL_VERSION,
+            limits: LimitsView {
+                max_text_chars: state.limits.max_text_chars,
+                max_lenses: state.limits.max_lenses,
+                max_new_tokens: state.limits.max_new_tokens,
+                max_message_bytes: state.limits.max_message_bytes,
+                requests_per_minute: state.limits.requests_per_minute,
+            },
+            current_model: None,
+        })
+        .await;
+    }
     let mut shutdown = state.shutdown.subscribe();
     let mut told = false;
     let mut broadcast = state.broadcast.subscribe();

@@ -196,7 +196,7 @@ pub async fn model_info(
         "loaded": on_device(&v),
         "batch_size": m.batch_size,
         "auto_batch_size_max": m.auto_batch_size_max.unwrap_or(super::messages::AUTO_BATCH_SIZE_MAX as u32),
-        "generation_config": {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 50},
+        "generation_config": {"temperature": 0.8, "top_p": 0.95, "max_new_tokens": 50},
         "cached_models": cached_models,
         "device": DEVICE,
     });
@@ -276,5 +276,25 @@ pub async fn device_stats(state: &Shared) -> Value {
         "memory_used": device["memory_used"],
         "memory_total": device["memory_total"],
         "memory_percent": device["memory_percent"],
+    })
+}
+
+/// The original's `connection_established`, for a connection that named the dialect: the
+/// model a request without one would read.
+pub fn greeting(state: &Shared, who: &Who, session: &str) -> Value {
+    let snap = state.snapshot();
+    let model = state
+        .default_model(&who.client)
+        .or_else(|| super::ws::server_default(&snap, who.caller.role));
+    let entry = model.as_deref().and_then(|m| snap.config.model(m));
+    json!({
+        "type": "connection_established",
+        "message": "Connected to lensd",
+        "session": session,
+        "model_id": model,
+        "model_name": entry.map(|(_, m)| m.name.clone()),
+        "auto_batch_size_max": entry.map(|(_, m)| m.auto_batch_size_max
+            .unwrap_or(super::messages::AUTO_BATCH_SIZE_MAX as u32)),
+        "generation_config": {"temperature": 0.8, "top_p": 0.95},
     })
 }

@@ -90,6 +90,8 @@ pub struct AnalyzeOptions {
     /// Accepted; each request reads the model it names.
     pub use_prior_generated_text: Option<bool>,
     pub model_id: Option<String>,
+    /// Accepted; lensd computes on one device, and residency places the weights.
+    pub exclusive_gpu: Option<String>,
 }
 
 /// `generate`'s options.
@@ -107,6 +109,8 @@ pub struct GenerateOptions {
     /// Accepted; completions are always the full text, as the original's page asked.
     pub return_full_text: Option<bool>,
     pub model_id: Option<String>,
+    /// Accepted; lensd computes on one device, and residency places the weights.
+    pub exclusive_gpu: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -148,6 +152,8 @@ pub struct ChainedAnalysis {
     pub use_generated_completion: Option<bool>,
 }
 
+/// One message at a time is parsed and handled, so the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientMessage {
