@@ -6,7 +6,7 @@
 // row per token, equal to the server's own record; a generation gives three continuations;
 // a refused generation and a refused analysis show their errors on their requests; requests
 // queued behind a long one show their positions, a queued one is cancelled and the running one
-// interrupted.
+// interrupted. With LENSD_ORIGINAL_FRONTEND set, the original site's own page as well (below).
 
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -239,5 +239,57 @@ describe('a page speaking the original dialect', () => {
     await page.locator('#queue-pill[data-queued="0"][data-processing="0"]').waitFor({ timeout: 10_000 });
     assert.deepEqual(errors, []);
     await context.close();
+  });
+});
+
+// The original site's own page, when its files are supplied at test time (never committed):
+// LENSD_ORIGINAL_FRONTEND names a folder with its index.html, app.js,
+// model-switcher-grouped.js, visualizer-core.js, global-notifications.js and
+// visualizer-styles.css (talkative_autoencoder/website/frontend/ of the public repository).
+// The page is served from the server's own origin, where the page looks for its backend; its
+// outside resources (a CSS framework and fonts from CDNs) are not loaded.
+const ORIGINAL = process.env.LENSD_ORIGINAL_FRONTEND;
+const ORIGINAL_FILES = ['index.html', 'app.js', 'model-switcher-grouped.js', 'visualizer-core.js',
+  'global-notifications.js', 'visualizer-styles.css'];
+
+describe('the original site\'s own page', { skip: ORIGINAL ? false : 'LENSD_ORIGINAL_FRONTEND is not set' }, () => {
+  test('lists the groups, analyses a text into rows and generates three continuations', async () => {
+    const { readFileSync } = await import('node:fs');
+    const origin = `http://127.0.0.1:${server.port}`;
+    // Chromium treats a routed page as public and would refuse its loopback WebSocket.
+    const own = await browser.browserType().launch({
+      executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+      args: ['--no-sandbox', '--disable-gpu', '--disable-features=LocalNetworkAccessChecks,PrivateNetworkAccessChecks'],
+    });
+    try {
+      const page = await own.newPage({ viewport: { width: 1280, height: 900 } });
+      await page.route('**/*', (route) => {
+        const url = new URL(route.request().url());
+        if (url.origin !== origin) return route.abort();
+        const name = url.pathname === '/' ? 'index.html' : url.pathname.slice(1);
+        if (!ORIGINAL_FILES.includes(name)) return route.continue();
+        const type = name.endsWith('.js') ? 'text/javascript' : name.endsWith('.css') ? 'text/css' : 'text/html';
+        return route.fulfill({ body: readFileSync(join(ORIGINAL, name)), contentType: type });
+      });
+      await page.goto(`${origin}/`);
+      // Connected, the grouped switcher filled, the default group's first model selected.
+      const checked = page.locator('input[type=radio]:checked');
+      await checked.waitFor({ state: 'attached', timeout: 60_000 });
+      assert.match(await checked.getAttribute('value'), new RegExp(`^${DEFAULT_GROUP}::`));
+      await page.locator('#inputText').fill('The cat sat.');
+      await page.locator('#analyzeBtn').click();
+      const rows = page.locator('table tbody tr');
+      await rows.first().waitFor({ timeout: 180_000 });
+      assert.ok(await rows.count() > 3);
+      await page.locator('#numCompletions').fill('3');
+      await page.locator('#generateBtn').click();
+      await page.getByText(/Generated 3 continuation/).waitFor({ timeout: 180_000 });
+      // The device panel it polls every two seconds has figures, not "undefined".
+      const panel = await page.locator('#gpu-stats').innerText();
+      assert.doesNotMatch(panel, /undefined|NaN/);
+      await page.screenshot({ path: join(process.env.LENSD_WEB_ARTIFACTS ?? join(dirname(fileURLToPath(import.meta.url)), 'artifacts'), 'original-own-page.png') });
+    } finally {
+      await own.close();
+    }
   });
 });

@@ -134,7 +134,19 @@ impl Live {
     }
 }
 
+/// Finished requests a session remembers (for `status` and a late cancel's answer) before it
+/// forgets them.
+const KEPT_FINISHED: usize = 256;
+
 impl Conn {
+    fn add(&mut self, live: Arc<Live>) {
+        let finished = |l: &Arc<Live>| l.done.load(std::sync::atomic::Ordering::SeqCst);
+        if self.requests.values().filter(|l| finished(l)).count() >= KEPT_FINISHED {
+            self.requests.retain(|_, l| !finished(l));
+        }
+        self.requests.insert(live.id.clone(), live);
+    }
+
     /// The id this session's client knows for the lensd request `id`: a generation's later
     /// completions run under ids of their own.
     pub fn alias(&self, id: &str) -> Option<String> {
@@ -370,7 +382,7 @@ pub(crate) async fn analyze(
     let (work, ShapeOf(shape)) = analysis(&ctx.state.snapshot(), &ctx.who, &model, &options, text)?;
     let t = tracker::submit(&ctx.state, &ctx.who, work, None).await?;
     let live = Live::new(&t, "analysis", a.client_request_id.clone());
-    conn.requests.insert(live.id.clone(), live.clone());
+    conn.add(live.clone());
     let id = live.id.clone();
     tokio::spawn(forward_analysis(ctx.clone(), live, shape));
     Ok(id)
@@ -547,7 +559,7 @@ pub(crate) async fn generate(
         "generation",
         client_request_id.or(g.client_request_id.clone()),
     );
-    conn.requests.insert(live.id.clone(), live.clone());
+    conn.add(live.clone());
     tokio::spawn(forward_generation(ctx.clone(), live.clone(), plan));
     Ok(live)
 }
