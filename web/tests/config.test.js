@@ -82,6 +82,8 @@ describe("the original's model_groups.json layout", () => {
     await page.locator('#analyze-submit').click();
     const result = currentResult(page);
     await result.locator('.status-line[data-status="completed"]').waitFor();
+    // The heatmap redraws on the next animation frame after the last rows.
+    await result.locator('table.heatmap tbody th').nth(3).waitFor();
     assert.deepEqual(await result.locator('table.heatmap tbody th').allTextContents(), ['L30', 'L20', 'L10', 'L0']);
     assert.ok((await result.locator('table.heatmap td:not(.empty)').count()) > 0);
     await screenshot(page, 'desktop-original-config-analysis', result);

@@ -7,6 +7,7 @@
 //! lensd's, one that only the original's reads makes it the original's (the original page's
 //! first message, `list_model_groups` with `refresh`, is such a one).
 
+pub mod control;
 pub mod jobs;
 pub mod listing;
 pub mod messages;

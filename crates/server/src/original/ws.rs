@@ -8,10 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use lensd_core::config::{Group, ModelEntry};
-use lensd_core::residency::Tier;
 use lensd_core::work::{JobOutput, RequestEvent, Text, Work};
 use lensd_core::LensKind;
-use lensd_sched::residency::PreloadEvent;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
@@ -20,7 +18,6 @@ use super::messages::{
     analyze_work, AnalyzeMessage, AnalyzeOptions, ClientMessage, GenerateMessage, GeneratePlan,
 };
 use super::rows::{self, RowsOf};
-use crate::api::v1::switch_to;
 use crate::api::Who;
 use crate::auth::Role;
 use crate::error::ApiError;
@@ -38,7 +35,7 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    async fn send(&self, v: Value) {
+    pub(super) async fn send(&self, v: Value) {
         let _ = self.out.send(Out::Json(v)).await;
     }
 
@@ -76,7 +73,7 @@ impl Ids<'_> {
 
 /// How a request was stopped at its client's wish, which decides the message that says so.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Stop {
+pub(super) enum Stop {
     Cancel,
     Interrupt,
 }
@@ -108,7 +105,7 @@ impl Live {
         })
     }
 
-    fn current(&self) -> Arc<Tracked> {
+    pub(super) fn current(&self) -> Arc<Tracked> {
         self.current
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -132,6 +129,16 @@ impl Live {
     pub fn id(&self) -> &str {
         &self.id
     }
+
+    /// Its forwarder has told its end.
+    pub(super) fn finished(&self) -> bool {
+        self.done.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Marks how the client stopped it, which decides the message that tells the end.
+    pub(super) fn mark_stopped(&self, how: Stop) {
+        *self.stop.lock().unwrap_or_else(|e| e.into_inner()) = Some(how);
+    }
 }
 
 /// Finished requests a session remembers (for `status` and a late cancel's answer) before it
@@ -140,11 +147,15 @@ const KEPT_FINISHED: usize = 256;
 
 impl Conn {
     fn add(&mut self, live: Arc<Live>) {
-        let finished = |l: &Arc<Live>| l.done.load(std::sync::atomic::Ordering::SeqCst);
-        if self.requests.values().filter(|l| finished(l)).count() >= KEPT_FINISHED {
-            self.requests.retain(|_, l| !finished(l));
+        if self.requests.values().filter(|l| l.finished()).count() >= KEPT_FINISHED {
+            self.requests.retain(|_, l| !l.finished());
         }
         self.requests.insert(live.id.clone(), live);
+    }
+
+    /// One of this session's requests, by the id its client knows.
+    pub(super) fn get(&self, id: &str) -> Option<&Arc<Live>> {
+        self.requests.get(id)
     }
 
     /// The id this session's client knows for the lensd request `id`: a generation's later
@@ -210,7 +221,7 @@ pub async fn handle(ctx: &Ctx, conn: &mut Conn, msg: ClientMessage) {
                 ClientMessage::Interrupt { request_id, .. } => request_id.clone(),
                 _ => None,
             };
-            control(ctx, conn, other)
+            super::control::control(ctx, conn, other)
                 .await
                 .err()
                 .map(|e| (e, "", about))
@@ -236,7 +247,7 @@ pub async fn handle(ctx: &Ctx, conn: &mut Conn, msg: ClientMessage) {
 
 /// The model a request reads: the one it names, else the session's current one, else the
 /// configuration's default group's first model the caller may use.
-fn model_for(ctx: &Ctx, asked: Option<String>) -> Result<String, ApiError> {
+pub(super) fn model_for(ctx: &Ctx, asked: Option<String>) -> Result<String, ApiError> {
     if let Some(m) = asked.filter(|m| !m.is_empty()) {
         return Ok(m);
     }
@@ -266,7 +277,7 @@ pub fn server_default(snap: &Snapshot, role: Role) -> Option<String> {
 }
 
 /// The model and its group, if the caller may use it.
-fn known<'a>(
+pub(super) fn known<'a>(
     snap: &'a Snapshot,
     who: &Who,
     id: &str,
@@ -681,264 +692,4 @@ async fn generate_and_analyze(
     analyze(ctx, conn, &a, Some(Text::Generated { request }))
         .await
         .map(|_| ())
-}
-
-/// The messages that are not work: listing, switching, loading, cancelling, status.
-async fn control(ctx: &Ctx, conn: &mut Conn, msg: ClientMessage) -> Result<(), ApiError> {
-    let state = &ctx.state;
-    let who = &ctx.who;
-    match msg {
-        ClientMessage::ListModelGroups { .. } => {
-            // A session that has chosen nothing reads the configuration's default.
-            let current = state
-                .default_model(&who.client)
-                .or_else(|| server_default(&state.snapshot(), who.caller.role));
-            ctx.send(listing::groups_list(state, who, current.as_deref()).await)
-                .await;
-        }
-        ClientMessage::ListModels { .. } => {
-            let snap = state.snapshot();
-            let mut models = serde_json::Map::new();
-            for g in &snap.config.groups {
-                for m in g
-                    .models
-                    .iter()
-                    .filter(|m| views::may_use(who.caller.role, g, m))
-                {
-                    models.insert(
-                        m.id.clone(),
-                        json!({"model_family": g.name,
-                        "display_name": m.name, "description": m.description,
-                        "layer": m.layer, "group_id": g.id}),
-                    );
-                }
-            }
-            ctx.send(json!({"type": "models_list", "models": models,
-                "current_model": state.default_model(&who.client), "is_switching": false}))
-                .await;
-        }
-        ClientMessage::SwitchModel { model_id }
-        | ClientMessage::SwitchModelGrouped { model_id, .. } => switch(ctx, &model_id).await,
-        ClientMessage::GetModelInfo { model_id } => {
-            let snap = state.snapshot();
-            let id = model_for(ctx, model_id)?;
-            let (g, m) = known(&snap, who, &id)?;
-            ctx.send(listing::model_info(state, who, &snap, g, m).await)
-                .await;
-        }
-        ClientMessage::LoadModel { model_id, .. } => {
-            who.caller.require(Role::Admin, "loading a model")?;
-            let snap = state.snapshot();
-            let (g, _) = known(&snap, who, &model_id)?;
-            let (ok, fail) = (
-                json!({"type": "model_loaded", "model_id": model_id, "device": DEVICE}),
-                json!({"type": "model_load_error", "model_id": model_id}),
-            );
-            preload(ctx, g.id.clone(), ok, fail).await?;
-        }
-        ClientMessage::LoadGroup { group_id, .. } | ClientMessage::PreloadGroup { group_id } => {
-            who.caller.require(Role::Admin, "loading a group")?;
-            let ok = json!({"type": "group_preload_complete", "group_id": group_id,
-                "device": DEVICE});
-            let fail = json!({"type": "group_switch_status", "status": "failed",
-                "group_id": group_id});
-            preload(ctx, group_id, ok, fail).await?;
-        }
-        ClientMessage::UnloadGroup { group_id } => {
-            who.caller.require(Role::Admin, "unloading a group")?;
-            match state.residency.unload(&group_id, Tier::Host).await {
-                Ok(_) => {
-                    ctx.send(json!({"type": "group_unload_complete", "group_id": group_id}))
-                        .await
-                }
-                Err(e) => {
-                    ctx.send(json!({"type": "group_unload_error", "group_id": group_id,
-                        "error": views::scrub(&state.snapshot(), &e.to_string())}))
-                        .await
-                }
-            }
-        }
-        ClientMessage::ClearDevice { device_id } => {
-            who.caller.require(Role::Admin, "clearing a device")?;
-            let snap = state.snapshot();
-            for g in &snap.config.groups {
-                // In use and pinned entries stay; the report of each says so in the logs.
-                let _ = state.residency.unload(&g.id, Tier::Disk).await;
-            }
-            ctx.send(
-                json!({"type": "device_cleared", "device_id": device_id.unwrap_or(json!(DEVICE))}),
-            )
-            .await;
-        }
-        ClientMessage::CancelRequest { request_id } => {
-            stop(ctx, conn, &request_id, Stop::Cancel).await?
-        }
-        ClientMessage::Interrupt { request_id, .. } => {
-            let id = request_id.ok_or_else(|| {
-                ApiError::BadRequest(
-                    "`interrupt` needs the `request_id` of the request to stop".into(),
-                )
-            })?;
-            stop(ctx, conn, &id, Stop::Interrupt).await?
-        }
-        ClientMessage::Status { request_id: None } => {
-            ctx.send(listing::queue_update(state, &who.owner, |id| {
-                conn.alias(id)
-            }))
-            .await
-        }
-        ClientMessage::Status {
-            request_id: Some(id),
-        } => {
-            let t = match conn.requests.get(&id) {
-                Some(live) => live.current(),
-                None => state
-                    .requests
-                    .get(&id)
-                    .filter(|t| t.owner == who.owner)
-                    .ok_or_else(|| ApiError::NotFound(format!("Request not found: {id}")))?,
-            };
-            let (status, error) = original_status(&t.status());
-            ctx.send(
-                json!({"type": "status_update", "request_id": id, "status": status,
-                "error": error}),
-            )
-            .await;
-        }
-        ClientMessage::Ping {} => ctx.send(json!({"type": "pong"})).await,
-        ClientMessage::Analyze(_)
-        | ClientMessage::Generate(_)
-        | ClientMessage::GenerateAndAnalyze { .. } => unreachable!("handled as work"),
-    }
-    Ok(())
-}
-
-/// A lensd status as the original's state string, with the error where there is one.
-pub fn original_status(s: &Status) -> (&'static str, Option<String>) {
-    match s {
-        Status::Queued { .. } => ("queued", None),
-        Status::Running { .. } => ("processing", None),
-        Status::Completed => ("completed", None),
-        Status::Error { message, .. } => ("failed", Some(message.clone())),
-        Status::Cancelled { .. } => ("cancelled", None),
-    }
-}
-
-/// A switch changes only this session's current model. The original's page waits for the
-/// group's `completed` stage and `model_switch_complete`, which follow at once: the base
-/// loads when the first request needs it (or now, for admins, whose switch preloads).
-async fn switch(ctx: &Ctx, model_id: &str) {
-    let state = &ctx.state;
-    let snap = state.snapshot();
-    let before = state
-        .default_model(&ctx.who.client)
-        .or_else(|| server_default(&snap, ctx.who.caller.role))
-        .and_then(|m| snap.config.model(&m).map(|(g, _)| g.id.clone()));
-    let admin = ctx.who.caller.role == Role::Admin;
-    match switch_to(state, &ctx.who, model_id, admin).await {
-        Ok(r) => {
-            if before.as_deref() != Some(r.group_id.as_str()) {
-                ctx.send(json!({"type": "group_switch_status", "status": "starting",
-                    "group_id": r.group_id, "source_group_id": before, "device": DEVICE}))
-                    .await;
-                ctx.send(json!({"type": "group_switch_status", "status": "completed",
-                    "group_id": r.group_id, "device": DEVICE}))
-                    .await;
-            }
-            let message = if r.fast_switch {
-                "Model switch completed: its base is loaded".to_string()
-            } else {
-                "Model switch completed: its base loads with the first request".to_string()
-            };
-            ctx.send(
-                json!({"type": "model_switch_complete", "model_id": r.model_id,
-                "group_id": r.group_id, "device_id": DEVICE, "fast_switch": r.fast_switch,
-                "message": message}),
-            )
-            .await;
-        }
-        Err(e) => {
-            ctx.send(json!({"type": "model_switch_error", "model_id": model_id,
-                "error": e.body().message, "error_type": e.error_type()}))
-                .await
-        }
-    }
-}
-
-/// Brings a group to the device, telling progress as `group_switch_status` stages and the end
-/// as `ok` or `fail` (with its `error`).
-async fn preload(ctx: &Ctx, group_id: String, ok: Value, mut fail: Value) -> Result<(), ApiError> {
-    let mut events = ctx
-        .state
-        .residency
-        .preload(&group_id, Tier::Device)
-        .await
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let ctx = ctx.clone();
-    let snap = ctx.state.snapshot();
-    ctx.send(
-        json!({"type": "group_switch_status", "status": "starting", "group_id": group_id,
-        "device": DEVICE}),
-    )
-    .await;
-    tokio::spawn(async move {
-        while let Some(ev) = events.recv().await {
-            match ev {
-                PreloadEvent::Loading {
-                    bytes_done,
-                    bytes_total,
-                    ..
-                } => {
-                    let pct = (bytes_done * 100).checked_div(bytes_total).unwrap_or(0);
-                    ctx.send(json!({"type": "group_switch_status", "status": "progress",
-                        "group_id": group_id, "message": format!("Loading: {pct}%")}))
-                        .await;
-                }
-                PreloadEvent::Ready { .. } => {}
-                PreloadEvent::Done { .. } => {
-                    ctx.send(json!({"type": "group_switch_status", "status": "completed",
-                        "group_id": group_id, "device": DEVICE}))
-                        .await;
-                    ctx.send(ok).await;
-                    break;
-                }
-                PreloadEvent::Failed { error, .. } => {
-                    fail["error"] = json!(views::scrub(&snap, &error));
-                    ctx.send(fail).await;
-                    break;
-                }
-            }
-        }
-    });
-    Ok(())
-}
-
-/// Cancels one of this session's requests; its end is told by its forwarder.
-async fn stop(ctx: &Ctx, conn: &Conn, id: &str, how: Stop) -> Result<(), ApiError> {
-    let verb = if how == Stop::Cancel {
-        "cancel"
-    } else {
-        "interrupt"
-    };
-    let live = conn.requests.get(id).ok_or_else(|| {
-        ApiError::NotFound(format!(
-            "Cannot {verb} request {id}: it is not a request of this connection"
-        ))
-    })?;
-    if live.done.load(std::sync::atomic::Ordering::SeqCst) {
-        return Err(ApiError::BadRequest(format!(
-            "Cannot {verb} request {id}: it has already finished"
-        )));
-    }
-    *live.stop.lock().unwrap_or_else(|e| e.into_inner()) = Some(how);
-    let reason = if how == Stop::Cancel {
-        "cancelled by the client"
-    } else {
-        "interrupted by the client"
-    };
-    ctx.state
-        .scheduler
-        .cancel_because(live.current().internal, reason)
-        .await;
-    Ok(())
 }
