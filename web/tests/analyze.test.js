@@ -6,7 +6,7 @@ import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   startServer, launchBrowser, openPage, screenshot, modelsReady, chooseModel, tickLenses,
-  currentResult, analyzeOverRest, api, visibleToken,
+  currentResult, analyzeOverRest, api, visibleToken, nextFrame,
 } from './lib/harness.js';
 
 const SENTENCE = 'The Eiffel Tower is in the city of Paris, and the Colosseum is in the city of';
@@ -196,6 +196,7 @@ describe('analysis on the embedded default configuration', () => {
     await chooseModel(page, 'smollm2-logit');
     const result = await analyze(page, { text: 'Shared words travel far', models: ['smollm2-logit'], layers: '28-30' });
     await result.locator('.status-line[data-status="completed"]').waitFor();
+    await nextFrame(page);
     const tokens = await result.locator('table.heatmap thead th:not(.corner)').allTextContents();
     const link = result.locator('a.share-link');
     const href = await link.getAttribute('href');

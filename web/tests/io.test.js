@@ -7,7 +7,7 @@ import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { startServer, launchBrowser, openPage, screenshot, chooseModel, tickLenses, currentResult, tempDir } from './lib/harness.js';
+import { startServer, launchBrowser, openPage, screenshot, chooseModel, tickLenses, currentResult, tempDir, nextFrame } from './lib/harness.js';
 
 let server;
 let browser;
@@ -51,6 +51,7 @@ describe('export and import', () => {
     await page.locator('#analyze-submit').click();
     const result = currentResult(page);
     await result.locator('.status-line[data-status="completed"]').waitFor();
+    await nextFrame(page);
     const tokens = await result.locator('table.heatmap thead th:not(.corner)').allTextContents();
     const cells = await result.locator('table.heatmap td').allTextContents();
 

@@ -6,7 +6,7 @@
 
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startServer, launchBrowser, openPage, screenshot, chooseModel, tickLenses, currentResult } from './lib/harness.js';
+import { startServer, launchBrowser, openPage, screenshot, chooseModel, tickLenses, currentResult, nextFrame } from './lib/harness.js';
 
 const LONG_TEXT = Array.from({ length: 40 }, (_, i) => `Line ${i}: lanterns swayed above the quiet harbour while the night ferry waited for its last passengers.`).join('\n');
 
@@ -57,6 +57,7 @@ describe('errors and reconnection', () => {
     // One finished analysis and one still running when the server dies.
     const done = await submit(page, { text: 'Kept across reconnections', layers: '28-30' });
     await done.locator('.status-line[data-status="completed"]').waitFor();
+    await nextFrame(page);
     const doneCells = await done.locator('table.heatmap td').allTextContents();
     const running = await submit(page, { text: LONG_TEXT });
     await running.locator('.status-line[data-status="running"]').waitFor({ timeout: 60_000 });

@@ -196,3 +196,11 @@ export function visibleToken(text) {
   if (text === '') return '∅';
   return text.replace(/ /g, '␣').replace(/\n/g, '↵').replace(/\t/g, '→').replace(/\r/g, '␍');
 }
+
+/**
+ * Resolves after the page's next animation frame: views that redraw on the next frame (the
+ * heatmap, the explanation views) have drawn what they had when this was called.
+ */
+export async function nextFrame(page) {
+  await page.evaluate(() => new Promise((done) => requestAnimationFrame(() => done())));
+}
