@@ -196,13 +196,7 @@ async fn session(state: Shared, socket: WebSocket, who: Who, dialect: Dialect) {
             session: session_id.clone(),
             role: s.who.caller.role,
             protocol_version: PROTOCOL_VERSION,
-            limits: LimitsView {
-                max_text_chars: state.limits.max_text_chars,
-                max_lenses: state.limits.max_lenses,
-                max_new_tokens: state.limits.max_new_tokens,
-                max_message_bytes: state.limits.max_message_bytes,
-                requests_per_minute: state.limits.requests_per_minute,
-            },
+            limits: limits_view(&state),
             current_model: None,
         })
         .await;
@@ -392,13 +386,7 @@ impl Session {
                     session: self.session.clone(),
                     role: self.who.caller.role,
                     protocol_version: PROTOCOL_VERSION,
-                    limits: LimitsView {
-                        max_text_chars: state.limits.max_text_chars,
-                        max_lenses: state.limits.max_lenses,
-                        max_new_tokens: state.limits.max_new_tokens,
-                        max_message_bytes: state.limits.max_message_bytes,
-                        requests_per_minute: state.limits.requests_per_minute,
-                    },
+                    limits: limits_view(&state),
                     current_model: state.default_model(&self.who.client),
                 })
                 .await;
@@ -689,6 +677,18 @@ impl Session {
             })
             .collect();
         self.send(ServerMessage::QueueUpdate { requests }).await;
+    }
+}
+
+/// The limits a client is told in `connection_established`.
+fn limits_view(state: &Shared) -> LimitsView {
+    let l = &state.limits;
+    LimitsView {
+        max_text_chars: l.max_text_chars,
+        max_lenses: l.max_lenses,
+        max_new_tokens: l.max_new_tokens,
+        max_message_bytes: l.max_message_bytes,
+        requests_per_minute: l.requests_per_minute,
     }
 }
 

@@ -17,21 +17,9 @@ pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
 }
 
 pub async fn http(addr: &str, method: &str, path: &str, key: Option<&str>) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let auth = key
-        .map(|k| format!("Authorization: Bearer {k}\r\n"))
-        .unwrap_or_default();
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.unwrap();
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let status: u16 = text.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    let auth = key.map(|k| format!("Authorization: Bearer {k}"));
+    let headers: Vec<&str> = auth.iter().map(String::as_str).collect();
+    http_json(addr, method, path, None, &headers).await
 }
 
 /// A request with a JSON body and extra header lines; the status and the body.
