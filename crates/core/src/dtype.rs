@@ -12,6 +12,10 @@ pub enum ComputeDtype {
     /// Dequantize / upcast every matrix to f32 at load. About 4-6x the memory of a 4-bit file,
     /// but the fastest prefill on CPU, which is what lens analysis spends its time on.
     F32,
+    /// Every matrix in bf16 (dequantized or converted at load), norms and biases in f32, the
+    /// residual stream and every lens statistic in f32: half the memory of `f32`, and what
+    /// GPUs compute fastest (the original site's `use_bf16`).
+    Bf16,
 }
 
 impl ComputeDtype {
@@ -19,6 +23,7 @@ impl ComputeDtype {
         match self {
             ComputeDtype::Stored => "stored",
             ComputeDtype::F32 => "f32",
+            ComputeDtype::Bf16 => "bf16",
         }
     }
 }
@@ -29,8 +34,9 @@ impl std::str::FromStr for ComputeDtype {
         match s {
             "stored" => Ok(ComputeDtype::Stored),
             "f32" => Ok(ComputeDtype::F32),
+            "bf16" => Ok(ComputeDtype::Bf16),
             other => Err(format!(
-                "unknown compute dtype `{other}`: expected `stored` or `f32`"
+                "unknown compute dtype `{other}`: expected `stored`, `f32` or `bf16`"
             )),
         }
     }

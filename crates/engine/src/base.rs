@@ -2,6 +2,9 @@
 //! a Hugging Face folder.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::Device;
 
 use lensd_core::work::Prompt;
 
@@ -16,8 +19,9 @@ use crate::weights::{LoadOptions, WeightBytes};
 
 pub struct Base {
     pub model: Model,
-    pub tokenizer: Tokenizer,
-    pub chat: Option<ChatTemplate>,
+    /// Shared by the base's copies on several devices.
+    pub tokenizer: Arc<Tokenizer>,
+    pub chat: Option<Arc<ChatTemplate>>,
     pub source: PathBuf,
     pub options: LoadOptions,
 }
@@ -36,13 +40,24 @@ impl Base {
         options: LoadOptions,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Self> {
+        Self::load_onto(path, options, &Device::Cpu, progress)
+    }
+
+    /// [`Base::load_with_progress`] with the weights placed in `device`'s memory as they are
+    /// read.
+    pub fn load_onto(
+        path: &Path,
+        options: LoadOptions,
+        device: &Device,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Self> {
         // A Hugging Face hub id (`owner/name[@revision]`) reads its snapshot in the local cache.
         let path = &crate::hub::locate(path)?;
         let meta = std::fs::metadata(path).map_err(|e| EngineError::io(path, e))?;
         if meta.is_dir() {
-            Self::load_hf(path, options, progress)
+            Self::load_hf(path, options, device, progress)
         } else if gguf::is_gguf(path) {
-            Self::load_gguf(path, options, progress)
+            Self::load_gguf(path, options, device, progress)
         } else {
             Err(EngineError::format(
                 path,
@@ -54,6 +69,7 @@ impl Base {
     fn load_gguf(
         path: &Path,
         options: LoadOptions,
+        device: &Device,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Self> {
         let g = GgufFile::read(path, progress)?;
@@ -65,12 +81,12 @@ impl Base {
             .ok()
             .or_else(|| crate::chat::fallback_template(g.architecture().ok()?));
         let chat = chat_template(src, &tokenizer)?;
-        let w = g.load_weights(&cfg, options.compute)?;
+        let w = g.load_weights(&cfg, options.compute, device)?;
         check_vocab(path, &cfg, &tokenizer)?;
         Ok(Base {
             model: Model::new(cfg, w),
-            tokenizer,
-            chat,
+            tokenizer: Arc::new(tokenizer),
+            chat: chat.map(Arc::new),
             source: path.to_path_buf(),
             options,
         })
@@ -79,6 +95,7 @@ impl Base {
     fn load_hf(
         dir: &Path,
         options: LoadOptions,
+        device: &Device,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Self> {
         let ck = HfCheckpoint::read(dir, progress)?;
@@ -96,15 +113,35 @@ impl Base {
             .and_then(|c| c.get("chat_template"))
             .and_then(|v| v.as_str());
         let chat = chat_template(src, &tokenizer)?;
-        let w = ck.load_weights(&cfg, options.compute)?;
+        let w = ck.load_weights(&cfg, options.compute, device)?;
         check_vocab(dir, &cfg, &tokenizer)?;
         Ok(Base {
             model: Model::new(cfg, w),
-            tokenizer,
-            chat,
+            tokenizer: Arc::new(tokenizer),
+            chat: chat.map(Arc::new),
             source: dir.to_path_buf(),
             options,
         })
+    }
+
+    /// The same base with its weights in `device`'s memory (see [`ModelWeights::to_device`]);
+    /// the tokenizer and chat template are shared, not copied.
+    pub fn to_device(&self, device: &Device) -> Result<Base> {
+        let w = self
+            .model
+            .w
+            .to_device(device, self.model.cfg.tied_embeddings)?;
+        Ok(Base {
+            model: Model::new(self.model.cfg.clone(), w),
+            tokenizer: self.tokenizer.clone(),
+            chat: self.chat.clone(),
+            source: self.source.clone(),
+            options: self.options,
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        self.model.device()
     }
 
     pub fn config(&self) -> &ModelConfig {

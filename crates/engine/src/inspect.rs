@@ -37,6 +37,7 @@ pub struct InspectReport {
     /// Bytes of weights once loaded with each compute dtype.
     pub resident_stored: u64,
     pub resident_f32: u64,
+    pub resident_bf16: u64,
     pub tokenizer: Option<String>,
     pub chat_template: bool,
 }
@@ -85,15 +86,18 @@ pub fn hf_resident(ck: &HfCheckpoint) -> Resident {
 
 /// Every tensor's bytes, for files whose architecture lensd cannot run.
 fn resident(entries: &[Entry]) -> Resident {
-    let mut r = Resident { stored: 0, f32: 0 };
+    let mut r = Resident {
+        stored: 0,
+        f32: 0,
+        bf16: 0,
+    };
     for e in entries {
-        // Norms are always held as f32; matrices keep their stored bytes or widen to f32.
-        r.stored += if tensor_kind(&e.name) == "norm" {
-            e.elements * 4
-        } else {
-            e.bytes
-        };
+        // Norms are always held as f32; matrices keep their stored bytes, widen to f32 or
+        // become bf16.
+        let norm = tensor_kind(&e.name) == "norm";
+        r.stored += if norm { e.elements * 4 } else { e.bytes };
         r.f32 += e.elements * 4;
+        r.bf16 += e.elements * if norm { 4 } else { 2 };
     }
     r
 }
@@ -251,6 +255,7 @@ fn report(
         kinds,
         resident_stored: resident.stored,
         resident_f32: resident.f32,
+        resident_bf16: resident.bf16,
         tokenizer,
         chat_template,
     }

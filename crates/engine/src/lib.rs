@@ -6,6 +6,7 @@
 pub mod base;
 pub mod chat;
 pub mod config;
+pub mod device;
 pub mod donor;
 pub mod error;
 pub mod family;
@@ -21,6 +22,7 @@ pub mod weights;
 
 pub use base::Base;
 pub use config::{Family, ModelConfig, RopeStyle};
+pub use device::DeviceSpec;
 pub use error::{EngineError, Result};
 pub use weights::{ComputeDtype, LoadOptions, WeightBytes};
 

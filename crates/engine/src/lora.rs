@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
 use crate::config::ModelConfig;
@@ -26,6 +26,13 @@ impl Pair {
 
     pub fn bytes(&self) -> u64 {
         ((self.a_t.elem_count() + self.b_t.elem_count()) * 4) as u64
+    }
+
+    fn to_device(&self, device: &Device) -> candle_core::Result<Pair> {
+        Ok(Pair {
+            a_t: self.a_t.to_device(device)?,
+            b_t: self.b_t.to_device(device)?,
+        })
     }
 }
 
@@ -48,6 +55,34 @@ pub struct Adapter {
     pub rank: usize,
     pub scale: f64,
     pub path: PathBuf,
+}
+
+impl Adapter {
+    /// The same adapter with its pairs in `device`'s memory.
+    pub fn to_device(&self, device: &Device) -> candle_core::Result<Adapter> {
+        let pair = |p: &Option<Pair>| p.as_ref().map(|p| p.to_device(device)).transpose();
+        let blocks = self
+            .blocks
+            .iter()
+            .map(|b| {
+                Ok(BlockAdapter {
+                    q: pair(&b.q)?,
+                    k: pair(&b.k)?,
+                    v: pair(&b.v)?,
+                    o: pair(&b.o)?,
+                    gate: pair(&b.gate)?,
+                    up: pair(&b.up)?,
+                    down: pair(&b.down)?,
+                })
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Adapter {
+            blocks,
+            rank: self.rank,
+            scale: self.scale,
+            path: self.path.clone(),
+        })
+    }
 }
 
 impl BlockAdapter {

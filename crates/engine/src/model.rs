@@ -148,6 +148,11 @@ impl Model {
         }
     }
 
+    /// Where the weights are and the model computes.
+    pub fn device(&self) -> &Device {
+        self.w.final_norm.device()
+    }
+
     /// Token embeddings of `ids`, scaled as the family does before the first block: `[len, d]`.
     pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
         let x = self.embed_unscaled(ids)?;
@@ -162,7 +167,7 @@ impl Model {
                 self.cfg.vocab_size
             )));
         }
-        let t = Tensor::from_vec(ids.to_vec(), ids.len(), &Device::Cpu)?;
+        let t = Tensor::from_vec(ids.to_vec(), ids.len(), self.device())?;
         Ok(self.w.embed.lookup(&t)?)
     }
 
@@ -196,8 +201,8 @@ impl Model {
         }
         let n = positions.len();
         Ok((
-            Tensor::from_vec(cos, (n, 1, half), &Device::Cpu)?,
-            Tensor::from_vec(sin, (n, 1, half), &Device::Cpu)?,
+            Tensor::from_vec(cos, (n, 1, half), self.device())?,
+            Tensor::from_vec(sin, (n, 1, half), self.device())?,
         ))
     }
 
@@ -298,7 +303,7 @@ impl Model {
                     .zip(seqs)
                     .map(|(o, s)| (o + s.len() - 1) as u32)
                     .collect();
-                let idx = Tensor::from_vec(last, seqs.len(), &Device::Cpu)?;
+                let idx = Tensor::from_vec(last, seqs.len(), self.device())?;
                 Some(self.unembed(&self.final_norm(&x.index_select(&idx, 0)?)?)?)
             }
         };
@@ -532,7 +537,8 @@ impl Model {
         }
         let window = cfg.window(layer);
         if t > 1 || window.is_some_and(|w| past + t > w) {
-            scores = scores.broadcast_add(&causal_mask(group, t, past, tk, window)?)?;
+            let mask = causal_mask(group, t, past, tk, window, self.device())?;
+            scores = scores.broadcast_add(&mask)?;
         }
         let p = softmax_last_dim(&scores)?;
         let out = p.matmul(&v)?;
@@ -556,6 +562,7 @@ fn causal_mask(
     past: usize,
     tk: usize,
     window: Option<usize>,
+    device: &Device,
 ) -> candle_core::Result<Tensor> {
     let mut m = vec![0f32; group * t * tk];
     for r in 0..group * t {
@@ -572,5 +579,5 @@ fn causal_mask(
             }
         }
     }
-    Tensor::from_vec(m, (group * t, tk), &Device::Cpu)
+    Tensor::from_vec(m, (group * t, tk), device)
 }

@@ -87,7 +87,10 @@ fn random_corruption_of_the_header_never_panics() {
         // Either it still runs (the byte did not matter) or it fails with an error.
         let run = GgufFile::read(&bad, &mut |_, _| {}).and_then(|g| {
             let cfg = g.config()?;
-            let model = Model::new(cfg.clone(), g.load_weights(&cfg, Default::default())?);
+            let model = Model::new(
+                cfg.clone(),
+                g.load_weights(&cfg, Default::default(), &Device::Cpu)?,
+            );
             model
                 .forward(&[&[1, 2, 3]], None, &[0], Logits::All)
                 .map(|_| ())
@@ -124,7 +127,7 @@ fn a_tensor_of_the_wrong_shape_is_named_with_both_shapes() {
     });
     let g = GgufFile::read(&p, &mut |_, _| {}).unwrap();
     let e = g
-        .load_weights(&g.config().unwrap(), Default::default())
+        .load_weights(&g.config().unwrap(), Default::default(), &Device::Cpu)
         .expect_err("refused");
     assert!(matches!(e, EngineError::Shape { .. }));
     assert_names(&e, &p, &["blk.1.attn_k.weight", "[64, 64]", "[32, 64]"]);
@@ -139,7 +142,7 @@ fn a_missing_tensor_is_named() {
     });
     let g = GgufFile::read(&p, &mut |_, _| {}).unwrap();
     let e = g
-        .load_weights(&g.config().unwrap(), Default::default())
+        .load_weights(&g.config().unwrap(), Default::default(), &Device::Cpu)
         .expect_err("refused");
     assert_names(&e, &p, &["blk.2.ffn_up.weight", "missing"]);
 }

@@ -29,10 +29,12 @@ const F32_TOLERANCE: f64 = 1e-3;
 fn gemma(dtype: ComputeDtype) -> Option<&'static Base> {
     static STORED: OnceLock<Base> = OnceLock::new();
     static F32: OnceLock<Base> = OnceLock::new();
+    static BF16: OnceLock<Base> = OnceLock::new();
     let path = common::gemma3_model()?;
     let cell = match dtype {
         ComputeDtype::Stored => &STORED,
         ComputeDtype::F32 => &F32,
+        ComputeDtype::Bf16 => &BF16,
     };
     Some(cell.get_or_init(|| {
         Base::load(&path, LoadOptions { compute: dtype }).expect("Gemma-3-270M loads")

@@ -308,6 +308,7 @@ fn resident_bytes_from_the_headers_equal_the_loaded_bytes() {
             for (compute, want) in [
                 (ComputeDtype::F32, report.resident_f32),
                 (ComputeDtype::Stored, report.resident_stored),
+                (ComputeDtype::Bf16, report.resident_bf16),
             ] {
                 let got = load(&path, compute).bytes();
                 assert_eq!(

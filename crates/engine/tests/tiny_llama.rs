@@ -154,7 +154,7 @@ fn the_same_model_as_gguf_with_interleaved_rope_gives_the_same_states() {
     assert!(!cfg.tied_embeddings);
     let model = Model::new(
         cfg,
-        g.load_weights(&g.config().unwrap(), ComputeDtype::Stored)
+        g.load_weights(&g.config().unwrap(), ComputeDtype::Stored, &Device::Cpu)
             .unwrap(),
     );
     let gold = golden();

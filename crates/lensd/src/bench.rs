@@ -187,10 +187,7 @@ fn one_dtype(model: &Path, compute: ComputeDtype, o: &BenchOptions) -> Result<Dt
     })?;
     let logit = lens_run(&base, "logit", &Lens::Logit, o)?;
     Ok(DtypeResult {
-        dtype: match compute {
-            ComputeDtype::Stored => "stored",
-            ComputeDtype::F32 => "f32",
-        },
+        dtype: compute.as_str(),
         load_seconds,
         prefill_tokens_per_s: o.prompt_tokens as f64 / prefill.median_seconds,
         decode_tokens_per_s: o.decode_tokens as f64 / decode.median_seconds,

@@ -57,8 +57,10 @@ enum Format {
 enum Dtype {
     /// Keep the file's quantization (smallest; best for generation).
     Stored,
-    /// Dequantize every matrix to f32 (fastest prefill; best for analysis).
+    /// Dequantize every matrix to f32 (fastest prefill on CPU; best for analysis there).
     F32,
+    /// Every matrix in bf16, the residual stream and statistics in f32 (GPUs).
+    Bf16,
 }
 
 impl From<Dtype> for ComputeDtype {
@@ -66,6 +68,7 @@ impl From<Dtype> for ComputeDtype {
         match d {
             Dtype::Stored => ComputeDtype::Stored,
             Dtype::F32 => ComputeDtype::F32,
+            Dtype::Bf16 => ComputeDtype::Bf16,
         }
     }
 }

@@ -120,9 +120,10 @@ pub fn inspect(r: &InspectReport) -> String {
     );
     let _ = writeln!(
         s,
-        "resident when loaded: stored dtype {}, f32 {}",
+        "resident when loaded: stored dtype {}, f32 {}, bf16 {}",
         bytes(r.resident_stored),
-        bytes(r.resident_f32)
+        bytes(r.resident_f32),
+        bytes(r.resident_bf16)
     );
     s
 }

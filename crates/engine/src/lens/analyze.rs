@@ -10,6 +10,7 @@ use lensd_core::analysis::RowsChunk;
 use lensd_core::{Analysis, Cell, LayerRow, TokenInfo, TopToken};
 use rayon::prelude::*;
 
+use super::device_stats::{self, DeviceFinal};
 use super::stats::{row_stats, FinalDist, RowStats};
 use super::Lens;
 use crate::base::Base;
@@ -28,6 +29,19 @@ pub struct AnalyzeOptions {
     pub top_k: usize,
     /// Logit rows per chunk (see [`ROWS_PER_CHUNK`]).
     pub rows_per_chunk: usize,
+    pub stats: StatsAt,
+}
+
+/// Where each row's statistics are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StatsAt {
+    /// On the host for a CPU base (one fused pass per row), on the device otherwise.
+    #[default]
+    Auto,
+    /// Logit rows are copied to the host and reduced there.
+    Host,
+    /// Reduced where the logits are; only per-row numbers and top-k candidates are copied.
+    Device,
 }
 
 impl AnalyzeOptions {
@@ -36,6 +50,7 @@ impl AnalyzeOptions {
             layers,
             top_k,
             rows_per_chunk: ROWS_PER_CHUNK,
+            stats: StatsAt::Auto,
         }
     }
 }
@@ -106,12 +121,26 @@ pub fn analyze(
             explanations: Vec::new(),
         })
         .collect();
+    let on_device = match opts.stats {
+        StatsAt::Auto => !model.device().is_cpu(),
+        StatsAt::Host => false,
+        StatsAt::Device => true,
+    };
     for p0 in (0..t).step_by(chunk) {
         let p = chunk.min(t - p0);
         let fin_logits = model.unembed(&model.final_norm(&last.narrow(0, p0, p)?)?)?;
-        let fin_rows = rows_of(&fin_logits)?;
-        let v = cfg.vocab_size;
-        let finals: Vec<FinalDist> = fin_rows.par_chunks(v).map(FinalDist::from_logits).collect();
+        let next: Vec<Option<u32>> = (0..p).map(|i| ids.get(p0 + i + 1).copied()).collect();
+        let finals = if on_device {
+            Finals::Device(DeviceFinal::from_logits(&fin_logits)?)
+        } else {
+            let fin_rows = rows_of(&fin_logits)?;
+            Finals::Host(
+                fin_rows
+                    .par_chunks(cfg.vocab_size)
+                    .map(FinalDist::from_logits)
+                    .collect(),
+            )
+        };
         for (li, lens) in lenses.iter().enumerate() {
             let mut parts = Vec::with_capacity(nl);
             for &layer in &opts.layers {
@@ -120,16 +149,18 @@ pub fn analyze(
             }
             let rows = Tensor::cat(&parts, 0)?;
             let logits = model.unembed(&model.final_norm(&rows)?)?;
-            let flat = rows_of(&logits)?;
             // Row r holds layer r / p at position p0 + r % p.
-            let cells: Vec<Cell> = flat
-                .par_chunks(v)
-                .enumerate()
-                .map(|(r, z)| {
-                    let next = ids.get(p0 + r % p + 1).copied();
-                    cell(base, row_stats(z, &finals[r % p], next, opts.top_k))
-                })
-                .collect();
+            let cells: Vec<Cell> = match &finals {
+                Finals::Device(fin) => device_stats::rows_stats(&logits, fin, &next, opts.top_k)?
+                    .into_iter()
+                    .map(|s| cell(base, s))
+                    .collect(),
+                Finals::Host(fin) => rows_of(&logits)?
+                    .par_chunks(cfg.vocab_size)
+                    .enumerate()
+                    .map(|(r, z)| cell(base, row_stats(z, &fin[r % p], next[r % p], opts.top_k)))
+                    .collect(),
+            };
             let mut cells = cells.into_iter();
             let layers: Vec<LayerRow> = opts
                 .layers
@@ -160,6 +191,12 @@ pub fn analyze(
         }
     }
     Ok(results)
+}
+
+/// The model's own distribution at a chunk's positions, where the statistics are computed.
+enum Finals {
+    Host(Vec<FinalDist>),
+    Device(DeviceFinal),
 }
 
 fn rows_of(t: &Tensor) -> candle_core::Result<Vec<f32>> {

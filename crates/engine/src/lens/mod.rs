@@ -3,6 +3,7 @@
 //! Both then apply the base's final norm and unembedding, as the model does at its output.
 
 pub mod analyze;
+pub mod device_stats;
 pub mod fit;
 pub mod stats;
 pub mod talkative;
@@ -42,6 +43,14 @@ impl Lens {
             Lens::Logit => "logit".into(),
             Lens::Tuned(t) => t.name(),
         }
+    }
+
+    /// The same lens with its weights in `device`'s memory.
+    pub fn to_device(&self, device: &candle_core::Device) -> candle_core::Result<Lens> {
+        Ok(match self {
+            Lens::Logit => Lens::Logit,
+            Lens::Tuned(t) => Lens::Tuned(t.to_device(device)?),
+        })
     }
 
     /// Moves rows `[R, d]` of layer `layer`'s residual stream into the final layer's basis.

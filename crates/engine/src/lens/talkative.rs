@@ -366,6 +366,30 @@ impl TalkativeLens {
         })
     }
 
+    /// The same lens with its tensors in `device`'s memory.
+    pub fn to_device(&self, device: &Device) -> candle_core::Result<TalkativeLens> {
+        let one = |t: &Tensor| t.to_device(device);
+        let all = |v: &[Tensor]| v.iter().map(one).collect::<candle_core::Result<Vec<_>>>();
+        Ok(TalkativeLens {
+            manifest: self.manifest.clone(),
+            dir: self.dir.clone(),
+            proj_w_t: all(&self.proj_w_t)?,
+            proj_b: all(&self.proj_b)?,
+            left: one(&self.left)?,
+            right: one(&self.right)?,
+            enc_w_t: one(&self.enc_w_t)?,
+            enc_b: one(&self.enc_b)?,
+            prefix: one(&self.prefix)?,
+            postfix: self.postfix.as_ref().map(one).transpose()?,
+            special: one(&self.special)?,
+            bytes: self.bytes,
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        self.left.device()
+    }
+
     /// Bytes the lens's tensors take in memory (f32).
     pub fn bytes(&self) -> u64 {
         self.bytes
@@ -402,7 +426,7 @@ impl TalkativeLens {
         let place: Vec<u32> = (0..r)
             .flat_map(|s| std::iter::repeat_n((s * m + n_l) as u32, d))
             .collect();
-        let place = Tensor::from_vec(place, (r, d), &Device::Cpu)?;
+        let place = Tensor::from_vec(place, (r, d), model.device())?;
         let patched = self.manifest.decoder.patched_layers;
         let patch = |block: usize, x: &Tensor| -> candle_core::Result<Option<Tensor>> {
             if block == 0 || block >= patched {
@@ -418,7 +442,7 @@ impl TalkativeLens {
         };
         let (h, _) = model.run_blocks(x, &lens, Some(&mut caches), 0..model.cfg.n_layers, run)?;
         let last: Vec<u32> = (0..r).map(|s| (s * m + m - 1) as u32).collect();
-        let last = Tensor::from_vec(last, r, &Device::Cpu)?;
+        let last = Tensor::from_vec(last, r, model.device())?;
         let mut logits = model.unembed(&model.final_norm(&h.index_select(&last, 0)?)?)?;
         let mut out = vec![Vec::with_capacity(self.manifest.t_text); r];
         for step in 0..self.manifest.t_text {
@@ -461,7 +485,7 @@ impl TalkativeLens {
             let len = seq.dim(0)?;
             let special = Tensor::cat(
                 &[
-                    Tensor::zeros((len - 1, model.cfg.d_model), DType::F32, &Device::Cpu)?,
+                    Tensor::zeros((len - 1, model.cfg.d_model), DType::F32, model.device())?,
                     self.special.unsqueeze(0)?,
                 ],
                 0,
@@ -483,7 +507,7 @@ impl TalkativeLens {
             at += l;
             last.push((at - 1) as u32);
         }
-        let last = Tensor::from_vec(last, lens.len(), &Device::Cpu)?;
+        let last = Tensor::from_vec(last, lens.len(), model.device())?;
         Ok(h.index_select(&last, 0)?
             .matmul(&self.enc_w_t)?
             .broadcast_add(&self.enc_b)?)
@@ -508,7 +532,7 @@ impl TalkativeLens {
         let idx = Tensor::from_vec(
             positions.iter().map(|&p| p as u32).collect::<Vec<_>>(),
             positions.len(),
-            &Device::Cpu,
+            model.device(),
         )?;
         let a = acts.index_select(&idx, 0)?;
         let current: Vec<u32> = positions.iter().map(|&p| ids[p]).collect();
@@ -596,7 +620,7 @@ impl TalkativeLens {
                 .iter()
                 .flat_map(|&p| std::iter::repeat_n(p as u32, k))
                 .collect();
-            let idx = Tensor::from_vec(idx, chunk.len() * k, &Device::Cpu)?;
+            let idx = Tensor::from_vec(idx, chunk.len() * k, model.device())?;
             let a = acts.index_select(&idx, 0)?;
             // Every candidate of every position of the chunk, decoded and scored as one batch.
             let cands = self.decode(model, &a, &mut sampler)?;
@@ -665,7 +689,7 @@ impl TalkativeLens {
             }
         }
         let n = at.len();
-        let a = acts.index_select(&Tensor::from_vec(at, n, &Device::Cpu)?, 0)?;
+        let a = acts.index_select(&Tensor::from_vec(at, n, model.device())?, 0)?;
         let mse = Self::mse(&a, &self.encode(model, &variants, &current)?)?;
         for (r, m) in rows.iter_mut().zip(mse.chunks(t)) {
             let base = r.mse.max(1e-12);
@@ -711,7 +735,7 @@ impl TalkativeLens {
         let q = candle_nn::ops::log_softmax(&acting.unembed(&acting.final_norm(&h)?)?, D::Minus1)?;
         let at: Vec<u32> = rows.iter().map(|r| r.position as u32).collect();
         let n = at.len();
-        let orig = normed.index_select(&Tensor::from_vec(at, n, &Device::Cpu)?, 0)?;
+        let orig = normed.index_select(&Tensor::from_vec(at, n, model.device())?, 0)?;
         let p = candle_nn::ops::log_softmax(&acting.unembed(&orig)?, D::Minus1)?;
         let kl: Vec<f32> = (p.exp()? * (&p - &q)?)?.sum(D::Minus1)?.to_vec1()?;
         for (r, k) in rows.iter_mut().zip(kl) {

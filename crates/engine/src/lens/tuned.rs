@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::config::ModelConfig;
@@ -167,6 +167,25 @@ impl TunedLens {
         candle_core::safetensors::save(&map, &path)
             .map_err(|e| EngineError::format(&path, format!("cannot write: {e}")))?;
         Ok(())
+    }
+
+    /// The same lens with its translators in `device`'s memory.
+    pub fn to_device(&self, device: &Device) -> candle_core::Result<TunedLens> {
+        let translators = self
+            .translators
+            .iter()
+            .map(|(w, b)| {
+                Ok((
+                    w.to_device(device)?,
+                    b.as_ref().map(|b| b.to_device(device)).transpose()?,
+                ))
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(TunedLens {
+            config: self.config.clone(),
+            translators,
+            source: self.source.clone(),
+        })
     }
 
     /// `h + h·Wᵀ + b` for layers below `L`; the final layer is the model's own output.

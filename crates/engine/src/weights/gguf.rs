@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use candle_core::quantized::gguf_file::{Content, TensorInfo, Value};
 use candle_core::quantized::GgmlDType;
-use candle_core::Device;
+use candle_core::{DType, Device};
 
 use super::file::{self, FileBytes, ReadAt};
 use super::{
@@ -222,10 +222,15 @@ impl GgufFile {
             .ok_or_else(|| EngineError::format(&self.path, format!("tensor `{name}` is missing")))
     }
 
-    /// Builds the model's weights from a file opened with [`GgufFile::read`]. With `Stored`,
-    /// quantized matrices are views into the file's bytes.
-    pub fn load_weights(&self, cfg: &ModelConfig, compute: ComputeDtype) -> Result<ModelWeights> {
-        super::assemble(self, cfg, compute)
+    /// Builds the model's weights on `device` from a file opened with [`GgufFile::read`]. With
+    /// `Stored` on the CPU, quantized matrices are views into the file's bytes.
+    pub fn load_weights(
+        &self,
+        cfg: &ModelConfig,
+        compute: ComputeDtype,
+        device: &Device,
+    ) -> Result<ModelWeights> {
+        super::assemble(self, cfg, compute, device)
     }
 }
 
@@ -295,15 +300,17 @@ impl TensorSource for GgufFile {
         })?;
         let q = file_quant::view(bytes, offset, len, info.ggml_dtype, info.shape.dims())
             .map_err(|m| EngineError::format(&self.path, format!("tensor `{name}`: {m}")))?;
-        let dense = compute == ComputeDtype::F32
-            || matches!(
-                info.ggml_dtype,
-                GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
-            );
-        if dense {
-            Ok(Linear::Dense(q.dequantize(&Device::Cpu)?))
-        } else {
-            Ok(Linear::Quant(Arc::new(q)))
+        let float = matches!(
+            info.ggml_dtype,
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
+        );
+        match compute {
+            ComputeDtype::Bf16 => Ok(Linear::Dense(
+                q.dequantize(&Device::Cpu)?.to_dtype(DType::BF16)?,
+            )),
+            ComputeDtype::F32 => Ok(Linear::Dense(q.dequantize(&Device::Cpu)?)),
+            ComputeDtype::Stored if float => Ok(Linear::Dense(q.dequantize(&Device::Cpu)?)),
+            ComputeDtype::Stored => Ok(Linear::Quant(Arc::new(q))),
         }
     }
 }

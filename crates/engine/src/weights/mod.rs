@@ -11,8 +11,8 @@ pub mod tensor_file;
 use std::path::Path;
 use std::sync::Arc;
 
-use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{DType, Tensor};
+use candle_core::quantized::{QMatMul, QStorage, QTensor};
+use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
 use crate::config::ModelConfig;
@@ -68,9 +68,31 @@ impl Linear {
     /// The matrix as a dense f32 tensor (a copy for quantized storage).
     pub fn to_f32(&self) -> candle_core::Result<Tensor> {
         match self {
-            Linear::Quant(q) => q.dequantize(&candle_core::Device::Cpu),
+            Linear::Quant(q) => q.dequantize(&q.device()),
             Linear::Dense(w) => w.to_dtype(DType::F32),
         }
+    }
+
+    pub fn device(&self) -> Device {
+        match self {
+            Linear::Quant(q) => q.device(),
+            Linear::Dense(w) => w.device().clone(),
+        }
+    }
+
+    /// The same matrix in `device`'s memory, as stored (quantized blocks stay quantized); the
+    /// matrix itself when it is there already.
+    pub fn to_device(&self, device: &Device) -> candle_core::Result<Linear> {
+        if self.device().same_device(device) {
+            return Ok(self.clone());
+        }
+        Ok(match self {
+            Linear::Quant(q) => {
+                let storage = QStorage::from_data(q.data()?, device, q.dtype())?;
+                Linear::Quant(Arc::new(QTensor::new(storage, q.shape().clone())?))
+            }
+            Linear::Dense(w) => Linear::Dense(w.to_device(device)?),
+        })
     }
 
     pub fn bytes(&self, mapped: bool) -> WeightBytes {
@@ -136,6 +158,35 @@ pub struct BlockWeights {
     pub w_down: Linear,
 }
 
+/// A vector or matrix moved to `device`, absent ones staying absent.
+fn moved(t: &Option<Tensor>, device: &Device) -> candle_core::Result<Option<Tensor>> {
+    t.as_ref().map(|t| t.to_device(device)).transpose()
+}
+
+impl BlockWeights {
+    fn to_device(&self, device: &Device) -> candle_core::Result<BlockWeights> {
+        Ok(BlockWeights {
+            attn_norm: self.attn_norm.to_device(device)?,
+            post_attn_norm: moved(&self.post_attn_norm, device)?,
+            q_norm: moved(&self.q_norm, device)?,
+            k_norm: moved(&self.k_norm, device)?,
+            wq: self.wq.to_device(device)?,
+            wk: self.wk.to_device(device)?,
+            wv: self.wv.to_device(device)?,
+            wo: self.wo.to_device(device)?,
+            bq: moved(&self.bq, device)?,
+            bk: moved(&self.bk, device)?,
+            bv: moved(&self.bv, device)?,
+            bo: moved(&self.bo, device)?,
+            ffn_norm: self.ffn_norm.to_device(device)?,
+            post_ffn_norm: moved(&self.post_ffn_norm, device)?,
+            w_gate: self.w_gate.to_device(device)?,
+            w_up: self.w_up.to_device(device)?,
+            w_down: self.w_down.to_device(device)?,
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ModelWeights {
     pub embed: Embedding,
@@ -147,6 +198,39 @@ pub struct ModelWeights {
     /// scaling this way).
     pub rope_freqs: Option<Vec<f32>>,
     pub bytes: WeightBytes,
+}
+
+impl ModelWeights {
+    /// A copy in `device`'s memory, one tensor at a time, so that the copy never needs a second
+    /// whole model of staging memory. Every byte of a copy is owned: nothing stays mapped from
+    /// a file. A tied unembedding (`tied`) stays one matrix.
+    pub fn to_device(&self, device: &Device, tied: bool) -> candle_core::Result<ModelWeights> {
+        if self.final_norm.device().same_device(device) {
+            return Ok(self.clone());
+        }
+        let embed = self.embed.0.to_device(device)?;
+        let head = if tied {
+            embed.clone()
+        } else {
+            self.head.to_device(device)?
+        };
+        let blocks = self
+            .blocks
+            .iter()
+            .map(|b| b.to_device(device))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(ModelWeights {
+            embed: Embedding(embed),
+            blocks,
+            final_norm: self.final_norm.to_device(device)?,
+            head,
+            rope_freqs: self.rope_freqs.clone(),
+            bytes: WeightBytes {
+                mapped: 0,
+                owned: self.bytes.mapped + self.bytes.owned,
+            },
+        })
+    }
 }
 
 /// What a tensor is for; each file format names the roles its own way.
@@ -303,10 +387,13 @@ impl TensorHeader {
 
     /// Bytes the tensor holds once loaded for `role` in `compute`.
     fn resident(&self, role: Role, compute: ComputeDtype) -> u64 {
-        if role.is_vector() || !(self.packed && compute == ComputeDtype::Stored) {
-            self.elements() * 4
-        } else {
-            self.bytes
+        if role.is_vector() {
+            return self.elements() * 4;
+        }
+        match compute {
+            ComputeDtype::Stored if self.packed => self.bytes,
+            ComputeDtype::Stored | ComputeDtype::F32 => self.elements() * 4,
+            ComputeDtype::Bf16 => self.elements() * 2,
         }
     }
 }
@@ -350,6 +437,7 @@ fn required_name(
 pub struct Resident {
     pub stored: u64,
     pub f32: u64,
+    pub bf16: u64,
 }
 
 impl Resident {
@@ -357,6 +445,7 @@ impl Resident {
         match dtype {
             ComputeDtype::Stored => self.stored,
             ComputeDtype::F32 => self.f32,
+            ComputeDtype::Bf16 => self.bf16,
         }
     }
 }
@@ -364,26 +453,35 @@ impl Resident {
 /// What loading `cfg` from `src` will hold, tensor by tensor as [`assemble`] loads them. A
 /// tensor missing from the headers counts nothing (the load itself will name it).
 pub(crate) fn resident(src: &dyn TensorSource, cfg: &ModelConfig) -> Resident {
-    let mut r = Resident { stored: 0, f32: 0 };
+    let mut r = Resident {
+        stored: 0,
+        f32: 0,
+        bf16: 0,
+    };
     for (role, layer) in plan(src, cfg) {
         let Some(h) = src.name(cfg, role, layer).and_then(|n| src.header(&n)) else {
             continue;
         };
         r.stored += h.resident(role, ComputeDtype::Stored);
         r.f32 += h.resident(role, ComputeDtype::F32);
+        r.bf16 += h.resident(role, ComputeDtype::Bf16);
     }
     r
 }
 
-/// Loads every tensor of a checkpoint of `cfg` from `src` and counts the bytes it holds.
+/// Loads every tensor of a checkpoint of `cfg` from `src` onto `device` and counts the bytes
+/// it holds. Each tensor is read (and converted) in host memory and copied to another device
+/// before the next is read, so a load needs one tensor of staging memory, not a second model.
 pub(crate) fn assemble(
     src: &dyn TensorSource,
     cfg: &ModelConfig,
     compute: ComputeDtype,
+    device: &Device,
 ) -> Result<ModelWeights> {
     let mut bytes = WeightBytes::default();
     let mut matrix = |role: Role, layer: usize| -> Result<Linear> {
         let m = src.load(&required_name(src, cfg, role, layer)?, role, cfg, compute)?;
+        let m = m.to_device(device)?;
         bytes += m.bytes(false);
         Ok(m)
     };
@@ -415,7 +513,8 @@ pub(crate) fn assemble(
                 cfg,
                 ComputeDtype::F32,
             )?
-            .to_f32()?;
+            .to_f32()?
+            .to_device(device)?;
         let t = if role.is_norm() && offset != 0.0 {
             (t + offset as f64)?
         } else {
@@ -450,7 +549,7 @@ pub(crate) fn assemble(
     let final_norm = opt(true, Role::FinalNorm, 0)?.expect("always loaded");
     let has_freqs = plan(src, cfg).contains(&(Role::RopeFreqs, 0));
     let rope_freqs = opt(has_freqs, Role::RopeFreqs, 0)?
-        .map(|t| t.to_vec1::<f32>())
+        .map(|t| t.to_device(&Device::Cpu)?.to_vec1::<f32>())
         .transpose()?;
     bytes.owned += vector_bytes;
     Ok(ModelWeights {

@@ -228,8 +228,14 @@ impl HfCheckpoint {
         v
     }
 
-    pub fn load_weights(&self, cfg: &ModelConfig, compute: ComputeDtype) -> Result<ModelWeights> {
-        super::assemble(self, cfg, compute)
+    /// Builds the model's weights on `device`, one tensor at a time.
+    pub fn load_weights(
+        &self,
+        cfg: &ModelConfig,
+        compute: ComputeDtype,
+        device: &Device,
+    ) -> Result<ModelWeights> {
+        super::assemble(self, cfg, compute, device)
     }
 }
 
@@ -305,6 +311,8 @@ impl TensorSource for HfCheckpoint {
             .load(name)
             .map_err(|e| EngineError::format(&self.dir, format!("tensor `{name}`: {e}")))?;
         let t = match (t.dtype(), compute) {
+            (DType::BF16, ComputeDtype::Bf16) => t,
+            (DType::F32 | DType::F16, ComputeDtype::Bf16) => t.to_dtype(DType::BF16)?,
             (DType::F32, _) => t,
             (DType::F16 | DType::BF16, ComputeDtype::Stored) => t,
             (DType::F16 | DType::BF16, ComputeDtype::F32) => t.to_dtype(DType::F32)?,

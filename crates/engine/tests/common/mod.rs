@@ -63,9 +63,11 @@ pub fn compute_lock() -> MutexGuard<'static, ()> {
 pub fn demo(dtype: ComputeDtype) -> &'static Base {
     static STORED: OnceLock<Base> = OnceLock::new();
     static F32: OnceLock<Base> = OnceLock::new();
+    static BF16: OnceLock<Base> = OnceLock::new();
     let cell = match dtype {
         ComputeDtype::Stored => &STORED,
         ComputeDtype::F32 => &F32,
+        ComputeDtype::Bf16 => &BF16,
     };
     cell.get_or_init(|| {
         Base::load(&demo_model(), LoadOptions { compute: dtype }).expect("demo model loads")

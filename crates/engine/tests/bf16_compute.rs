@@ -1,0 +1,188 @@
+//! The bf16 compute dtype (what a GPU runs) against f32, and the device-side statistics against
+//! the host's, on this machine's CPU: the same analyses and generations, agreeing wherever f32
+//! itself is not near a tie. The GPU check (docs/gpu.md) applies the same rules there.
+
+mod common;
+
+use std::ops::ControlFlow;
+
+use lensd_core::Analysis;
+use lensd_engine::generate::{generate, SamplingParams};
+use lensd_engine::lens::analyze::{analyze, AnalyzeOptions, StatsAt};
+use lensd_engine::lens::Lens;
+use lensd_engine::model::Logits;
+use lensd_engine::{Base, ComputeDtype, LoadOptions};
+
+/// A top-1 is compared only where f32's two best logits are at least this far apart.
+const MARGIN: f32 = 0.5;
+/// Largest differences between bf16 and f32 cells: entropy in nats, and KL in nats plus a
+/// share of f32's KL (a lens far from the output, such as layer 0's, has KLs of 10–170 nats,
+/// which bf16's 8-bit mantissa moves by up to 1 %; the first position of a real model, with
+/// its outsized activations, by up to 3.5 %).
+const ENTROPY_TOL: f32 = 0.15;
+const KL_TOL: f32 = 0.15;
+const KL_REL_TOL: f32 = 0.03;
+
+const FAMILIES: &[&str] = &["llama3", "qwen2", "qwen3", "gemma2", "gemma3"];
+
+fn analyse(base: &Base, ids: &[u32], stats: StatsAt) -> Analysis {
+    let opts = AnalyzeOptions {
+        stats,
+        ..AnalyzeOptions::new((0..=base.config().n_layers).collect(), 5)
+    };
+    analyze(base, &[&Lens::Logit], ids, &opts, &mut |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap()
+    .remove(0)
+}
+
+/// Compares every cell; returns (cells compared for top-1, largest |Δ entropy|, largest |Δ KL|).
+/// A tiny random model's logits are near ties in most cells; only clear ones are compared.
+fn compare(name: &str, want: &Analysis, got: &Analysis) -> (usize, f32, f32) {
+    let (mut compared, mut de, mut dk) = (0, 0f32, 0f32);
+    for (wl, gl) in want.layers.iter().zip(&got.layers) {
+        for (p, (w, g)) in wl.positions.iter().zip(&gl.positions).enumerate() {
+            let margin = w.top[0].prob.ln() - w.top[1].prob.ln();
+            if margin >= MARGIN {
+                compared += 1;
+                assert_eq!(
+                    w.top[0].id, g.top[0].id,
+                    "{name}: layer {} position {p}: top-1 differs with an f32 margin of {margin:.2}",
+                    wl.layer
+                );
+            }
+            let (e, k) = (
+                (w.entropy - g.entropy).abs(),
+                (w.kl_to_final - g.kl_to_final).abs(),
+            );
+            assert!(
+                e <= ENTROPY_TOL,
+                "{name}: layer {} position {p}: entropy {} in f32, {} in bf16",
+                wl.layer,
+                w.entropy,
+                g.entropy
+            );
+            assert!(
+                k <= KL_TOL + KL_REL_TOL * w.kl_to_final,
+                "{name}: layer {} position {p}: KL {} in f32, {} in bf16",
+                wl.layer,
+                w.kl_to_final,
+                g.kl_to_final
+            );
+            de = de.max(e);
+            dk = dk.max(k);
+        }
+    }
+
+    (compared, de, dk)
+}
+
+fn tiny(family: &str, compute: ComputeDtype) -> Base {
+    let dir = common::testdata(&format!("tiny-{family}"));
+    Base::load(&dir, LoadOptions { compute })
+        .unwrap_or_else(|e| panic!("{} does not load: {e}", dir.display()))
+}
+
+#[test]
+fn statistics_computed_on_the_device_equal_the_hosts() {
+    let _lock = common::compute_lock();
+    let base = common::demo(ComputeDtype::F32);
+    let ids = base
+        .tokenizer
+        .encode(
+            "The capital of France is Paris, and the capital of Italy is",
+            false,
+        )
+        .unwrap();
+    let host = analyse(base, &ids, StatsAt::Host);
+    let device = analyse(base, &ids, StatsAt::Device);
+    for (hl, dl) in host.layers.iter().zip(&device.layers) {
+        for (h, d) in hl.positions.iter().zip(&dl.positions) {
+            let ids = |c: &lensd_core::Cell| c.top.iter().map(|t| t.id).collect::<Vec<_>>();
+            assert_eq!(ids(h), ids(d), "layer {}", hl.layer);
+            assert_eq!(h.final_rank, d.final_rank, "layer {}", hl.layer);
+            assert!((h.entropy - d.entropy).abs() < 1e-3, "layer {}", hl.layer);
+            assert!((h.kl_to_final - d.kl_to_final).abs() < 1e-3);
+            match (h.next_token_ce, d.next_token_ce) {
+                (Some(a), Some(b)) => assert!((a - b).abs() < 1e-3),
+                (a, b) => assert_eq!(a, b),
+            }
+        }
+    }
+}
+
+#[test]
+fn bf16_analyses_of_every_tiny_family_agree_with_f32() {
+    let _lock = common::compute_lock();
+    for family in FAMILIES {
+        let f32 = tiny(family, ComputeDtype::F32);
+        let bf16 = tiny(family, ComputeDtype::Bf16);
+        let w = bf16.bytes();
+        assert!(
+            w.owned < f32.bytes().owned * 6 / 10,
+            "{family}: bf16 holds {} bytes, f32 {}",
+            w.owned,
+            f32.bytes().owned
+        );
+        let v = f32.config().vocab_size as u32;
+        let ids: Vec<u32> = (0..40u32).map(|i| (i * 7919 + 13) % v).collect();
+        let (n, de, dk) = compare(
+            family,
+            &analyse(&f32, &ids, StatsAt::Host),
+            &analyse(&bf16, &ids, StatsAt::Device),
+        );
+        eprintln!("{family}: {n} top-1 compared, |Δ entropy| ≤ {de:.4}, |Δ KL| ≤ {dk:.4}");
+    }
+}
+
+#[test]
+fn the_demo_models_bf16_analysis_and_greedy_generation_agree_with_f32() {
+    let _lock = common::compute_lock();
+    let f32 = common::demo(ComputeDtype::F32);
+    let bf16 = common::demo(ComputeDtype::Bf16);
+    let text = "Lenses read what a transformer predicts at every layer. The quick brown fox";
+    let ids = f32.tokenizer.encode(text, false).unwrap();
+    let (n, de, dk) = compare(
+        "demo",
+        &analyse(f32, &ids, StatsAt::Host),
+        &analyse(bf16, &ids, StatsAt::Device),
+    );
+    eprintln!("demo: {n} top-1 compared, |Δ entropy| ≤ {de:.4}, |Δ KL| ≤ {dk:.4}");
+    assert!(n > 100, "only {n} cells had a clear top-1");
+
+    let prompt = f32
+        .tokenizer
+        .encode_prompt(&f32.chat_prompt("Name three colours.").unwrap(), true)
+        .unwrap();
+    let params = SamplingParams {
+        max_tokens: 24,
+        temperature: 0.0,
+        ..SamplingParams::default()
+    };
+    let run = |base: &Base| {
+        generate(base, &prompt, &params, &mut |_| ControlFlow::Continue(()))
+            .unwrap()
+            .ids
+    };
+    let (a, b) = (run(f32), run(bf16));
+    let Some(i) = a.iter().zip(&b).position(|(x, y)| x != y) else {
+        return;
+    };
+    // Where the two first differ, f32 itself must be near a tie.
+    let seq: Vec<u32> = prompt.iter().chain(&a[..i]).copied().collect();
+    let out = f32.model.forward(&[&seq], None, &[], Logits::Last).unwrap();
+    let mut z = out
+        .logits
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    z.sort_by(|x, y| y.total_cmp(x));
+    assert!(
+        z[0] - z[1] < MARGIN,
+        "greedy generation differs at token {i} where f32's margin is {}",
+        z[0] - z[1]
+    );
+}
