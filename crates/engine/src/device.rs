@@ -136,6 +136,59 @@ pub fn name(device: &Device) -> String {
     }
 }
 
+/// What a failure on a GPU means for the device that raised it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// The device had no room for an allocation: the work that asked fails, the device is fine.
+    OutOfMemory,
+    /// The device's context is unusable from now on (CUDA's "sticky" errors: an illegal memory
+    /// access or a failed launch poisons every later call in the process), or the device is
+    /// gone: the device must be taken out of service. The text is the driver's error name.
+    Lost(String),
+    /// Anything else (a shape error, a missing kernel, ...): the work fails, the device is fine.
+    Other,
+}
+
+/// CUDA and cuBLAS error names after which the context cannot be used again.
+const STICKY: &[&str] = &[
+    "CUDA_ERROR_ILLEGAL_ADDRESS",
+    "CUDA_ERROR_LAUNCH_FAILED",
+    "CUDA_ERROR_ILLEGAL_INSTRUCTION",
+    "CUDA_ERROR_MISALIGNED_ADDRESS",
+    "CUDA_ERROR_INVALID_ADDRESS_SPACE",
+    "CUDA_ERROR_INVALID_PC",
+    "CUDA_ERROR_HARDWARE_STACK_ERROR",
+    "CUDA_ERROR_ECC_UNCORRECTABLE",
+    "CUDA_ERROR_LAUNCH_TIMEOUT",
+    "CUDA_ERROR_CONTEXT_IS_DESTROYED",
+    "CUDA_ERROR_DEVICE_UNAVAILABLE",
+    "CUDA_ERROR_NO_DEVICE",
+    "CUDA_ERROR_DEVICE_NOT_LICENSED",
+    "CUDA_ERROR_SYSTEM_NOT_READY",
+    "CUBLAS_STATUS_EXECUTION_FAILED",
+    "CUBLAS_STATUS_INTERNAL_ERROR",
+];
+
+/// Out-of-memory error names of the driver, the runtime and cuBLAS.
+const OUT_OF_MEMORY: &[&str] = &[
+    "CUDA_ERROR_OUT_OF_MEMORY",
+    "cudaErrorMemoryAllocation",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "out of memory",
+];
+
+/// Classifies an error raised while computing or copying on a GPU by the names the driver and
+/// cuBLAS put in its text.
+pub fn classify(message: &str) -> Fault {
+    if let Some(name) = STICKY.iter().find(|n| message.contains(*n)) {
+        return Fault::Lost((*name).to_string());
+    }
+    if OUT_OF_MEMORY.iter().any(|n| message.contains(n)) {
+        return Fault::OutOfMemory;
+    }
+    Fault::Other
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,6 +216,26 @@ mod tests {
         assert!(d.is_cpu());
         assert_eq!(driver_memory(&d), None);
         assert_eq!(name(&d), "cpu");
+    }
+
+    #[test]
+    fn driver_errors_are_told_apart() {
+        assert_eq!(
+            classify("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")"),
+            Fault::OutOfMemory
+        );
+        assert_eq!(
+            classify("cublas error: CUBLAS_STATUS_ALLOC_FAILED"),
+            Fault::OutOfMemory
+        );
+        assert_eq!(
+            classify("DriverError(CUDA_ERROR_ILLEGAL_ADDRESS, \"an illegal memory access\")"),
+            Fault::Lost("CUDA_ERROR_ILLEGAL_ADDRESS".into())
+        );
+        assert_eq!(
+            classify("shape mismatch in matmul, lhs: [2, 3], rhs: [4, 5]"),
+            Fault::Other
+        );
     }
 
     #[cfg(not(feature = "cuda"))]
