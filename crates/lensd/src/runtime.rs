@@ -1,9 +1,9 @@
 //! The real engine behind the scheduler's `Engine` trait, for computing on CPU: bases and
 //! lenses loaded with `lensd_engine`, kept by content key, and freed back to the system.
 //!
-//! On CPU the device and host tiers are the same RAM, so a loaded resource is loaded once and
-//! the residency manager only relabels which budget it counts against; `transfer` is never
-//! called.
+//! On CPU there is one device, `cpu`, whose memory is the host's RAM, so a loaded resource is
+//! loaded once and the residency manager only relabels which budget it counts against;
+//! `transfer` is never called, and the place named by `load` and `release` does not matter.
 //!
 //! A model's full donor (a fine-tune of its base) is loaded as a base like any other; a job
 //! names it beside the base, and the talkative lens reads its activations and generates with
@@ -15,10 +15,11 @@ use std::sync::{Arc, Mutex};
 
 use lensd_core::analysis::{Analysis, Explanation, RowsChunk, TokenInfo};
 use lensd_core::engine::{
-    BoxFuture, ComputeSink, Engine, EngineFailure, HeapUsage, MemoryProbe, Progress, Source,
+    BoxFuture, ComputeSink, DeviceInfo, Engine, EngineFailure, HeapUsage, MemoryProbe, Progress,
+    Source,
 };
 use lensd_core::registry::{BaseKey, LensKey, ResourceKey};
-use lensd_core::residency::Tier;
+use lensd_core::residency::{DeviceId, Place};
 use lensd_core::work::{ComputeEvent, Job, JobFailure, JobOutput, Remaining};
 use lensd_core::LensKind;
 use lensd_engine::donor::Donor;
@@ -81,6 +82,16 @@ impl CpuEngine {
             compute,
             max_input_tokens: Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX)),
         }
+    }
+
+    /// The devices this engine computes on: the CPU alone.
+    pub fn device_list() -> Vec<DeviceInfo> {
+        vec![DeviceInfo {
+            id: DeviceId(0),
+            name: "cpu".into(),
+            total_bytes: None,
+            free_bytes: None,
+        }]
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Loaded> {
@@ -179,11 +190,15 @@ impl Engine for CpuEngine {
         true
     }
 
+    fn devices(&self) -> Vec<DeviceInfo> {
+        Self::device_list()
+    }
+
     fn load(
         &self,
         key: ResourceKey,
         source: Source,
-        _tier: Tier,
+        _place: Place,
         mut progress: Progress,
     ) -> BoxFuture<Result<(), EngineFailure>> {
         let me = self.clone();
@@ -210,25 +225,29 @@ impl Engine for CpuEngine {
     fn transfer(
         &self,
         key: ResourceKey,
-        from: Tier,
-        to: Tier,
+        from: Place,
+        to: Place,
     ) -> BoxFuture<Result<(), EngineFailure>> {
         // Device and host are one memory here; the residency manager never asks for a copy.
         Box::pin(async move {
             Err(EngineFailure(format!(
-                "{key}: no transfer from {} to {} on a CPU engine, whose tiers share one memory",
-                from.as_str(),
-                to.as_str()
+                "{key}: no transfer from {from} to {to} on a CPU engine, whose tiers share one \
+                 memory"
             )))
         })
     }
 
-    fn run(&self, job: Job, events: ComputeSink) -> BoxFuture<Result<JobOutput, JobFailure>> {
+    fn run(
+        &self,
+        _device: DeviceId,
+        job: Job,
+        events: ComputeSink,
+    ) -> BoxFuture<Result<JobOutput, JobFailure>> {
         let me = self.clone();
         self.on_compute_thread(move || me.run_blocking(job, events))
     }
 
-    fn release(&self, key: &ResourceKey) {
+    fn release(&self, key: &ResourceKey, _place: Place) {
         let dropped = {
             let mut loaded = self.lock();
             match key {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use lensd_core::config::{self, Budgets, Config, Preload, Report, Resolved, Settings};
+use lensd_core::config::{self, Budgets, Config, Placement, Preload, Report, Resolved, Settings};
 use lensd_core::registry::{Registry, RegistryDiff};
 use lensd_core::residency::Tier;
 use lensd_engine::probe::{machine_memory, FileProbe};
@@ -21,12 +21,14 @@ pub struct Checked {
     pub config: Config,
     pub resolved: Resolved,
     pub budgets: Budgets,
+    /// Each device's budget and the groups pinned to devices.
+    pub placement: Placement,
 }
 
-/// Parses `path` and, when its groups are sound, checks the files they name. Relative paths in
-/// the file are resolved against its folder. The report lists every problem found (an error in
-/// the settings does not hide those of the files); the config is returned, fit to serve, only
-/// when it has no errors.
+/// Parses `path` and, when its groups are sound, checks the files they name and the devices
+/// its groups are pinned to. Relative paths in the file are resolved against its folder. The
+/// report lists every problem found (an error in the settings does not hide those of the
+/// files); the config is returned, fit to serve, only when it has no errors.
 pub fn read_config(path: &Path, probe: &FileProbe) -> Result<(Option<Checked>, Report)> {
     let text = lensd_core::files::read_to_string(path)
         .with_context(|| format!("cannot read the config file {}", path.display()))?;
@@ -40,10 +42,15 @@ pub fn read_config(path: &Path, probe: &FileProbe) -> Result<(Option<Checked>, R
     let budgets = budgets(&config.settings)?;
     let (checked, resolved) = config::check(&config, probe, budgets);
     report.extend(checked);
+    let placement = Placement::resolve(&config, &CpuEngine::device_list()).unwrap_or_else(|e| {
+        report.extend(e);
+        Placement::default()
+    });
     let checked = Checked {
         config,
         resolved,
         budgets,
+        placement,
     };
     Ok((sound.then_some(checked), report))
 }
@@ -92,6 +99,7 @@ impl Service {
         let engine = CpuEngine::new();
         let options = Options {
             memory: Some(Arc::new(ProcMemory)),
+            placement: checked.placement.clone(),
             ..Options::default()
         };
         let residency = Residency::start(
@@ -162,7 +170,9 @@ impl Service {
         let next = Registry::build(&checked.config, &checked.resolved);
         let mut current = self.registry.lock().await;
         let diff = current.diff(&next);
-        self.residency.reload(next.clone(), checked.budgets).await?;
+        self.residency
+            .reload_placed(next.clone(), checked.budgets, checked.placement)
+            .await?;
         self.scheduler.set_registry(next.clone()).await;
         *current = next;
         *self.config.lock().unwrap_or_else(|e| e.into_inner()) = checked.config;

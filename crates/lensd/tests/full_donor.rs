@@ -17,7 +17,7 @@ use lensd::service::Service;
 use lensd_core::engine::{Engine, Source};
 use lensd_core::layers::LayerSpec;
 use lensd_core::registry::{BaseKey, BaseSpec, LensKey, LensSpec, ResourceKey};
-use lensd_core::residency::Tier;
+use lensd_core::residency::{DeviceId, Place, Tier};
 use lensd_core::work::{ExplainSettings, Job, JobFailure, JobLens, JobOutput, Prompt, Sampling};
 use lensd_core::{ComputeDtype, LensKind};
 use lensd_engine::donor::Donor;
@@ -183,7 +183,7 @@ async fn engine_with(tune: &Path) -> (CpuEngine, BaseKey, BaseKey, LensKey) {
             .load(
                 ResourceKey::Base(key.clone()),
                 Source::Base(spec),
-                Tier::Device,
+                Place::Device(DeviceId(0)),
                 Box::new(|_, _| {}),
             )
             .await
@@ -199,7 +199,7 @@ async fn engine_with(tune: &Path) -> (CpuEngine, BaseKey, BaseKey, LensKey) {
         .load(
             ResourceKey::Lens(lens.clone()),
             Source::Lens(spec),
-            Tier::Device,
+            Place::Device(DeviceId(0)),
             Box::new(|_, _| {}),
         )
         .await
@@ -233,6 +233,7 @@ async fn the_runtime_runs_a_job_in_the_donor_base_it_names() {
     };
     let out = engine
         .run(
+            DeviceId(0),
             analyze(Some(donor.clone())),
             Box::new(|_| ControlFlow::Continue(())),
         )
@@ -263,6 +264,7 @@ async fn the_runtime_runs_a_job_in_the_donor_base_it_names() {
     };
     let out = engine
         .run(
+            DeviceId(0),
             Job::Generate {
                 base: base.clone(),
                 lens: Some(lens.clone()),
@@ -289,9 +291,13 @@ async fn the_runtime_runs_a_job_in_the_donor_base_it_names() {
     assert_eq!(ids, direct.ids);
 
     // A donor the engine does not hold fails the job, naming it.
-    engine.release(&ResourceKey::Base(donor.clone()));
+    engine.release(
+        &ResourceKey::Base(donor.clone()),
+        Place::Device(DeviceId(0)),
+    );
     match engine
         .run(
+            DeviceId(0),
             analyze(Some(donor)),
             Box::new(|_| ControlFlow::Continue(())),
         )

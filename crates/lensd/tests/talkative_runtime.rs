@@ -11,7 +11,7 @@ use lensd::runtime::CpuEngine;
 use lensd_core::engine::{Engine, Source};
 use lensd_core::layers::LayerSpec;
 use lensd_core::registry::{BaseKey, BaseSpec, LensKey, LensSpec, ResourceKey};
-use lensd_core::residency::Tier;
+use lensd_core::residency::{DeviceId, Place};
 use lensd_core::work::{
     ComputeEvent, ExplainSettings, Job, JobLens, JobOutput, Prompt, Remaining, Sampling,
 };
@@ -33,7 +33,7 @@ async fn loaded() -> (CpuEngine, BaseKey, LensKey) {
                 n_layers: 3,
                 d_model: 64,
             }),
-            Tier::Device,
+            Place::Device(DeviceId(0)),
             Box::new(|_, _| {}),
         )
         .await
@@ -47,7 +47,7 @@ async fn loaded() -> (CpuEngine, BaseKey, LensKey) {
                 bytes: 1,
                 donor: Some(common::testdata("talkative/donor")),
             }),
-            Tier::Device,
+            Place::Device(DeviceId(0)),
             Box::new(|_, _| {}),
         )
         .await
@@ -101,6 +101,7 @@ async fn a_talkative_lens_with_its_donor_explains_beside_the_logit_lens() {
     };
     let out = engine
         .run(
+            DeviceId(0),
             job,
             Box::new(move |e| {
                 sink.lock().unwrap().push(e);
@@ -206,6 +207,7 @@ async fn generation_with_a_talkative_model_comes_from_its_donor() {
     };
     let run = |lens: Option<LensKey>| {
         engine.run(
+            DeviceId(0),
             Job::Generate {
                 base: base.clone(),
                 lens,

@@ -1,15 +1,20 @@
 //! An engine that holds no weights: loads and transfers take a configurable (tokio) time,
-//! chosen files fail, and every call is logged, so that scheduler and server tests read as
-//! stories and run under paused time.
+//! chosen files or devices fail, a device can be lost, and every call is logged with the place
+//! it concerns, so that scheduler and server tests read as stories and run under paused time.
+//!
+//! [`FakeEngine::new`] has one device, named `device` like the tier; [`FakeEngine::with_devices`]
+//! has several separate ones, `cuda:0`, `cuda:1`, ..., each with its own memory.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lensd_core::analysis::{Analysis, Cell, LayerRow, RowsChunk, TokenInfo, TopToken};
-use lensd_core::engine::{BoxFuture, ComputeSink, Engine, EngineFailure, Progress, Source};
+use lensd_core::engine::{
+    BoxFuture, ComputeSink, DeviceInfo, DriverMemory, Engine, EngineFailure, Progress, Source,
+};
 use lensd_core::registry::{BaseKey, ResourceKey};
-use lensd_core::residency::Tier;
+use lensd_core::residency::{DeviceId, Place};
 use lensd_core::work::{ComputeEvent, Job, JobFailure, JobOutput, Prompt, Remaining};
 
 /// Layers the fake's models have (0..=FAKE_LAYERS).
@@ -29,13 +34,26 @@ struct Inner {
     remaining: Remaining,
     running: usize,
     max_running: usize,
+    /// Jobs running on each device now, and the most ever at once on one device.
+    running_on: BTreeMap<DeviceId, usize>,
+    max_running_on_one: usize,
     failing: BTreeSet<String>,
+    /// Devices whose loads and incoming copies fail (as when out of memory).
+    failing_devices: BTreeSet<DeviceId>,
+    /// Devices lost, with why: everything on them fails from then on.
+    lost: BTreeMap<DeviceId, String>,
     /// Loads of files whose path contains one of these panic, once each.
     panicking: BTreeSet<String>,
     /// What the next job does after so many sub-batches.
     job_fault: Option<(JobFault, usize)>,
     log: Vec<String>,
-    held: BTreeMap<ResourceKey, Tier>,
+    held: BTreeSet<(ResourceKey, Place)>,
+    /// Copies that running jobs read, with how many jobs read each.
+    in_use: BTreeMap<(ResourceKey, Place), usize>,
+    /// Copies freed while a job read them: a lease was broken.
+    violations: Vec<String>,
+    /// Bytes of every resource loaded so far, for the driver's count.
+    sizes: BTreeMap<ResourceKey, u64>,
 }
 
 /// A fault the next job meets part-way.
@@ -50,15 +68,61 @@ pub enum JobFault {
 #[derive(Clone)]
 pub struct FakeEngine {
     shared_memory: bool,
+    devices: Arc<Vec<DeviceInfo>>,
     inner: Arc<Mutex<Inner>>,
 }
 
 impl FakeEngine {
-    /// `shared_memory`: a CPU-like engine where device and host are one memory.
+    /// One device, named `device`. `shared_memory`: a CPU-like engine where device and host
+    /// are one memory.
     pub fn new(shared_memory: bool) -> Self {
+        let device = DeviceInfo {
+            id: DeviceId(0),
+            name: "device".into(),
+            total_bytes: None,
+            free_bytes: None,
+        };
         FakeEngine {
             shared_memory,
+            devices: Arc::new(vec![device]),
             inner: Arc::default(),
+        }
+    }
+
+    /// `n` separate devices `cuda:0` ... of `bytes` each, all free, as a GPU machine has.
+    pub fn with_devices(n: u16, bytes: u64) -> Self {
+        let devices = (0..n)
+            .map(|i| DeviceInfo {
+                id: DeviceId(i),
+                name: format!("cuda:{i}"),
+                total_bytes: Some(bytes),
+                free_bytes: Some(bytes),
+            })
+            .collect();
+        FakeEngine {
+            shared_memory: false,
+            devices: Arc::new(devices),
+            inner: Arc::default(),
+        }
+    }
+
+    fn name(&self, place: Place) -> String {
+        match place {
+            Place::Host => "host".into(),
+            Place::Device(d) => self
+                .devices
+                .iter()
+                .find(|i| i.id == d)
+                .map_or_else(|| d.to_string(), |i| i.name.clone()),
+        }
+    }
+
+    /// The device's name when there are several, for the log of jobs.
+    fn on(&self, device: DeviceId) -> String {
+        if self.devices.len() > 1 {
+            format!(" on {}", self.name(Place::Device(device)))
+        } else {
+            String::new()
         }
     }
 
@@ -91,9 +155,26 @@ impl FakeEngine {
         self.lock().remaining = r;
     }
 
-    /// The most jobs that ever ran at once (the worker must keep it at 1).
+    /// The most jobs that ever ran at once, over all devices.
     pub fn max_concurrent_jobs(&self) -> usize {
         self.lock().max_running
+    }
+
+    /// The most jobs that ever ran at once on one device (its worker must keep it at 1).
+    pub fn max_concurrent_jobs_on_one_device(&self) -> usize {
+        self.lock().max_running_on_one
+    }
+
+    /// Loads into `device`, and copies to it, fail from now on (as when it is out of memory).
+    pub fn fail_loads_on(&self, device: DeviceId) {
+        self.lock().failing_devices.insert(device);
+    }
+
+    /// `device` stops working: its running job fails at its next sub-batch, and every later
+    /// load, copy or job on it fails; [`Engine::device_lost`] says so.
+    pub fn lose_device(&self, device: DeviceId) {
+        let why = format!("{} fell off the bus", self.name(Place::Device(device)));
+        self.lock().lost.insert(device, why);
     }
 
     /// Loads of files whose path contains `needle` fail as if the file were corrupt.
@@ -111,7 +192,10 @@ impl FakeEngine {
         self.lock().job_fault = Some((fault, batches));
     }
 
-    /// Every call so far, as `load <key> -> <tier>`, `move <key> <from> -> <to>`, `free <key>`.
+    /// Every call so far, as `load <key> -> <place>`, `move <key> <from> -> <to>`, `fail <key>`,
+    /// `free <key>` (`free <key> on <place>` with separate memories), and each job as
+    /// `analyze <base> [<models>]` or `generate <base>` (with ` on <device>` when there are
+    /// several). Places are named `host` and by the device's name.
     pub fn log(&self) -> Vec<String> {
         self.lock().log.clone()
     }
@@ -121,8 +205,18 @@ impl FakeEngine {
     }
 
     /// What the engine holds now, and where.
-    pub fn held(&self) -> BTreeMap<ResourceKey, Tier> {
+    pub fn held(&self) -> BTreeSet<(ResourceKey, Place)> {
         self.lock().held.clone()
+    }
+
+    /// Copies freed while a running job read them; empty unless a lease was broken.
+    pub fn violations(&self) -> Vec<String> {
+        self.lock().violations.clone()
+    }
+
+    /// Whether the engine holds a copy of `key` anywhere.
+    pub fn holds(&self, key: &ResourceKey) -> bool {
+        self.lock().held.iter().any(|(k, _)| k == key)
     }
 
     /// How many loads of `key` happened.
@@ -141,11 +235,34 @@ impl Engine for FakeEngine {
         self.shared_memory
     }
 
+    fn devices(&self) -> Vec<DeviceInfo> {
+        self.devices.as_ref().clone()
+    }
+
+    fn driver_memory(&self, device: DeviceId) -> Option<DriverMemory> {
+        let total = self.devices.iter().find(|d| d.id == device)?.total_bytes?;
+        let inner = self.lock();
+        let used = inner
+            .held
+            .iter()
+            .filter(|(_, p)| *p == Place::Device(device))
+            .map(|(k, _)| inner.sizes.get(k).copied().unwrap_or(0))
+            .sum();
+        Some(DriverMemory {
+            used_bytes: used,
+            total_bytes: total,
+        })
+    }
+
+    fn device_lost(&self, device: DeviceId) -> Option<String> {
+        self.lock().lost.get(&device).cloned()
+    }
+
     fn load(
         &self,
         key: ResourceKey,
         source: Source,
-        tier: Tier,
+        place: Place,
         mut progress: Progress,
     ) -> BoxFuture<Result<(), EngineFailure>> {
         let me = self.clone();
@@ -160,6 +277,7 @@ impl Engine for FakeEngine {
                 tokio::time::sleep(latency / 4).await;
                 progress(bytes * step / 4, bytes);
             }
+            let name = me.name(place);
             let mut inner = me.lock();
             let panics = inner
                 .panicking
@@ -171,12 +289,26 @@ impl Engine for FakeEngine {
                 drop(inner);
                 panic!("the fake engine panicked loading {path}");
             }
+            if let Some(d) = place.device() {
+                if let Some(why) = inner.lost.get(&d) {
+                    let e = EngineFailure(format!("{name} is lost ({why}); {path} was not loaded"));
+                    inner.log.push(format!("fail {key} -> {name}"));
+                    return Err(e);
+                }
+                if inner.failing_devices.contains(&d) {
+                    inner.log.push(format!("fail {key} -> {name}"));
+                    return Err(EngineFailure(format!(
+                        "{name}: out of memory loading {path}"
+                    )));
+                }
+            }
             if inner.failing.iter().any(|n| path.contains(n.as_str())) {
                 inner.log.push(format!("fail {key}"));
                 return Err(EngineFailure(format!("{path}: corrupt file")));
             }
-            inner.log.push(format!("load {key} -> {}", tier.as_str()));
-            inner.held.insert(key, tier);
+            inner.log.push(format!("load {key} -> {name}"));
+            inner.sizes.insert(key.clone(), bytes);
+            inner.held.insert((key, place));
             Ok(())
         })
     }
@@ -184,29 +316,78 @@ impl Engine for FakeEngine {
     fn transfer(
         &self,
         key: ResourceKey,
-        from: Tier,
-        to: Tier,
+        from: Place,
+        to: Place,
     ) -> BoxFuture<Result<(), EngineFailure>> {
         let me = self.clone();
         Box::pin(async move {
             let latency = me.lock().transfer_latency;
             tokio::time::sleep(latency).await;
+            let (from_name, to_name) = (me.name(from), me.name(to));
             let mut inner = me.lock();
+            for (p, name) in [(from, &from_name), (to, &to_name)] {
+                if let Some(why) = p.device().and_then(|d| inner.lost.get(&d)) {
+                    let e = EngineFailure(format!("{name} is lost ({why}); {key} was not copied"));
+                    inner
+                        .log
+                        .push(format!("fail move {key} {from_name} -> {to_name}"));
+                    return Err(e);
+                }
+            }
+            if to
+                .device()
+                .is_some_and(|d| inner.failing_devices.contains(&d))
+            {
+                inner
+                    .log
+                    .push(format!("fail move {key} {from_name} -> {to_name}"));
+                return Err(EngineFailure(format!(
+                    "{to_name}: out of memory copying {key}"
+                )));
+            }
+            if !inner.held.contains(&(key.clone(), from)) {
+                return Err(EngineFailure(format!(
+                    "{key} is not on {from_name}; nothing to copy"
+                )));
+            }
             inner
                 .log
-                .push(format!("move {key} {} -> {}", from.as_str(), to.as_str()));
-            inner.held.insert(key, to);
+                .push(format!("move {key} {from_name} -> {to_name}"));
+            inner.held.insert((key, to));
             Ok(())
         })
     }
 
-    fn release(&self, key: &ResourceKey) {
+    fn release(&self, key: &ResourceKey, place: Place) {
+        let line = if self.shared_memory {
+            format!("free {key}")
+        } else {
+            format!("free {key} on {}", self.name(place))
+        };
         let mut inner = self.lock();
-        inner.log.push(format!("free {key}"));
-        inner.held.remove(key);
+        let used = inner
+            .in_use
+            .iter()
+            .any(|((k, p), n)| k == key && *n > 0 && (self.shared_memory || *p == place));
+        if used {
+            let v = format!("{line} while a job read it");
+            inner.violations.push(v);
+        }
+        inner.log.push(line);
+        if self.shared_memory {
+            // One memory: the copy is the same whatever tier it was counted in.
+            inner.held.retain(|(k, _)| k != key);
+        } else {
+            inner.held.remove(&(key.clone(), place));
+        }
     }
 
-    fn run(&self, job: Job, mut events: ComputeSink) -> BoxFuture<Result<JobOutput, JobFailure>> {
+    fn run(
+        &self,
+        device: DeviceId,
+        job: Job,
+        mut events: ComputeSink,
+    ) -> BoxFuture<Result<JobOutput, JobFailure>> {
         let me = self.clone();
         Box::pin(async move {
             let donors: Vec<BaseKey> = match &job {
@@ -215,10 +396,37 @@ impl Engine for FakeEngine {
                 }
                 Job::Generate { donor, .. } => donor.iter().cloned().collect(),
             };
+            let place = Place::Device(device);
+            let mut reads: Vec<(ResourceKey, Place)> = donors
+                .iter()
+                .map(|d| (ResourceKey::Base(d.clone()), place))
+                .collect();
+            match &job {
+                Job::Analyze { base, lenses, .. } => {
+                    reads.push((ResourceKey::Base(base.clone()), place));
+                    reads.extend(
+                        lenses
+                            .iter()
+                            .filter_map(|l| l.lens.clone())
+                            .map(|l| (ResourceKey::Lens(l), place)),
+                    );
+                }
+                Job::Generate { base, lens, .. } => {
+                    reads.push((ResourceKey::Base(base.clone()), place));
+                    reads.extend(lens.clone().map(|l| (ResourceKey::Lens(l), place)));
+                }
+            }
             let fault = {
                 let mut inner = me.lock();
+                for r in &reads {
+                    *inner.in_use.entry(r.clone()).or_default() += 1;
+                }
                 inner.running += 1;
                 inner.max_running = inner.max_running.max(inner.running);
+                let on_device = inner.running_on.entry(device).or_default();
+                *on_device += 1;
+                let n = *on_device;
+                inner.max_running_on_one = inner.max_running_on_one.max(n);
                 let mut line = match &job {
                     Job::Analyze { base, lenses, .. } => {
                         let names: Vec<&str> = lenses.iter().map(|l| l.model.as_str()).collect();
@@ -230,29 +438,44 @@ impl Engine for FakeEngine {
                     let names: Vec<&str> = donors.iter().map(|d| d.0.as_str()).collect();
                     line.push_str(&format!(" donors [{}]", names.join(",")));
                 }
+                line.push_str(&me.on(device));
                 inner.log.push(line);
                 inner.job_fault.take()
             };
             /// Counts the job out even when it panics.
-            struct Running(FakeEngine);
+            struct Running(FakeEngine, DeviceId, Vec<(ResourceKey, Place)>);
             impl Drop for Running {
                 fn drop(&mut self) {
-                    self.0.lock().running -= 1;
+                    let mut inner = self.0.lock();
+                    inner.running -= 1;
+                    *inner.running_on.entry(self.1).or_default() -= 1;
+                    for r in &self.2 {
+                        *inner.in_use.entry(r.clone()).or_default() -= 1;
+                    }
                 }
             }
-            let _running = Running(me.clone());
-            // As the real engine does, a job whose donor is not loaded fails.
+            let _running = Running(me.clone(), device, reads);
+            // As the real engine does, a job whose donor is not loaded on its device fails.
             let held = me.held();
+            let here = |k: ResourceKey| {
+                held.iter()
+                    .any(|(h, p)| *h == k && (me.shared_memory || *p == Place::Device(device)))
+            };
             if let Some(d) = donors
                 .iter()
-                .find(|d| !held.contains_key(&ResourceKey::Base((*d).clone())))
+                .find(|d| !here(ResourceKey::Base((*d).clone())))
             {
                 return Err(JobFailure::Engine(format!(
                     "the donor base {} is not loaded; the job ran without its lease",
                     d.0
                 )));
             }
-            me.compute(job, &mut events, fault).await
+            if let Some(why) = me.device_lost(device) {
+                return Err(JobFailure::Engine(format!(
+                    "the device was lost ({why}); the job did not run"
+                )));
+            }
+            me.compute(device, job, &mut events, fault).await
         })
     }
 }
@@ -275,13 +498,20 @@ fn fake_cell(layer: usize, pos: usize) -> Cell {
 impl FakeEngine {
     async fn compute(
         &self,
+        device: DeviceId,
         job: Job,
         events: &mut ComputeSink,
         fault: Option<(JobFault, usize)>,
     ) -> Result<JobOutput, JobFailure> {
         let mut batches = 0;
-        // Meets the job's fault, if any, before its sub-batch number `batches`.
+        // Meets the job's fault, if any, before its sub-batch number `batches`; and a lost
+        // device before any sub-batch.
         let mut meet_fault = || {
+            if let Some(why) = self.device_lost(device) {
+                return Err(JobFailure::Engine(format!(
+                    "the device was lost mid-job: {why}"
+                )));
+            }
             let hit = fault.filter(|&(_, n)| n == batches);
             batches += 1;
             match hit {

@@ -21,7 +21,7 @@ use lensd_sched::residency::{Options, Residency, ResidencyError};
 fn start(r: Registry, device: u64, host: u64, engine: &FakeEngine) -> Residency {
     let options = Options {
         sweep: Duration::from_secs(1),
-        memory: None,
+        ..Options::default()
     };
     Residency::start(
         r,

@@ -16,7 +16,7 @@ use lensd_sched::residency::{Options, PlacementChanged, PreloadEvent, Residency,
 fn start(r: Registry, device: u64, host: u64, engine: &FakeEngine) -> Residency {
     let options = Options {
         sweep: Duration::from_secs(1),
-        memory: None,
+        ..Options::default()
     };
     Residency::start(
         r,
@@ -26,54 +26,8 @@ fn start(r: Registry, device: u64, host: u64, engine: &FakeEngine) -> Residency 
     )
 }
 
-/// After every step: budgets hold, bookkeeping is consistent, and the engine holds exactly
-/// what the manager thinks it holds.
 async fn assert_sound(res: &Residency, engine: &FakeEngine) {
-    let rep = res.report().await.unwrap();
-    assert!(
-        rep.invariant_violations.is_empty(),
-        "{:?}",
-        rep.invariant_violations
-    );
-    for t in &rep.tiers {
-        assert!(
-            t.used <= t.budget,
-            "{:?} over budget: {} > {}",
-            t.tier,
-            t.used,
-            t.budget
-        );
-    }
-    let held = engine.held();
-    for e in &rep.entries {
-        if e.tier == Tier::Disk {
-            assert!(
-                !held.contains_key(&e.resource),
-                "{} freed but held",
-                e.resource
-            );
-        } else if e.state == lensd_sched::residency::EntryState::Ready
-            && engine.shared_memory_is(false)
-        {
-            assert_eq!(held.get(&e.resource), Some(&e.tier), "{} tier", e.resource);
-        } else if e.state == lensd_sched::residency::EntryState::Ready {
-            assert!(
-                held.contains_key(&e.resource),
-                "{} resident but not held",
-                e.resource
-            );
-        }
-    }
-}
-
-trait SharedIs {
-    fn shared_memory_is(&self, v: bool) -> bool;
-}
-impl SharedIs for FakeEngine {
-    fn shared_memory_is(&self, v: bool) -> bool {
-        use lensd_core::engine::Engine;
-        self.shared_memory() == v
-    }
+    common::sound::assert_sound(res, engine).await;
 }
 
 fn tier_of(rep: &lensd_sched::residency::MemoryReport, key: &ResourceKey) -> Tier {
@@ -317,7 +271,12 @@ async fn a_failed_load_reports_its_cause_and_leaves_the_books_consistent() {
     )]);
     let res = start(reg, 2 * GB, GB, &engine);
     match res.acquire("bad").await {
-        Err(ResidencyError::LoadFailed { resource, cause }) => {
+        Err(ResidencyError::LoadFailed {
+            resource,
+            place,
+            cause,
+        }) => {
+            assert_eq!(place, "device");
             assert!(resource.contains("broken-lens"), "{resource}");
             assert!(cause.contains("corrupt"), "{cause}");
         }
@@ -476,7 +435,7 @@ async fn unload_demotes_or_frees_but_leaves_what_is_in_use() {
             (lens("lens-a"), Tier::Disk)
         ]
     );
-    assert!(!engine.held().contains_key(&base("base.gguf")));
+    assert!(!engine.holds(&base("base.gguf")));
     assert!(matches!(
         res.unload("nope", Tier::Host).await,
         Err(ResidencyError::UnknownGroup(_))

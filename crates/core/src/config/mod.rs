@@ -7,6 +7,7 @@
 //! at once, each with the JSON path it concerns.
 
 mod check;
+mod devices;
 mod parse;
 mod value;
 
@@ -19,11 +20,13 @@ pub use check::{
     check, default_budgets, shape_differences, BaseFacts, Budgets, DonorKind, LensFacts, Probe,
     Resolved, Shape,
 };
+pub use devices::{default_device_budget, Placement};
 pub use parse::{parse, parse_for_checking, HubId};
 pub use value::parse_duration;
 
 use crate::bytes::ByteSize;
 use crate::dtype::{ComputeDtype, LensKind};
+use crate::residency::DeviceId;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Config {
@@ -48,6 +51,9 @@ pub struct Group {
     /// Idle time after which this group's entries may be demoted; `settings.keep_alive` when unset.
     /// `"forever"` in the file is [`Duration::MAX`].
     pub keep_alive: Option<Duration>,
+    /// The devices the group's models may run on (`devices = [0, 1]`); any device when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub devices: Option<Vec<DeviceId>>,
     pub models: Vec<ModelEntry>,
 }
 

@@ -13,6 +13,7 @@ use super::value::{at, index, parse_duration, show, suggest, ROOT};
 use super::{Config, Group, ModelEntry, Preload, Report, Settings};
 use crate::bytes::ByteSize;
 use crate::dtype::{ComputeDtype, LensKind};
+use crate::residency::DeviceId;
 
 const ROOT_KEYS: &[&str] = &["model_groups", "settings"];
 
@@ -27,6 +28,7 @@ const GROUP_KEYS: &[&str] = &[
     "compute_dtype",
     "pin",
     "keep_alive",
+    "devices",
 ];
 
 const MODEL_KEYS: &[&str] = &[
@@ -283,6 +285,7 @@ impl Reader {
         let compute_dtype = self.opt(&o, "compute_dtype", Reader::dtype);
         let pin = self.opt(&o, "pin", Reader::boolean);
         let keep_alive = self.opt(&o, "keep_alive", Reader::duration);
+        let devices = self.opt(&o, "devices", Reader::devices);
         let models = match o.get("models") {
             None => {
                 self.report.error(
@@ -323,6 +326,7 @@ impl Reader {
             compute_dtype: compute_dtype.unwrap_or(settings.compute_dtype),
             pin: pin.unwrap_or(false),
             keep_alive,
+            devices,
             models: models?,
         })
     }
@@ -603,6 +607,38 @@ impl Reader {
             Value::Number(n) if n.as_u64().is_some() => n.as_u64().map(ByteSize),
             _ => self.expected(path, "a size such as \"6GiB\" or a number of bytes", v),
         }
+    }
+
+    /// A non-empty list of distinct device numbers (`[0, 1]`).
+    fn devices(&mut self, path: &str, v: &Value) -> Option<Vec<DeviceId>> {
+        let Value::Array(items) = v else {
+            return self.expected(path, "a list of device numbers such as [0, 1]", v);
+        };
+        if items.is_empty() {
+            self.report.error(
+                path,
+                "the list is empty: name the devices the group may run on (such as [0, 1]), or \
+                 remove the key to let it run on any",
+            );
+            return None;
+        }
+        let mut out: Vec<DeviceId> = Vec::new();
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            let p = index(path, i);
+            match item.as_u64().and_then(|n| u16::try_from(n).ok()) {
+                Some(n) if out.contains(&DeviceId(n)) => {
+                    self.report.error(p, format!("device {n} is listed twice"));
+                    ok = false;
+                }
+                Some(n) => out.push(DeviceId(n)),
+                None => {
+                    self.expected::<()>(&p, "a device number (0, 1, ...)", item);
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
     }
 
     /// `true` (every group), `false` (none) or a list of group ids.

@@ -1,19 +1,21 @@
-//! The request queue and its device worker: every request names its own models, waits its turn
-//! under the scheduling policy (see [`policy`]), and streams its events until exactly one
-//! terminal event. Nobody's request changes what another client gets.
+//! The request queue and its device workers, one per device: every request names its own
+//! models, waits its turn under the scheduling policy (see [`policy`]) and the placement rules
+//! (see `placement.rs`), and streams its events until exactly one terminal event. Nobody's
+//! request changes what another client gets.
 
 mod cancel;
+mod placement;
 pub mod policy;
 mod state;
 mod worker;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use lensd_core::engine::Engine;
-use lensd_core::registry::{BaseKey, Registry};
-use lensd_core::residency::Tier;
+use lensd_core::registry::{Registry, ResourceKey};
+use lensd_core::residency::{DeviceId, Tier};
 use lensd_core::work::{ClientId, RequestEvent, RequestId, Work};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -22,7 +24,7 @@ use tokio::time::Instant;
 pub use policy::PolicyKind;
 pub use state::Finished;
 
-use crate::residency::Residency;
+use crate::residency::{Layout, Residency};
 use state::{State, Task};
 
 #[derive(Debug, Clone)]
@@ -36,6 +38,9 @@ pub struct QueueConfig {
     pub policy: PolicyKind,
     /// Assumed cost of switching bases until one has been measured.
     pub initial_switch_cost: Duration,
+    /// Assumed bytes loaded per millisecond until a load has been measured; the replication
+    /// rule estimates a copy's time from it.
+    pub initial_load_bytes_per_ms: u64,
     /// How often deadlines and aging are checked.
     pub tick: Duration,
     /// Whether any client may preload a group when switching models (else only admins).
@@ -50,6 +55,8 @@ impl Default for QueueConfig {
             aging: Duration::from_secs(30),
             policy: PolicyKind::GroupAware,
             initial_switch_cost: Duration::from_secs(1),
+            // 1 GiB/s.
+            initial_load_bytes_per_ms: 1 << 20,
             tick: Duration::from_millis(250),
             users_may_preload: false,
         }
@@ -98,6 +105,19 @@ pub struct Switched {
 pub struct QueueStatus {
     pub queued: usize,
     pub running: bool,
+    /// Requests running now, at most one per device.
+    pub running_jobs: usize,
+}
+
+/// How a request's time went, as its worker measured it.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Timing {
+    /// Time to bring its base in, when it was not on the device.
+    pub switch_cost_ms: Option<u64>,
+    /// Time its computation took once leased.
+    pub service_ms: Option<u64>,
+    /// Bytes read from disk for it, and the time that took.
+    pub loaded: Option<(u64, u64)>,
 }
 
 pub(crate) enum Command {
@@ -120,13 +140,17 @@ pub(crate) enum Command {
         reply: oneshot::Sender<usize>,
     },
     Next {
-        on_device: BTreeSet<BaseKey>,
+        device: DeviceId,
         reply: oneshot::Sender<Task>,
     },
     Finished {
         id: RequestId,
         outcome: Finished,
-        switch_cost_ms: Option<u64>,
+        timing: Timing,
+    },
+    /// A device's worker stopped because its device was lost.
+    DeviceLost {
+        device: DeviceId,
     },
     SetRegistry {
         registry: Registry,
@@ -151,8 +175,9 @@ pub struct Scheduler {
 struct Actor {
     state: State,
     commands: mpsc::Receiver<Command>,
-    /// A worker waiting for work, with what its device holds.
-    idle: Option<(BTreeSet<BaseKey>, oneshot::Sender<Task>)>,
+    /// Workers waiting for work, by device.
+    idle: BTreeMap<DeviceId, oneshot::Sender<Task>>,
+    layout: tokio::sync::watch::Receiver<Layout>,
     defaults: HashMap<ClientId, String>,
     residency: Residency,
     config: QueueConfig,
@@ -167,6 +192,7 @@ impl Actor {
     async fn run(mut self) {
         let mut tick = tokio::time::interval(self.config.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut layout_open = true;
         loop {
             tokio::select! {
                 cmd = self.commands.recv() => match cmd {
@@ -177,28 +203,34 @@ impl Actor {
                     let now = self.now();
                     self.state.expire(now);
                 }
+                changed = self.layout.changed(), if layout_open => {
+                    layout_open = changed.is_ok();
+                }
             }
             self.dispatch();
         }
     }
 
-    /// Hands the next request to an idle worker, if the policy picks one.
+    /// Hands waiting requests to idle workers, as the policy and placement pick them.
     fn dispatch(&mut self) {
-        let Some((on_device, reply)) = self.idle.take() else {
-            return;
-        };
+        self.state
+            .set_layout(self.layout.borrow_and_update().clone());
+        self.state.fail_stranded();
         let now = self.now();
-        match self.state.next(on_device.clone(), now) {
-            Some(task) => {
-                if let Err(task) = reply.send(task) {
-                    // The worker is gone; nobody will run this request.
-                    let _ = task.events.send(RequestEvent::Error {
-                        error_type: "unavailable".into(),
-                        message: "the compute worker stopped".into(),
-                    });
-                }
+        loop {
+            let idle: Vec<DeviceId> = self.idle.keys().copied().collect();
+            let Some((device, task)) = self.state.next(&idle, now) else {
+                return;
+            };
+            let reply = self.idle.remove(&device).expect("an idle worker");
+            if let Err(task) = reply.send(task) {
+                // The worker is gone; nobody will run this request.
+                let _ = task.events.send(RequestEvent::Error {
+                    error_type: "unavailable".into(),
+                    message: "the compute worker stopped".into(),
+                });
+                self.state.finished(task.id, Finished::Failed, None, now);
             }
-            None => self.idle = Some((on_device, reply)),
         }
     }
 
@@ -238,12 +270,23 @@ impl Actor {
                 self.defaults.remove(&client);
                 let _ = reply.send(self.state.cancel_client(&client, now));
             }
-            Command::Next { on_device, reply } => self.idle = Some((on_device, reply)),
+            Command::Next { device, reply } => {
+                self.idle.insert(device, reply);
+            }
             Command::Finished {
                 id,
                 outcome,
-                switch_cost_ms,
-            } => self.state.finished(id, outcome, switch_cost_ms, now),
+                timing,
+            } => {
+                if let Some(base) = self.state.running_base(id) {
+                    self.state.measured(&base, timing.service_ms, timing.loaded);
+                }
+                self.state.finished(id, outcome, timing.switch_cost_ms, now)
+            }
+            Command::DeviceLost { device } => {
+                self.idle.remove(&device);
+                self.state.device_lost(device);
+            }
             Command::SetRegistry { registry } => {
                 self.defaults.retain(|_, m| registry.models.contains_key(m));
                 self.state.set_registry(registry, now);
@@ -259,10 +302,12 @@ impl Actor {
                     let _ = reply.send(Err(SubmitError::UnknownModel(model)));
                     return;
                 };
-                let fast_switch = self
-                    .idle
-                    .as_ref()
-                    .is_some_and(|(on, _)| on.contains(&m.base));
+                let base = ResourceKey::Base(m.base.clone());
+                let layout = self.layout.borrow();
+                let fast_switch = layout.devices.iter().any(|d| {
+                    !d.failed && self.idle.contains_key(&d.id) && layout.ready(d.id, &base)
+                });
+                drop(layout);
                 let group = m.group.clone();
                 let preloading = preload && (admin || self.config.users_may_preload);
                 if preloading {
@@ -287,6 +332,7 @@ impl Actor {
                 let _ = reply.send(QueueStatus {
                     queued: self.state.queued_len(),
                     running: self.state.is_running(),
+                    running_jobs: self.state.running_count(),
                 });
             }
         }
@@ -294,7 +340,7 @@ impl Actor {
 }
 
 impl Scheduler {
-    /// Starts the queue actor and one compute worker for the device behind `engine`.
+    /// Starts the queue actor and one compute worker for each of `engine`'s devices.
     pub fn start(
         config: QueueConfig,
         registry: Registry,
@@ -303,23 +349,30 @@ impl Scheduler {
     ) -> Scheduler {
         let (tx, commands) = mpsc::channel(1024);
         let start = Instant::now();
+        let layout = residency.layout();
+        let mut state = State::new(config.clone(), registry);
+        state.set_layout(layout.borrow().clone());
         let actor = Actor {
-            state: State::new(config.clone(), registry),
+            state,
             commands,
-            idle: None,
+            idle: BTreeMap::new(),
+            layout,
             defaults: HashMap::new(),
             residency: residency.clone(),
             config,
             start,
         };
         tokio::spawn(actor.run());
-        let worker = worker::Worker {
-            commands: tx.clone(),
-            residency,
-            engine,
-            start,
-        };
-        tokio::spawn(worker.run());
+        for device in engine.devices() {
+            let worker = worker::Worker {
+                device: device.id,
+                commands: tx.clone(),
+                residency: residency.clone(),
+                engine: engine.clone(),
+                start,
+            };
+            tokio::spawn(worker.run());
+        }
         Scheduler { tx }
     }
 

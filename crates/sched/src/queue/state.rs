@@ -1,16 +1,19 @@
-//! The queue's state: waiting requests, the one running, limits, positions and the results
-//! that later requests may depend on. Synchronous methods; the actor owns it.
+//! The queue's state: waiting requests, those running (one per device at most), limits,
+//! positions, measurements, and the results that later requests may depend on. Synchronous
+//! methods; the actor owns it. Which device takes which request is in `placement.rs`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use lensd_core::registry::{BaseKey, Registry};
+use lensd_core::residency::DeviceId;
 use lensd_core::work::{ClientId, JobLens, RequestEvent, RequestId, Text, Work};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use super::cancel::Cancel;
 use super::policy::{self, View, Waiting};
 use super::{QueueConfig, SubmitError};
+use crate::residency::Layout;
 
 /// What the worker receives: everything needed to run one request.
 pub struct Task {
@@ -28,21 +31,25 @@ pub struct Task {
     pub deadline_ms: Option<u64>,
     /// Milliseconds of compute the request may use once it runs.
     pub compute_limit_ms: Option<u64>,
+    /// The base was ready on the worker's device when the request was handed to it.
+    pub resident: bool,
 }
 
-struct Queued {
-    task: Task,
-    enqueued_ms: u64,
+pub(super) struct Queued {
+    pub task: Task,
+    pub enqueued_ms: u64,
     /// A generation this request analyses, not yet finished.
-    after: Option<RequestId>,
+    pub after: Option<RequestId>,
     position: Option<usize>,
 }
 
-struct Running {
-    id: RequestId,
-    client: ClientId,
-    cancel: Arc<Cancel>,
-    deadline_ms: Option<u64>,
+pub(super) struct Running {
+    pub id: RequestId,
+    pub client: ClientId,
+    pub cancel: Arc<Cancel>,
+    pub deadline_ms: Option<u64>,
+    pub device: DeviceId,
+    pub base: BaseKey,
 }
 
 /// How a finished request ended, for requests that depend on it.
@@ -59,27 +66,34 @@ pub enum Finished {
 const KEPT_RESULTS: usize = 1024;
 
 pub struct State {
-    config: QueueConfig,
-    registry: Registry,
-    queued: Vec<Queued>,
-    running: Option<Running>,
+    pub(super) config: QueueConfig,
+    pub(super) registry: Registry,
+    pub(super) queued: Vec<Queued>,
+    pub(super) running: Vec<Running>,
     next_id: RequestId,
     /// Finished requests by id with their client, newest last.
     finished: HashMap<RequestId, (ClientId, Finished)>,
     finished_order: VecDeque<RequestId>,
     /// Generate requests queued or running, by id: who asked.
     generations: HashMap<RequestId, ClientId>,
-    on_device: BTreeSet<BaseKey>,
-    switch_cost_ms: u64,
-    last_start: BTreeMap<ClientId, u64>,
+    /// Where things are on each device, as the residency manager last said.
+    pub(super) layout: Layout,
+    /// Devices whose workers stopped because the device was lost.
+    pub(super) lost: BTreeSet<DeviceId>,
+    pub(super) switch_cost_ms: u64,
+    pub(super) last_start: BTreeMap<ClientId, u64>,
+    /// Measured mean compute time of a request, by base.
+    pub(super) service_ms: BTreeMap<BaseKey, u64>,
+    /// Measured bytes loaded per millisecond.
+    pub(super) load_bytes_per_ms: u64,
 }
 
-fn send(tx: &UnboundedSender<RequestEvent>, ev: RequestEvent) {
+pub(super) fn send(tx: &UnboundedSender<RequestEvent>, ev: RequestEvent) {
     // A client that stopped listening is cancelled separately; nothing to do here.
     let _ = tx.send(ev);
 }
 
-fn error(tx: &UnboundedSender<RequestEvent>, error_type: &str, message: String) {
+pub(super) fn error(tx: &UnboundedSender<RequestEvent>, error_type: &str, message: String) {
     send(
         tx,
         RequestEvent::Error {
@@ -93,17 +107,25 @@ impl State {
     pub fn new(config: QueueConfig, registry: Registry) -> Self {
         State {
             switch_cost_ms: config.initial_switch_cost.as_millis() as u64,
+            load_bytes_per_ms: config.initial_load_bytes_per_ms.max(1),
             config,
             registry,
             queued: Vec::new(),
-            running: None,
+            running: Vec::new(),
             next_id: 0,
             finished: HashMap::new(),
             finished_order: VecDeque::new(),
             generations: HashMap::new(),
-            on_device: BTreeSet::new(),
+            layout: Layout::default(),
+            lost: BTreeSet::new(),
             last_start: BTreeMap::new(),
+            service_ms: BTreeMap::new(),
         }
+    }
+
+    /// Where things are on each device now.
+    pub fn set_layout(&mut self, layout: Layout) {
+        self.layout = layout;
     }
 
     /// Checks a request against the registry and the limits and queues it.
@@ -194,6 +216,7 @@ impl State {
                 cancel: Arc::new(Cancel::default()),
                 deadline_ms,
                 compute_limit_ms: None,
+                resident: false,
             },
             enqueued_ms: now,
             after,
@@ -220,17 +243,28 @@ impl State {
         Ok(request)
     }
 
-    fn view(&self, now: u64) -> View {
+    /// The policy's view; `on_device` holds the bases ready on any working device.
+    pub(super) fn view(&self, now: u64) -> View {
         View {
             now_ms: now,
-            on_device: self.on_device.clone(),
+            on_device: self
+                .layout
+                .devices
+                .iter()
+                .filter(|d| !d.failed && !self.lost.contains(&d.id))
+                .flat_map(|d| d.copies.iter().filter(|c| c.ready))
+                .filter_map(|c| match &c.resource {
+                    lensd_core::registry::ResourceKey::Base(b) => Some(b.clone()),
+                    lensd_core::registry::ResourceKey::Lens(_) => None,
+                })
+                .collect(),
             switch_cost_ms: self.switch_cost_ms,
             aging_ms: self.config.aging.as_millis() as u64,
             last_start: self.last_start.clone(),
         }
     }
 
-    fn waiting(&self) -> Vec<Waiting> {
+    pub(super) fn waiting(&self) -> Vec<Waiting> {
         self.queued
             .iter()
             .map(|q| Waiting {
@@ -264,25 +298,6 @@ impl State {
         }
     }
 
-    /// The next request for an idle worker, given what is on the device now.
-    pub fn next(&mut self, on_device: BTreeSet<BaseKey>, now: u64) -> Option<Task> {
-        self.on_device = on_device;
-        if self.running.is_some() {
-            return None;
-        }
-        let i = policy::pick(self.config.policy, &self.waiting(), &self.view(now))?;
-        let q = self.queued.remove(i);
-        self.last_start.insert(q.task.client.clone(), now);
-        self.running = Some(Running {
-            id: q.task.id,
-            client: q.task.client.clone(),
-            cancel: q.task.cancel.clone(),
-            deadline_ms: q.task.deadline_ms,
-        });
-        self.update_positions(now);
-        Some(q.task)
-    }
-
     /// Records how the running request ended and releases its dependents.
     pub fn finished(
         &mut self,
@@ -291,9 +306,7 @@ impl State {
         switch_cost_ms: Option<u64>,
         now: u64,
     ) {
-        if self.running.as_ref().is_some_and(|r| r.id == id) {
-            self.running = None;
-        }
+        self.running.retain(|r| r.id != id);
         if let Some(ms) = switch_cost_ms {
             // A moving average, so that one slow load does not dominate.
             self.switch_cost_ms = (self.switch_cost_ms * 3 + ms) / 4;
@@ -345,12 +358,12 @@ impl State {
             self.update_positions(now);
             return true;
         }
-        match &self.running {
-            Some(r) if r.id == id => {
+        match self.running.iter().find(|r| r.id == id) {
+            Some(r) => {
                 r.cancel.cancel(reason);
                 true
             }
-            _ => false,
+            None => false,
         }
     }
 
@@ -362,6 +375,16 @@ impl State {
                 reason: reason.into(),
             },
         );
+        if self.generations.remove(&q.task.id).is_some() {
+            self.remember(q.task.id, q.task.client.clone(), Finished::Failed);
+            self.fail_dependents(q.task.id);
+        }
+    }
+
+    /// Ends the waiting request at `i` with an error, failing what depends on it.
+    pub(super) fn fail_queued(&mut self, i: usize, error_type: &str, message: String) {
+        let q = self.queued.remove(i);
+        error(&q.task.events, error_type, message);
         if self.generations.remove(&q.task.id).is_some() {
             self.remember(q.task.id, q.task.client.clone(), Finished::Failed);
             self.fail_dependents(q.task.id);
@@ -396,11 +419,9 @@ impl State {
         for id in ids {
             n += self.cancel(id, "the client disconnected", now) as usize;
         }
-        if let Some(r) = &self.running {
-            if &r.client == client {
-                r.cancel.cancel("the client disconnected");
-                n += 1;
-            }
+        for r in self.running.iter().filter(|r| &r.client == client) {
+            r.cancel.cancel("the client disconnected");
+            n += 1;
         }
         n
     }
@@ -431,7 +452,7 @@ impl State {
                 i += 1;
             }
         }
-        if let Some(r) = &self.running {
+        for r in &self.running {
             if r.deadline_ms.is_some_and(|d| now >= d) {
                 r.cancel.cancel("deadline");
             }
@@ -471,7 +492,12 @@ impl State {
     }
 
     pub fn is_running(&self) -> bool {
-        self.running.is_some()
+        !self.running.is_empty()
+    }
+
+    /// Requests running now, one per busy device.
+    pub fn running_count(&self) -> usize {
+        self.running.len()
     }
 
     pub fn registry(&self) -> &Registry {

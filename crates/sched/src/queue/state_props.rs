@@ -1,12 +1,15 @@
 //! Property tests of the queue's state: random sequences of submissions (analyses,
-//! generations and analyses of generations, some with deadlines), starts, endings,
-//! cancellations, disconnections, expiry and time passing. After every step the bookkeeping
-//! rules hold; at the end every accepted request has ended exactly once.
+//! generations and analyses of generations, some with deadlines), starts on two devices,
+//! endings, cancellations, disconnections, expiry and time passing. After every step the
+//! bookkeeping rules hold, a device runs one request at a time, and a free device is given
+//! work whenever some request could start; at the end every accepted request has ended
+//! exactly once.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use lensd_core::layers::LayerSpec;
-use lensd_core::registry::{BaseKey, ModelRef, Registry};
+use lensd_core::registry::{BaseKey, ModelRef, Registry, ResourceKey};
+use lensd_core::residency::DeviceId;
 use lensd_core::work::{
     AnalyzeWork, ClientId, GenerateWork, Prompt, RequestEvent, RequestId, Sampling, Text, Work,
 };
@@ -15,6 +18,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::{Finished, State};
 use crate::queue::{PolicyKind, QueueConfig};
+use crate::residency::{CopyLayout, DeviceLayout, Layout};
 
 const CLIENTS: u8 = 4;
 /// Models m0 and m1 read base b0, m2 reads b1.
@@ -28,6 +32,7 @@ enum Op {
         kind: Kind,
         deadline_ms: Option<u64>,
     },
+    /// Free devices ask for work; device 0 holds base b0 or b1, device 1 nothing.
     Start {
         b0_on_device: bool,
     },
@@ -112,9 +117,37 @@ fn work(model: &str, kind: Kind, generation: Option<RequestId>) -> Option<Work> 
     })
 }
 
+/// Two devices: device 0 holds `base`, ready; device 1 is empty.
+fn layout(base: &str) -> Layout {
+    let device = |id: u16, copies: Vec<CopyLayout>| DeviceLayout {
+        id: DeviceId(id),
+        name: format!("cuda:{id}"),
+        failed: false,
+        used: copies.iter().map(|c| c.bytes).sum(),
+        budget: 1_000,
+        copies,
+    };
+    let copy = CopyLayout {
+        resource: ResourceKey::Base(BaseKey(base.into())),
+        bytes: 100,
+        last_use: 0,
+        leases: 0,
+        pinned: false,
+        ready: true,
+        busy: false,
+    };
+    Layout {
+        devices: vec![device(0, vec![copy]), device(1, Vec::new())],
+        pins: BTreeMap::new(),
+        shared_memory: false,
+    }
+}
+
 /// What the test knows of one accepted request.
 struct Request {
     client: u8,
+    /// The base its model reads.
+    base: &'static str,
     generate: bool,
     events: UnboundedReceiver<RequestEvent>,
     seen: Vec<RequestEvent>,
@@ -147,7 +180,7 @@ impl Request {
 struct World {
     state: State,
     requests: BTreeMap<RequestId, Request>,
-    running: Option<RequestId>,
+    running: BTreeMap<DeviceId, RequestId>,
     latest_generation: BTreeMap<u8, RequestId>,
     now: u64,
     config: QueueConfig,
@@ -164,7 +197,7 @@ impl World {
         World {
             state: State::new(config.clone(), registry()),
             requests: BTreeMap::new(),
-            running: None,
+            running: BTreeMap::new(),
             latest_generation: BTreeMap::new(),
             now: 0,
             config,
@@ -194,6 +227,7 @@ impl World {
                         id,
                         Request {
                             client,
+                            base: MODELS[model].1,
                             generate,
                             events,
                             seen: Vec::new(),
@@ -205,32 +239,52 @@ impl World {
             }
             Op::Start { b0_on_device } => {
                 let base = if b0_on_device { "b0" } else { "b1" };
-                let eligible = self.state.queued.iter().any(|q| q.after.is_none());
-                let was_running = self.running.is_some();
-                let task = self
-                    .state
-                    .next(BTreeSet::from([BaseKey(base.into())]), self.now);
-                match task {
-                    Some(task) => {
-                        assert!(!was_running, "a second request started while one runs");
+                self.state.set_layout(layout(base));
+                loop {
+                    let idle: Vec<DeviceId> = [DeviceId(0), DeviceId(1)]
+                        .into_iter()
+                        .filter(|d| !self.running.contains_key(d))
+                        .collect();
+                    // A base whose every home (a device holding it, or running it) is busy
+                    // waits for one (no copy pays before anything was measured).
+                    let blocked = |b: &str| {
+                        let mut homes: Vec<DeviceId> = self
+                            .running
+                            .iter()
+                            .filter(|(_, id)| self.requests[*id].base == b)
+                            .map(|(d, _)| *d)
+                            .collect();
+                        if b == base {
+                            homes.push(DeviceId(0));
+                        }
+                        !homes.is_empty() && homes.iter().all(|d| self.running.contains_key(d))
+                    };
+                    let startable = self
+                        .state
+                        .queued
+                        .iter()
+                        .any(|q| q.after.is_none() && !blocked(q.task.base.0.as_str()));
+                    let Some((device, task)) = self.state.next(&idle, self.now) else {
                         assert!(
-                            !matches!(&task.work, Work::Analyze(a) if matches!(a.text, Text::Generated { .. }))
-                                || task.generated.is_some(),
-                            "an analysis of a generation started before the generation's reply"
+                            idle.is_empty() || !startable,
+                            "a free device was given nothing while a request could run"
                         );
-                        let r = self.requests.get_mut(&task.id).expect("a known request");
-                        assert!(!r.started, "request {} started twice", task.id);
-                        r.started = true;
-                        self.running = Some(task.id);
-                    }
-                    None => assert!(
-                        was_running || !eligible,
-                        "an idle worker was given nothing while a request could run"
-                    ),
+                        break;
+                    };
+                    assert!(idle.contains(&device), "a busy device was given work");
+                    assert!(
+                        !matches!(&task.work, Work::Analyze(a) if matches!(a.text, Text::Generated { .. }))
+                            || task.generated.is_some(),
+                        "an analysis of a generation started before the generation's reply"
+                    );
+                    let r = self.requests.get_mut(&task.id).expect("a known request");
+                    assert!(!r.started, "request {} started twice", task.id);
+                    r.started = true;
+                    self.running.insert(device, task.id);
                 }
             }
             Op::Finish { outcome } => {
-                if let Some(id) = self.running.take() {
+                if let Some((_, id)) = self.running.pop_first() {
                     let r = self.requests.get_mut(&id).expect("a known request");
                     r.finished_by_worker = true;
                     let outcome = match outcome {
@@ -272,10 +326,11 @@ impl World {
             per_client.values().all(|&n| n <= self.config.per_client),
             "a client over its limit"
         );
+        let running: BTreeSet<RequestId> = self.state.running.iter().map(|r| r.id).collect();
         assert_eq!(
-            self.state.running.as_ref().map(|r| r.id),
-            self.running,
-            "the state and the worker disagree on what runs"
+            running,
+            self.running.values().copied().collect(),
+            "the state and the workers disagree on what runs"
         );
         let mut positions = Vec::new();
         for (id, r) in self.requests.iter_mut() {
@@ -319,7 +374,7 @@ impl World {
             self.apply(&Op::Finish { outcome: 0 });
             self.apply(&Op::Start { b0_on_device: true });
             self.check();
-            if self.running.is_none() && self.state.queued.is_empty() {
+            if self.running.is_empty() && self.state.queued.is_empty() {
                 break;
             }
         }

@@ -1,6 +1,7 @@
-//! The compute worker of one device: takes the next request from the queue, leases its base
-//! and lenses, runs it on the engine one sub-batch at a time, and streams its events. One
-//! worker per device means one computation at a time, which small CPUs need.
+//! The compute worker of one device: takes the next request the queue hands it, leases its
+//! base and lenses on its device, runs it on the engine one sub-batch at a time, and streams
+//! its events. One worker per device means one computation at a time on each, which small CPUs
+//! need. A worker whose device is lost says so and stops.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,8 +12,7 @@ use std::time::Instant as StdInstant;
 pub const COMPUTE_LIMIT: &str = "compute_limit";
 
 use lensd_core::engine::Engine;
-use lensd_core::registry::{BaseKey, ResourceKey};
-use lensd_core::residency::Tier;
+use lensd_core::residency::DeviceId;
 use lensd_core::work::{
     ComputeEvent, Job, JobFailure, JobOutput, Prompt, Remaining, RequestEvent, Text, Work,
 };
@@ -20,10 +20,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::state::{Finished, Task};
-use super::Command;
-use crate::residency::{EntryState, PreloadEvent, Residency};
+use super::{Command, Timing};
+use crate::residency::{PreloadEvent, Residency};
 
 pub(crate) struct Worker {
+    pub device: DeviceId,
     pub commands: mpsc::Sender<Command>,
     pub residency: Residency,
     pub engine: Arc<dyn Engine>,
@@ -33,14 +34,11 @@ pub(crate) struct Worker {
 impl Worker {
     pub async fn run(self) {
         loop {
-            let on_device = self.on_device().await;
             let (reply, next) = oneshot::channel();
+            let device = self.device;
             if self
                 .commands
-                .send(Command::Next {
-                    on_device: on_device.clone(),
-                    reply,
-                })
+                .send(Command::Next { device, reply })
                 .await
                 .is_err()
             {
@@ -48,42 +46,36 @@ impl Worker {
             }
             let Ok(task) = next.await else { break };
             let id = task.id;
-            let switched = !on_device.contains(&task.base);
-            let (outcome, load_ms) = self.serve(task).await;
-            let switch_cost_ms = if switched { load_ms } else { None };
+            let resident = task.resident;
+            let (outcome, mut timing) = self.serve(task).await;
+            if resident {
+                timing.switch_cost_ms = None;
+            }
+            let failed = outcome == Finished::Failed;
             if self
                 .commands
                 .send(Command::Finished {
                     id,
                     outcome,
-                    switch_cost_ms,
+                    timing,
                 })
                 .await
                 .is_err()
             {
                 break;
             }
+            if let Some(why) = failed.then(|| self.engine.device_lost(device)).flatten() {
+                tracing::error!(%device, %why, "device lost; its worker stops");
+                self.residency.device_failed(device, why).await;
+                let _ = self.commands.send(Command::DeviceLost { device }).await;
+                break;
+            }
         }
     }
 
-    async fn on_device(&self) -> BTreeSet<BaseKey> {
-        match self.residency.report().await {
-            Ok(rep) => rep
-                .entries
-                .into_iter()
-                .filter(|e| e.tier == Tier::Device && e.state == EntryState::Ready)
-                .filter_map(|e| match e.resource {
-                    ResourceKey::Base(b) => Some(b),
-                    ResourceKey::Lens(_) => None,
-                })
-                .collect(),
-            Err(_) => BTreeSet::new(),
-        }
-    }
-
-    /// Runs one request to its single terminal event. Returns how it ended and, when its
-    /// weights had to be brought in, how long that took.
-    async fn serve(&self, task: Task) -> (Finished, Option<u64>) {
+    /// Runs one request to its single terminal event. Returns how it ended and how its time
+    /// went: when weights had to be read, how many bytes in how long, and how long it computed.
+    async fn serve(&self, task: Task) -> (Finished, Timing) {
         let events = task.events.clone();
         let send = |ev: RequestEvent| {
             let _ = events.send(ev);
@@ -94,32 +86,42 @@ impl Worker {
         };
         if task.cancel.is_cancelled() {
             send(cancelled(false));
-            return (Finished::Failed, None);
+            return (Finished::Failed, Timing::default());
         }
         send(RequestEvent::Started);
 
         // Lease the weights, reporting loads, and give up if cancelled meanwhile.
         let (progress_tx, mut progress) = mpsc::unbounded_channel();
         let t = Instant::now();
-        let acquire = self.residency.acquire_all(&task.models, Some(progress_tx));
+        let acquire = self
+            .residency
+            .acquire_on(&task.models, self.device, Some(progress_tx));
         tokio::pin!(acquire);
-        let mut loaded = false;
+        let mut loaded = BTreeSet::new();
+        let mut loaded_bytes = 0;
         let lease = loop {
             tokio::select! {
                 lease = &mut acquire => break lease,
                 Some(ev) = progress.recv() => {
                     if let PreloadEvent::Loading { resource, bytes_done, bytes_total } = ev {
-                        loaded = true;
+                        if loaded.insert(resource.clone()) {
+                            loaded_bytes += bytes_total;
+                        }
                         send(RequestEvent::Loading { resource: resource.to_string(), bytes_done, bytes_total });
                     }
                 }
                 _ = task.cancel.cancelled() => {
                     send(cancelled(false));
-                    return (Finished::Failed, None);
+                    return (Finished::Failed, Timing::default());
                 }
             }
         };
-        let load_ms = loaded.then(|| t.elapsed().as_millis() as u64);
+        let load_ms = (!loaded.is_empty()).then(|| t.elapsed().as_millis() as u64);
+        let mut timing = Timing {
+            switch_cost_ms: load_ms,
+            service_ms: None,
+            loaded: load_ms.map(|ms| (loaded_bytes, ms)),
+        };
         let lease = match lease {
             Ok(l) => l,
             Err(e) => {
@@ -127,7 +129,7 @@ impl Worker {
                     error_type: "unavailable".into(),
                     message: e.to_string(),
                 });
-                return (Finished::Failed, load_ms);
+                return (Finished::Failed, timing);
             }
         };
 
@@ -138,9 +140,10 @@ impl Worker {
                     error_type: "invalid_request".into(),
                     message,
                 });
-                return (Finished::Failed, load_ms);
+                return (Finished::Failed, timing);
             }
         };
+        let computing = Instant::now();
         let sent = Arc::new(AtomicU64::new(0));
         let sink = {
             let events = events.clone();
@@ -214,7 +217,7 @@ impl Worker {
         };
         // On its own task, so that a panic in the engine fails this request alone and the
         // worker goes on with the next.
-        let result = match tokio::spawn(self.engine.run(job, sink)).await {
+        let result = match tokio::spawn(self.engine.run(self.device, job, sink)).await {
             Ok(result) => result,
             Err(e) => Err(match e.try_into_panic() {
                 Ok(payload) => JobFailure::from_panic(payload.as_ref()),
@@ -225,6 +228,7 @@ impl Worker {
         let partial = sent.load(Ordering::SeqCst) > 0;
         match result {
             Ok(output) => {
+                timing.service_ms = Some(computing.elapsed().as_millis() as u64);
                 let finished = match &output {
                     JobOutput::Generation { prompt, text, .. } => {
                         Finished::Generated(format!("{prompt}{text}"))
@@ -232,7 +236,7 @@ impl Worker {
                     JobOutput::Analysis { .. } => Finished::Done,
                 };
                 send(RequestEvent::Completed { output });
-                (finished, load_ms)
+                (finished, timing)
             }
             Err(JobFailure::Cancelled) if task.cancel.reason() == COMPUTE_LIMIT => {
                 let limit = task.compute_limit_ms.unwrap_or(0) as f64 / 1e3;
@@ -248,7 +252,7 @@ impl Worker {
                         }
                     ),
                 });
-                (Finished::Failed, load_ms)
+                (Finished::Failed, timing)
             }
             Err(JobFailure::Cancelled) if task.cancel.reason() == "deadline" => {
                 send(RequestEvent::Error {
@@ -262,32 +266,32 @@ impl Worker {
                         }
                     ),
                 });
-                (Finished::Failed, load_ms)
+                (Finished::Failed, timing)
             }
             Err(JobFailure::Cancelled) => {
                 send(cancelled(partial));
-                (Finished::Failed, load_ms)
+                (Finished::Failed, timing)
             }
             Err(JobFailure::Limit(message)) => {
                 send(RequestEvent::Error {
                     error_type: "limit_exceeded".into(),
                     message,
                 });
-                (Finished::Failed, load_ms)
+                (Finished::Failed, timing)
             }
             Err(JobFailure::Invalid(message)) => {
                 send(RequestEvent::Error {
                     error_type: "invalid_request".into(),
                     message,
                 });
-                (Finished::Failed, load_ms)
+                (Finished::Failed, timing)
             }
             Err(JobFailure::Engine(message)) => {
                 send(RequestEvent::Error {
                     error_type: "engine_error".into(),
                     message,
                 });
-                (Finished::Failed, load_ms)
+                (Finished::Failed, timing)
             }
             Err(JobFailure::Internal(message)) => {
                 tracing::error!(request = task.id, %message, "the engine panicked");
@@ -295,7 +299,7 @@ impl Worker {
                     error_type: "internal".into(),
                     message,
                 });
-                (Finished::Failed, load_ms)
+                (Finished::Failed, timing)
             }
         }
     }

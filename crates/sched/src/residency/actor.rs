@@ -1,25 +1,28 @@
 //! The task that owns the residency [`State`]: it takes commands from handles, runs engine
-//! jobs (loads and transfers) concurrently, and feeds their results back into the state.
+//! jobs (loads and transfers) concurrently, feeds their results back into the state, and
+//! publishes the layout of the devices after every change.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lensd_core::config::Budgets;
+use lensd_core::config::{Budgets, Placement};
 use lensd_core::engine::{BoxFuture, Engine, EngineFailure, MemoryProbe};
 use lensd_core::registry::{Registry, ResourceKey};
-use lensd_core::residency::Tier;
+use lensd_core::residency::{DeviceId, Place, Tier};
 use lensd_core::work::panic_text;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::state::{Effect, State};
 use super::types::{
-    Lease, MemoryReport, PlacementChanged, PreloadEvent, ResidencyError, UnloadReport,
+    Layout, Lease, MemoryReport, PlacementChanged, PreloadEvent, ResidencyError, UnloadReport,
 };
 
 pub(crate) enum Command {
     Acquire {
         models: Vec<String>,
+        device: Option<DeviceId>,
         progress: Option<mpsc::UnboundedSender<PreloadEvent>>,
         reply: oneshot::Sender<Result<Lease, ResidencyError>>,
     },
@@ -37,20 +40,27 @@ pub(crate) enum Command {
     Reload {
         registry: Registry,
         budgets: Budgets,
+        placement: Option<Placement>,
         reply: oneshot::Sender<Result<(), ResidencyError>>,
     },
     Report {
         reply: oneshot::Sender<MemoryReport>,
+    },
+    DeviceFailed {
+        device: DeviceId,
+        why: String,
     },
 }
 
 /// Messages from leases and engine jobs back to the actor.
 #[derive(Debug)]
 pub(crate) enum Internal {
-    Released(Vec<ResourceKey>),
+    Released(Vec<(ResourceKey, Place)>),
     JobDone {
         job: u64,
         result: Result<(), String>,
+        /// Devices the job concerned that the engine says are lost.
+        lost: Vec<(DeviceId, String)>,
     },
     Progress {
         job: u64,
@@ -70,6 +80,7 @@ pub(crate) struct Actor {
     /// How often idle entries are checked against their keep-alive.
     pub sweep: Duration,
     pub changes: broadcast::Sender<PlacementChanged>,
+    pub layout: watch::Sender<Layout>,
 }
 
 impl Actor {
@@ -102,6 +113,12 @@ impl Actor {
             if let Some(reply) = reply {
                 reply();
             }
+            self.layout.send_if_modified(|old| {
+                let new = self.state.layout();
+                let changed = *old != new;
+                *old = new;
+                changed
+            });
             let now_placed = self.state.placement();
             if now_placed != placement {
                 let in_flight = now_placed.iter().filter(|(_, _, busy)| *busy).count();
@@ -121,9 +138,13 @@ impl Actor {
         match cmd {
             Command::Acquire {
                 models,
+                device,
                 progress,
                 reply,
-            } => (self.state.acquire(models, progress, reply, now), None),
+            } => (
+                self.state.acquire(models, device, progress, reply, now),
+                None,
+            ),
             Command::Preload {
                 group,
                 tier,
@@ -141,17 +162,29 @@ impl Actor {
             Command::Reload {
                 registry,
                 budgets,
+                placement,
                 reply,
             } => answer(
                 reply,
-                self.state.reload(registry, budgets, now).map(|fx| ((), fx)),
+                self.state
+                    .reload(registry, budgets, placement, now)
+                    .map(|fx| ((), fx)),
             ),
             Command::Report { reply } => {
                 let rss = self.memory.as_ref().and_then(|m| m.resident_bytes());
-                let mut report = self.state.report(now, rss);
+                let driver: BTreeMap<_, _> = self
+                    .engine
+                    .devices()
+                    .iter()
+                    .filter_map(|d| self.engine.driver_memory(d.id).map(|m| (d.id, m)))
+                    .collect();
+                let mut report = self.state.report(now, rss, &driver);
                 report.process_heap = self.memory.as_ref().and_then(|m| m.heap());
                 let _ = reply.send(report);
                 (Vec::new(), None)
+            }
+            Command::DeviceFailed { device, why } => {
+                (self.state.device_failed(device, why, now), None)
             }
         }
     }
@@ -160,7 +193,13 @@ impl Actor {
         let now = self.now();
         match msg {
             Internal::Released(keys) => self.state.released(keys, now),
-            Internal::JobDone { job, result } => self.state.job_done(job, result, now),
+            Internal::JobDone { job, result, lost } => {
+                let mut effects = self.state.job_done(job, result, now);
+                for (device, why) in lost {
+                    effects.extend(self.state.device_failed(device, why, now));
+                }
+                effects
+            }
             Internal::Progress { job, done, total } => {
                 self.state.progress(job, done, total);
                 Vec::new()
@@ -172,39 +211,57 @@ impl Actor {
     fn apply(&mut self, effects: Vec<Effect>) {
         for effect in effects {
             match effect {
-                Effect::Release { key } => {
-                    tracing::debug!(resource = %key, "freeing");
-                    self.engine.release(&key);
+                Effect::Release { key, place } => {
+                    tracing::debug!(resource = %key, %place, "freeing");
+                    self.engine.release(&key, place);
                 }
                 Effect::Load {
                     job,
                     key,
                     source,
-                    tier,
+                    place,
                 } => {
-                    tracing::debug!(resource = %key, tier = tier.as_str(), "loading");
-                    let tx = self.internal_tx.clone();
+                    tracing::debug!(resource = %key, %place, "loading");
                     let progress_tx = self.internal_tx.clone();
                     let progress = Box::new(move |done, total| {
                         let _ = progress_tx.send(Internal::Progress { job, done, total });
                     });
-                    let fut = self.engine.load(key, source, tier, progress);
-                    tokio::spawn(async move {
-                        let result = engine_result(fut, "load").await;
-                        let _ = tx.send(Internal::JobDone { job, result });
-                    });
+                    let fut = self.engine.load(key, source, place, progress);
+                    self.spawn(job, fut, "load", [place]);
                 }
                 Effect::Transfer { job, key, from, to } => {
-                    tracing::debug!(resource = %key, from = from.as_str(), to = to.as_str(), "moving");
-                    let tx = self.internal_tx.clone();
+                    tracing::debug!(resource = %key, %from, %to, "copying");
                     let fut = self.engine.transfer(key, from, to);
-                    tokio::spawn(async move {
-                        let result = engine_result(fut, "move").await;
-                        let _ = tx.send(Internal::JobDone { job, result });
-                    });
+                    self.spawn(job, fut, "move", [from, to]);
                 }
             }
         }
+    }
+
+    /// Runs an engine job on a task of its own and reports its end, with the devices it
+    /// concerned that the engine says are lost when it failed.
+    fn spawn<const N: usize>(
+        &self,
+        job: u64,
+        fut: BoxFuture<Result<(), EngineFailure>>,
+        what: &'static str,
+        places: [Place; N],
+    ) {
+        let tx = self.internal_tx.clone();
+        let engine = self.engine.clone();
+        tokio::spawn(async move {
+            let result = engine_result(fut, what).await;
+            let lost = if result.is_err() {
+                places
+                    .iter()
+                    .filter_map(|p| p.device())
+                    .filter_map(|d| engine.device_lost(d).map(|why| (d, why)))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let _ = tx.send(Internal::JobDone { job, result, lost });
+        });
     }
 }
 

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod queue;
+pub mod sound;
 
 use std::path::PathBuf;
 

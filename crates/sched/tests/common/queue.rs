@@ -84,7 +84,7 @@ pub fn world(reg: Registry, config: QueueConfig) -> World {
         Arc::new(engine.clone()),
         Options {
             sweep: Duration::from_secs(3600),
-            memory: None,
+            ..Options::default()
         },
     );
     let scheduler = Scheduler::start(config, reg, residency.clone(), Arc::new(engine.clone()));

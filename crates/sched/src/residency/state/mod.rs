@@ -2,17 +2,21 @@
 //! they are tested without a runtime. The actor feeds it commands and engine results and
 //! carries out the effects it returns.
 //!
-//! How tiers map onto memory: with a separate device (a GPU), `Device` and `Host` are two
-//! memories and moving between them copies bytes (an engine transfer job). Computing on CPU,
-//! both tiers are the process's RAM: an entry's tier then only says which budget its bytes
-//! count against, and promotion or demotion relabels the entry without copying anything.
+//! Every copy of a resource is an entry keyed by the resource and its place: one of the
+//! engine's devices, or the host. Each device has its own budget; the host tier is shared.
+//!
+//! How places map onto memory: with separate devices (GPUs), every device and the host are
+//! memories of their own, and bringing a resource somewhere copies bytes (an engine transfer
+//! job); a move is a copy whose source is then freed. Computing on CPU there is one device
+//! whose memory is the host's: a resource then has one copy, its place only says which budget
+//! its bytes count against, and promotion or demotion relabels the entry without copying.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use lensd_core::config::Budgets;
-use lensd_core::engine::Source;
+use lensd_core::config::{Budgets, Placement};
+use lensd_core::engine::{DeviceInfo, Source};
 use lensd_core::registry::{Registry, ResourceKey};
-use lensd_core::residency::Tier;
+use lensd_core::residency::{DeviceId, Place, Tier};
 use lensd_core::ByteSize;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
@@ -20,21 +24,34 @@ use tokio::sync::oneshot;
 use super::actor::Internal;
 use super::types::{Lease, PreloadEvent, ResidencyError, UnloadReport};
 
+mod events;
 mod fit;
 mod report;
+mod step;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Job {
-    /// Reading from disk into the entry's tier.
+    /// Being read from disk into this place.
     Loading(u64),
-    /// Copying from `from` into the entry's tier; the bytes count in both until done.
-    Moving(u64, Tier),
+    /// Being copied here from another place.
+    Arriving(u64, Place),
+    /// Being copied to another place, then freed (a move).
+    Leaving(u64, Place),
+    /// Being copied to another place, and staying (the source of a second copy). Work may
+    /// lease it meanwhile.
+    Lending(u64, Place),
+}
+
+impl Job {
+    fn id(&self) -> u64 {
+        match *self {
+            Job::Loading(j) | Job::Arriving(j, _) | Job::Leaving(j, _) | Job::Lending(j, _) => j,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 pub(crate) struct Entry {
-    /// Where the bytes are, or are going.
-    pub tier: Tier,
     pub bytes: u64,
     pub last_use: u64,
     pub leases: u32,
@@ -43,6 +60,16 @@ pub(crate) struct Entry {
     pub orphan: bool,
 }
 
+impl Entry {
+    /// Usable by work now.
+    pub fn ready(&self) -> bool {
+        matches!(self.job, None | Some(Job::Lending(..)))
+    }
+}
+
+/// One copy: a resource at a place.
+pub(crate) type CopyKey = (ResourceKey, Place);
+
 /// Something the actor must do after a state change.
 #[derive(Debug)]
 pub(crate) enum Effect {
@@ -50,16 +77,17 @@ pub(crate) enum Effect {
         job: u64,
         key: ResourceKey,
         source: Source,
-        tier: Tier,
+        place: Place,
     },
     Transfer {
         job: u64,
         key: ResourceKey,
-        from: Tier,
-        to: Tier,
+        from: Place,
+        to: Place,
     },
     Release {
         key: ResourceKey,
+        place: Place,
     },
 }
 
@@ -81,7 +109,7 @@ pub(crate) enum Want {
 /// A request waiting for its resources to reach `target`, in arrival order.
 pub(crate) struct Waiter {
     keys: Vec<ResourceKey>,
-    target: Tier,
+    target: Place,
     want: Want,
 }
 
@@ -101,8 +129,16 @@ enum Room {
 pub(crate) struct State {
     registry: Registry,
     budgets: Budgets,
+    placement: Placement,
     shared_memory: bool,
-    entries: BTreeMap<ResourceKey, Entry>,
+    devices: Vec<DeviceInfo>,
+    /// Devices lost, with why.
+    failed: BTreeMap<DeviceId, String>,
+    entries: BTreeMap<CopyKey, Entry>,
+    /// Bytes booked against each place as entries come and go; checked against the entries.
+    booked: BTreeMap<Place, u64>,
+    /// Bookkeeping rules broken at some moment (a leased copy dropped), for the report.
+    broken: Vec<String>,
     waiters: Vec<Waiter>,
     next_job: u64,
     release: UnboundedSender<Internal>,
@@ -112,50 +148,144 @@ impl State {
     pub fn new(
         registry: Registry,
         budgets: Budgets,
+        placement: Placement,
         shared_memory: bool,
+        devices: Vec<DeviceInfo>,
         release: UnboundedSender<Internal>,
     ) -> Self {
-        State {
+        let mut devices = devices;
+        if devices.is_empty() {
+            // An engine must have a device; one that lists none computes somewhere unnamed.
+            devices.push(DeviceInfo {
+                id: DeviceId(0),
+                name: "device".into(),
+                total_bytes: None,
+                free_bytes: None,
+            });
+        }
+        let mut state = State {
             registry,
             budgets,
+            placement: Placement::default(),
             shared_memory,
+            devices,
+            failed: BTreeMap::new(),
             entries: BTreeMap::new(),
+            booked: BTreeMap::new(),
+            broken: Vec::new(),
             waiters: Vec::new(),
             next_job: 0,
             release,
+        };
+        match state.check_placement(&placement) {
+            Ok(()) => state.placement = placement,
+            Err(e) => {
+                // Start-up checks the pins first (`Placement::resolve`); these are dropped.
+                tracing::error!(%e, "device pins ignored");
+                state.placement = Placement {
+                    pins: BTreeMap::new(),
+                    ..placement
+                };
+            }
         }
+        state
     }
 
-    /// Where every known resource is, and whether it is being loaded or moved: what clients
-    /// are told about when it changes.
-    pub fn placement(&self) -> Vec<(ResourceKey, Tier, bool)> {
+    /// Where every copy is, and whether it is being loaded or moved: what clients are told
+    /// about when it changes.
+    pub fn placement(&self) -> Vec<(ResourceKey, Place, bool)> {
         self.entries
             .iter()
-            .map(|(k, e)| (k.clone(), e.tier, e.job.is_some()))
+            .map(|((k, p), e)| (k.clone(), *p, e.job.is_some()))
             .collect()
     }
 
-    fn budget(&self, tier: Tier) -> u64 {
-        match tier {
-            Tier::Device => self.budgets.device,
-            Tier::Host => self.budgets.host,
-            Tier::Disk => u64::MAX,
+    fn budget(&self, place: Place) -> u64 {
+        match place {
+            Place::Host => self.budgets.host,
+            Place::Device(d) => self
+                .placement
+                .device_budgets
+                .get(&d)
+                .copied()
+                .unwrap_or(self.budgets.device),
         }
     }
 
-    /// Bytes counted against `tier`, including loads in flight and both ends of transfers.
-    pub fn used(&self, tier: Tier) -> u64 {
-        self.entries
-            .values()
-            .filter(|e| {
-                e.tier == tier || matches!(e.job, Some(Job::Moving(_, from)) if from == tier)
-            })
-            .map(|e| e.bytes)
-            .sum()
+    /// Bytes counted against `place`, including loads in flight and both ends of copies.
+    pub fn used(&self, place: Place) -> u64 {
+        self.booked.get(&place).copied().unwrap_or(0)
     }
 
     fn pinned(&self, key: &ResourceKey) -> bool {
         self.registry.policy(key).pinned
+    }
+
+    fn device_name(&self, d: DeviceId) -> String {
+        self.devices
+            .iter()
+            .find(|i| i.id == d)
+            .map_or_else(|| d.to_string(), |i| i.name.clone())
+    }
+
+    fn place_name(&self, place: Place) -> String {
+        match place {
+            Place::Host => "host".into(),
+            Place::Device(d) => self.device_name(d),
+        }
+    }
+
+    /// The devices that work and that the groups of `models` may all run on.
+    fn usable_devices(&self, models: &[String]) -> Vec<DeviceId> {
+        self.devices
+            .iter()
+            .map(|d| d.id)
+            .filter(|d| !self.failed.contains_key(d))
+            .filter(|d| {
+                models.iter().all(|m| {
+                    self.registry
+                        .models
+                        .get(m)
+                        .is_none_or(|r| self.placement.allows(&r.group, *d))
+                })
+            })
+            .collect()
+    }
+
+    /// Why none of `models` can run anywhere, or on `device`.
+    fn no_device(&self, models: &[String], device: Option<DeviceId>) -> ResidencyError {
+        if let Some(d) = device.filter(|d| self.failed.contains_key(d)) {
+            return ResidencyError::DeviceFailed {
+                device: self.device_name(d),
+                why: self.failed[&d].clone(),
+            };
+        }
+        let pins: Vec<String> = models
+            .iter()
+            .filter_map(|m| self.registry.models.get(m))
+            .filter_map(|r| {
+                self.placement.pins.get(&r.group).map(|p| {
+                    let names: Vec<String> = p
+                        .iter()
+                        .map(|d| match self.failed.get(d) {
+                            Some(why) => format!("{} (failed: {why})", self.device_name(*d)),
+                            None => self.device_name(*d),
+                        })
+                        .collect();
+                    format!("group {} is pinned to {}", r.group, names.join(", "))
+                })
+            })
+            .collect();
+        let wanted = device.map_or_else(String::new, |d| format!(" on {}", self.device_name(d)));
+        ResidencyError::Pinned(format!(
+            "{} cannot run{wanted}: {}",
+            models.join(", "),
+            if pins.is_empty() {
+                "every device has failed".to_string()
+            } else {
+                pins.join("; ")
+            }
+        ))
     }
 
     fn describe(&self, key: &ResourceKey) -> String {
@@ -187,13 +317,89 @@ impl State {
         }
     }
 
+    /// A group pinned to a device the engine does not have.
+    fn check_placement(&self, placement: &Placement) -> Result<(), ResidencyError> {
+        for (group, pins) in &placement.pins {
+            if let Some(d) = pins
+                .iter()
+                .find(|d| !self.devices.iter().any(|i| i.id == **d))
+            {
+                let have: Vec<String> = self
+                    .devices
+                    .iter()
+                    .map(|i| format!("{} ({})", i.id.0, i.name))
+                    .collect();
+                return Err(ResidencyError::UnknownDevice(format!(
+                    "group {group} is pinned to {d}, which does not exist; the devices are {}",
+                    have.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    // ---- entries ----------------------------------------------------------------------------
+
+    fn insert(&mut self, key: ResourceKey, place: Place, entry: Entry) {
+        *self.booked.entry(place).or_default() += entry.bytes;
+        if let Some(old) = self.entries.insert((key, place), entry) {
+            *self.booked.entry(place).or_default() -= old.bytes;
+        }
+    }
+
+    /// Takes a copy out of the books. A leased copy never leaves, but with its lost device.
+    fn remove(&mut self, key: &ResourceKey, place: Place) -> Option<Entry> {
+        let e = self.entries.remove(&(key.clone(), place))?;
+        let booked = self.booked.entry(place).or_default();
+        *booked = booked.saturating_sub(e.bytes);
+        let lost = place.device().is_some_and(|d| self.failed.contains_key(&d));
+        if e.leases > 0 && !lost {
+            self.broken
+                .push(format!("{key} on {place} was dropped while leased"));
+        }
+        Some(e)
+    }
+
+    /// Moves an entry's label from one place to another (one memory: nothing is copied).
+    fn relabel(&mut self, key: &ResourceKey, from: Place, to: Place) {
+        if let Some(e) = self.remove(key, from) {
+            self.insert(key.clone(), to, e);
+        }
+    }
+
+    fn entry(&self, key: &ResourceKey, place: Place) -> Option<&Entry> {
+        self.entries.get(&(key.clone(), place))
+    }
+
+    fn entry_mut(&mut self, key: &ResourceKey, place: Place) -> Option<&mut Entry> {
+        self.entries.get_mut(&(key.clone(), place))
+    }
+
+    /// Every copy of `key`, devices first.
+    fn copies(&self, key: &ResourceKey) -> Vec<(Place, &Entry)> {
+        self.entries
+            .range((key.clone(), Place::Device(DeviceId(0)))..=(key.clone(), Place::Host))
+            .map(|((_, p), e)| (*p, e))
+            .collect()
+    }
+
+    /// Where the copy a job concerns is, and the other end of the job if it is a copy.
+    fn find_job(&self, job: u64) -> Vec<(CopyKey, Job)> {
+        self.entries
+            .iter()
+            .filter_map(|(k, e)| e.job.filter(|j| j.id() == job).map(|j| (k.clone(), j)))
+            .collect()
+    }
+
     // ---- commands ---------------------------------------------------------------------------
 
-    /// Queues a request for every resource of `models`; the lease is sent once all are on the
-    /// device. Loads it waits for are reported on `progress`.
+    /// Queues a request for every resource of `models` on `device` (or, when `None`, the
+    /// device placement picks); the lease is sent once all are there. Loads it waits for are
+    /// reported on `progress`.
     pub fn acquire(
         &mut self,
         models: Vec<String>,
+        device: Option<DeviceId>,
         progress: Option<UnboundedSender<PreloadEvent>>,
         reply: oneshot::Sender<Result<Lease, ResidencyError>>,
         now: u64,
@@ -220,9 +426,24 @@ impl State {
         }
         // Bases before lenses, so that a model's base is in place before its lens loads.
         keys.sort_by_key(|k| matches!(k, ResourceKey::Lens(_)));
+        let usable = self.usable_devices(&models);
+        let device = match device {
+            Some(d) if usable.contains(&d) => d,
+            Some(d) => {
+                let _ = reply.send(Err(self.no_device(&models, Some(d))));
+                return self.step(now);
+            }
+            None => match self.choose(&keys, &usable) {
+                Some(d) => d,
+                None => {
+                    let _ = reply.send(Err(self.no_device(&models, None)));
+                    return self.step(now);
+                }
+            },
+        };
         self.waiters.push(Waiter {
             keys,
-            target: Tier::Device,
+            target: Place::Device(device),
             want: Want::Acquire {
                 models,
                 reply,
@@ -232,6 +453,8 @@ impl State {
         self.step(now)
     }
 
+    /// Starts bringing every resource of `group` to the host, or to a device placement picks
+    /// (its pins respected).
     pub fn preload(
         &mut self,
         group: String,
@@ -243,7 +466,16 @@ impl State {
             .registry
             .group_needs(&group)
             .ok_or_else(|| ResidencyError::UnknownGroup(group.clone()))?;
-        let target = if tier == Tier::Disk { Tier::Host } else { tier };
+        let target = if tier == Tier::Device {
+            let models = self.registry.groups[&group].clone();
+            let usable = self.usable_devices(&models);
+            match self.choose(&keys, &usable) {
+                Some(d) => Place::Device(d),
+                None => return Err(self.no_device(&models, None)),
+            }
+        } else {
+            Place::Host
+        };
         self.waiters.push(Waiter {
             keys,
             target,
@@ -256,8 +488,8 @@ impl State {
         Ok(self.step(now))
     }
 
-    /// Demotes the group's idle resources to `to` (host, or disk to free them). Resources in use,
-    /// pinned, or moving stay where they are.
+    /// Demotes the group's idle device copies to `to` (host, or disk to free them), and with
+    /// `to` disk frees its host copies too. Copies in use, pinned, or moving stay.
     pub fn unload(
         &mut self,
         group: &str,
@@ -275,80 +507,117 @@ impl State {
         };
         let mut effects = Vec::new();
         for key in keys {
-            let Some(e) = self.entries.get(&key) else {
-                continue;
-            };
-            let reason = if e.leases > 0 {
-                Some("in use")
-            } else if self.pinned(&key) {
-                Some("pinned")
-            } else if e.job.is_some() {
-                Some("loading or moving")
-            } else if protected.contains(&key) {
-                Some("wanted by a waiting request")
-            } else {
-                None
-            };
-            if let Some(r) = reason {
-                report.kept.push((key, r.to_string()));
+            let places: Vec<(Place, Option<&'static str>)> = self
+                .copies(&key)
+                .into_iter()
+                .map(|(place, e)| {
+                    let reason = if e.leases > 0 {
+                        Some("in use")
+                    } else if self.pinned(&key) {
+                        Some("pinned")
+                    } else if e.job.is_some() {
+                        Some("loading or moving")
+                    } else if protected.contains(&(key.clone(), place)) {
+                        Some("wanted by a waiting request")
+                    } else {
+                        None
+                    };
+                    (place, reason)
+                })
+                .collect();
+            if places.is_empty() {
                 continue;
             }
-            if to == Tier::Host && e.tier == Tier::Device {
-                self.demote(&key, &protected, &mut effects);
-            } else if to == Tier::Disk || e.tier == Tier::Host {
-                self.drop_entry(&key, &mut effects);
+            let mut changed = false;
+            for (place, reason) in places {
+                if let Some(r) = reason {
+                    let kept = (key.clone(), r.to_string());
+                    if !report.kept.contains(&kept) {
+                        report.kept.push(kept);
+                    }
+                    continue;
+                }
+                match (place, to) {
+                    (Place::Device(d), Tier::Host) => {
+                        self.demote(&key, d, &protected, &mut effects)
+                    }
+                    (_, Tier::Disk) | (Place::Host, _) => {
+                        self.drop_entry(&key, place, &mut effects)
+                    }
+                    (Place::Device(_), Tier::Device) => {}
+                }
+                changed = true;
             }
-            let tier = self.entries.get(&key).map_or(Tier::Disk, |e| e.tier);
-            report.moved.push((key, tier));
+            if changed {
+                report.moved.push((key.clone(), self.best_tier(&key)));
+            }
         }
         effects.extend(self.step(now));
         Ok((report, effects))
     }
 
-    /// Replaces the registry and budgets. Resources still named keep their state; those no
-    /// longer named are freed, or when in use, freed as their last lease ends.
+    /// Device if any copy is on a device, else host if one is there, else disk.
+    fn best_tier(&self, key: &ResourceKey) -> Tier {
+        self.copies(key)
+            .first()
+            .map_or(Tier::Disk, |(place, _)| place.tier())
+    }
+
+    /// Replaces the registry and budgets, and the placement when one is given. Resources still
+    /// named keep their copies; those no longer named are freed, or when in use, freed as their
+    /// last lease ends.
     pub fn reload(
         &mut self,
         registry: Registry,
         budgets: Budgets,
+        placement: Option<Placement>,
         now: u64,
     ) -> Result<Vec<Effect>, ResidencyError> {
-        for tier in [Tier::Device, Tier::Host] {
-            let held: u64 = self
-                .entries
-                .iter()
-                .filter(|(k, e)| {
-                    e.tier == tier && (e.leases > 0 || e.job.is_some() || registry.policy(k).pinned)
-                })
-                .map(|(_, e)| e.bytes)
-                .sum();
-            let budget = if tier == Tier::Device {
-                budgets.device
-            } else {
-                budgets.host
-            };
-            if held > budget {
+        if let Some(p) = &placement {
+            self.check_placement(p)?;
+        }
+        let next_budget = |place: Place| match place {
+            Place::Host => budgets.host,
+            Place::Device(d) => placement
+                .as_ref()
+                .unwrap_or(&self.placement)
+                .device_budgets
+                .get(&d)
+                .copied()
+                .unwrap_or(budgets.device),
+        };
+        let mut held: BTreeMap<Place, u64> = BTreeMap::new();
+        for ((k, place), e) in &self.entries {
+            if e.leases > 0 || e.job.is_some() || registry.policy(k).pinned {
+                *held.entry(*place).or_default() += e.bytes;
+            }
+        }
+        for (place, bytes) in held {
+            if bytes > next_budget(place) {
                 return Err(ResidencyError::BudgetTooSmall(format!(
                     "{} holds {} but the new budget is {}",
-                    tier.as_str(),
-                    ByteSize(held),
-                    ByteSize(budget)
+                    self.place_name(place),
+                    ByteSize(bytes),
+                    ByteSize(next_budget(place))
                 )));
             }
         }
         self.registry = registry;
         self.budgets = budgets;
+        if let Some(p) = placement {
+            self.placement = p;
+        }
         let mut effects = Vec::new();
-        let gone: Vec<ResourceKey> = self
+        let gone: Vec<CopyKey> = self
             .entries
             .keys()
-            .filter(|k| self.registry.bytes(k).is_none())
+            .filter(|(k, _)| self.registry.bytes(k).is_none())
             .cloned()
             .collect();
-        for key in gone {
-            let e = self.entries.get_mut(&key).expect("listed");
+        for (key, place) in gone {
+            let e = self.entry_mut(&key, place).expect("listed");
             if e.leases == 0 && e.job.is_none() {
-                self.drop_entry(&key, &mut effects);
+                self.drop_entry(&key, place, &mut effects);
             } else {
                 e.orphan = true;
             }
@@ -368,383 +637,19 @@ impl State {
                 None => i += 1,
             }
         }
-        // Tighter budgets may leave a tier over: demote or free idle entries until it fits.
-        for tier in [Tier::Device, Tier::Host] {
+        // Tighter budgets may leave a place over: demote or free idle entries until it fits.
+        let places: Vec<Place> = self
+            .devices
+            .iter()
+            .map(|d| Place::Device(d.id))
+            .chain([Place::Host])
+            .collect();
+        for place in places {
             let protected = self.protected(self.waiters.len());
-            let _ = self.make_room(tier, 0, &protected, &mut effects);
+            let _ = self.make_room(place, 0, &protected, &mut effects);
         }
         effects.extend(self.step(now));
         Ok(effects)
-    }
-
-    // ---- events -----------------------------------------------------------------------------
-
-    pub fn released(&mut self, keys: Vec<ResourceKey>, now: u64) -> Vec<Effect> {
-        let mut effects = Vec::new();
-        for key in keys {
-            let Some(e) = self.entries.get_mut(&key) else {
-                continue;
-            };
-            e.leases = e.leases.saturating_sub(1);
-            e.last_use = now;
-            if e.orphan && e.leases == 0 && e.job.is_none() {
-                self.drop_entry(&key, &mut effects);
-            }
-        }
-        effects.extend(self.step(now));
-        effects
-    }
-
-    pub fn job_done(&mut self, job: u64, result: Result<(), String>, now: u64) -> Vec<Effect> {
-        let mut effects = Vec::new();
-        let found = self
-            .entries
-            .iter()
-            .find(|(_, e)| matches!(e.job, Some(Job::Loading(j)) | Some(Job::Moving(j, _)) if j == job))
-            .map(|(k, e)| (k.clone(), e.job.expect("matched")));
-        let Some((key, kind)) = found else {
-            return self.step(now);
-        };
-        match (kind, result) {
-            (Job::Loading(_), Ok(())) | (Job::Moving(..), Ok(())) => {
-                let e = self.entries.get_mut(&key).expect("found");
-                e.job = None;
-                e.last_use = now;
-                let tier = e.tier;
-                if e.orphan && e.leases == 0 {
-                    self.drop_entry(&key, &mut effects);
-                } else {
-                    self.notify_preloads(
-                        &key,
-                        PreloadEvent::Ready {
-                            resource: key.clone(),
-                            tier,
-                        },
-                    );
-                }
-            }
-            (Job::Loading(_), Err(cause)) => {
-                self.entries.remove(&key);
-                let err = ResidencyError::LoadFailed {
-                    resource: self.describe(&key),
-                    cause,
-                };
-                let mut i = 0;
-                while i < self.waiters.len() {
-                    if self.waiters[i].keys.contains(&key) {
-                        let w = self.waiters.remove(i);
-                        self.fail(w, err.clone());
-                    } else {
-                        i += 1;
-                    }
-                }
-            }
-            (Job::Moving(_, from), Err(cause)) => {
-                // The bytes never left: the entry stays where it was.
-                tracing::warn!(resource = %key, %cause, "transfer failed");
-                let e = self.entries.get_mut(&key).expect("found");
-                e.tier = from;
-                e.job = None;
-            }
-        }
-        effects.extend(self.step(now));
-        effects
-    }
-
-    pub fn progress(&mut self, job: u64, done: u64, total: u64) {
-        let key = self
-            .entries
-            .iter()
-            .find(|(_, e)| e.job == Some(Job::Loading(job)))
-            .map(|(k, _)| k.clone());
-        if let Some(key) = key {
-            self.notify_preloads(
-                &key,
-                PreloadEvent::Loading {
-                    resource: key.clone(),
-                    bytes_done: done,
-                    bytes_total: total,
-                },
-            );
-        }
-    }
-
-    /// Demotes device entries idle for longer than their keep-alive.
-    pub fn expire(&mut self, now: u64) -> Vec<Effect> {
-        let protected = self.protected(self.waiters.len());
-        let stale: Vec<ResourceKey> = self
-            .entries
-            .iter()
-            .filter(|(k, e)| {
-                let p = self.registry.policy(k);
-                e.tier == Tier::Device
-                    && e.leases == 0
-                    && e.job.is_none()
-                    && !p.pinned
-                    && !protected.contains(*k)
-                    && p.keep_alive
-                        .is_some_and(|d| now.saturating_sub(e.last_use) >= d.as_millis() as u64)
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        let mut effects = Vec::new();
-        for key in stale {
-            self.demote(&key, &protected, &mut effects);
-        }
-        effects.extend(self.step(now));
-        effects
-    }
-
-    // ---- progress of waiting requests -------------------------------------------------------
-
-    /// Advances every waiting request as far as it can, oldest first.
-    pub fn step(&mut self, now: u64) -> Vec<Effect> {
-        let mut effects = Vec::new();
-        let mut i = 0;
-        while i < self.waiters.len() {
-            match self.advance(i, &mut effects) {
-                Outcome::Waiting => i += 1,
-                Outcome::Done => {
-                    let w = self.waiters.remove(i);
-                    self.complete(w, now);
-                }
-                Outcome::Failed(err) => {
-                    let w = self.waiters.remove(i);
-                    self.fail(w, err);
-                }
-            }
-        }
-        effects
-    }
-
-    /// Keys wanted by the first `n + 1` waiters: an older request's needs are never evicted to
-    /// serve a newer one, which keeps two requests from undoing each other's loads.
-    fn protected(&self, n: usize) -> BTreeSet<ResourceKey> {
-        self.waiters
-            .iter()
-            .take(n + 1)
-            .flat_map(|w| w.keys.iter().cloned())
-            .collect()
-    }
-
-    fn advance(&mut self, i: usize, effects: &mut Vec<Effect>) -> Outcome {
-        if let Some(err) = self.never_fits(i) {
-            return Outcome::Failed(err);
-        }
-        let protected = self.protected(i);
-        let target = self.waiters[i].target;
-        for key in self.waiters[i].keys.clone() {
-            let (tier, bytes, busy) = match self.entries.get(&key) {
-                Some(e) => (e.tier, e.bytes, e.job.is_some()),
-                None => (Tier::Disk, self.registry.bytes(&key).unwrap_or(0), false),
-            };
-            if busy {
-                return Outcome::Waiting;
-            }
-            let placed = tier == target || (target == Tier::Host && tier == Tier::Device);
-            if placed {
-                continue;
-            }
-            if self.shared_memory && tier == Tier::Host {
-                // One memory: the entry leaves the host budget first, so that what it displaces
-                // from the device can take its place there; then the device is brought back
-                // within budget. Both happen in this step, so no report sees the overshoot.
-                self.entries.get_mut(&key).expect("present").tier = Tier::Device;
-                match self.make_room(Tier::Device, 0, &protected, effects) {
-                    Room::Ready => {
-                        self.notify_preloads(
-                            &key,
-                            PreloadEvent::Ready {
-                                resource: key.clone(),
-                                tier: target,
-                            },
-                        );
-                        continue;
-                    }
-                    other => {
-                        self.entries.get_mut(&key).expect("present").tier = Tier::Host;
-                        match other {
-                            Room::Never(err) => return Outcome::Failed(self.name_in(err, &key)),
-                            _ => return Outcome::Waiting,
-                        }
-                    }
-                }
-            }
-            match self.make_room(target, bytes, &protected, effects) {
-                Room::Ready => {}
-                Room::Later => return Outcome::Waiting,
-                Room::Never(err) => return Outcome::Failed(self.name_in(err, &key)),
-            }
-            if tier == Tier::Disk {
-                let source = match &key {
-                    ResourceKey::Base(b) => Source::Base(self.registry.bases[b].clone()),
-                    ResourceKey::Lens(l) => Source::Lens(self.registry.lenses[l].clone()),
-                };
-                let job = self.job_id();
-                self.entries.insert(
-                    key.clone(),
-                    Entry {
-                        tier: target,
-                        bytes,
-                        last_use: 0,
-                        leases: 0,
-                        job: Some(Job::Loading(job)),
-                        orphan: false,
-                    },
-                );
-                effects.push(Effect::Load {
-                    job,
-                    key,
-                    source,
-                    tier: target,
-                });
-                return Outcome::Waiting;
-            }
-            // Host → device on a separate device: copy.
-            let job = self.job_id();
-            let e = self.entries.get_mut(&key).expect("present");
-            e.job = Some(Job::Moving(job, tier));
-            e.tier = target;
-            effects.push(Effect::Transfer {
-                job,
-                key,
-                from: tier,
-                to: target,
-            });
-            return Outcome::Waiting;
-        }
-        Outcome::Done
-    }
-
-    fn name_in(&self, mut err: ResidencyError, key: &ResourceKey) -> ResidencyError {
-        if let ResidencyError::DoesNotFit { resource, .. } = &mut err {
-            *resource = self.describe(key);
-        }
-        err
-    }
-
-    /// Moves an idle device entry to the host if the host can make room, else frees it.
-    fn demote(
-        &mut self,
-        key: &ResourceKey,
-        protected: &BTreeSet<ResourceKey>,
-        effects: &mut Vec<Effect>,
-    ) {
-        let bytes = self.entries[key].bytes;
-        let mut host_room = Vec::new();
-        let room = self.make_room(Tier::Host, bytes, protected, &mut host_room);
-        effects.extend(host_room);
-        if !matches!(room, Room::Ready) {
-            self.drop_entry(key, effects);
-            return;
-        }
-        if self.shared_memory {
-            self.entries.get_mut(key).expect("present").tier = Tier::Host;
-        } else {
-            let job = self.job_id();
-            let e = self.entries.get_mut(key).expect("present");
-            e.job = Some(Job::Moving(job, Tier::Device));
-            e.tier = Tier::Host;
-            effects.push(Effect::Transfer {
-                job,
-                key: key.clone(),
-                from: Tier::Device,
-                to: Tier::Host,
-            });
-        }
-    }
-
-    fn drop_entry(&mut self, key: &ResourceKey, effects: &mut Vec<Effect>) {
-        if self.entries.remove(key).is_some() {
-            effects.push(Effect::Release { key: key.clone() });
-        }
-    }
-
-    fn job_id(&mut self) -> u64 {
-        self.next_job += 1;
-        self.next_job
-    }
-
-    fn complete(&mut self, w: Waiter, now: u64) {
-        match w.want {
-            Want::Acquire { models, reply, .. } => {
-                for k in &w.keys {
-                    let e = self
-                        .entries
-                        .get_mut(k)
-                        .expect("acquired resources are resident");
-                    e.leases += 1;
-                    e.last_use = now;
-                }
-                let refs: Vec<_> = models.iter().map(|m| &self.registry.models[m]).collect();
-                let lease = Lease {
-                    base: refs[0].base.clone(),
-                    lenses: refs.iter().map(|m| m.lens.clone()).collect(),
-                    donors: refs.iter().map(|m| m.donor.clone()).collect(),
-                    models,
-                    keys: w.keys,
-                    release: self.release.clone(),
-                };
-                // A requester that went away drops the lease here, which releases it.
-                let _ = reply.send(Ok(lease));
-            }
-            Want::Preload {
-                group,
-                events,
-                announced,
-            } => {
-                for k in &w.keys {
-                    if let Some(e) = self.entries.get_mut(k) {
-                        e.last_use = now;
-                        if !announced.contains(k) {
-                            let _ = events.send(PreloadEvent::Ready {
-                                resource: k.clone(),
-                                tier: e.tier,
-                            });
-                        }
-                    }
-                }
-                let _ = events.send(PreloadEvent::Done { group });
-            }
-        }
-    }
-
-    fn fail(&self, w: Waiter, err: ResidencyError) {
-        match w.want {
-            Want::Acquire { reply, .. } => {
-                let _ = reply.send(Err(err));
-            }
-            Want::Preload { group, events, .. } => {
-                let _ = events.send(PreloadEvent::Failed {
-                    group,
-                    error: err.to_string(),
-                });
-            }
-        }
-    }
-
-    fn notify_preloads(&mut self, key: &ResourceKey, event: PreloadEvent) {
-        for w in &mut self.waiters {
-            if !w.keys.contains(key) {
-                continue;
-            }
-            match &mut w.want {
-                Want::Preload {
-                    events, announced, ..
-                } => {
-                    if matches!(event, PreloadEvent::Ready { .. }) {
-                        announced.insert(key.clone());
-                    }
-                    let _ = events.send(event.clone());
-                }
-                Want::Acquire {
-                    progress: Some(p), ..
-                } => {
-                    let _ = p.send(event.clone());
-                }
-                Want::Acquire { .. } => {}
-            }
-        }
     }
 }
 

@@ -1,13 +1,15 @@
-//! Property tests of the residency state: random sequences of acquires, releases, preloads,
-//! unloads, engine jobs that succeed or fail, keep-alive expiry and time passing, under random
-//! budgets, with tiers that are one memory (CPU) or two (a device). After every step the
-//! budgets hold and every lease's resources stay ready on the device, counted exactly; at the
-//! end every acquire and preload has had exactly one answer. One model's full donor is the
-//! other group's base.
+//! Property tests of the residency state: random sequences of acquires (on a named device or
+//! wherever placement puts them), releases, preloads, unloads, engine jobs that succeed or
+//! fail, keep-alive expiry, lost devices and time passing, under random budgets, with one
+//! memory (CPU) or separate ones (one to three devices, a group sometimes pinned to one).
+//! After every step the budgets hold and every lease's copies stay ready where they were
+//! leased, counted exactly; at the end every acquire and preload has had exactly one answer.
+//! One model's full donor is the other group's base.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use lensd_core::config::Placement;
 use lensd_core::registry::{BaseKey, BaseSpec, LensKey, LensSpec, ModelRef, Policy};
 use lensd_core::{ComputeDtype, LensKind};
 use proptest::prelude::*;
@@ -88,6 +90,8 @@ enum Op {
     Acquire {
         group: bool,
         mask: u8,
+        /// A device by number (modulo the devices), or wherever placement puts it.
+        device: Option<u16>,
     },
     Release {
         pick: usize,
@@ -108,22 +112,28 @@ enum Op {
     Wait {
         ms: u64,
     },
+    Lose {
+        device: u16,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (any::<bool>(), 1u8..8).prop_map(|(group, mask)| Op::Acquire { group, mask }),
+        4 => (any::<bool>(), 1u8..8, proptest::option::of(0u16..3))
+            .prop_map(|(group, mask, device)| Op::Acquire { group, mask, device }),
         3 => any::<usize>().prop_map(|pick| Op::Release { pick }),
         1 => (any::<bool>(), any::<bool>()).prop_map(|(group, device)| Op::Preload { group, device }),
         1 => (any::<bool>(), any::<bool>()).prop_map(|(group, disk)| Op::Unload { group, disk }),
         5 => (any::<usize>(), prop::bool::weighted(0.85)).prop_map(|(pick, ok)| Op::Job { pick, ok }),
         1 => Just(Op::Expire),
         1 => (0u64..20_000).prop_map(|ms| Op::Wait { ms }),
+        1 => (0u16..3).prop_map(|device| Op::Lose { device }),
     ]
 }
 
 struct World {
     state: State,
+    devices: u16,
     released: UnboundedReceiver<Internal>,
     jobs: Vec<u64>,
     leases: Vec<Lease>,
@@ -133,10 +143,34 @@ struct World {
 }
 
 impl World {
-    fn new(budgets: Budgets, shared: bool, keep_alive_ms: Option<u64>, pin_by: bool) -> World {
+    fn new(
+        budgets: Budgets,
+        devices: u16,
+        keep_alive_ms: Option<u64>,
+        pin_by: bool,
+        pin_gy: bool,
+    ) -> World {
         let (tx, released) = mpsc::unbounded_channel();
+        // No devices means one memory (CPU), with its one device.
+        let shared = devices == 0;
+        let devices = devices.max(1);
+        let mut placement = Placement::default();
+        if pin_gy {
+            placement
+                .pins
+                .insert("gy".into(), vec![DeviceId(devices - 1)]);
+        }
+        let state = State::new(
+            registry(keep_alive_ms, pin_by),
+            budgets,
+            placement,
+            shared,
+            super::tests::devices(devices),
+            tx,
+        );
         World {
-            state: State::new(registry(keep_alive_ms, pin_by), budgets, shared, tx),
+            state,
+            devices,
             released,
             jobs: Vec::new(),
             leases: Vec::new(),
@@ -158,7 +192,11 @@ impl World {
     fn apply(&mut self, op: &Op) {
         let now = self.now;
         match *op {
-            Op::Acquire { group, mask } => {
+            Op::Acquire {
+                group,
+                mask,
+                device,
+            } => {
                 let g = if group { "gy" } else { "gx" };
                 let models: Vec<String> = MODELS
                     .iter()
@@ -171,7 +209,8 @@ impl World {
                     return;
                 }
                 let (reply, rx) = oneshot::channel();
-                let fx = self.state.acquire(models, None, reply, now);
+                let device = device.map(|d| DeviceId(d % self.devices));
+                let fx = self.state.acquire(models, device, None, reply, now);
                 self.replies.push((rx, false));
                 self.effects(fx);
             }
@@ -185,12 +224,15 @@ impl World {
                 let (tx, rx) = mpsc::unbounded_channel();
                 let tier = if device { Tier::Device } else { Tier::Host };
                 let g = if group { "gy" } else { "gx" };
-                let fx = self
-                    .state
-                    .preload(g.into(), tier, tx, now)
-                    .expect("known group");
-                self.preloads.push((rx, 0));
-                self.effects(fx);
+                match self.state.preload(g.into(), tier, tx, now) {
+                    Ok(fx) => {
+                        self.preloads.push((rx, 0));
+                        self.effects(fx);
+                    }
+                    // Pinned to a device that was lost.
+                    Err(ResidencyError::Pinned(_)) => {}
+                    Err(e) => panic!("{e}"),
+                }
             }
             Op::Unload { group, disk } => {
                 let to = if disk { Tier::Disk } else { Tier::Host };
@@ -212,6 +254,16 @@ impl World {
                 self.effects(fx);
             }
             Op::Wait { ms } => self.now += ms,
+            Op::Lose { device } => {
+                // One device at most is lost, and never the only one.
+                if self.devices > 1 && self.state.failed.is_empty() {
+                    let d = DeviceId(device % self.devices);
+                    let fx = self.state.device_failed(d, "lost".into(), now);
+                    self.effects(fx);
+                    // Its leases' work fails; they end.
+                    self.leases.retain(|l| l.device != d);
+                }
+            }
         }
         self.deliver();
     }
@@ -260,9 +312,14 @@ impl World {
     /// The bookkeeping rules, checked after every step.
     fn check(&self) {
         assert_eq!(self.state.violations(), Vec::<String>::new());
-        let mut held: BTreeMap<ResourceKey, u32> = BTreeMap::new();
+        let mut held: BTreeMap<CopyKey, u32> = BTreeMap::new();
         for lease in &self.leases {
             for k in &lease.keys {
+                assert_eq!(
+                    k.1,
+                    Place::Device(lease.device),
+                    "leased where it was asked"
+                );
                 *held.entry(k.clone()).or_default() += 1;
             }
         }
@@ -270,19 +327,15 @@ impl World {
             assert_eq!(
                 e.leases,
                 held.get(k).copied().unwrap_or(0),
-                "{k}: the state counts leases that are not held, or misses some"
+                "{k:?}: the state counts leases that are not held, or misses some"
             );
         }
         for (k, n) in &held {
-            let e = self
-                .state
-                .entries
-                .get(k)
-                .unwrap_or_else(|| panic!("{k} is leased {n} times but was evicted"));
-            assert!(
-                e.tier == Tier::Device && e.job.is_none(),
-                "{k} is leased but not ready"
-            );
+            let e =
+                self.state.entries.get(k).unwrap_or_else(|| {
+                    panic!("{k:?} is leased {n} times but was moved or evicted")
+                });
+            assert!(e.ready(), "{k:?} is leased but not ready");
         }
     }
 
@@ -324,11 +377,12 @@ proptest! {
         ops in proptest::collection::vec(op(), 1..60),
         device in prop::sample::select(vec![90u64, 130, 160, 300]),
         host in prop::sample::select(vec![0u64, 100, 250]),
-        shared in any::<bool>(),
+        devices in 0u16..4,
         keep_alive_ms in proptest::option::of(1u64..10_000),
         pin_by in any::<bool>(),
+        pin_gy in any::<bool>(),
     ) {
-        let mut world = World::new(Budgets { device, host }, shared, keep_alive_ms, pin_by);
+        let mut world = World::new(Budgets { device, host }, devices, keep_alive_ms, pin_by, pin_gy);
         for op in &ops {
             world.apply(op);
             world.check();

@@ -1,6 +1,7 @@
 //! The state's rules, without a runtime.
 use std::path::PathBuf;
 
+use lensd_core::config::Placement;
 use lensd_core::registry::{BaseKey, BaseSpec, LensKey, LensSpec, ModelRef};
 use lensd_core::{ComputeDtype, LensKind};
 use tokio::sync::mpsc;
@@ -45,6 +46,20 @@ fn registry() -> Registry {
     r
 }
 
+/// `n` devices of the engine.
+pub(super) fn devices(n: u16) -> Vec<DeviceInfo> {
+    (0..n)
+        .map(|i| DeviceInfo {
+            id: DeviceId(i),
+            name: format!("cuda:{i}"),
+            total_bytes: None,
+            free_bytes: None,
+        })
+        .collect()
+}
+
+const D0: Place = Place::Device(DeviceId(0));
+
 /// One memory, a device budget of 200 and a host budget of 100; leases are not followed.
 fn shared_state() -> State {
     let (tx, _rx) = mpsc::unbounded_channel();
@@ -54,7 +69,9 @@ fn shared_state() -> State {
             device: 200,
             host: 100,
         },
+        Placement::default(),
         true,
+        devices(1),
         tx,
     )
 }
@@ -78,17 +95,15 @@ fn an_acquire_loads_the_base_then_the_lens_then_hands_out_a_lease() {
             device: 200,
             host: 100,
         },
+        Placement::default(),
         true,
+        devices(1),
         tx,
     );
     let (reply, mut got) = oneshot::channel();
-    let fx = s.acquire(vec!["x".into()], None, reply, 0);
+    let fx = s.acquire(vec!["x".into()], None, None, reply, 0);
     assert_eq!(loads(&fx), [(1, "base b".to_string())]);
-    assert_eq!(
-        s.used(Tier::Device),
-        100,
-        "the load's bytes are reserved at once"
-    );
+    assert_eq!(s.used(D0), 100, "the load's bytes are reserved at once");
     let fx = s.job_done(1, Ok(()), 5);
     assert_eq!(loads(&fx), [(2, "lens lx".to_string())]);
     assert!(got.try_recv().is_err(), "not yet");
@@ -104,7 +119,7 @@ fn an_acquire_loads_the_base_then_the_lens_then_hands_out_a_lease() {
         other => panic!("{other:?}"),
     }
     assert_eq!(
-        s.report(10, None)
+        s.report(10, None, &BTreeMap::new())
             .entries
             .iter()
             .map(|e| e.leases)
@@ -118,8 +133,8 @@ fn a_failed_lens_load_fails_every_request_that_needs_it_and_frees_its_reservatio
     let mut s = shared_state();
     let (r1, mut g1) = oneshot::channel();
     let (r2, mut g2) = oneshot::channel();
-    s.acquire(vec!["x".into()], None, r1, 0);
-    s.acquire(vec!["x".into()], None, r2, 0);
+    s.acquire(vec!["x".into()], None, None, r1, 0);
+    s.acquire(vec!["x".into()], None, None, r2, 0);
     s.job_done(1, Ok(()), 1);
     s.job_done(2, Err("lx: truncated".into()), 2);
     for g in [&mut g1, &mut g2] {
@@ -128,7 +143,7 @@ fn a_failed_lens_load_fails_every_request_that_needs_it_and_frees_its_reservatio
             other => panic!("{other:?}"),
         }
     }
-    assert_eq!(s.used(Tier::Device), 100, "only the base remains");
+    assert_eq!(s.used(D0), 100, "only the base remains");
     assert!(s.violations().is_empty());
 }
 
