@@ -241,7 +241,9 @@ impl State {
             free_copies: 0,
             service_ms: self.service_ms.get(&task.base).copied(),
             bytes: room.need,
-            load_bytes_per_ms: self.load_bytes_per_ms,
+            load_bytes_per_ms: self
+                .load_bytes_per_ms
+                .unwrap_or(self.config.initial_load_bytes_per_ms),
             room: pick_victims(&room.entries, room.used, room.budget, room.need).is_some(),
         }
     }
@@ -266,7 +268,8 @@ impl State {
         }
         if let Some((bytes, ms)) = loaded.filter(|&(b, ms)| b > 0 && ms > 0) {
             let rate = (bytes / ms).max(1);
-            self.load_bytes_per_ms = (self.load_bytes_per_ms * 3 + rate) / 4;
+            let mean = self.load_bytes_per_ms.get_or_insert(rate);
+            *mean = (*mean * 3 + rate) / 4;
         }
     }
 

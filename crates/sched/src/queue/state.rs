@@ -84,8 +84,8 @@ pub struct State {
     pub(super) last_start: BTreeMap<ClientId, u64>,
     /// Measured mean compute time of a request, by base.
     pub(super) service_ms: BTreeMap<BaseKey, u64>,
-    /// Measured bytes loaded per millisecond.
-    pub(super) load_bytes_per_ms: u64,
+    /// Measured bytes loaded per millisecond; the configured rate until a load is measured.
+    pub(super) load_bytes_per_ms: Option<u64>,
 }
 
 pub(super) fn send(tx: &UnboundedSender<RequestEvent>, ev: RequestEvent) {
@@ -107,7 +107,7 @@ impl State {
     pub fn new(config: QueueConfig, registry: Registry) -> Self {
         State {
             switch_cost_ms: config.initial_switch_cost.as_millis() as u64,
-            load_bytes_per_ms: config.initial_load_bytes_per_ms.max(1),
+            load_bytes_per_ms: None,
             config,
             registry,
             queued: Vec::new(),

@@ -190,10 +190,11 @@ impl MemoryReport {
     }
 
     /// Every copy of `key`.
-    pub fn copies<'a>(&'a self, key: &'a ResourceKey) -> impl Iterator<Item = &'a EntryReport> {
+    pub fn copies(&self, key: &ResourceKey) -> impl Iterator<Item = &EntryReport> + '_ {
+        let key = key.clone();
         self.entries
             .iter()
-            .filter(move |e| &e.resource == key && e.tier != Tier::Disk)
+            .filter(move |e| e.resource == key && e.tier != Tier::Disk)
     }
 
     pub fn device(&self, id: DeviceId) -> Option<&DeviceUsage> {

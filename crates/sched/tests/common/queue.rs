@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lensd_core::config::Budgets;
+use lensd_core::config::{Budgets, Placement};
 use lensd_core::layers::LayerSpec;
 use lensd_core::registry::Registry;
 use lensd_core::work::{
@@ -84,6 +84,34 @@ pub fn world(reg: Registry, config: QueueConfig) -> World {
         Arc::new(engine.clone()),
         Options {
             sweep: Duration::from_secs(3600),
+            ..Options::default()
+        },
+    );
+    let scheduler = Scheduler::start(config, reg, residency.clone(), Arc::new(engine.clone()));
+    World {
+        engine,
+        residency,
+        scheduler,
+    }
+}
+
+/// `engine` (of any number of devices) with `device` bytes of budget on each and `host` bytes
+/// of host tier, the groups' pins in `placement`, and the queue over them.
+pub fn world_on(
+    engine: FakeEngine,
+    reg: Registry,
+    device: u64,
+    host: u64,
+    placement: Placement,
+    config: QueueConfig,
+) -> World {
+    let residency = Residency::start(
+        reg.clone(),
+        Budgets { device, host },
+        Arc::new(engine.clone()),
+        Options {
+            sweep: Duration::from_secs(3600),
+            placement,
             ..Options::default()
         },
     );
