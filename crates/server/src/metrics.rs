@@ -12,6 +12,13 @@ pub const BASE_LOADS: &str = "lensd_base_loads_total";
 pub const SWITCH_SECONDS: &str = "lensd_switch_seconds";
 pub const TIER_BYTES: &str = "lensd_tier_bytes";
 pub const TIER_BUDGET: &str = "lensd_tier_budget_bytes";
+/// Per device, labelled `device` by its name (`cpu`, `cuda:0`): bytes counted on it, its
+/// budget, what its driver says is used and has in all (where known), and 1 once it failed.
+pub const DEVICE_BYTES: &str = "lensd_device_bytes";
+pub const DEVICE_BUDGET: &str = "lensd_device_budget_bytes";
+pub const DEVICE_DRIVER_USED: &str = "lensd_device_driver_used_bytes";
+pub const DEVICE_DRIVER_TOTAL: &str = "lensd_device_driver_total_bytes";
+pub const DEVICE_FAILED: &str = "lensd_device_failed";
 pub const CONNECTIONS: &str = "lensd_websocket_connections";
 /// HTTP connections open (WebSockets included), and those ended by the connection layer.
 pub const HTTP_CONNECTIONS: &str = "lensd_http_connections";

@@ -54,6 +54,7 @@ use crate::views::{GroupView, ModelView, ResidencyView};
         v2::UnloadResponse,
         v2::MemoryEntry,
         v2::TierView,
+        v2::DeviceView,
         v2::MemoryResponse,
         v2::Accepted,
         v2::RequestView,

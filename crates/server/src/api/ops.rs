@@ -78,6 +78,20 @@ pub async fn metrics(
             metrics::gauge!(m::TIER_BYTES, "tier" => t.tier.as_str()).set(t.used as f64);
             metrics::gauge!(m::TIER_BUDGET, "tier" => t.tier.as_str()).set(t.budget as f64);
         }
+        for d in &r.devices {
+            let device = d.name.clone();
+            metrics::gauge!(m::DEVICE_BYTES, "device" => device.clone()).set(d.used as f64);
+            metrics::gauge!(m::DEVICE_BUDGET, "device" => device.clone()).set(d.budget as f64);
+            if let Some(used) = d.driver_used {
+                metrics::gauge!(m::DEVICE_DRIVER_USED, "device" => device.clone()).set(used as f64);
+            }
+            if let Some(total) = d.driver_total {
+                metrics::gauge!(m::DEVICE_DRIVER_TOTAL, "device" => device.clone())
+                    .set(total as f64);
+            }
+            metrics::gauge!(m::DEVICE_FAILED, "device" => device)
+                .set(f64::from(u8::from(d.failed)));
+        }
         if let Some(rss) = r.process_resident_bytes {
             metrics::gauge!(m::RESIDENT_BYTES).set(rss as f64);
         }

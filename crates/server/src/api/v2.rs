@@ -227,6 +227,9 @@ pub struct MemoryEntry {
     /// Content id.
     pub id: String,
     pub tier: String,
+    /// The device the copy is on (its number), for tier `device`. A resource with copies on
+    /// two devices has an entry for each.
+    pub device: Option<u16>,
     /// `ready`, `loading` or `moving`.
     pub state: String,
     pub bytes: u64,
@@ -243,11 +246,31 @@ pub struct TierView {
     pub budget: u64,
 }
 
+/// One compute device's memory: what lensd counts on it against its budget, and what the
+/// driver reports beside it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DeviceView {
+    pub id: u16,
+    /// `cpu`, `cuda:0`, ...
+    pub name: String,
+    /// Bytes of the copies on it, loads and copies in flight included.
+    pub used: u64,
+    pub budget: u64,
+    /// The driver's count, where it has one (GPUs).
+    pub driver_used: Option<u64>,
+    pub driver_total: Option<u64>,
+    /// The device was lost and takes no more work.
+    pub failed: bool,
+    pub failure: Option<String>,
+}
+
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct MemoryResponse {
     /// Device and host are one memory (CPU).
     pub shared_memory: bool,
+    /// The device tier is every working device together.
     pub tiers: Vec<TierView>,
+    pub devices: Vec<DeviceView>,
     pub entries: Vec<MemoryEntry>,
     pub accounted_bytes: u64,
     pub process_resident_bytes: Option<u64>,
@@ -257,8 +280,8 @@ pub struct MemoryResponse {
     pub process_heap_free_bytes: Option<u64>,
 }
 
-/// The memory report: every base and lens with its tier and bytes, tiers against budgets,
-/// and the process's resident memory.
+/// The memory report: every base and lens with its tier (and device) and bytes, one entry per
+/// copy, tiers and devices against their budgets, and the process's resident memory.
 #[utoipa::path(get, path = "/api/v2/memory", responses((status = 200, body = MemoryResponse)))]
 pub async fn memory(State(state): State<Shared>, who: Who) -> ApiResult<Json<MemoryResponse>> {
     let report = state
@@ -283,6 +306,7 @@ pub async fn memory(State(state): State<Shared>, who: Who) -> ApiResult<Json<Mem
                 kind: kind.into(),
                 id,
                 tier: e.tier.as_str().into(),
+                device: e.device.map(|d| d.0),
                 state: serde_json::to_value(&e.state)
                     .ok()
                     .and_then(|v| v.as_str().map(String::from))
@@ -304,6 +328,20 @@ pub async fn memory(State(state): State<Shared>, who: Who) -> ApiResult<Json<Mem
                 tier: t.tier.as_str().into(),
                 used: t.used,
                 budget: t.budget,
+            })
+            .collect(),
+        devices: report
+            .devices
+            .iter()
+            .map(|d| DeviceView {
+                id: d.id.0,
+                name: d.name.clone(),
+                used: d.used,
+                budget: d.budget,
+                driver_used: d.driver_used,
+                driver_total: d.driver_total,
+                failed: d.failed,
+                failure: d.failure.clone(),
             })
             .collect(),
         entries,
