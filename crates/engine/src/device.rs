@@ -4,7 +4,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-use candle_core::Device;
+/// The tensor library's device handle, for callers that hold one without using the library.
+pub use candle_core::Device;
 
 use crate::error::{EngineError, Result};
 

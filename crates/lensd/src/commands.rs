@@ -5,6 +5,7 @@ use std::ops::ControlFlow;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use lensd::runtime::LocalEngine;
 use lensd_core::config::{Budgets, Config, Resolved};
 use lensd_core::{ByteSize, LayerSpec};
 use lensd_engine::donor::Donor;
@@ -15,7 +16,7 @@ use lensd_engine::lens::talkative::{ExplainOptions, TalkativeLens};
 use lensd_engine::lens::Lens;
 use lensd_engine::lora::Adapter;
 use lensd_engine::probe::FileProbe;
-use lensd_engine::{Base, LoadOptions};
+use lensd_engine::{Base, DeviceSpec, LoadOptions};
 use serde::Serialize;
 use serde_json::json;
 
@@ -38,17 +39,25 @@ fn emit<T: serde::Serialize>(
 }
 
 fn load(model: &Path, dtype: crate::Dtype) -> Result<Base> {
+    load_on(model, dtype, DeviceSpec::Cpu)
+}
+
+/// [`load`] onto `device`.
+fn load_on(model: &Path, dtype: crate::Dtype, device: DeviceSpec) -> Result<Base> {
     if !model.exists() && model == Path::new(crate::DEMO_MODEL) {
         bail!(
             "the demo model {} is missing: run scripts/fetch-demo-model.sh, or pass --model",
             model.display()
         );
     }
-    Ok(Base::load(
+    let device = lensd_engine::device::open(device)?;
+    Ok(Base::load_onto(
         model,
         LoadOptions {
             compute: dtype.into(),
         },
+        &device,
+        &mut |_, _| {},
     )?)
 }
 
@@ -103,7 +112,7 @@ pub fn run(cmd: Command) -> Result<()> {
             dtype,
             format,
         } => {
-            let base = load(&model.model, dtype)?;
+            let base = load_on(&model.model, dtype, model.device)?;
             let text = if chat {
                 base.chat_prompt(&prompt)?
             } else {
@@ -169,7 +178,7 @@ pub fn run(cmd: Command) -> Result<()> {
                 (None, None) => bail!("give the text to analyze with --text or --text-file"),
             };
             let spec: LayerSpec = layers.parse().map_err(anyhow::Error::msg)?;
-            let base = load(&model.model, dtype)?;
+            let base = load_on(&model.model, dtype, model.device)?;
             let layers = spec
                 .resolve(base.config().n_layers)
                 .map_err(anyhow::Error::msg)?;
@@ -281,9 +290,14 @@ pub fn run(cmd: Command) -> Result<()> {
                 }
             }
         }
-        Command::CheckConfig { file, format } => check_config(&file, format),
+        Command::CheckConfig {
+            file,
+            format,
+            device,
+        } => check_config(&file, format, &device),
         Command::Serve {
             config,
+            device,
             addr,
             data,
             keys,
@@ -309,6 +323,7 @@ pub fn run(cmd: Command) -> Result<()> {
             };
             let options = crate::serve::ServeOptions {
                 config,
+                devices: device,
                 addr,
                 data,
                 keys,
@@ -517,7 +532,7 @@ pub fn run(cmd: Command) -> Result<()> {
         } => {
             let text = std::fs::read_to_string(&corpus)
                 .with_context(|| format!("cannot read the corpus {}", corpus.display()))?;
-            let base = load(&model.model, dtype)?;
+            let base = load_on(&model.model, dtype, model.device)?;
             let ids = base.tokenizer.encode(&text, false)?;
             eprintln!("corpus: {} characters, {} tokens", text.len(), ids.len());
             let opts = FitOptions {
@@ -565,8 +580,10 @@ pub fn run(cmd: Command) -> Result<()> {
 }
 
 /// `check-config`: parse, then (when the document itself is sound) check the files it names.
-fn check_config(file: &Path, format: Format) -> Result<()> {
-    let (checked, report) = lensd::service::read_config(file, &FileProbe::new())?;
+fn check_config(file: &Path, format: Format, devices: &[DeviceSpec]) -> Result<()> {
+    let engine = LocalEngine::on(devices)?;
+    let (checked, report) =
+        lensd::service::read_config(file, &FileProbe::new(), &engine.device_list())?;
     let summary = checked.map(|c| ConfigSummary::new(&c.config, &c.resolved, c.budgets));
     let errors = report.errors().count();
     let warnings = report.issues.len() - errors;

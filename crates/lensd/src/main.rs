@@ -78,6 +78,10 @@ struct ModelArgs {
     /// Base model: a GGUF file, or a folder with config.json, *.safetensors and tokenizer.json.
     #[arg(long, env = "LENSD_MODEL", default_value = DEMO_MODEL)]
     model: PathBuf,
+    /// Where analyze, generate and explain compute: `cpu`, or `cuda:N` in a build with CUDA
+    /// (docs/gpu.md); other commands compute on the CPU.
+    #[arg(long, env = "LENSD_DEVICE", default_value = "cpu")]
+    device: lensd_engine::DeviceSpec,
 }
 
 #[derive(Subcommand)]
@@ -271,6 +275,10 @@ enum Command {
         /// Output: a readable table, or one JSON document.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
+        /// The devices `serve` will compute on, for the groups' `devices` and the default
+        /// device budgets (see `serve --device`).
+        #[arg(long, env = "LENSD_DEVICE", default_value = "cpu", value_parser = lensd_engine::device::parse_list)]
+        device: Vec<lensd_engine::DeviceSpec>,
     },
     /// Serve the HTTP API, the WebSocket protocol and share pages. Without --config, the demo
     /// model with the logit lens and the fitted demo tuned lens, in two groups sharing its base.
@@ -279,6 +287,11 @@ enum Command {
         /// in it are read from its folder.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Devices to compute on: `cpu`, or GPUs as `cuda:0,cuda:1` (a build with CUDA,
+        /// docs/gpu.md); each gets its own compute worker and memory budget, numbered in this
+        /// order for the groups' `devices`.
+        #[arg(long, env = "LENSD_DEVICE", default_value = "cpu", value_parser = lensd_engine::device::parse_list)]
+        device: Vec<lensd_engine::DeviceSpec>,
         /// Address to listen on (port 0 picks a free one).
         #[arg(long, default_value = "127.0.0.1:8000")]
         addr: String,

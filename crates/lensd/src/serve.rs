@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
+use lensd::runtime::LocalEngine;
 use lensd::service::Service;
 use lensd_core::engine::BoxFuture;
 use lensd_core::registry::RegistryDiff;
@@ -19,6 +20,8 @@ use lensd_server::{AppState, Control, Parts};
 
 pub struct ServeOptions {
     pub config: Option<PathBuf>,
+    /// Where to compute: the CPU, or GPUs.
+    pub devices: Vec<lensd_engine::DeviceSpec>,
     pub addr: String,
     pub data: PathBuf,
     pub keys: Option<PathBuf>,
@@ -293,7 +296,11 @@ pub async fn run(mut o: ServeOptions) -> Result<()> {
         users_may_preload: o.users_may_preload,
         ..QueueConfig::default()
     };
-    let service = Arc::new(Service::start_with(&config, queue).await?);
+    let engine = LocalEngine::on(&o.devices)?;
+    for d in engine.device_list() {
+        tracing::info!(device = %d.name, total_bytes = ?d.total_bytes, "computing on");
+    }
+    let service = Arc::new(Service::start_on(&config, queue, engine).await?);
     service.engine.set_max_input_tokens(o.max_tokens);
     let keys = match &o.keys {
         Some(k) => Keys::from_file(k).map_err(anyhow::Error::msg)?,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use lensd_core::config::{self, Budgets, Config, Placement, Preload, Report, Resolved, Settings};
+use lensd_core::engine::DeviceInfo;
 use lensd_core::registry::{Registry, RegistryDiff};
 use lensd_core::residency::Tier;
 use lensd_engine::probe::{machine_memory, FileProbe};
@@ -14,7 +15,7 @@ use lensd_sched::residency::{Options, PreloadEvent, Residency};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, Mutex};
 
-use crate::runtime::{CpuEngine, ProcMemory};
+use crate::runtime::{LocalEngine, ProcMemory};
 
 /// A config that parsed, with the facts its files gave.
 pub struct Checked {
@@ -29,7 +30,11 @@ pub struct Checked {
 /// its groups are pinned to. Relative paths in the file are resolved against its folder. The
 /// report lists every problem found (an error in the settings does not hide those of the
 /// files); the config is returned, fit to serve, only when it has no errors.
-pub fn read_config(path: &Path, probe: &FileProbe) -> Result<(Option<Checked>, Report)> {
+pub fn read_config(
+    path: &Path,
+    probe: &FileProbe,
+    devices: &[DeviceInfo],
+) -> Result<(Option<Checked>, Report)> {
     let text = lensd_core::files::read_to_string(path)
         .with_context(|| format!("cannot read the config file {}", path.display()))?;
     let (config, mut report) = config::parse_for_checking(&text);
@@ -42,7 +47,7 @@ pub fn read_config(path: &Path, probe: &FileProbe) -> Result<(Option<Checked>, R
     let budgets = budgets(&config.settings)?;
     let (checked, resolved) = config::check(&config, probe, budgets);
     report.extend(checked);
-    let placement = Placement::resolve(&config, &CpuEngine::device_list()).unwrap_or_else(|e| {
+    let placement = Placement::resolve(&config, devices).unwrap_or_else(|e| {
         report.extend(e);
         Placement::default()
     });
@@ -74,7 +79,7 @@ pub type PreloadOutcomes = tokio::task::JoinHandle<Vec<(String, std::result::Res
 pub struct Service {
     pub residency: Residency,
     pub scheduler: Scheduler,
-    pub engine: CpuEngine,
+    pub engine: LocalEngine,
     path: PathBuf,
     probe: FileProbe,
     registry: Mutex<Registry>,
@@ -93,10 +98,14 @@ impl Service {
 
     /// [`Service::start`] with a chosen queue configuration.
     pub async fn start_with(path: &Path, queue: QueueConfig) -> Result<Service> {
+        Self::start_on(path, queue, LocalEngine::new()).await
+    }
+
+    /// [`Service::start_with`] computing with `engine` (its devices).
+    pub async fn start_on(path: &Path, queue: QueueConfig, engine: LocalEngine) -> Result<Service> {
         let probe = FileProbe::new();
-        let checked = checked(path, &probe)?;
+        let checked = checked(path, &probe, &engine.device_list())?;
         let registry = Registry::build(&checked.config, &checked.resolved);
-        let engine = CpuEngine::new();
         let options = Options {
             memory: Some(Arc::new(ProcMemory)),
             placement: checked.placement.clone(),
@@ -166,7 +175,7 @@ impl Service {
     /// Reads the config file again and applies what changed. A config with errors changes
     /// nothing and the error lists them.
     pub async fn reload(&self) -> Result<RegistryDiff> {
-        let checked = checked(&self.path, &self.probe)?;
+        let checked = checked(&self.path, &self.probe, &self.engine.device_list())?;
         let next = Registry::build(&checked.config, &checked.resolved);
         let mut current = self.registry.lock().await;
         let diff = current.diff(&next);
@@ -236,8 +245,8 @@ pub async fn preload(
     Err("the residency manager stopped".into())
 }
 
-fn checked(path: &Path, probe: &FileProbe) -> Result<Checked> {
-    let (checked, report) = read_config(path, probe)?;
+fn checked(path: &Path, probe: &FileProbe, devices: &[DeviceInfo]) -> Result<Checked> {
+    let (checked, report) = read_config(path, probe, devices)?;
     for w in report
         .issues
         .iter()

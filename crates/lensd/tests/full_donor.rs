@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lensd::runtime::CpuEngine;
+use lensd::runtime::LocalEngine;
 use lensd::service::Service;
 use lensd_core::engine::{Engine, Source};
 use lensd_core::layers::LayerSpec;
@@ -161,8 +161,8 @@ fn a_generation_with_a_full_donor_is_the_donor_generating() {
 
 /// The CPU engine with the tiny base, the talkative lens (no adapter) and the fine-tune at
 /// `tune` loaded as a base.
-async fn engine_with(tune: &Path) -> (CpuEngine, BaseKey, BaseKey, LensKey) {
-    let engine = CpuEngine::new();
+async fn engine_with(tune: &Path) -> (LocalEngine, BaseKey, BaseKey, LensKey) {
+    let engine = LocalEngine::new();
     let (base, donor, lens) = (
         BaseKey("tiny".into()),
         BaseKey("tune".into()),

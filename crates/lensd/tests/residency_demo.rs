@@ -200,6 +200,9 @@ async fn one_base_for_two_groups_and_memory_that_follows_the_lens_bytes() {
     );
     assert!(service
         .engine
-        .base(&registry.models["logit"].base)
+        .base_at(
+            &registry.models["logit"].base,
+            lensd_core::residency::Place::Host
+        )
         .is_none());
 }

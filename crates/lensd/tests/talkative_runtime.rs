@@ -7,7 +7,7 @@ mod common;
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 
-use lensd::runtime::CpuEngine;
+use lensd::runtime::LocalEngine;
 use lensd_core::engine::{Engine, Source};
 use lensd_core::layers::LayerSpec;
 use lensd_core::registry::{BaseKey, BaseSpec, LensKey, LensSpec, ResourceKey};
@@ -19,8 +19,8 @@ use lensd_core::{ComputeDtype, LensKind};
 use serde_json::Value;
 
 /// The CPU engine with the tiny base and the talkative lens with its donor loaded.
-async fn loaded() -> (CpuEngine, BaseKey, LensKey) {
-    let engine = CpuEngine::new();
+async fn loaded() -> (LocalEngine, BaseKey, LensKey) {
+    let engine = LocalEngine::new();
     let base = BaseKey("tiny".into());
     let lens = LensKey("talk".into());
     engine
