@@ -297,3 +297,68 @@ async fn preload_places_a_group_on_a_device_with_room_and_keeps_its_pin() {
     assert_eq!(rep.device(DeviceId(1)).unwrap().used, 0);
     assert_eq!(rep.device(DeviceId(2)).unwrap().driver_total, Some(2 * GB));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_long_mixed_workload_on_three_devices_ends_every_request_once_and_keeps_the_books() {
+    // Three groups, one pinned to devices 1 and 2; device 2 is lost half-way.
+    let reg = common::registry(&[
+        common::G(
+            "one",
+            "one.gguf",
+            GB,
+            &[("a1", Some(("lens-a1", 40 * MB))), ("a2", None)],
+        ),
+        common::G(
+            "two",
+            "two.gguf",
+            GB,
+            &[("b1", Some(("lens-b1", 40 * MB))), ("b2", None)],
+        ),
+        common::G("three", "three.gguf", GB / 2, &[("c1", None)]),
+    ]);
+    let w = gpus(3, reg, &[("three", &[1, 2])]);
+    w.engine.set_transfer_latency(Duration::from_millis(300));
+    let models = ["a1", "a2", "b1", "b2", "c1"];
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut rxs = Vec::new();
+    for step in 0..80 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let model = models[(x % 5) as usize];
+        let words = 2 + (x >> 8) % 12;
+        let who = format!("c{}", (x >> 16) % 6);
+        rxs.push(submit(&w, &who, model, words as usize).await);
+        if step == 40 {
+            w.engine.lose_device(DeviceId(2));
+        }
+        tokio::time::sleep(Duration::from_millis(50 + (x >> 24) % 300)).await;
+        assert_sound(&w.residency, &w.engine).await;
+    }
+    let mut completed_n = 0;
+    for rx in &mut rxs {
+        let evs = drain(rx).await;
+        assert_grammar(&evs);
+        completed_n += usize::from(completed(&evs));
+        if let Some(RequestEvent::Error { error_type, .. }) = evs.last() {
+            // Only the job running on the lost device, or a load on it, may fail.
+            assert!(
+                ["engine_error", "unavailable"].contains(&error_type.as_str()),
+                "{:?}",
+                evs.iter().map(kind).collect::<Vec<_>>()
+            );
+        }
+    }
+    let copies = w
+        .engine
+        .log()
+        .iter()
+        .filter(|l| l.starts_with("move "))
+        .count();
+    eprintln!("{completed_n} of 80 completed, {copies} copies or moves");
+    assert!(completed_n >= 78, "{completed_n} of 80 completed");
+    assert_eq!(w.engine.max_concurrent_jobs_on_one_device(), 1);
+    let rep = assert_sound(&w.residency, &w.engine).await;
+    assert!(rep.entries.iter().all(|e| e.leases == 0));
+    assert!(rep.entries.iter().all(|e| e.device != Some(DeviceId(2))));
+}

@@ -100,9 +100,11 @@ impl State {
             .filter(|&d| self.working(d) && !self.running.iter().any(|r| r.device == d))
             .collect();
         let waiting = self.waiting();
+        let allowed: Vec<Vec<DeviceId>> =
+            self.queued.iter().map(|q| self.allowed(&q.task)).collect();
         for &d in &idle {
             let candidates: Vec<usize> = (0..self.queued.len())
-                .filter(|&i| waiting[i].eligible && self.candidate(i, d, &idle))
+                .filter(|&i| waiting[i].eligible && self.candidate(i, d, &idle, &allowed))
                 .collect();
             if candidates.is_empty() {
                 continue;
@@ -144,10 +146,17 @@ impl State {
             .collect()
     }
 
-    /// Whether free device `d` may take waiting request `i` (see the module's rules).
-    fn candidate(&self, i: usize, d: DeviceId, idle: &[DeviceId]) -> bool {
+    /// Whether free device `d` may take waiting request `i` (see the module's rules), given
+    /// the devices each waiting request may run on.
+    fn candidate(
+        &self,
+        i: usize,
+        d: DeviceId,
+        idle: &[DeviceId],
+        allowed_all: &[Vec<DeviceId>],
+    ) -> bool {
         let task = &self.queued[i].task;
-        let allowed = self.allowed(task);
+        let allowed = &allowed_all[i];
         if !allowed.contains(&d) {
             return false;
         }
@@ -178,7 +187,7 @@ impl State {
             // A free device holds it: that one takes it.
             return false;
         }
-        worth_a_copy(&self.copy_case(task, d))
+        worth_a_copy(&self.copy_case(task, d, allowed_all))
     }
 
     /// Bytes of `task`'s resources not on `d`, and `d`'s entries as eviction sees them, with
@@ -228,12 +237,14 @@ impl State {
 
     /// What the replication rule weighs for a copy of `task`'s base on free device `d`, whose
     /// copies are all on busy devices.
-    fn copy_case(&self, task: &Task, d: DeviceId) -> CopyCase {
+    fn copy_case(&self, task: &Task, d: DeviceId, allowed_all: &[Vec<DeviceId>]) -> CopyCase {
         let waiting = self
             .queued
             .iter()
-            .filter(|q| q.after.is_none() && q.task.base == task.base)
-            .filter(|q| self.allowed(&q.task).contains(&d))
+            .zip(allowed_all)
+            .filter(|(q, allowed)| {
+                q.after.is_none() && q.task.base == task.base && allowed.contains(&d)
+            })
             .count();
         let room = self.room_on(task, d);
         CopyCase {
