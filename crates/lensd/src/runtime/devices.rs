@@ -76,23 +76,7 @@ impl Slot {
     /// out of memory fails only the work that asked; an error that leaves the context unusable
     /// takes the device out of service.
     pub fn judge(&self, what: &str, message: String) -> String {
-        if self.spec == DeviceSpec::Cpu {
-            return message;
-        }
-        match device::classify(&message) {
-            Fault::OutOfMemory => format!(
-                "{} ran out of memory while {what} ({message}); lower settings.device_budget so \
-                 that the driver keeps more room, or send a shorter text",
-                self.spec
-            ),
-            Fault::Lost(name) => {
-                let why = format!("{} failed with {name} while {what}", self.spec);
-                let mut lost = self.lost.lock().unwrap_or_else(|e| e.into_inner());
-                lost.get_or_insert_with(|| why.clone());
-                format!("{why}; the device is out of service until lensd restarts ({message})")
-            }
-            Fault::Other => message,
-        }
+        judge(self.spec, &self.lost, what, message)
     }
 
     /// Runs `work` on the compute thread after the work before it. A panic fails this work
@@ -120,6 +104,26 @@ impl Slot {
     }
 }
 
+/// [`Slot::judge`] for the device `spec` whose reason for leaving service is `lost`.
+fn judge(spec: DeviceSpec, lost: &Mutex<Option<String>>, what: &str, message: String) -> String {
+    if spec == DeviceSpec::Cpu {
+        return message;
+    }
+    match device::classify(&message) {
+        Fault::OutOfMemory => format!(
+            "{spec} ran out of memory while {what} ({message}); lower settings.device_budget so \
+             that the driver keeps more room, or send a shorter text"
+        ),
+        Fault::Lost(name) => {
+            let why = format!("{spec} failed with {name} while {what}");
+            let mut lost = lost.lock().unwrap_or_else(|e| e.into_inner());
+            lost.get_or_insert_with(|| why.clone());
+            format!("{why}; the device is out of service until lensd restarts ({message})")
+        }
+        Fault::Other => message,
+    }
+}
+
 /// Opens every device of `specs`, numbered in that order.
 pub(super) fn open_all(specs: &[DeviceSpec]) -> lensd_engine::Result<Arc<Vec<Slot>>> {
     let slots = specs
@@ -128,4 +132,54 @@ pub(super) fn open_all(specs: &[DeviceSpec]) -> lensd_engine::Result<Arc<Vec<Slo
         .map(|(i, &spec)| Slot::open(DeviceId(i as u16), spec))
         .collect::<lensd_engine::Result<Vec<_>>>()?;
     Ok(Arc::new(slots))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gpu_failure_says_what_it_means_for_the_device() {
+        let lost = Mutex::new(None);
+        let gpu = DeviceSpec::Cuda(1);
+        let m = judge(gpu, &lost, "computing", "CUDA_ERROR_OUT_OF_MEMORY".into());
+        assert!(
+            m.starts_with("cuda:1 ran out of memory while computing"),
+            "{m}"
+        );
+        assert!(m.contains("device_budget"), "{m}");
+        assert_eq!(
+            *lost.lock().unwrap(),
+            None,
+            "out of memory leaves the device in service"
+        );
+
+        let shape = "shape mismatch in matmul".to_string();
+        assert_eq!(judge(gpu, &lost, "computing", shape.clone()), shape);
+        assert_eq!(*lost.lock().unwrap(), None);
+
+        let m = judge(
+            gpu,
+            &lost,
+            "loading base x",
+            "DriverError(CUDA_ERROR_ILLEGAL_ADDRESS)".into(),
+        );
+        assert!(m.contains("out of service"), "{m}");
+        let why = lost.lock().unwrap().clone().expect("lost");
+        assert_eq!(
+            why,
+            "cuda:1 failed with CUDA_ERROR_ILLEGAL_ADDRESS while loading base x"
+        );
+        // The first reason stays.
+        judge(gpu, &lost, "computing", "CUDA_ERROR_LAUNCH_FAILED".into());
+        assert_eq!(lost.lock().unwrap().clone(), Some(why));
+    }
+
+    #[test]
+    fn the_cpu_passes_messages_through() {
+        let lost = Mutex::new(None);
+        let m = judge(DeviceSpec::Cpu, &lost, "computing", "out of memory".into());
+        assert_eq!(m, "out of memory");
+        assert_eq!(*lost.lock().unwrap(), None);
+    }
 }
