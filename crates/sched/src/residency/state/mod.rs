@@ -488,8 +488,9 @@ impl State {
         Ok(self.step(now))
     }
 
-    /// Demotes the group's idle device copies to `to` (host, or disk to free them), and with
-    /// `to` disk frees its host copies too. Copies in use, pinned, or moving stay.
+    /// Takes the group's idle copies down: device copies are demoted to the host (`to` host)
+    /// or freed (`to` disk), host copies are freed. Copies in use, pinned, moving or wanted by
+    /// a waiting request stay.
     pub fn unload(
         &mut self,
         group: &str,
