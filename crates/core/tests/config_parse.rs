@@ -83,12 +83,12 @@ fn the_original_file_reads_with_only_warnings() {
         (s.use_bf16, s.no_orig, s.no_kl, s.comparison_tl_checkpoint),
         (Some(true), Some(true), Some(true), Some(false))
     );
-    // Analysis is prefill-bound: f32 is lensd's default when nothing is said.
-    assert_eq!(s.compute_dtype, ComputeDtype::F32);
+    // The original's `use_bf16` chooses bf16 where `compute_dtype` says nothing.
+    assert_eq!(s.compute_dtype, ComputeDtype::Bf16);
     assert!(config
         .groups
         .iter()
-        .all(|g| g.compute_dtype == ComputeDtype::F32 && !g.pin));
+        .all(|g| g.compute_dtype == ComputeDtype::Bf16 && !g.pin));
 }
 
 /// A file with one mistake of each kind; every one must be reported, at its own path.
@@ -128,7 +128,7 @@ fn every_mistake_is_reported_at_its_path_in_one_pass() {
             "device_budget": "6 gigs",
             "host_budget": -1,
             "keep_alive": 30,
-            "compute_dtype": "bf16",
+            "compute_dtype": "int8",
             "colour": "blue",
             "OLDdefault_group": "a"
         }
@@ -420,5 +420,28 @@ fn hub_ids_follow_the_hubs_naming_rules() {
         "owner/name@/abs",
     ] {
         assert_eq!(HubId::parse(not_an_id), None, "{not_an_id}");
+    }
+}
+
+#[test]
+fn compute_dtype_overrides_the_originals_use_bf16() {
+    for (settings, want) in [
+        (serde_json::json!({"use_bf16": true}), ComputeDtype::Bf16),
+        (serde_json::json!({"use_bf16": false}), ComputeDtype::F32),
+        (
+            serde_json::json!({"use_bf16": true, "compute_dtype": "f32"}),
+            ComputeDtype::F32,
+        ),
+        (serde_json::json!({}), ComputeDtype::F32),
+    ] {
+        let doc = serde_json::json!({
+            "model_groups": [{"group_id": "g", "group_name": "G", "base_model_path": "/m/g.gguf",
+                              "models": []}],
+            "settings": settings
+        });
+        let (config, report) = parse(&doc.to_string());
+        let config = config.unwrap_or_else(|| panic!("{report}"));
+        assert_eq!(config.settings.compute_dtype, want, "{settings}");
+        assert_eq!(config.groups[0].compute_dtype, want, "{settings}");
     }
 }

@@ -294,7 +294,7 @@ pub fn run(cmd: Command) -> Result<()> {
             file,
             format,
             device,
-        } => check_config(&file, format, &device),
+        } => check_config(&file, format, &device.0),
         Command::Serve {
             config,
             device,
@@ -323,7 +323,7 @@ pub fn run(cmd: Command) -> Result<()> {
             };
             let options = crate::serve::ServeOptions {
                 config,
-                devices: device,
+                devices: device.0,
                 addr,
                 data,
                 keys,

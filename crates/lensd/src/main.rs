@@ -73,6 +73,17 @@ impl From<Dtype> for ComputeDtype {
     }
 }
 
+/// A comma-separated list of devices: `cpu`, or `cuda:0,cuda:1`.
+#[derive(Clone, Debug)]
+struct Devices(Vec<lensd_engine::DeviceSpec>);
+
+impl std::str::FromStr for Devices {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        lensd_engine::device::parse_list(s).map(Devices)
+    }
+}
+
 #[derive(Args)]
 struct ModelArgs {
     /// Base model: a GGUF file, or a folder with config.json, *.safetensors and tokenizer.json.
@@ -277,8 +288,8 @@ enum Command {
         format: Format,
         /// The devices `serve` will compute on, for the groups' `devices` and the default
         /// device budgets (see `serve --device`).
-        #[arg(long, env = "LENSD_DEVICE", default_value = "cpu", value_parser = lensd_engine::device::parse_list)]
-        device: Vec<lensd_engine::DeviceSpec>,
+        #[arg(long, env = "LENSD_DEVICE", default_value = "cpu")]
+        device: Devices,
     },
     /// Serve the HTTP API, the WebSocket protocol and share pages. Without --config, the demo
     /// model with the logit lens and the fitted demo tuned lens, in two groups sharing its base.
@@ -290,8 +301,8 @@ enum Command {
         /// Devices to compute on: `cpu`, or GPUs as `cuda:0,cuda:1` (a build with CUDA,
         /// docs/gpu.md); each gets its own compute worker and memory budget, numbered in this
         /// order for the groups' `devices`.
-        #[arg(long, env = "LENSD_DEVICE", default_value = "cpu", value_parser = lensd_engine::device::parse_list)]
-        device: Vec<lensd_engine::DeviceSpec>,
+        #[arg(long, env = "LENSD_DEVICE", default_value = "cpu")]
+        device: Devices,
         /// Address to listen on (port 0 picks a free one).
         #[arg(long, default_value = "127.0.0.1:8000")]
         addr: String,

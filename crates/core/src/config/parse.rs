@@ -240,10 +240,15 @@ impl Reader {
         s.device_budget = self.opt(&o, "device_budget", Reader::size);
         s.host_budget = self.opt(&o, "host_budget", Reader::size);
         s.keep_alive = self.opt(&o, "keep_alive", Reader::duration);
+        s.use_bf16 = self.opt(&o, "use_bf16", Reader::boolean);
+        // The original's `use_bf16` chose its compute dtype; `compute_dtype` says it for lensd.
+        let original = match s.use_bf16 {
+            Some(true) => ComputeDtype::Bf16,
+            _ => ComputeDtype::F32,
+        };
         s.compute_dtype = self
             .opt(&o, "compute_dtype", Reader::dtype)
-            .unwrap_or(ComputeDtype::F32);
-        s.use_bf16 = self.opt(&o, "use_bf16", Reader::boolean);
+            .unwrap_or(original);
         s.no_orig = self.opt(&o, "no_orig", Reader::boolean);
         s.no_kl = self.opt(&o, "no_kl", Reader::boolean);
         s.comparison_tl_checkpoint = self.opt(&o, "comparison_tl_checkpoint", Reader::boolean);
