@@ -237,23 +237,13 @@ pub fn queue_update(state: &Shared, owner: &str, alias: impl Fn(&str) -> Option<
     })
 }
 
-/// `/api/gpu_stats`: the device lensd computes on. On the CPU build that is the host: memory
-/// is what the device tier holds against its budget (GiB), utilisation the share of the last
-/// interval the compute worker was busy.
+/// `/api/gpu_stats`: every device lensd computes on, by name (`cpu`, `cuda:0`, ...). A GPU's
+/// memory is what its driver reports used of its total; a device without driver figures (the
+/// CPU) shows what its tier holds against its budget. GiB, as the original. Utilisation is
+/// 100 while a request runs and 0 otherwise; the top-level figures add the devices' memory
+/// up, as the original's page shows one machine.
 pub async fn device_stats(state: &Shared) -> Value {
     let report = state.report().await;
-    let (used, total) = report
-        .as_ref()
-        .map(|r| {
-            let d = r.tier(lensd_core::residency::Tier::Device);
-            (d.used as f64 / GIB, d.budget as f64 / GIB)
-        })
-        .unwrap_or((0.0, 0.0));
-    let percent = if total > 0.0 {
-        used / total * 100.0
-    } else {
-        0.0
-    };
     let busy = state
         .requests
         .active()
@@ -261,21 +251,44 @@ pub async fn device_stats(state: &Shared) -> Value {
         .any(|t| matches!(t.status(), Status::Running { .. }));
     let utilization = if busy { 100 } else { 0 };
     let round2 = |x: f64| (x * 100.0).round() / 100.0;
-    let device = json!({
+    let percent = |used: f64, total: f64| {
+        if total > 0.0 {
+            (used / total * 1000.0).round() / 10.0
+        } else {
+            0.0
+        }
+    };
+    let mut devices = serde_json::Map::new();
+    let (mut used_all, mut total_all) = (0.0, 0.0);
+    for d in report.iter().flat_map(|r| &r.devices) {
+        let (used, total) = match (d.driver_used, d.driver_total) {
+            (Some(u), Some(t)) => (u as f64 / GIB, t as f64 / GIB),
+            _ => (d.used as f64 / GIB, d.budget as f64 / GIB),
+        };
+        used_all += used;
+        total_all += total;
+        let name = d.name.split_whitespace().next().unwrap_or(DEVICE);
+        devices.insert(
+            name.to_string(),
+            json!({
+                "utilization": utilization,
+                "peak_utilization": utilization,
+                "memory_used": round2(used),
+                "memory_total": round2(total),
+                "memory_percent": percent(used, total),
+                "failed": d.failed,
+            }),
+        );
+    }
+    json!({
+        "available": !devices.is_empty(),
+        "num_devices": devices.len(),
+        "devices": devices,
         "utilization": utilization,
         "peak_utilization": utilization,
-        "memory_used": round2(used),
-        "memory_total": round2(total),
-        "memory_percent": (percent * 10.0).round() / 10.0,
-    });
-    json!({
-        "available": true,
-        "devices": {DEVICE: device},
-        "utilization": device["utilization"],
-        "peak_utilization": device["peak_utilization"],
-        "memory_used": device["memory_used"],
-        "memory_total": device["memory_total"],
-        "memory_percent": device["memory_percent"],
+        "memory_used": round2(used_all),
+        "memory_total": round2(total_all),
+        "memory_percent": percent(used_all, total_all),
     })
 }
 

@@ -10,7 +10,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use lensd_core::residency::Tier;
-use lensd_sched::residency::PreloadEvent;
+use lensd_sched::residency::{MemoryReport, PreloadEvent};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use time::format_description::well_known::Iso8601;
@@ -302,10 +302,26 @@ pub async fn v2_system_state(State(state): State<Shared>, who: Who) -> Json<Valu
         .collect();
     let current_group = list["current_group"].clone();
     let memory = list["memory_info"].clone();
+    let devices: Vec<Value> = match report.as_ref() {
+        Some(r) if r.devices.len() > 1 => r
+            .devices
+            .iter()
+            .map(|d| {
+                json!({"device_id": d.id.0, "device": d.name, "current_group": current_group,
+                "loaded_models": models_on(r, d.id.0), "is_switching": false,
+                "failed": d.failed,
+                "memory": {"used_gb": d.used as f64 / (1u64 << 30) as f64,
+                    "budget_gb": d.budget as f64 / (1u64 << 30) as f64}})
+            })
+            .collect(),
+        _ => vec![
+            json!({"device_id": 0, "device": DEVICE, "current_group": current_group,
+            "loaded_models": loaded, "is_switching": false, "memory": memory}),
+        ],
+    };
     Json(json!({
-        "num_devices": 1,
-        "devices": [{"device_id": 0, "device": DEVICE, "current_group": current_group,
-            "loaded_models": loaded, "is_switching": false, "memory": memory}],
+        "num_devices": devices.len(),
+        "devices": devices,
         "groups": summary,
         "cpu_cached_groups": list["model_status"]["cache_info"]["groups_loaded"],
         "shared_memory": report.is_some_and(|r| r.shared_memory),
@@ -329,20 +345,50 @@ pub struct LoadGroup {
 }
 
 /// lensd has one compute device; the original's clients name it `0`, `cuda:0` or `cpu`.
-fn check_device(d: &Option<Value>) -> Result<(), ApiError> {
-    match d {
-        None | Some(Value::Null) => Ok(()),
-        Some(v)
-            if v == &json!(0)
-                || v == &json!("cpu")
-                || v == &json!("cuda:0")
-                || v == &json!("0") =>
-        {
-            Ok(())
+/// The models whose base, donor or lens has a ready copy on device `id`.
+fn models_on(report: &MemoryReport, id: u16) -> Vec<String> {
+    let mut models: Vec<String> = report
+        .entries
+        .iter()
+        .filter(|e| e.device.is_some_and(|d| d.0 == id))
+        .flat_map(|e| e.models.iter().cloned())
+        .collect();
+    models.sort();
+    models.dedup();
+    models
+}
+
+/// The device a request names (its number, as a number or text, or its name: `cpu`,
+/// `cuda:1`), among those of `report`; `None` when it names none. lensd places groups by its
+/// own rules, so a named device is checked, not obeyed.
+fn check_device(
+    report: Option<&MemoryReport>,
+    d: &Option<Value>,
+) -> Result<Option<usize>, ApiError> {
+    let v = match d {
+        None | Some(Value::Null) => return Ok(None),
+        Some(v) => v,
+    };
+    let devices = report.map(|r| r.devices.as_slice()).unwrap_or_default();
+    let named = |i: usize, name: &str| {
+        let short = name.split_whitespace().next().unwrap_or(name);
+        v == &json!(i) || v == &json!(i.to_string()) || v == &json!(short)
+    };
+    // A server on the CPU also answers to the original's usual `cuda:0`.
+    let cpu_alias = devices.len() == 1 && devices[0].name == DEVICE && v == &json!("cuda:0");
+    match devices.iter().position(|d| named(d.id.0 as usize, &d.name)) {
+        Some(i) => Ok(Some(i)),
+        None if cpu_alias => Ok(Some(0)),
+        None => {
+            let names: Vec<String> = devices
+                .iter()
+                .map(|d| format!("`{}` ({})", d.name, d.id.0))
+                .collect();
+            Err(ApiError::BadRequest(format!(
+                "Unknown device: {v}; this server computes on {}",
+                names.join(", ")
+            )))
         }
-        Some(v) => Err(ApiError::BadRequest(format!(
-            "Unknown device: {v}; this server computes on one device, `{DEVICE}` (0)"
-        ))),
     }
 }
 
@@ -377,7 +423,7 @@ pub async fn v2_load_model(
     Body(b): Body<LoadModel>,
 ) -> Answer {
     who.caller.require(Role::Admin, "loading a model")?;
-    check_device(&b.device_id)?;
+    check_device(state.report().await.as_ref(), &b.device_id)?;
     let snap = state.snapshot();
     let (g, _) = views::find(&snap, who.caller.role, &b.model_id)
         .ok_or_else(|| ApiError::BadRequest(format!("Unknown model ID: {}", b.model_id)))?;
@@ -397,7 +443,7 @@ pub async fn v2_load_group(
     Body(b): Body<LoadGroup>,
 ) -> Answer {
     who.caller.require(Role::Admin, "loading a group")?;
-    check_device(&b.device_id)?;
+    check_device(state.report().await.as_ref(), &b.device_id)?;
     if state.snapshot().config.group(&b.group_id).is_none() {
         return Err(ApiError::BadRequest(format!("Unknown group ID: {}", b.group_id)).into());
     }
@@ -412,16 +458,12 @@ pub async fn v2_device_memory(
     who: Who,
     Path(id): Path<String>,
 ) -> Answer {
-    check_device(&Some(id.parse::<u64>().map_or(json!(id), |n| json!(n))))?;
     let report = state.report().await;
+    let asked = Some(id.parse::<u64>().map_or(json!(id), |n| json!(n)));
+    let index = check_device(report.as_ref(), &asked)?.unwrap_or(0);
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-    let (used, budget) = report
-        .as_ref()
-        .map(|r| {
-            let d = r.tier(Tier::Device);
-            (d.used, d.budget)
-        })
-        .unwrap_or((0, 0));
+    let device = report.as_ref().and_then(|r| r.devices.get(index));
+    let (used, budget) = device.map_or((0, 0), |d| (d.used, d.budget));
     let list = listing::groups_list(&state, &who, None).await;
     let loaded: Vec<Value> = list["groups"]
         .as_array()
@@ -458,7 +500,7 @@ pub struct SwitchBody {
 
 /// `POST /api/v2/switch`: sets the caller's current model (nobody else's).
 pub async fn v2_switch(State(state): State<Shared>, who: Who, Body(b): Body<SwitchBody>) -> Answer {
-    check_device(&b.device_id)?;
+    check_device(state.report().await.as_ref(), &b.device_id)?;
     let r = crate::api::v1::switch_to(&state, &who, &b.model_id, false).await?;
     Ok(Json(
         json!({"status": "success", "model_id": r.model_id, "group_id": r.group_id,
@@ -470,4 +512,68 @@ pub async fn v2_switch(State(state): State<Shared>, who: Who, Body(b): Body<Swit
 /// The JSON `/metrics` answer, or `None` when Prometheus's text is wanted.
 pub fn metrics(state: &Shared, headers: &HeaderMap) -> Option<Response> {
     wants_json(headers).then(|| (StatusCode::OK, Json(metrics_json(state))).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use lensd_core::residency::DeviceId;
+    use lensd_sched::residency::DeviceUsage;
+
+    use super::*;
+
+    fn report(names: &[&str]) -> MemoryReport {
+        MemoryReport {
+            shared_memory: names == ["cpu"],
+            tiers: Vec::new(),
+            devices: names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| DeviceUsage {
+                    id: DeviceId(i as u16),
+                    name: n.to_string(),
+                    used: 0,
+                    budget: 0,
+                    driver_used: None,
+                    driver_total: None,
+                    failed: false,
+                    failure: None,
+                })
+                .collect(),
+            entries: Vec::new(),
+            accounted_bytes: 0,
+            process_resident_bytes: None,
+            process_heap: None,
+            invariant_violations: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_named_device_is_found_by_number_or_name() {
+        let gpus = report(&["cuda:0 (NVIDIA H100)", "cuda:1 (NVIDIA H100)"]);
+        for (v, want) in [
+            (json!(1), 1),
+            (json!("1"), 1),
+            (json!("cuda:1"), 1),
+            (json!(0), 0),
+        ] {
+            assert_eq!(
+                check_device(Some(&gpus), &Some(v.clone())).unwrap(),
+                Some(want),
+                "{v}"
+            );
+        }
+        assert_eq!(check_device(Some(&gpus), &None).unwrap(), None);
+        let e = check_device(Some(&gpus), &Some(json!("cuda:2"))).unwrap_err();
+        let ApiError::BadRequest(m) = e else {
+            panic!("a bad request, got {e:?}")
+        };
+        assert!(m.contains("`cuda:1 (NVIDIA H100)` (1)"), "{m}");
+        // A CPU server answers to the original's usual `cuda:0`, and to nothing else.
+        let cpu = report(&["cpu"]);
+        assert_eq!(
+            check_device(Some(&cpu), &Some(json!("cuda:0"))).unwrap(),
+            Some(0)
+        );
+        assert!(check_device(Some(&cpu), &Some(json!(1))).is_err());
+    }
 }
