@@ -15,13 +15,16 @@ use lensd_engine::{Base, ComputeDtype, LoadOptions};
 
 /// A top-1 is compared only where f32's two best logits are at least this far apart.
 const MARGIN: f32 = 0.5;
-/// Largest differences between bf16 and f32 cells: entropy in nats, and KL in nats plus a
-/// share of f32's KL (a lens far from the output, such as layer 0's, has KLs of 10–170 nats,
-/// which bf16's 8-bit mantissa moves by up to 1 %; the first position of a real model, with
-/// its outsized activations, by up to 3.5 %).
-const ENTROPY_TOL: f32 = 0.15;
-const KL_TOL: f32 = 0.15;
-const KL_REL_TOL: f32 = 0.03;
+/// bf16's differences from f32 are small in most cells and heavy-tailed: every cell's entropy
+/// within `ENTROPY_MAX` nats and KL within `KL_MAX` × (1 + f32's KL), and the median cell's
+/// within `ENTROPY_MEDIAN` and `KL_MEDIAN` × (1 + KL). Measured on the demo model over three
+/// texts (2,263 cells): entropy median 0.009, 99th percentile 0.068, largest 0.24 nats; KL ÷
+/// (1 + KL) median 0.005, 99th percentile 0.066, largest 0.081 (first positions, whose
+/// activations are outsized, and layers far from the output, whose KLs reach 10–170 nats).
+const ENTROPY_MAX: f32 = 0.35;
+const KL_MAX: f32 = 0.15;
+const ENTROPY_MEDIAN: f32 = 0.02;
+const KL_MEDIAN: f32 = 0.015;
 
 const FAMILIES: &[&str] = &["llama3", "qwen2", "qwen3", "gemma2", "gemma3"];
 
@@ -41,6 +44,7 @@ fn analyse(base: &Base, ids: &[u32], stats: StatsAt) -> Analysis {
 /// A tiny random model's logits are near ties in most cells; only clear ones are compared.
 fn compare(name: &str, want: &Analysis, got: &Analysis) -> (usize, f32, f32) {
     let (mut compared, mut de, mut dk) = (0, 0f32, 0f32);
+    let (mut des, mut dks) = (Vec::new(), Vec::new());
     for (wl, gl) in want.layers.iter().zip(&got.layers) {
         for (p, (w, g)) in wl.positions.iter().zip(&gl.positions).enumerate() {
             let margin = w.top[0].prob.ln() - w.top[1].prob.ln();
@@ -56,15 +60,17 @@ fn compare(name: &str, want: &Analysis, got: &Analysis) -> (usize, f32, f32) {
                 (w.entropy - g.entropy).abs(),
                 (w.kl_to_final - g.kl_to_final).abs(),
             );
+            des.push(e);
+            dks.push(k / (1.0 + w.kl_to_final));
             assert!(
-                e <= ENTROPY_TOL,
+                e <= ENTROPY_MAX,
                 "{name}: layer {} position {p}: entropy {} in f32, {} in bf16",
                 wl.layer,
                 w.entropy,
                 g.entropy
             );
             assert!(
-                k <= KL_TOL + KL_REL_TOL * w.kl_to_final,
+                k <= KL_MAX * (1.0 + w.kl_to_final),
                 "{name}: layer {} position {p}: KL {} in f32, {} in bf16",
                 wl.layer,
                 w.kl_to_final,
@@ -74,6 +80,19 @@ fn compare(name: &str, want: &Analysis, got: &Analysis) -> (usize, f32, f32) {
             dk = dk.max(k);
         }
     }
+    let median = |v: &mut Vec<f32>| {
+        v.sort_by(f32::total_cmp);
+        v[v.len() / 2]
+    };
+    let (me, mk) = (median(&mut des), median(&mut dks));
+    assert!(
+        me <= ENTROPY_MEDIAN,
+        "{name}: median entropy difference {me}"
+    );
+    assert!(
+        mk <= KL_MEDIAN,
+        "{name}: median KL difference ÷ (1 + KL) {mk}"
+    );
 
     (compared, de, dk)
 }
@@ -141,7 +160,8 @@ fn the_demo_models_bf16_analysis_and_greedy_generation_agree_with_f32() {
     let _lock = common::compute_lock();
     let f32 = common::demo(ComputeDtype::F32);
     let bf16 = common::demo(ComputeDtype::Bf16);
-    let text = "Lenses read what a transformer predicts at every layer. The quick brown fox";
+    let text = "Lenses read what a transformer predicts at every layer. The capital of France \
+                is Paris. The capital of Germany is Berlin, and the capital of Spain is Madrid.";
     let ids = f32.tokenizer.encode(text, false).unwrap();
     let (n, de, dk) = compare(
         "demo",
