@@ -387,11 +387,8 @@ impl Engine for LocalEngine {
                 ResourceKey::Lens(k) => loaded.lenses.remove(&(k.clone(), at)).is_some(),
             }
         };
-        if dropped
-            && at
-                .device()
-                .is_none_or(|d| self.devices[d.0 as usize].device.is_cpu())
-        {
+        // Freed host memory goes back to the system; a GPU's allocator keeps its own.
+        if dropped && self.memory_of(at).is_ok_and(|d| d.is_cpu()) {
             trim_heap();
         }
     }
