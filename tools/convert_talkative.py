@@ -425,10 +425,10 @@ def write_artifact(out_dir, manifest_fields, tensors):
 
 # ---- from a checkpoint to the artifact ------------------------------------------------------
 
-DECODER_TENSORS = ["proj_weight", "proj_bias", "prompt_left_emb", "prompt_right_emb"]
+DECODER_TENSORS = ["proj_weight", "proj_bias", "proj.weight", "proj.bias",
+                   "prompt_left_emb", "prompt_right_emb"]
 ENCODER_TENSORS = ["proj.weight", "proj.bias", "soft_prompt_embeddings",
                    "soft_prompt_embeddings_postfix", "special_last_token_vector"]
-ENCODER_OPTIONAL = {"soft_prompt_embeddings_postfix"}
 CONFIG_KEYS = [
     "layer_l",
     "t_text",
@@ -439,6 +439,14 @@ CONFIG_KEYS = [
     "trainable_components.encoder.output_layer",
     "trainable_components.encoder.add_current_token",
 ]
+# Options that the original's checkpoints always record (its config holds every option) and
+# a hand-written checkpoint may leave out: then the projections' kind is told by the tensors,
+# and the encoder's projection and last-token vector must be there.
+CONFIG_DEFAULTS = {
+    "trainable_components.decoder.per_layer_projections": None,
+    "trainable_components.encoder.use_projection_layer": True,
+    "trainable_components.encoder.special_last_token_vector": True,
+}
 
 
 def _ignored(key):
@@ -490,12 +498,23 @@ def _shape(t):
     return "[" + ", ".join(str(s) for s in t.shape) + "]"
 
 
+def _filled(dtype, shape, identity=False):
+    """A zero (or identity) tensor in one of the lens dtypes, for a part the checkpoint lacks."""
+    a = np.eye(shape[0], dtype=np.float32) if identity else np.zeros(shape, dtype=np.float32)
+    if dtype == "f32":
+        return Tensor("f32", a.astype("<f4"))
+    if dtype == "f16":
+        return Tensor("f16", a.astype("<f2"))
+    # bf16: the upper half of the f32 bits (exact for 0 and 1)
+    return Tensor("bf16", np.ascontiguousarray((a.astype("<f4").view("<u4") >> 16).astype("<u2")))
+
+
 def convert(obj, name=None, base_config=None, source_name=None):
     """From an unpickled checkpoint to (manifest fields, {artifact name: Tensor})."""
     if not isinstance(obj, dict):
         raise Refusal(f"it holds a {type(obj).__name__}, not a dict with models and config")
-    dec = _collect(_state_dict(obj, "decoder"), "decoder", DECODER_TENSORS)
-    enc = _collect(_state_dict(obj, "encoder"), "encoder", ENCODER_TENSORS, ENCODER_OPTIONAL)
+    dec = _collect(_state_dict(obj, "decoder"), "decoder", DECODER_TENSORS, DECODER_TENSORS)
+    enc = _collect(_state_dict(obj, "encoder"), "encoder", ENCODER_TENSORS, ENCODER_TENSORS)
 
     config = obj.get("config")
     if not isinstance(config, dict):
@@ -508,6 +527,11 @@ def convert(obj, name=None, base_config=None, source_name=None):
             missing.append(key)
     if missing:
         raise Refusal(f"its config lacks {', '.join(missing)}")
+    for key, default in CONFIG_DEFAULTS.items():
+        try:
+            values[key] = _config_value(config, key)
+        except KeyError:
+            values[key] = default
 
     def want_int(key, low):
         v = values[key]
@@ -515,80 +539,156 @@ def convert(obj, name=None, base_config=None, source_name=None):
             raise Refusal(f"config {key} is {v!r}, not an integer >= {low}")
         return v
 
+    def want_bool(key):
+        v = values[key]
+        if not isinstance(v, bool):
+            raise Refusal(f"config {key} is {v!r}, not true or false")
+        return v
+
     layer = want_int("layer_l", 0)
     t_text = want_int("t_text", 1)
-    output_layer = want_int("trainable_components.encoder.output_layer", 0)
-    add_current = values["trainable_components.encoder.add_current_token"]
-    if not isinstance(add_current, bool):
-        raise Refusal(f"config trainable_components.encoder.add_current_token is {add_current!r}, "
-                      "not true or false")
+    add_current = want_bool("trainable_components.encoder.add_current_token")
+    if values["trainable_components.decoder.per_layer_projections"] is None:
+        if "proj_weight" not in dec and "proj.weight" not in dec:
+            raise Refusal("models.decoder lacks proj_weight (per-layer projections) "
+                          "and proj.weight (one projection)")
+        values["trainable_components.decoder.per_layer_projections"] = "proj_weight" in dec
+    per_layer = want_bool("trainable_components.decoder.per_layer_projections")
+    enc_proj = want_bool("trainable_components.encoder.use_projection_layer")
+    special = want_bool("trainable_components.encoder.special_last_token_vector")
     for key in ("decoder_prompt", "encoder_prompt", "model_name"):
         if not isinstance(values[key], str):
             raise Refusal(f"config {key} is {values[key]!r}, not a string")
+    n_layers = base_config[0] if base_config is not None else None
 
-    # Shapes: d from the decoder's projections; everything else must agree.
-    pw = dec["proj_weight"]
-    if len(pw.shape) != 3 or pw.shape[1] != pw.shape[2] or pw.shape[0] < 1 or pw.shape[1] < 1:
-        raise Refusal(f"models.decoder.proj_weight has shape {_shape(pw)}, expected [P, d, d]")
-    n_proj, d = pw.shape[0], pw.shape[1]
-    expect = {
-        ("decoder", "proj_bias"): lambda s: s == (n_proj, d),
-        ("decoder", "prompt_left_emb"): lambda s: len(s) == 2 and s[1] == d,
-        ("decoder", "prompt_right_emb"): lambda s: len(s) == 2 and s[1] == d,
-        ("encoder", "proj.weight"): lambda s: s == (d, d),
-        ("encoder", "proj.bias"): lambda s: s == (d,),
-        ("encoder", "soft_prompt_embeddings"): lambda s: len(s) == 2 and s[1] == d,
-        ("encoder", "soft_prompt_embeddings_postfix"): lambda s: len(s) == 2 and s[1] == d,
-        ("encoder", "special_last_token_vector"): lambda s: s == (d,),
-    }
-    wanted_shape = {
-        "proj_bias": f"[{n_proj}, {d}]", "proj.weight": f"[{d}, {d}]", "proj.bias": f"[{d}]",
-        "special_last_token_vector": f"[{d}]",
-    }
-    for (part, key), ok in expect.items():
-        group = dec if part == "decoder" else enc
-        if key not in group:
-            continue
-        t = group[key]
-        if not ok(t.shape):
-            want = wanted_shape.get(key, f"[n, {d}]")
-            raise Refusal(f"models.{part}.{key} has shape {_shape(t)}, expected {want} "
-                          f"(d = {d} from models.decoder.proj_weight {_shape(pw)})")
-
+    # Which blocks the decoder patches: `true` is every block, an integer k the first k
+    # (0 and `false`: only the input row, which is block 0's input).
     pal = values["trainable_components.decoder.patch_all_layers"]
-    if pal is True:
-        patched = n_proj
+    if pal is True and per_layer:
+        # the original makes one projection per block of the base
+        patched = dec["proj_weight"].shape[0] if "proj_weight" in dec else 0
+    elif pal is True:
+        if n_layers is None:
+            raise Refusal("config trainable_components.decoder.patch_all_layers is true (every "
+                          "block): give --base-config so that the number of blocks is known")
+        patched = n_layers
     elif pal is False:
         patched = 1
-    elif _is_int(pal) and pal >= 1:
-        patched = pal
+    elif _is_int(pal) and pal >= 0:
+        patched = max(pal, 1)
     else:
         raise Refusal(f"config trainable_components.decoder.patch_all_layers is {pal!r}, "
-                      "not true, false or a positive integer")
-    if patched != n_proj:
-        raise Refusal(f"config trainable_components.decoder.patch_all_layers is {pal!r} "
-                      f"(P = {patched}), but models.decoder.proj_weight has shape {_shape(pw)} "
-                      f"({n_proj} projections)")
+                      "not true, false or an integer >= 0")
 
-    tensors = {
-        "decoder.proj_weight": dec["proj_weight"],
-        "decoder.proj_bias": dec["proj_bias"],
-        "decoder.prompt_left_emb": dec["prompt_left_emb"],
-        "decoder.prompt_right_emb": dec["prompt_right_emb"],
-    }
+    # The decoder's projections: per-layer ([P, d, d]) or one nn.Linear used at every block.
+    if per_layer:
+        for key in ("proj_weight", "proj_bias"):
+            if key not in dec:
+                raise Refusal(f"models.decoder lacks {key} (per_layer_projections is true)")
+        pw, pb = dec["proj_weight"], dec["proj_bias"]
+        if len(pw.shape) != 3 or pw.shape[1] != pw.shape[2] or pw.shape[0] < 1 or pw.shape[1] < 1:
+            raise Refusal(f"models.decoder.proj_weight has shape {_shape(pw)}, expected [P, d, d]")
+        n_proj, d = pw.shape[0], pw.shape[1]
+        if patched != n_proj:
+            raise Refusal(f"config trainable_components.decoder.patch_all_layers is {pal!r} "
+                          f"(P = {patched}), but models.decoder.proj_weight has shape {_shape(pw)} "
+                          f"({n_proj} projections)")
+        if pb.shape != (n_proj, d):
+            raise Refusal(f"models.decoder.proj_bias has shape {_shape(pb)}, expected "
+                          f"[{n_proj}, {d}] (d = {d} from models.decoder.proj_weight {_shape(pw)})")
+    else:
+        for key in ("proj.weight", "proj.bias"):
+            if key not in dec:
+                raise Refusal(f"models.decoder lacks {key} (per_layer_projections is false)")
+        w, b = dec["proj.weight"], dec["proj.bias"]
+        if len(w.shape) != 2 or w.shape[0] != w.shape[1] or w.shape[0] < 1:
+            raise Refusal(f"models.decoder.proj.weight has shape {_shape(w)}, expected [d, d]")
+        d = w.shape[0]
+        if b.shape != (d,):
+            raise Refusal(f"models.decoder.proj.bias has shape {_shape(b)}, expected [{d}]")
+        # The one projection is applied entering each patched block: P copies.
+        pw = Tensor(w.dtype, np.ascontiguousarray(np.broadcast_to(w.array, (patched, d, d))))
+        pb = Tensor(b.dtype, np.ascontiguousarray(np.broadcast_to(b.array, (patched, d))))
+    extra = [k for k in (("proj.weight", "proj.bias") if per_layer else ("proj_weight", "proj_bias"))
+             if k in dec]
+    if extra:
+        raise Refusal(f"models.decoder holds {', '.join(extra)} beside the "
+                      f"{'per-layer' if per_layer else 'single'} projection that "
+                      f"per_layer_projections = {str(per_layer).lower()} uses")
+
+    for part, group, key in (("decoder", dec, "prompt_left_emb"), ("decoder", dec, "prompt_right_emb"),
+                             ("encoder", enc, "soft_prompt_embeddings"),
+                             ("encoder", enc, "soft_prompt_embeddings_postfix")):
+        if key in group and (len(group[key].shape) != 2 or group[key].shape[1] != d):
+            raise Refusal(f"models.{part}.{key} has shape {_shape(group[key])}, expected [n, {d}] "
+                          f"(d = {d} from the decoder's projection)")
+    has_proj = [k for k in ("proj.weight", "proj.bias") if k in enc]
+    if enc_proj and len(has_proj) != 2:
+        lacking = [k for k in ("proj.weight", "proj.bias") if k not in enc]
+        raise Refusal(f"models.encoder lacks {', '.join(lacking)} (use_projection_layer is true)")
+    if not enc_proj and has_proj:
+        raise Refusal(f"models.encoder holds {', '.join(has_proj)} but use_projection_layer is false")
+    if enc_proj:
+        if enc["proj.weight"].shape != (d, d):
+            raise Refusal(f"models.encoder.proj.weight has shape {_shape(enc['proj.weight'])}, "
+                          f"expected [{d}, {d}] (d = {d} from the decoder's projection)")
+        if enc["proj.bias"].shape != (d,):
+            raise Refusal(f"models.encoder.proj.bias has shape {_shape(enc['proj.bias'])}, "
+                          f"expected [{d}]")
+    if special and "special_last_token_vector" not in enc:
+        raise Refusal("models.encoder lacks special_last_token_vector "
+                      "(special_last_token_vector is true)")
+    if not special and "special_last_token_vector" in enc:
+        raise Refusal("models.encoder holds special_last_token_vector but its config option "
+                      "special_last_token_vector is false")
+    if special and enc["special_last_token_vector"].shape != (d,):
+        raise Refusal(f"models.encoder.special_last_token_vector has shape "
+                      f"{_shape(enc['special_last_token_vector'])}, expected [{d}]")
+
+    present = {"decoder.proj_weight": pw, "decoder.proj_bias": pb}
+    for key in ("prompt_left_emb", "prompt_right_emb"):
+        if key in dec:
+            present["decoder." + key] = dec[key]
     for key in ENCODER_TENSORS:
         if key in enc:
-            tensors["encoder." + key] = enc[key]
-    dtypes = {t.dtype for t in tensors.values()}
+            present["encoder." + key] = enc[key]
+    dtypes = {t.dtype for t in present.values()}
     if len(dtypes) != 1:
-        counts = collections.Counter(t.dtype for t in tensors.values())
+        counts = collections.Counter(t.dtype for t in present.values())
         common = max(sorted(counts), key=lambda k: counts[k])
-        odd = ", ".join(f"{n} is {t.dtype}" for n, t in sorted(tensors.items())
+        odd = ", ".join(f"{n} is {t.dtype}" for n, t in sorted(present.items())
                         if t.dtype != common)
         raise Refusal(f"the lens tensors do not share one dtype: {odd}, the others {common}")
     dtype = dtypes.pop()
     if dtype not in LENS_DTYPES:
         raise Refusal(f"the lens tensors are {dtype}; only f32, f16 and bf16 are supported")
+
+    # What the original builds when an option is off: no prompt text on one side of <embed>
+    # (no rows), no encoder soft prompt, no encoder projection (the identity), no last-token
+    # vector (zero).
+    tensors = dict(present)
+    for key in ("decoder.prompt_left_emb", "decoder.prompt_right_emb",
+                "encoder.soft_prompt_embeddings"):
+        tensors.setdefault(key, _filled(dtype, (0, d)))
+    if not enc_proj:
+        tensors["encoder.proj.weight"] = _filled(dtype, (d, d), identity=True)
+        tensors["encoder.proj.bias"] = _filled(dtype, (d,))
+    if not special:
+        tensors["encoder.special_last_token_vector"] = _filled(dtype, (d,))
+
+    out_l = values["trainable_components.encoder.output_layer"]
+    if not _is_int(out_l) or out_l < -2:
+        raise Refusal(f"config trainable_components.encoder.output_layer is {out_l!r}, "
+                      "not a block index, -1 (the last block) or -2")
+    if out_l == -2:
+        raise Refusal("config trainable_components.encoder.output_layer is -2 (the encoder reads "
+                      "its input embeddings without running a block), which lensd does not support")
+    if out_l == -1:
+        if n_layers is None:
+            raise Refusal("config trainable_components.encoder.output_layer is -1 (the last "
+                          "block): give --base-config so that the number of blocks is known")
+        out_l = n_layers - 1
+    output_layer = out_l
 
     base = {"name": name if name is not None else values["model_name"], "d_model": d}
     if base_config is not None:

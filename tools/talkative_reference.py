@@ -403,8 +403,11 @@ def explain(case, act_model, act_layers, base_model, lens, ids, tok, space_id, f
         _, patched_logits = run_with_activations(act_model, act_layers, ids, patch=(p, a_hat))
         kl = kl_divergence(clean_logits[p], patched_logits[p])
         structured = [tok.decode([e], skip_special_tokens=False) for e in expl]
+        # As the original analyzer: the tokens decoded together, then the current token.
+        explanation = tok.decode(expl, skip_special_tokens=False)
         if ADD_CURRENT_TOKEN:
             structured.append("[" + tok.decode([cur], skip_special_tokens=False) + "]")
+            explanation += structured[-1]
         rows.append({
             "position": p,
             "token_id": cur,
@@ -415,7 +418,7 @@ def explain(case, act_model, act_layers, base_model, lens, ids, tok, space_id, f
             "token_salience": salience,
             "kl_divergence": kl,
             "explanation_structured": structured,
-            "explanation": " ".join(structured),
+            "explanation": explanation,
         })
         recons.append(a_hat)
     return rows, acts, torch.stack(recons), extra

@@ -95,6 +95,32 @@ class ConverterTest(unittest.TestCase):
         self.assertEqual(list(got), ["format", "version", "layer", "t_text", "add_current_token",
                                      "decoder", "encoder", "dtype", "base", "content_sha256"])
 
+    def test_checkpoints_of_the_original_give_the_committed_lenses(self):
+        # Written by the original's own code (tools/gen_original_talkative_golden.py); the Rust
+        # test crates/engine/tests/talkative_original.rs checks the committed lenses against
+        # the original analyzer's output, so a change of the key mapping or of a projection's
+        # orientation fails here.
+        root = DATA / "from-original"
+        cases = sorted(p.parent.name for p in root.glob("*/checkpoint.pt"))
+        self.assertEqual(cases, ["tiny-deployed", "tiny-full-donor", "tiny-lora", "tiny-postfix"])
+        for case in cases:
+            out = self.tmp / case
+            code, _, stderr = run(root / case / "checkpoint.pt", "--out", out,
+                                  "--base-config", BASE_CONFIG, "--name", "tiny-llama")
+            self.assertEqual(code, 0, f"{case}: {stderr}")
+            for name in ("lens.safetensors", "talkative.json"):
+                self.assertEqual((out / name).read_bytes(),
+                                 (root / case / "lens" / name).read_bytes(), f"{case}: {name}")
+        # The variation without an encoder projection or with a postfix: identity and rows.
+        m = read_json(root / "tiny-postfix" / "lens" / "talkative.json")
+        self.assertEqual((m["add_current_token"], m["decoder"]["patched_layers"],
+                          m["encoder"]["output_layer"], m["layer"]), (False, 2, 2, 0))
+        t = conv.read_safetensors(root / "tiny-postfix" / "lens" / "lens.safetensors")
+        w = t["encoder.proj.weight"].array
+        self.assertTrue((w == conv.np.eye(w.shape[0], dtype=w.dtype)).all())
+        self.assertFalse(t["encoder.proj.bias"].array.any())
+        self.assertEqual(t["encoder.soft_prompt_embeddings_postfix"].shape[0], 7)
+
     def test_artifact_format(self):
         out = self.tmp / "lens"
         code, _, stderr = run(CHECKPOINT, "--out", out)
@@ -281,7 +307,14 @@ class ConverterTest(unittest.TestCase):
         self.assertRefused(path, "no models dict", "config, step")
         pkl = pickle.dumps({"models": {"decoder": {}}, "config": {}}, protocol=2)
         write_zip(path, {"nomodels/data.pkl": pkl})
-        self.assertRefused(path, "models.decoder lacks proj_weight")
+        self.assertRefused(path, "no models.encoder")
+        config = {"layer_l": 0, "t_text": 1, "decoder_prompt": "", "encoder_prompt": "",
+                  "model_name": "m", "trainable_components": {
+                      "decoder": {"patch_all_layers": False},
+                      "encoder": {"output_layer": 0, "add_current_token": False}}}
+        pkl = pickle.dumps({"models": {"decoder": {}, "encoder": {}}, "config": config}, protocol=2)
+        write_zip(path, {"nomodels/data.pkl": pkl})
+        self.assertRefused(path, "models.decoder lacks proj_weight", "and proj.weight")
         pkl = pickle.dumps({"models": {"encoder": {}}, "config": {}}, protocol=2)
         write_zip(path, {"nomodels/data.pkl": pkl})
         self.assertRefused(path, "no models.decoder")

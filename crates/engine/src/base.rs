@@ -276,20 +276,21 @@ pub struct Explained {
     /// Each explanation token decoded alone (special tokens included), then `[token]` when
     /// the lens adds the current token.
     pub structured: Vec<String>,
+    /// The explanation's tokens decoded together, then `[token]` when the lens adds the
+    /// current token (as the original analyzer writes it).
     pub explanation: String,
 }
 
 impl Base {
-    /// The id that replaces an explanation token for salience: `" "` when it is one token,
-    /// else end-of-sequence.
+    /// The id that replaces an explanation token for salience: the first token of `" "`,
+    /// else (a tokenizer that gives `" "` no token) end-of-sequence, as the original does.
     pub fn space_id(&self) -> Result<u32> {
         let ids = self.tokenizer.encode(" ", false)?;
-        match (ids.as_slice(), self.tokenizer.eos_id) {
-            ([one], _) => Ok(*one),
-            (_, Some(eos)) => Ok(eos),
+        match (ids.first(), self.tokenizer.eos_id) {
+            (Some(&first), _) => Ok(first),
+            (None, Some(eos)) => Ok(eos),
             _ => Err(EngineError::Input(
-                "the tokenizer has neither a single-token space nor an end-of-sequence token"
-                    .into(),
+                "the tokenizer has neither a token for a space nor an end-of-sequence token".into(),
             )),
         }
     }
@@ -308,11 +309,16 @@ impl Base {
                     .iter()
                     .map(|&t| self.tokenizer.token_text(t))
                     .collect();
+                let mut explanation = self
+                    .tokenizer
+                    .decode(&row.explanation_ids)
+                    .unwrap_or_else(|_| structured.concat());
                 if lens.manifest.add_current_token {
                     structured.push(format!("[{token_text}]"));
+                    explanation.push_str(&format!("[{token_text}]"));
                 }
                 Explained {
-                    explanation: structured.join(" "),
+                    explanation,
                     row,
                     token_text,
                     structured,
