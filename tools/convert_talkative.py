@@ -2,7 +2,7 @@
 """Convert a checkpoint of the original talkative-lens training code into a lensd artifact.
 
     python3 tools/convert_talkative.py CHECKPOINT_OR_FOLDER --out FOLDER
-        [--name NAME] [--base-config CONFIG_JSON]
+        [--name NAME] [--base-config CONFIG_JSON] [--dtype f32|f16|bf16]
 
 Writes FOLDER/talkative.json and FOLDER/lens.safetensors as specified in docs/talkative.md
 ("The artifact", "Converting the original checkpoints"). A folder argument means its newest
@@ -509,7 +509,31 @@ def _filled(dtype, shape, identity=False):
     return Tensor("bf16", np.ascontiguousarray((a.astype("<f4").view("<u4") >> 16).astype("<u2")))
 
 
-def convert(obj, name=None, base_config=None, source_name=None):
+def _as_f32(t):
+    if t.dtype == "bf16":
+        return (t.array.astype("<u4") << 16).view("<f4")
+    return t.array.astype("<f4")
+
+
+def cast(t, dtype):
+    """`t` in another lens dtype, rounding to nearest (ties to even)."""
+    if t.dtype == dtype:
+        return t
+    a = _as_f32(t)
+    if dtype == "f32":
+        return Tensor("f32", np.ascontiguousarray(a))
+    if dtype == "f16":
+        with np.errstate(over="ignore"):
+            h = a.astype("<f2")
+        if not np.isfinite(h).all() and np.isfinite(a).all():
+            raise Refusal("a lens tensor has values beyond f16's range; convert to bf16 or f32")
+        return Tensor("f16", np.ascontiguousarray(h))
+    bits = a.view("<u4").astype(np.uint64)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    return Tensor("bf16", np.ascontiguousarray(rounded.astype("<u2")))
+
+
+def convert(obj, name=None, base_config=None, source_name=None, dtype_out=None):
     """From an unpickled checkpoint to (manifest fields, {artifact name: Tensor})."""
     if not isinstance(obj, dict):
         raise Refusal(f"it holds a {type(obj).__name__}, not a dict with models and config")
@@ -676,6 +700,10 @@ def convert(obj, name=None, base_config=None, source_name=None):
     if not special:
         tensors["encoder.special_last_token_vector"] = _filled(dtype, (d,))
 
+    if dtype_out is not None and dtype_out != dtype:
+        tensors = {k: cast(t, dtype_out) for k, t in tensors.items()}
+        dtype = dtype_out
+
     out_l = values["trainable_components.encoder.output_layer"]
     if not _is_int(out_l) or out_l < -2:
         raise Refusal(f"config trainable_components.encoder.output_layer is {out_l!r}, "
@@ -751,6 +779,8 @@ def main(argv=None):
     ap.add_argument("--base-config",
                     help="the base's Hugging Face config.json: checks d and the layer indices, "
                          "and records n_layers and vocab_size in the manifest")
+    ap.add_argument("--dtype", choices=LENS_DTYPES,
+                    help="store the tensors in this dtype (default: the checkpoint's)")
     args = ap.parse_args(argv)
 
     shown = args.checkpoint
@@ -766,7 +796,7 @@ def main(argv=None):
                 raise e
         obj = load_checkpoint(ckpt)
         fields, tensors = convert(obj, name=args.name, base_config=base_config,
-                                  source_name=ckpt.name)
+                                  source_name=ckpt.name, dtype_out=args.dtype)
         manifest = write_artifact(args.out, fields, tensors)
     except Refusal as e:
         print(f"refusing {shown}: {e}", file=sys.stderr)

@@ -121,6 +121,25 @@ class ConverterTest(unittest.TestCase):
         self.assertFalse(t["encoder.proj.bias"].array.any())
         self.assertEqual(t["encoder.soft_prompt_embeddings_postfix"].shape[0], 7)
 
+    def test_dtype_option_rounds_to_nearest(self):
+        ckpt = DATA / "from-original" / "tiny-deployed" / "checkpoint.pt"
+        want = conv.read_safetensors(DATA / "from-original" / "tiny-deployed" / "lens" / "lens.safetensors")
+        for dtype, rel in (("f16", 2.0 ** -11), ("bf16", 2.0 ** -8)):
+            out = self.tmp / dtype
+            code, _, stderr = run(ckpt, "--out", out, "--base-config", BASE_CONFIG, "--dtype", dtype)
+            self.assertEqual(code, 0, stderr)
+            self.assertEqual(read_json(out / "talkative.json")["dtype"], dtype)
+            got = conv.read_safetensors(out / "lens.safetensors")
+            self.assertEqual(sorted(got), sorted(want))
+            for name, w in want.items():
+                g = conv._as_f32(got[name])
+                self.assertEqual(got[name].dtype, dtype)
+                err = conv.np.abs(g - w.array) - rel * conv.np.abs(w.array)
+                self.assertTrue((err <= 1e-7).all(), f"{dtype} {name}")
+        # ties go to even: 1 + 2^-8 is halfway between two bf16 values
+        t = conv.Tensor("f32", conv.np.array([1 + 2.0 ** -8, 1 + 3 * 2.0 ** -8], dtype="<f4"))
+        self.assertEqual(conv.cast(t, "bf16").array.tolist(), [0x3F80, 0x3F82])
+
     def test_artifact_format(self):
         out = self.tmp / "lens"
         code, _, stderr = run(CHECKPOINT, "--out", out)
