@@ -285,3 +285,84 @@ fn the_demo_model_lens_explains_like_the_original() {
     let n = check_case("demo", case, base);
     report("demo", &n);
 }
+
+/// The committed trained lens of the demo model (lenses/README.md) reconstructs activations of
+/// text it was not trained on better than the same lens untrained (its initialisation: identity
+/// projections, prompts from their texts' embeddings).
+#[test]
+fn the_trained_demo_lens_beats_its_untrained_start_on_held_out_text() {
+    use lensd_engine::lens::talkative::{write_untrained, UntrainedSpec};
+
+    let _lock = common::compute_lock();
+    let base = common::demo(ComputeDtype::F32);
+    let trained = TalkativeLens::load(
+        &common::root().join("lenses/smollm2-135m-talkative-l15"),
+        base.config(),
+    )
+    .unwrap();
+    let m = &trained.manifest;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = UntrainedSpec {
+        layer: m.layer,
+        t_text: m.t_text,
+        patched_layers: m.decoder.patched_layers,
+        output_layer: m.encoder.output_layer,
+        decoder_prompt: m.decoder.prompt.clone(),
+        encoder_prompt: m.encoder.prompt.clone(),
+    };
+    write_untrained(base, "untrained", dir.path(), &spec).unwrap();
+    let untrained = TalkativeLens::load(dir.path(), base.config()).unwrap();
+    // Held out: the trainer reads docstrings of Python's standard library only.
+    let text = "The committee met on Tuesday to discuss the new budget, and most members \
+                agreed that the library should stay open later in the summer. A short report \
+                will be sent to every household next month. To install the package, run the \
+                setup script and then restart the server; errors are written to the log file.";
+    let ids = base.tokenizer.encode(text, false).unwrap();
+    let positions: Vec<usize> = (5..ids.len()).collect();
+    let opts = ExplainOptions {
+        best_of_k: 1,
+        temperature: 0.0,
+        seed: 0,
+        salience: false,
+        kl: false,
+        batch_positions: 64,
+    };
+    let space = base.space_id().unwrap();
+    let run = |lens: &TalkativeLens| {
+        lens.explain(
+            &base.model,
+            &ids,
+            &positions,
+            None,
+            space,
+            &opts,
+            &mut |_| true,
+        )
+        .unwrap()
+    };
+    let (t, u) = (run(&trained), run(&untrained));
+    let mean = |rows: &[lensd_engine::lens::talkative::ExplainedRow]| {
+        rows.iter().map(|r| r.relative_rmse).sum::<f32>() / rows.len() as f32
+    };
+    let distinct = |rows: &[lensd_engine::lens::talkative::ExplainedRow]| {
+        let mut e: Vec<&Vec<u32>> = rows.iter().map(|r| &r.explanation_ids).collect();
+        e.sort();
+        e.dedup();
+        e.len()
+    };
+    eprintln!(
+        "relative RMSE over {} held-out positions: trained {:.3}, untrained {:.3}; distinct \
+         explanations: {} and {}",
+        positions.len(),
+        mean(&t),
+        mean(&u),
+        distinct(&t),
+        distinct(&u)
+    );
+    assert!(
+        mean(&t) < 0.9 * mean(&u),
+        "trained {} vs untrained {}",
+        mean(&t),
+        mean(&u)
+    );
+}

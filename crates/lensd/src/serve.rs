@@ -145,6 +145,8 @@ impl HttpArgs {
 const DEMO_LENS: &str = "models/lenses/smollm2-135m-tuned";
 /// The untrained talkative lens that `scripts/demo.sh` writes (`lensd init-talkative`).
 const DEMO_TALKATIVE: &str = "models/lenses/smollm2-135m-talkative-untrained";
+/// The trained talkative lens of the demo model, committed (lenses/README.md).
+const DEMO_TALKATIVE_TRAINED: &str = "lenses/smollm2-135m-talkative-l15";
 
 /// The second family of the demo: Gemma-3-270M (`scripts/fetch-gemma3.sh`), its fitted tuned
 /// lens and an untrained talkative lens, which `scripts/demo.sh` prepares.
@@ -183,8 +185,8 @@ fn gemma_group() -> Option<serde_json::Value> {
     )
 }
 
-/// The embedded default: the demo model with the logit lens, the fitted demo tuned lens and an
-/// untrained talkative lens, in two groups that name the same base (one copy of it, and of the
+/// The embedded default: the demo model with the logit lens, the fitted demo tuned lens, the
+/// trained talkative lens and an untrained one, in two groups that name the same base (one copy of it, and of the
 /// lens, is loaded); and Gemma-3-270M's group when `scripts/demo.sh` has fetched it.
 fn default_config(data: &Path) -> Result<PathBuf> {
     let model = std::fs::canonicalize(crate::DEMO_MODEL).with_context(|| {
@@ -208,6 +210,16 @@ fn default_config(data: &Path) -> Result<PathBuf> {
         "description": "The model's own final norm and unembedding applied at every layer"}),
     ];
     main.extend(tuned("smollm2-tuned", "Tuned lens"));
+    match std::fs::canonicalize(DEMO_TALKATIVE_TRAINED)
+        .ok()
+        .filter(|p| p.join("talkative.json").is_file())
+    {
+        Some(p) => main.push(serde_json::json!({"id": "smollm2-talkative",
+            "name": "Talkative lens", "lens": "talkative", "lens_checkpoint_path": p,
+            "layer": 15,
+            "description": "Trained with the original's code on the docstrings of Python's standard library: it explains block 15's activation in eight tokens and reconstructs it from them (docs/talkative.md, \"The demo's trained lens\")"})),
+        None => tracing::warn!("the trained demo talkative lens is missing ({DEMO_TALKATIVE_TRAINED}); run lensd from the repository's root"),
+    }
     match std::fs::canonicalize(DEMO_TALKATIVE)
         .ok()
         .filter(|p| p.join("talkative.json").is_file())
