@@ -14,7 +14,7 @@ lens=models/lenses/smollm2-135m-tuned
 if [ ! -f "$lens/params.safetensors" ]; then
   "$lensd" fit-lens --corpus data/demo-corpus.txt --out "$lens"
 fi
-# An untrained talkative lens (no trained one exists for the demo model): it runs the whole
+# An untrained talkative lens beside the trained one committed in lenses/: it runs the whole
 # talkative path in `lensd serve`; its explanations mean nothing.
 talkative=models/lenses/smollm2-135m-talkative-untrained
 if [ ! -f "$talkative/talkative.json" ]; then
