@@ -5,6 +5,7 @@ pub mod faulty;
 pub mod file;
 mod file_quant;
 pub mod gguf;
+pub mod mxfp4;
 pub mod safetensors;
 pub mod tensor_file;
 
