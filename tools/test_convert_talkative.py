@@ -33,6 +33,7 @@ BASE_CONFIG = ROOT / "testdata" / "tiny-llama" / "config.json"
 PWNED = Path("/tmp/lensd-pwned")
 
 sys.path.insert(0, str(TOOLS))
+import checkpoint_io as cio  # noqa: E402
 import convert_talkative as conv  # noqa: E402
 
 
@@ -69,8 +70,8 @@ class ConverterTest(unittest.TestCase):
         return lines[0]
 
     def assertSameTensors(self, got_path, want_path):
-        got = conv.read_safetensors(got_path)
-        want = conv.read_safetensors(want_path)
+        got = cio.read_safetensors(got_path)
+        want = cio.read_safetensors(want_path)
         self.assertEqual(sorted(got), sorted(want))
         for name in want:
             self.assertEqual(got[name].dtype, want[name].dtype, name)
@@ -115,30 +116,30 @@ class ConverterTest(unittest.TestCase):
         m = read_json(root / "tiny-postfix" / "lens" / "talkative.json")
         self.assertEqual((m["add_current_token"], m["decoder"]["patched_layers"],
                           m["encoder"]["output_layer"], m["layer"]), (False, 2, 2, 0))
-        t = conv.read_safetensors(root / "tiny-postfix" / "lens" / "lens.safetensors")
+        t = cio.read_safetensors(root / "tiny-postfix" / "lens" / "lens.safetensors")
         w = t["encoder.proj.weight"].array
-        self.assertTrue((w == conv.np.eye(w.shape[0], dtype=w.dtype)).all())
+        self.assertTrue((w == cio.np.eye(w.shape[0], dtype=w.dtype)).all())
         self.assertFalse(t["encoder.proj.bias"].array.any())
         self.assertEqual(t["encoder.soft_prompt_embeddings_postfix"].shape[0], 7)
 
     def test_dtype_option_rounds_to_nearest(self):
         ckpt = DATA / "from-original" / "tiny-deployed" / "checkpoint.pt"
-        want = conv.read_safetensors(DATA / "from-original" / "tiny-deployed" / "lens" / "lens.safetensors")
+        want = cio.read_safetensors(DATA / "from-original" / "tiny-deployed" / "lens" / "lens.safetensors")
         for dtype, rel in (("f16", 2.0 ** -11), ("bf16", 2.0 ** -8)):
             out = self.tmp / dtype
             code, _, stderr = run(ckpt, "--out", out, "--base-config", BASE_CONFIG, "--dtype", dtype)
             self.assertEqual(code, 0, stderr)
             self.assertEqual(read_json(out / "talkative.json")["dtype"], dtype)
-            got = conv.read_safetensors(out / "lens.safetensors")
+            got = cio.read_safetensors(out / "lens.safetensors")
             self.assertEqual(sorted(got), sorted(want))
             for name, w in want.items():
-                g = conv._as_f32(got[name])
+                g = cio._as_f32(got[name])
                 self.assertEqual(got[name].dtype, dtype)
-                err = conv.np.abs(g - w.array) - rel * conv.np.abs(w.array)
+                err = cio.np.abs(g - w.array) - rel * cio.np.abs(w.array)
                 self.assertTrue((err <= 1e-7).all(), f"{dtype} {name}")
         # ties go to even: 1 + 2^-8 is halfway between two bf16 values
-        t = conv.Tensor("f32", conv.np.array([1 + 2.0 ** -8, 1 + 3 * 2.0 ** -8], dtype="<f4"))
-        self.assertEqual(conv.cast(t, "bf16").array.tolist(), [0x3F80, 0x3F82])
+        t = cio.Tensor("f32", cio.np.array([1 + 2.0 ** -8, 1 + 3 * 2.0 ** -8], dtype="<f4"))
+        self.assertEqual(cio.cast(t, "bf16").array.tolist(), [0x3F80, 0x3F82])
 
     def test_artifact_format(self):
         out = self.tmp / "lens"
@@ -352,7 +353,7 @@ class ConverterTest(unittest.TestCase):
         self.assertEqual(m["source"], {"converted_from": "bf16.pt", "step": 12})
         # Written by safetensors.torch from the same torch tensors, made contiguous.
         self.assertSameTensors(out / "lens.safetensors", VARIANTS / "bf16_expected.safetensors")
-        got = conv.read_safetensors(out / "lens.safetensors")
+        got = cio.read_safetensors(out / "lens.safetensors")
         self.assertEqual(got["decoder.prompt_left_emb"].shape, (0, 8))
         self.assertNotIn("encoder.soft_prompt_embeddings_postfix", got)
         self.assertNotIn("decoder.base.model.norm.weight", got)

@@ -185,8 +185,7 @@ def main() -> None:
     enc.train()
     orig = OrigWrapper(str(model_dir), base_to_use=base)
     params = [p for m in (dec, enc) for p in m.parameters() if p.requires_grad]
-    names = [n for m, tag in ((dec, "decoder"), (enc, "encoder"))
-             for n, p in m.named_parameters() if p.requires_grad]
+    names = [n for m in (dec, enc) for n, p in m.named_parameters() if p.requires_grad]
     print(f"trained tensors: {names}; {sum(p.numel() for p in params):,} values", flush=True)
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
 

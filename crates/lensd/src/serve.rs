@@ -154,14 +154,16 @@ const GEMMA_MODEL: &str = "models/gemma-3-270m-q4_k_m.gguf";
 const GEMMA_LENS: &str = "models/lenses/gemma3-270m-tuned";
 const GEMMA_TALKATIVE: &str = "models/lenses/gemma3-270m-talkative-untrained";
 
+/// `dir` made absolute, when it holds `file`.
+fn present(dir: &str, file: &str) -> Option<PathBuf> {
+    std::fs::canonicalize(dir)
+        .ok()
+        .filter(|p| p.join(file).is_file())
+}
+
 /// The Gemma-3-270M group of the embedded default, when its model file is present.
 fn gemma_group() -> Option<serde_json::Value> {
     let model = std::fs::canonicalize(GEMMA_MODEL).ok()?;
-    let present = |dir: &str, file: &str| {
-        std::fs::canonicalize(dir)
-            .ok()
-            .filter(|p| p.join(file).is_file())
-    };
     let mut models = vec![
         serde_json::json!({"id": "gemma3-logit", "name": "Logit lens", "lens": "logit",
         "description": "Gemma's own final norm and unembedding applied at every layer"}),
@@ -195,9 +197,7 @@ fn default_config(data: &Path) -> Result<PathBuf> {
             crate::DEMO_MODEL
         )
     })?;
-    let lens = std::fs::canonicalize(DEMO_LENS)
-        .ok()
-        .filter(|p| p.join("params.safetensors").is_file());
+    let lens = present(DEMO_LENS, "params.safetensors");
     let tuned = |id: &str, name: &str| {
         lens.as_ref().map(|p| serde_json::json!({"id": id, "name": name, "lens": "tuned", "lens_checkpoint_path": p,
             "description": "Affine translators fitted in closed form on Python's documentation and licence texts"}))
@@ -210,25 +210,30 @@ fn default_config(data: &Path) -> Result<PathBuf> {
         "description": "The model's own final norm and unembedding applied at every layer"}),
     ];
     main.extend(tuned("smollm2-tuned", "Tuned lens"));
-    match std::fs::canonicalize(DEMO_TALKATIVE_TRAINED)
-        .ok()
-        .filter(|p| p.join("talkative.json").is_file())
-    {
-        Some(p) => main.push(serde_json::json!({"id": "smollm2-talkative",
-            "name": "Talkative lens", "lens": "talkative", "lens_checkpoint_path": p,
-            "layer": 15,
-            "description": "Trained with the original's code on the docstrings of Python's standard library: it explains block 15's activation in eight tokens and reconstructs it from them (docs/talkative.md, \"The demo's trained lens\")"})),
-        None => tracing::warn!("the trained demo talkative lens is missing ({DEMO_TALKATIVE_TRAINED}); run lensd from the repository's root"),
-    }
-    match std::fs::canonicalize(DEMO_TALKATIVE)
-        .ok()
-        .filter(|p| p.join("talkative.json").is_file())
-    {
-        Some(p) => main.push(serde_json::json!({"id": "smollm2-talkative-untrained",
-            "name": "Talkative lens (untrained)", "lens": "talkative", "lens_checkpoint_path": p,
-            "layer": 15,
-            "description": "Never trained: identity projections and prompts from token embeddings. It runs the whole talkative path (explanations, reconstruction, salience, KL); its words mean nothing"})),
-        None => tracing::warn!("the untrained demo talkative lens is missing ({DEMO_TALKATIVE}); run scripts/demo.sh to write it"),
+    let talkative = [
+        (
+            DEMO_TALKATIVE_TRAINED,
+            serde_json::json!({"id": "smollm2-talkative", "name": "Talkative lens",
+            "description": "Trained with the original's code on the docstrings of Python's standard library: it explains block 15's activation in eight tokens and reconstructs it from them (docs/talkative.md, \"The demo's trained lens\")"}),
+            "run lensd from the repository's root",
+        ),
+        (
+            DEMO_TALKATIVE,
+            serde_json::json!({"id": "smollm2-talkative-untrained", "name": "Talkative lens (untrained)",
+            "description": "Never trained: identity projections and prompts from token embeddings. It runs the whole talkative path (explanations, reconstruction, salience, KL); its words mean nothing"}),
+            "run scripts/demo.sh to write it",
+        ),
+    ];
+    for (dir, mut entry, remedy) in talkative {
+        match present(dir, "talkative.json") {
+            Some(p) => {
+                entry["lens"] = "talkative".into();
+                entry["layer"] = 15.into();
+                entry["lens_checkpoint_path"] = serde_json::json!(p);
+                main.push(entry);
+            }
+            None => tracing::warn!("the demo talkative lens {dir} is missing; {remedy}"),
+        }
     }
     let mut compare = vec![
         serde_json::json!({"id": "smollm2-compare-logit", "name": "Logit lens (compare)", "lens": "logit"}),
