@@ -31,6 +31,12 @@ LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
     r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+# o200k's split (gpt-oss): case-aware words with contractions, numbers in runs of up to three.
+O200K_SPLIT = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
+    r"\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"
     r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -70,6 +76,31 @@ RECIPES = {
             "<|im_start|>assistant\nThe capital of France is Paris.<|im_end|>\n"
         ),
     },
+    "harmony": {
+        # gpt-oss's special tokens (its ids are 199998 and up; here they come first).
+        "specials": [
+            "<|startoftext|>",
+            "<|endoftext|>",
+            "<|return|>",
+            "<|constrain|>",
+            "<|channel|>",
+            "<|start|>",
+            "<|end|>",
+            "<|message|>",
+            "<|call|>",
+        ],
+        "bos": None,  # gpt-oss adds no BOS; config.json names <|startoftext|>
+        "config_bos": "<|startoftext|>",
+        "eos": ["<|return|>", "<|call|>"],
+        "pad": "<|endoftext|>",
+        "add_bos_token": False,
+        "gguf_pre": "gpt-4o",
+        "chat": (
+            "<|start|>user<|message|>What is the capital of France?<|end|>"
+            "<|start|>assistant<|channel|>analysis<|message|>A simple fact.<|end|>"
+            "<|start|>assistant<|channel|>final<|message|>The capital of France is Paris.<|return|>"
+        ),
+    },
     "gemma": {
         # SentencePiece ids: pad 0, eos 1, bos 2, unk 3, then these.
         "specials": ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"],
@@ -96,6 +127,11 @@ EXAMPLES = {
         "<|im_start|>user\nHow many layers does the lens read?<|im_end|>\n",
         "print(greet(\"lens\"))  # 42 tokens, $19.99 in 2024",
     ],
+    "harmony": [
+        "The keeper watched the beam sweep across the water.",
+        "<|start|>user<|message|>How many layers does the lens read?<|end|><|start|>assistant",
+        "HTTPServer's don'T 12345 digits/path\n\n  café, 日本, 🦙",
+    ],
     "gemma": [
         "The keeper watched the beam sweep across the water.",
         "<start_of_turn>user\nHow many layers does the lens read?<end_of_turn>\n",
@@ -112,7 +148,7 @@ def training_text(recipe: str) -> str:
 
 def _train_bpe(recipe: str) -> Tokenizer:
     r = RECIPES[recipe]
-    split = LLAMA3_SPLIT if recipe == "llama3" else QWEN2_SPLIT
+    split = {"llama3": LLAMA3_SPLIT, "harmony": O200K_SPLIT}.get(recipe, QWEN2_SPLIT)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [

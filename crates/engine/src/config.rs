@@ -16,6 +16,8 @@ pub enum Family {
     Qwen3,
     Gemma2,
     Gemma3,
+    /// OpenAI's gpt-oss: a mixture of experts, attention sinks, YaRN.
+    GptOss,
 }
 
 impl Family {
@@ -26,15 +28,17 @@ impl Family {
             Family::Qwen3 => "qwen3",
             Family::Gemma2 => "gemma2",
             Family::Gemma3 => "gemma3",
+            Family::GptOss => "gpt-oss",
         }
     }
 
-    pub const ALL: [Family; 5] = [
+    pub const ALL: [Family; 6] = [
         Family::Llama,
         Family::Qwen2,
         Family::Qwen3,
         Family::Gemma2,
         Family::Gemma3,
+        Family::GptOss,
     ];
 }
 
@@ -67,6 +71,38 @@ pub enum RopeScaling {
         high_freq_factor: f64,
         original_max_positions: usize,
     },
+    /// YaRN (gpt-oss): frequencies whose wavelength fits `original_max_positions` fewer than
+    /// `beta_slow` times are divided by `factor`, those fitting more than `beta_fast` times
+    /// are kept, with a linear ramp between; cosines and sines are multiplied by
+    /// `attention_factor`.
+    Yarn {
+        factor: f64,
+        beta_fast: f64,
+        beta_slow: f64,
+        original_max_positions: usize,
+        /// Whether the ramp's ends are rounded to whole dimensions.
+        truncate: bool,
+        attention_factor: f64,
+    },
+}
+
+impl RopeScaling {
+    /// YaRN's attention factor when none is given: `0.1 · mscale · ln(factor) + 1` (1 for
+    /// factors up to 1), or the ratio of two such terms when `mscale` and `mscale_all_dim`
+    /// are both given.
+    pub fn yarn_attention_factor(factor: f64, mscale: Option<f64>, all_dim: Option<f64>) -> f64 {
+        let m = |scale: f64, m: f64| {
+            if scale <= 1.0 {
+                1.0
+            } else {
+                0.1 * m * scale.ln() + 1.0
+            }
+        };
+        match (mscale, all_dim) {
+            (Some(a), Some(b)) if a != 0.0 && b != 0.0 => m(factor, a) / m(factor, b),
+            _ => m(factor, 1.0),
+        }
+    }
 }
 
 /// One rotary embedding: its base and its scaling.
@@ -87,6 +123,9 @@ impl Rope {
     /// The `hd / 2` angular frequencies of a head of `hd` dimensions, computed in f32 as the
     /// reference implementations do.
     pub fn inv_freq(&self, hd: usize) -> Vec<f32> {
+        if let RopeScaling::Yarn { .. } = self.scaling {
+            return self.yarn_inv_freq(hd);
+        }
         (0..hd / 2)
             .map(|i| {
                 let exponent = (2 * i) as f32 / hd as f32;
@@ -96,9 +135,63 @@ impl Rope {
             .collect()
     }
 
+    /// What cosines and sines are multiplied by (YaRN's attention factor; 1 otherwise).
+    pub fn attention_factor(&self) -> f32 {
+        match self.scaling {
+            RopeScaling::Yarn {
+                attention_factor, ..
+            } => attention_factor as f32,
+            _ => 1.0,
+        }
+    }
+
+    /// YaRN's frequencies, in the order of operations (and the f32/f64 split) of
+    /// transformers' `_compute_yarn_parameters`.
+    fn yarn_inv_freq(&self, hd: usize) -> Vec<f32> {
+        let RopeScaling::Yarn {
+            factor,
+            beta_fast,
+            beta_slow,
+            original_max_positions,
+            truncate,
+            ..
+        } = self.scaling
+        else {
+            unreachable!("called for YaRN only")
+        };
+        let dim = hd as f64;
+        let base = self.theta;
+        // The dimension at which a frequency completes `rotations` turns over the original
+        // context.
+        let correction = |rotations: f64| {
+            dim * (original_max_positions as f64 / (rotations * 2.0 * std::f64::consts::PI)).ln()
+                / (2.0 * base.ln())
+        };
+        let (mut low, mut high) = (correction(beta_fast), correction(beta_slow));
+        if truncate {
+            low = low.floor();
+            high = high.ceil();
+        }
+        let low = low.max(0.0);
+        let mut high = high.min(dim - 1.0);
+        if low == high {
+            high += 0.001;
+        }
+        (0..hd / 2)
+            .map(|i| {
+                let pos = (base as f32).powf((2 * i) as f32 / hd as f32);
+                let extrapolation = 1.0 / pos;
+                let interpolation = 1.0 / (factor as f32 * pos);
+                let ramp = ((i as f32 - low as f32) / (high - low) as f32).clamp(0.0, 1.0);
+                let keep = 1.0 - ramp;
+                interpolation * (1.0 - keep) + extrapolation * keep
+            })
+            .collect()
+    }
+
     fn scale(&self, f: f32) -> f32 {
         match self.scaling {
-            RopeScaling::None => f,
+            RopeScaling::None | RopeScaling::Yarn { .. } => f,
             RopeScaling::Linear { factor } => f / factor as f32,
             RopeScaling::Llama3 {
                 factor,
@@ -124,6 +217,19 @@ impl Rope {
             }
         }
     }
+}
+
+/// A mixture of experts in place of the MLP (gpt-oss): a linear router with a bias picks the
+/// `top_k` highest of `n_experts` logits per token and weighs the chosen experts by the
+/// softmax over their logits. Each expert is `down((up + 1) · g · σ(alpha · g))` with
+/// `g = min(gate, limit)` and `up` clamped to ±limit, gate and up interleaved in one matrix,
+/// with biases; [`ModelConfig::d_ff`] is an expert's width.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Moe {
+    pub n_experts: usize,
+    pub top_k: usize,
+    pub limit: f64,
+    pub alpha: f64,
 }
 
 /// The activation of the gated MLP: `down(act(gate(x)) * up(x))`.
@@ -176,6 +282,11 @@ pub struct ModelConfig {
     pub sliding_window: Option<usize>,
     /// Per block: whether it attends within the sliding window only.
     pub sliding_layers: Vec<bool>,
+    /// A learned logit per query head joins each softmax over keys and takes its share of
+    /// the probability without contributing a value (gpt-oss's attention sinks).
+    pub attn_sinks: bool,
+    /// Experts in place of the MLP (gpt-oss).
+    pub moe: Option<Moe>,
 }
 
 impl ModelConfig {
@@ -223,6 +334,8 @@ impl ModelConfig {
             final_softcap: None,
             sliding_window: None,
             sliding_layers: vec![false; n_layers],
+            attn_sinks: false,
+            moe: None,
         }
     }
 
@@ -283,6 +396,26 @@ impl ModelConfig {
                     }
                     factor
                 }
+                RopeScaling::Yarn {
+                    factor,
+                    beta_fast,
+                    beta_slow,
+                    original_max_positions,
+                    attention_factor,
+                    ..
+                } => {
+                    if !(beta_fast > 0.0 && beta_slow > 0.0)
+                        || original_max_positions == 0
+                        || !(attention_factor.is_finite() && attention_factor > 0.0)
+                    {
+                        return Err(format!(
+                            "yarn rope scaling needs positive beta_fast ({beta_fast}), beta_slow \
+                             ({beta_slow}), original_max_position_embeddings \
+                             ({original_max_positions}) and attention factor ({attention_factor})"
+                        ));
+                    }
+                    factor
+                }
             };
             if !(factor.is_finite() && factor > 0.0) {
                 return Err(format!("rope scaling factor {factor} must be positive"));
@@ -312,7 +445,26 @@ impl ModelConfig {
         if self.sliding_layers.iter().any(|&s| s) && self.sliding_window.is_none() {
             return Err("layers are marked sliding but no sliding window is given".into());
         }
+        if let Some(m) = &self.moe {
+            if m.n_experts == 0 || m.top_k == 0 || m.top_k > m.n_experts {
+                return Err(format!(
+                    "{} experts per token of {} experts (needs 1 ..= the expert count)",
+                    m.top_k, m.n_experts
+                ));
+            }
+            if !(m.limit.is_finite() && m.limit > 0.0 && m.alpha.is_finite()) {
+                return Err(format!(
+                    "expert activation limit {} must be positive and alpha {} finite",
+                    m.limit, m.alpha
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// Experts per block (0 without a mixture of experts).
+    pub fn n_experts(&self) -> usize {
+        self.moe.as_ref().map_or(0, |m| m.n_experts)
     }
 
     pub fn q_width(&self) -> usize {

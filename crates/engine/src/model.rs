@@ -16,16 +16,17 @@ use candle_core::{Device, Tensor};
 use candle_nn::ops::{rms_norm, softmax_last_dim};
 use candle_nn::rotary_emb::{rope, rope_i};
 
-use crate::config::{Activation, ModelConfig, RopeStyle};
+use crate::config::{Activation, ModelConfig, Moe, RopeStyle};
 use crate::error::{EngineError, Result};
 use crate::lora::{Adapter, BlockAdapter};
-use crate::weights::{BlockWeights, Linear, ModelWeights};
+use crate::weights::{BlockWeights, Linear, Mlp, ModelWeights, MoeWeights};
 
 pub struct Model {
     pub cfg: ModelConfig,
     pub w: ModelWeights,
-    /// Rotary frequencies of each distinct rotary embedding; `rope_of[block]` indexes them.
-    inv_freqs: Vec<Vec<f32>>,
+    /// Rotary frequencies of each distinct rotary embedding, with the factor its cosines and
+    /// sines are multiplied by; `rope_of[block]` indexes them.
+    inv_freqs: Vec<(Vec<f32>, f32)>,
     rope_of: Vec<usize>,
     /// Work done so far, for tests and benchmarks.
     pub counters: Counters,
@@ -123,13 +124,15 @@ impl ForwardOutput {
 impl Model {
     pub fn new(cfg: ModelConfig, w: ModelWeights) -> Self {
         let hd = cfg.head_dim;
-        let mut inv_freqs: Vec<Vec<f32>> = Vec::new();
+        let mut inv_freqs: Vec<(Vec<f32>, f32)> = Vec::new();
         let mut rope_of = Vec::with_capacity(cfg.n_layers);
         for layer in 0..cfg.n_layers {
-            let mut f = cfg.rope_of(layer).inv_freq(hd);
+            let rope = cfg.rope_of(layer);
+            let mut f = rope.inv_freq(hd);
             if let Some(div) = &w.rope_freqs {
                 f.iter_mut().zip(div).for_each(|(f, d)| *f /= d);
             }
+            let f = (f, rope.attention_factor());
             let i = match inv_freqs.iter().position(|g| *g == f) {
                 Some(i) => i,
                 None => {
@@ -188,15 +191,15 @@ impl Model {
         rope: usize,
         positions: &[usize],
     ) -> candle_core::Result<(Tensor, Tensor)> {
-        let inv_freq = &self.inv_freqs[rope];
+        let (inv_freq, gain) = &self.inv_freqs[rope];
         let half = inv_freq.len();
         let mut cos = Vec::with_capacity(positions.len() * half);
         let mut sin = Vec::with_capacity(positions.len() * half);
         for &p in positions {
             for &f in inv_freq {
                 let angle = p as f32 * f;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
+                cos.push(angle.cos() * gain);
+                sin.push(angle.sin() * gain);
             }
         }
         let n = positions.len();
@@ -464,6 +467,7 @@ impl Model {
                 &q.narrow(0, o, t)?,
                 &k.narrow(0, o, t)?,
                 &v.narrow(0, o, t)?,
+                b.sinks.as_ref(),
                 cache,
             )?);
         }
@@ -478,13 +482,29 @@ impl Model {
         }
         let x = (x + a)?;
         let h = rms_norm(&x, &b.ffn_norm, eps)?;
-        let gate = lin(&b.w_gate, |a| a.gate.as_ref(), &h)?;
-        let gate = match cfg.activation {
-            Activation::Silu => candle_nn::ops::silu(&gate)?,
-            Activation::GeluTanh => gate.gelu()?,
+        let mut m = match &b.mlp {
+            Mlp::Gated { gate, up, down } => {
+                let g = lin(gate, |a| a.gate.as_ref(), &h)?;
+                let g = match cfg.activation {
+                    Activation::Silu => candle_nn::ops::silu(&g)?,
+                    Activation::GeluTanh => g.gelu()?,
+                };
+                let ff = (g * lin(up, |a| a.up.as_ref(), &h)?)?;
+                lin(down, |a| a.down.as_ref(), &ff)?
+            }
+            Mlp::Experts(w) => {
+                if lora.is_some_and(|a| a.gate.is_some() || a.up.is_some() || a.down.is_some()) {
+                    candle_core::bail!(
+                        "a LoRA adapter on the MLP does not apply to a mixture of experts"
+                    );
+                }
+                let moe = cfg
+                    .moe
+                    .as_ref()
+                    .expect("experts come with a moe configuration");
+                experts_forward(moe, w, &h)?
+            }
         };
-        let ff = (gate * lin(&b.w_up, |a| a.up.as_ref(), &h)?)?;
-        let mut m = lin(&b.w_down, |a| a.down.as_ref(), &ff)?;
         if let Some(w) = &b.post_ffn_norm {
             m = rms_norm(&m, w, eps)?;
         }
@@ -499,6 +519,7 @@ impl Model {
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
+        sinks: Option<&Tensor>,
         cache: Option<&mut KvCache>,
     ) -> candle_core::Result<Tensor> {
         let cfg = &self.cfg;
@@ -540,13 +561,88 @@ impl Model {
             let mask = causal_mask(group, t, past, tk, window, self.device())?;
             scores = scores.broadcast_add(&mask)?;
         }
-        let p = softmax_last_dim(&scores)?;
+        let p = match sinks {
+            // Each head's sink joins its rows' softmax as one more logit, then is dropped.
+            Some(s) => {
+                let rows = group * t;
+                let col = s
+                    .reshape((nkv, group, 1))?
+                    .broadcast_as((nkv, group, t))?
+                    .reshape((nkv, rows, 1))?
+                    .to_dtype(scores.dtype())?;
+                let all = softmax_last_dim(&Tensor::cat(&[&scores, &col], 2)?)?;
+                all.narrow(2, 0, tk)?
+            }
+            None => softmax_last_dim(&scores)?,
+        };
         let out = p.matmul(&v)?;
         out.reshape((nh, t, hd))?
             .transpose(0, 1)?
             .contiguous()?
             .reshape((t, nh * hd))
     }
+}
+
+/// Each token's chosen experts and their weights, from the router's logits `[N, E]`: the
+/// `k` largest (the lower index first among equals), weighed by the softmax over them.
+pub fn top_k_routes(logits: &Tensor, k: usize) -> candle_core::Result<Vec<Vec<(usize, f32)>>> {
+    let rows = logits.to_device(&Device::Cpu)?.to_vec2::<f32>()?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let mut idx: Vec<usize> = (0..row.len()).collect();
+            idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+            idx.truncate(k);
+            let top = row[idx[0]];
+            let e: Vec<f32> = idx.iter().map(|&i| (row[i] - top).exp()).collect();
+            let sum: f32 = e.iter().sum();
+            idx.into_iter().zip(e).map(|(i, e)| (i, e / sum)).collect()
+        })
+        .collect())
+}
+
+/// The router's logits `[N, E]` for normed rows `h`.
+pub fn router_logits(w: &MoeWeights, h: &Tensor) -> candle_core::Result<Tensor> {
+    h.matmul(&w.router.t()?)?.broadcast_add(&w.router_bias)
+}
+
+/// A mixture of experts over normed rows `h` (`[N, d]`): each expert runs on the rows routed
+/// to it only, and its outputs, weighed, are added into those rows, experts in index order.
+fn experts_forward(moe: &Moe, w: &MoeWeights, h: &Tensor) -> candle_core::Result<Tensor> {
+    let n = h.dim(0)?;
+    let routes = top_k_routes(&router_logits(w, h)?, moe.top_k)?;
+    let mut rows_of: Vec<(Vec<u32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); moe.n_experts];
+    for (row, chosen) in routes.iter().enumerate() {
+        for &(e, weight) in chosen {
+            rows_of[e].0.push(row as u32);
+            rows_of[e].1.push(weight);
+        }
+    }
+    let limit = moe.limit;
+    let mut out = h.zeros_like()?;
+    for (e, (rows, weights)) in rows_of.into_iter().enumerate() {
+        if rows.is_empty() {
+            continue;
+        }
+        let m = rows.len();
+        let idx = Tensor::from_vec(rows, m, h.device())?;
+        let x = h.index_select(&idx, 0)?;
+        let gu = w
+            .gate_up
+            .forward(e, &x)?
+            .broadcast_add(&w.gate_up_bias.get(e)?)?;
+        let half = gu.dim(1)? / 2;
+        let gu = gu.reshape((m, half, 2))?;
+        let gate = gu.narrow(2, 0, 1)?.squeeze(2)?.minimum(limit)?;
+        let up = gu.narrow(2, 1, 1)?.squeeze(2)?.clamp(-limit, limit)?;
+        let glu = (&gate * candle_nn::ops::sigmoid(&(&gate * moe.alpha)?)?)?;
+        let y = ((up + 1.0)? * glu)?;
+        let y = w.down.forward(e, &y)?.broadcast_add(&w.down_bias.get(e)?)?;
+        let weights = Tensor::from_vec(weights, (m, 1), h.device())?;
+        out = out.index_add(&idx, &y.broadcast_mul(&weights)?, 0)?;
+    }
+    debug_assert_eq!(out.dim(0)?, n);
+    Ok(out)
 }
 
 /// `cap · tanh(x / cap)`: values pass through near zero and saturate at ±cap.

@@ -131,14 +131,28 @@ pub fn inspect(r: &InspectReport) -> String {
 /// The options a family sets, in words, for `lensd inspect`.
 fn family_options(c: &lensd_engine::ModelConfig) -> Vec<String> {
     use lensd_engine::config::{Activation, RopeScaling};
-    let mut o = vec![match c.activation {
-        Activation::Silu => "SiLU-gated MLP".to_string(),
-        Activation::GeluTanh => "GeGLU (tanh GELU)".to_string(),
+    let mut o = vec![match (&c.moe, c.activation) {
+        (Some(m), _) => format!(
+            "{} experts, {} per token (clamped SwiGLU, limit {})",
+            m.n_experts, m.top_k, m.limit
+        ),
+        (None, Activation::Silu) => "SiLU-gated MLP".to_string(),
+        (None, Activation::GeluTanh) => "GeGLU (tanh GELU)".to_string(),
     }];
     match &c.rope.scaling {
         RopeScaling::None => {}
         RopeScaling::Linear { factor } => o.push(format!("linear rope scaling ×{factor}")),
         RopeScaling::Llama3 { factor, .. } => o.push(format!("llama3 rope scaling ×{factor}")),
+        RopeScaling::Yarn {
+            factor,
+            original_max_positions,
+            ..
+        } => o.push(format!(
+            "yarn rope scaling ×{factor} from {original_max_positions} positions"
+        )),
+    }
+    if c.attn_sinks {
+        o.push("attention sinks".into());
     }
     if let Some(r) = &c.sliding_rope {
         o.push(format!("sliding layers' rope base {}", r.theta));

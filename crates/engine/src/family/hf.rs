@@ -227,9 +227,19 @@ impl<'a> HfFields<'a> {
                 )),
             }
         };
-        // A scaling type that changes attention magnitudes would be silently wrong here.
+        let opt = |name: &str| -> Result<Option<f64>> {
+            match obj.get(name).filter(|v| !v.is_null()) {
+                Some(v) => v
+                    .as_f64()
+                    .map(Some)
+                    .ok_or_else(|| self.bad(&format!("{key}.{name}"), "a number", v)),
+                None => Ok(None),
+            }
+        };
+        // A scaling type that changes attention magnitudes would be silently wrong here; YaRN
+        // is the one that has an attention factor.
         if let Some(v) = obj.get("attention_factor").filter(|v| !v.is_null()) {
-            if v.as_f64() != Some(1.0) {
+            if kind != "yarn" && v.as_f64() != Some(1.0) {
                 return Err(EngineError::unsupported(
                     self.path,
                     format!("`{key}.attention_factor` {v} (only 1 is supported)"),
@@ -250,10 +260,41 @@ impl<'a> HfFields<'a> {
                     original_max_positions: original as usize,
                 })
             }
+            "yarn" => {
+                let factor = num("factor")?;
+                // transformers falls back on the context length and on betas of 32 and 1.
+                let original = match opt("original_max_position_embeddings")? {
+                    Some(n) => n as usize,
+                    None => self.usize("max_position_embeddings")?,
+                };
+                let truncate = match obj.get("truncate").filter(|v| !v.is_null()) {
+                    Some(v) => v
+                        .as_bool()
+                        .ok_or_else(|| self.bad(&format!("{key}.truncate"), "true or false", v))?,
+                    None => true,
+                };
+                let attention_factor = match opt("attention_factor")? {
+                    Some(a) => a,
+                    None => RopeScaling::yarn_attention_factor(
+                        factor,
+                        opt("mscale")?,
+                        opt("mscale_all_dim")?,
+                    ),
+                };
+                Ok(RopeScaling::Yarn {
+                    factor,
+                    beta_fast: opt("beta_fast")?.filter(|b| *b != 0.0).unwrap_or(32.0),
+                    beta_slow: opt("beta_slow")?.filter(|b| *b != 0.0).unwrap_or(1.0),
+                    original_max_positions: original,
+                    truncate,
+                    attention_factor,
+                })
+            }
             other => Err(EngineError::unsupported(
                 self.path,
                 format!(
-                    "rotary scaling type `{other}` in `{key}` (supported: default, linear, llama3)"
+                    "rotary scaling type `{other}` in `{key}` (supported: default, linear, llama3, \
+                     yarn)"
                 ),
             )),
         }

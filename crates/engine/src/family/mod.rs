@@ -8,6 +8,7 @@
 //! does not have, add the option to [`ModelConfig`] and to the shared layers in `model.rs`.
 
 mod gemma;
+mod gptoss;
 mod hf;
 mod llama;
 mod qwen;
@@ -29,6 +30,7 @@ const HF_NAMES: &[(&str, &str, Family)] = &[
     ("gemma3_text", "Gemma3ForCausalLM", Family::Gemma3),
     // The multimodal Gemma-3 checkpoints (4B and larger): lensd runs their text model.
     ("gemma3", "Gemma3ForConditionalGeneration", Family::Gemma3),
+    ("gpt_oss", "GptOssForCausalLM", Family::GptOss),
 ];
 
 fn supported_hf() -> String {
@@ -102,6 +104,7 @@ pub(crate) fn from_hf(
         Family::Llama => llama::from_hf(&f)?,
         Family::Qwen2 | Family::Qwen3 => qwen::from_hf(&f, family)?,
         Family::Gemma2 | Family::Gemma3 => gemma::from_hf(&f, family)?,
+        Family::GptOss => gptoss::from_hf(&f)?,
     };
     checked(path, cfg)
 }
@@ -129,6 +132,7 @@ pub(crate) fn from_gguf(g: &GgufFile) -> Result<ModelConfig> {
         Family::Llama => llama::from_gguf(g)?,
         Family::Qwen2 | Family::Qwen3 => qwen::from_gguf(g, family)?,
         Family::Gemma2 | Family::Gemma3 => gemma::from_gguf(g, family)?,
+        Family::GptOss => unreachable!("not in GGUF_NAMES"),
     };
     checked(g.path(), cfg)
 }

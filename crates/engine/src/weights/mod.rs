@@ -1,6 +1,7 @@
 //! Weights of a llama-family base: where they come from (GGUF or safetensors), in which dtype
 //! they compute, and the checks that their shapes agree with the configuration.
 
+pub mod experts;
 pub mod faulty;
 pub mod file;
 mod file_quant;
@@ -18,6 +19,7 @@ use serde::Serialize;
 
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
+use experts::ExpertMats;
 
 pub use lensd_core::ComputeDtype;
 
@@ -151,12 +153,61 @@ pub struct BlockWeights {
     pub bk: Option<Tensor>,
     pub bv: Option<Tensor>,
     pub bo: Option<Tensor>,
+    /// Per query head, the attention sink's logit `[n_heads]` (gpt-oss).
+    pub sinks: Option<Tensor>,
     pub ffn_norm: Tensor,
     /// The norm of the MLP's output before the residual add (Gemma).
     pub post_ffn_norm: Option<Tensor>,
-    pub w_gate: Linear,
-    pub w_up: Linear,
-    pub w_down: Linear,
+    pub mlp: Mlp,
+}
+
+/// What follows the second norm of a block.
+#[derive(Debug, Clone)]
+pub enum Mlp {
+    /// `down(act(gate(x)) · up(x))`.
+    Gated {
+        gate: Linear,
+        up: Linear,
+        down: Linear,
+    },
+    /// A mixture of experts ([`crate::config::Moe`]).
+    Experts(Box<MoeWeights>),
+}
+
+/// The router and experts of one block.
+#[derive(Debug, Clone)]
+pub struct MoeWeights {
+    /// `[n_experts, d]` in f32, so that routing does not depend on the compute dtype.
+    pub router: Tensor,
+    pub router_bias: Tensor,
+    /// Per expert `[2 · d_ff, d]`, gate and up rows interleaved (gate first).
+    pub gate_up: ExpertMats,
+    /// `[n_experts, 2 · d_ff]`.
+    pub gate_up_bias: Tensor,
+    /// Per expert `[d, d_ff]`.
+    pub down: ExpertMats,
+    /// `[n_experts, d]`.
+    pub down_bias: Tensor,
+}
+
+impl Mlp {
+    fn to_device(&self, device: &Device) -> candle_core::Result<Mlp> {
+        Ok(match self {
+            Mlp::Gated { gate, up, down } => Mlp::Gated {
+                gate: gate.to_device(device)?,
+                up: up.to_device(device)?,
+                down: down.to_device(device)?,
+            },
+            Mlp::Experts(m) => Mlp::Experts(Box::new(MoeWeights {
+                router: m.router.to_device(device)?,
+                router_bias: m.router_bias.to_device(device)?,
+                gate_up: m.gate_up.to_device(device)?,
+                gate_up_bias: m.gate_up_bias.to_device(device)?,
+                down: m.down.to_device(device)?,
+                down_bias: m.down_bias.to_device(device)?,
+            })),
+        })
+    }
 }
 
 /// A vector or matrix moved to `device`, absent ones staying absent.
@@ -179,11 +230,10 @@ impl BlockWeights {
             bk: moved(&self.bk, device)?,
             bv: moved(&self.bv, device)?,
             bo: moved(&self.bo, device)?,
+            sinks: moved(&self.sinks, device)?,
             ffn_norm: self.ffn_norm.to_device(device)?,
             post_ffn_norm: moved(&self.post_ffn_norm, device)?,
-            w_gate: self.w_gate.to_device(device)?,
-            w_up: self.w_up.to_device(device)?,
-            w_down: self.w_down.to_device(device)?,
+            mlp: self.mlp.to_device(device)?,
         })
     }
 }
@@ -258,6 +308,15 @@ pub(crate) enum Role {
     Up,
     Down,
     RopeFreqs,
+    Sinks,
+    Router,
+    RouterBias,
+    /// Every expert's gate-and-up matrix, in the Hugging Face layout `[E, d, 2 · d_ff]`.
+    GateUpExperts,
+    GateUpBias,
+    /// Every expert's down matrix, `[E, d_ff, d]`.
+    DownExperts,
+    DownBias,
 }
 
 impl Role {
@@ -279,10 +338,18 @@ impl Role {
             Role::O => vec![c.d_model, c.q_width()],
             Role::Gate | Role::Up => vec![c.d_ff, c.d_model],
             Role::Down => vec![c.d_model, c.d_ff],
+            Role::Sinks => vec![c.n_heads],
+            Role::Router => vec![c.n_experts(), c.d_model],
+            Role::RouterBias => vec![c.n_experts()],
+            Role::GateUpExperts => vec![c.n_experts(), c.d_model, 2 * c.d_ff],
+            Role::GateUpBias => vec![c.n_experts(), 2 * c.d_ff],
+            Role::DownExperts => vec![c.n_experts(), c.d_ff, c.d_model],
+            Role::DownBias => vec![c.n_experts(), c.d_model],
         }
     }
 
-    /// Vectors (norm gains, biases, rotary divisors) are small and always held in f32.
+    /// Vectors (norm gains, biases, rotary divisors, sinks) and the small router matrix are
+    /// always held in f32.
     pub(crate) fn is_vector(&self) -> bool {
         !matches!(
             self,
@@ -295,6 +362,8 @@ impl Role {
                 | Role::Gate
                 | Role::Up
                 | Role::Down
+                | Role::GateUpExperts
+                | Role::DownExperts
         )
     }
 
@@ -325,10 +394,25 @@ fn block_roles(cfg: &ModelConfig) -> Vec<Role> {
     if cfg.o_bias {
         roles.push(Role::OBias);
     }
+    if cfg.attn_sinks {
+        roles.push(Role::Sinks);
+    }
     if cfg.sandwich_norms {
         roles.extend([Role::PostAttnNorm, Role::PostFfnNorm]);
     }
-    roles.extend([Role::FfnNorm, Role::Gate, Role::Up, Role::Down]);
+    roles.push(Role::FfnNorm);
+    if cfg.moe.is_some() {
+        roles.extend([
+            Role::Router,
+            Role::RouterBias,
+            Role::GateUpExperts,
+            Role::GateUpBias,
+            Role::DownExperts,
+            Role::DownBias,
+        ]);
+    } else {
+        roles.extend([Role::Gate, Role::Up, Role::Down]);
+    }
     roles
 }
 
@@ -414,6 +498,20 @@ pub(crate) trait TensorSource {
         cfg: &ModelConfig,
         compute: ComputeDtype,
     ) -> Result<Linear>;
+    /// Loads every expert's matrix of `role` (`GateUpExperts` or `DownExperts`) from `name`, as stored
+    /// (dense or MXFP4) and ready to compute in `compute`.
+    fn load_experts(
+        &self,
+        name: &str,
+        role: Role,
+        _cfg: &ModelConfig,
+        _compute: ComputeDtype,
+    ) -> Result<ExpertMats> {
+        Err(EngineError::unsupported(
+            self.path(),
+            format!("experts ({role:?} `{name}`) in this format"),
+        ))
+    }
     /// Added to norm gains as they are read (Gemma's Hugging Face checkpoints store `w` for a
     /// gain of `1 + w`; its GGUF files store the sum).
     fn norm_offset(&self, cfg: &ModelConfig) -> f32;
@@ -492,17 +590,39 @@ pub(crate) fn assemble(
     } else {
         matrix(Role::Head, 0)?
     };
+    // The matrices first, then the vectors, as the files of the older families are laid out.
+    enum Matrices {
+        Gated([Linear; 3]),
+        Experts(ExpertMats, ExpertMats),
+    }
     let mut mats = Vec::with_capacity(cfg.n_layers);
+    let mut expert_bytes = WeightBytes::default();
     for i in 0..cfg.n_layers {
-        mats.push([
+        let attn = [
             matrix(Role::Q, i)?,
             matrix(Role::K, i)?,
             matrix(Role::V, i)?,
             matrix(Role::O, i)?,
-            matrix(Role::Gate, i)?,
-            matrix(Role::Up, i)?,
-            matrix(Role::Down, i)?,
-        ]);
+        ];
+        if cfg.moe.is_some() {
+            let mut load = |role: Role| -> Result<ExpertMats> {
+                let name = required_name(src, cfg, role, i)?;
+                let m = src
+                    .load_experts(&name, role, cfg, compute)?
+                    .to_device(device)?;
+                expert_bytes += m.bytes();
+                Ok(m)
+            };
+            let experts = Matrices::Experts(load(Role::GateUpExperts)?, load(Role::DownExperts)?);
+            mats.push((attn, experts));
+        } else {
+            let mlp = [
+                matrix(Role::Gate, i)?,
+                matrix(Role::Up, i)?,
+                matrix(Role::Down, i)?,
+            ];
+            mats.push((attn, Matrices::Gated(mlp)));
+        }
     }
     let offset = src.norm_offset(cfg);
     let mut vector_bytes = 0u64;
@@ -526,7 +646,19 @@ pub(crate) fn assemble(
     };
     let mut opt = |on: bool, role: Role, layer: usize| on.then(|| vector(role, layer)).transpose();
     let mut blocks = Vec::with_capacity(cfg.n_layers);
-    for (i, [wq, wk, wv, wo, w_gate, w_up, w_down]) in mats.into_iter().enumerate() {
+    for (i, ([wq, wk, wv, wo], matrices)) in mats.into_iter().enumerate() {
+        let mut need = |role: Role| opt(true, role, i).map(|t| t.expect("always loaded"));
+        let mlp = match matrices {
+            Matrices::Gated([gate, up, down]) => Mlp::Gated { gate, up, down },
+            Matrices::Experts(gate_up, down) => Mlp::Experts(Box::new(MoeWeights {
+                router: need(Role::Router)?,
+                router_bias: need(Role::RouterBias)?,
+                gate_up,
+                gate_up_bias: need(Role::GateUpBias)?,
+                down,
+                down_bias: need(Role::DownBias)?,
+            })),
+        };
         blocks.push(BlockWeights {
             attn_norm: opt(true, Role::AttnNorm, i)?.expect("always loaded"),
             post_attn_norm: opt(cfg.sandwich_norms, Role::PostAttnNorm, i)?,
@@ -536,15 +668,14 @@ pub(crate) fn assemble(
             bk: opt(cfg.qkv_bias, Role::KBias, i)?,
             bv: opt(cfg.qkv_bias, Role::VBias, i)?,
             bo: opt(cfg.o_bias, Role::OBias, i)?,
+            sinks: opt(cfg.attn_sinks, Role::Sinks, i)?,
             ffn_norm: opt(true, Role::FfnNorm, i)?.expect("always loaded"),
             post_ffn_norm: opt(cfg.sandwich_norms, Role::PostFfnNorm, i)?,
             wq,
             wk,
             wv,
             wo,
-            w_gate,
-            w_up,
-            w_down,
+            mlp,
         });
     }
     let final_norm = opt(true, Role::FinalNorm, 0)?.expect("always loaded");
@@ -553,6 +684,7 @@ pub(crate) fn assemble(
         .map(|t| t.to_device(&Device::Cpu)?.to_vec1::<f32>())
         .transpose()?;
     bytes.owned += vector_bytes;
+    bytes += expert_bytes;
     Ok(ModelWeights {
         embed: Embedding(embed),
         blocks,

@@ -25,9 +25,9 @@ fn scale_of(s: u8) -> f32 {
     })
 }
 
-/// The values of `scales.len()` blocks, in order: block `g` holds `blocks[16g..16g+16]`.
-/// `what` names the tensor in errors.
-pub fn dequantize(blocks: &[u8], scales: &[u8], what: &str) -> Result<Vec<f32>> {
+/// Checks that `blocks` hold 16 bytes per scale and that no scale is E8M0's NaN; `what`
+/// names the tensor in errors.
+pub fn check(blocks: &[u8], scales: &[u8], what: &str) -> Result<()> {
     if blocks.len() != scales.len() * BLOCK_BYTES {
         return Err(EngineError::Input(format!(
             "{what}: {} bytes of MXFP4 blocks for {} scales (16 bytes each expected)",
@@ -40,6 +40,13 @@ pub fn dequantize(blocks: &[u8], scales: &[u8], what: &str) -> Result<Vec<f32>> 
             "{what}: block {g} has the scale byte 0xff, E8M0's NaN"
         )));
     }
+    Ok(())
+}
+
+/// The values of `scales.len()` blocks, in order: block `g` holds `blocks[16g..16g+16]`.
+/// `what` names the tensor in errors.
+pub fn dequantize(blocks: &[u8], scales: &[u8], what: &str) -> Result<Vec<f32>> {
+    check(blocks, scales, what)?;
     let mut out = Vec::with_capacity(blocks.len() * 2);
     for (block, &s) in blocks.chunks_exact(BLOCK_BYTES).zip(scales) {
         let scale = scale_of(s);
@@ -49,6 +56,46 @@ pub fn dequantize(blocks: &[u8], scales: &[u8], what: &str) -> Result<Vec<f32>> 
         }
     }
     Ok(out)
+}
+
+/// `x · Wᵀ` for `x` `[n, cols]` (row-major f32) and `W` `[rows, cols]` stored as MXFP4 rows of
+/// `cols / 32` blocks (checked beforehand with [`check`]): `[n, rows]`, row-major. Each block's
+/// 32 products are summed in f32 and multiplied by the block's scale, which is exact for the
+/// scale (a power of two); output rows are computed in parallel.
+pub fn matmul(x: &[f32], n: usize, blocks: &[u8], scales: &[u8], rows: usize) -> Vec<f32> {
+    use rayon::prelude::*;
+    let groups = scales.len() / rows.max(1);
+    let cols = groups * 32;
+    debug_assert_eq!(x.len(), n * cols);
+    debug_assert_eq!(blocks.len(), rows * groups * BLOCK_BYTES);
+    // Output row r for every token: [rows, n], transposed at the end.
+    let mut by_row = vec![0f32; rows * n];
+    by_row
+        .par_chunks_mut(n.max(1))
+        .enumerate()
+        .for_each(|(r, out)| {
+            let mut w = [0f32; 32];
+            for g in 0..groups {
+                let block = &blocks[(r * groups + g) * BLOCK_BYTES..][..BLOCK_BYTES];
+                for (j, &b) in block.iter().enumerate() {
+                    w[2 * j] = FP4_VALUES[(b & 0x0f) as usize];
+                    w[2 * j + 1] = FP4_VALUES[(b >> 4) as usize];
+                }
+                let scale = scale_of(scales[r * groups + g]);
+                for (t, o) in out.iter_mut().enumerate() {
+                    let xs = &x[t * cols + g * 32..][..32];
+                    let dot: f32 = w.iter().zip(xs).map(|(a, b)| a * b).sum();
+                    *o += dot * scale;
+                }
+            }
+        });
+    let mut y = vec![0f32; n * rows];
+    for (r, col) in by_row.chunks_exact(n.max(1)).enumerate() {
+        for (t, v) in col.iter().enumerate() {
+            y[t * rows + r] = *v;
+        }
+    }
+    y
 }
 
 #[cfg(test)]
@@ -71,6 +118,33 @@ mod tests {
         assert_eq!(v.len(), 32);
         assert_eq!((v[0], v[1], v[30], v[31]), (-12.0, -1.0, 1.0, 12.0));
         assert!(v[2..30].iter().all(|&x| x == 0.0));
+    }
+
+    #[test]
+    fn the_product_equals_the_dequantized_matrix_times_x() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let (rows, groups, n) = (5, 3, 4);
+        let cols = groups * 32;
+        let blocks: Vec<u8> = (0..rows * groups * 16).map(|_| rng.random()).collect();
+        let scales: Vec<u8> = (0..rows * groups)
+            .map(|_| rng.random_range(120..=130))
+            .collect();
+        let x: Vec<f32> = (0..n * cols).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let w = dequantize(&blocks, &scales, "w").unwrap();
+        let y = matmul(&x, n, &blocks, &scales, rows);
+        for t in 0..n {
+            for r in 0..rows {
+                let want: f64 = (0..cols)
+                    .map(|c| w[r * cols + c] as f64 * x[t * cols + c] as f64)
+                    .sum();
+                let got = y[t * rows + r] as f64;
+                assert!(
+                    (got - want).abs() < 1e-4,
+                    "token {t} row {r}: {got} vs {want}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
+use super::experts::ExpertMats;
 use super::tensor_file::read_safetensors_where;
 use super::{check_shape, ComputeDtype, Linear, ModelWeights, Role, TensorHeader, TensorSource};
 use crate::config::{Family, ModelConfig};
@@ -154,9 +155,11 @@ impl HfCheckpoint {
     pub fn read(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<Self> {
         let mut ck = Self::open(dir)?;
         let cfg = ck.config()?;
+        // Experts stored as MXFP4 are two tensors named after the parameter.
         let wanted: std::collections::HashSet<String> = super::plan(&ck, &cfg)
             .into_iter()
             .filter_map(|(role, layer)| ck.name(&cfg, role, layer))
+            .flat_map(|n| [format!("{n}{BLOCKS}"), format!("{n}{SCALES}"), n])
             .collect();
         let total: u64 = ck
             .files
@@ -272,10 +275,25 @@ impl TensorSource for HfCheckpoint {
             Role::Gate => block("mlp.gate_proj.weight"),
             Role::Up => block("mlp.up_proj.weight"),
             Role::Down => block("mlp.down_proj.weight"),
+            Role::Sinks => block("self_attn.sinks"),
+            Role::Router => block("mlp.router.weight"),
+            Role::RouterBias => block("mlp.router.bias"),
+            Role::GateUpExperts => block("mlp.experts.gate_up_proj"),
+            Role::GateUpBias => block("mlp.experts.gate_up_proj_bias"),
+            Role::DownExperts => block("mlp.experts.down_proj"),
+            Role::DownBias => block("mlp.experts.down_proj_bias"),
         })
     }
 
     fn header(&self, name: &str) -> Option<TensorHeader> {
+        if let Some((experts, out, inp)) = self.mxfp4_dims(name) {
+            // The parameter's shape ([E, in, out]); the bytes as stored.
+            return Some(TensorHeader {
+                shape: vec![experts, inp, out],
+                bytes: (experts * out * inp / 2 + experts * out * inp / 32) as u64,
+                packed: true,
+            });
+        }
         let (shape, dtype) = self.tensors.shape_dtype(name)?;
         let elements = shape.iter().product::<usize>() as u64;
         Some(TensorHeader {
@@ -290,6 +308,63 @@ impl TensorSource for HfCheckpoint {
             Family::Gemma2 | Family::Gemma3 => 1.0,
             _ => 0.0,
         }
+    }
+
+    fn load_experts(
+        &self,
+        name: &str,
+        role: Role,
+        cfg: &ModelConfig,
+        compute: ComputeDtype,
+    ) -> Result<ExpertMats> {
+        let want = role.expected(cfg);
+        let (experts, inp, out) = (want[0], want[1], want[2]);
+        let blocks_name = format!("{name}{BLOCKS}");
+        if self.tensors.has(&blocks_name) {
+            let scales_name = format!("{name}{SCALES}");
+            let groups = inp / 32;
+            let read = |tensor: &str, shape: Vec<usize>| -> Result<Vec<u8>> {
+                let (got, dtype) = self.tensors.shape_dtype(tensor).ok_or_else(|| {
+                    EngineError::format(
+                        &self.dir,
+                        format!("tensor `{tensor}` is missing from the checkpoint"),
+                    )
+                })?;
+                if got != shape || inp % 32 != 0 {
+                    return Err(EngineError::Shape {
+                        path: self.dir.clone(),
+                        tensor: tensor.to_string(),
+                        expected: shape,
+                        got,
+                    });
+                }
+                if dtype != DType::U8 {
+                    return Err(EngineError::format(
+                        &self.dir,
+                        format!("MXFP4 tensor `{tensor}` is {dtype:?}, not U8"),
+                    ));
+                }
+                let t = self.tensors.load(tensor).map_err(|e| {
+                    EngineError::format(&self.dir, format!("tensor `{tensor}`: {e}"))
+                })?;
+                Ok(t.flatten_all()?.to_vec1::<u8>()?)
+            };
+            let blocks = read(&blocks_name, vec![experts, out, groups, 16])?;
+            let scales = read(&scales_name, vec![experts, out, groups])?;
+            return ExpertMats::from_mxfp4(blocks, scales, (experts, out, inp), compute, name)
+                .map_err(|e| EngineError::format(&self.dir, e.to_string()));
+        }
+        // Unquantized experts: [E, in, out], each transposed to [out, in].
+        let Linear::Dense(all) = self.load(name, role, cfg, compute)? else {
+            return Err(EngineError::format(
+                &self.dir,
+                format!("`{name}` is quantized"),
+            ));
+        };
+        let mats = (0..experts)
+            .map(|e| Ok(Linear::Dense(all.get(e)?.t()?.contiguous()?)))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(ExpertMats::Dense(mats))
     }
 
     fn load(
@@ -324,6 +399,24 @@ impl TensorSource for HfCheckpoint {
             }
         };
         Ok(Linear::Dense(t))
+    }
+}
+
+/// What MXFP4 checkpoints append to a parameter's name for its blocks and its scales.
+const BLOCKS: &str = "_blocks";
+const SCALES: &str = "_scales";
+
+impl HfCheckpoint {
+    /// `(experts, out, in)` of the parameter `name` when the checkpoint stores it as MXFP4
+    /// blocks `[E, out, in / 32, 16]` (and scales); `None` otherwise.
+    fn mxfp4_dims(&self, name: &str) -> Option<(usize, usize, usize)> {
+        if self.tensors.has(name) {
+            return None;
+        }
+        match self.tensors.shape(&format!("{name}{BLOCKS}"))?.as_slice() {
+            &[e, out, groups, 16] => Some((e, out, groups * 32)),
+            _ => None,
+        }
     }
 }
 
