@@ -16,6 +16,10 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use lensd_engine::config::{Family, RopeScaling};
+use lensd_engine::lens::fit::{fit_tuned_lens, FitOptions};
+use lensd_engine::lens::talkative::{
+    write_untrained, ExplainOptions, TalkativeLens, UntrainedSpec,
+};
 use lensd_engine::model::{router_logits, top_k_routes, KvCache, Logits, Model};
 use lensd_engine::weights::Mlp;
 use lensd_engine::{Base, ComputeDtype, LoadOptions};
@@ -283,4 +287,97 @@ fn resident_bytes_from_the_headers_equal_the_loaded_bytes() {
         f32.resident_f32 - f32.resident_stored,
         expert_weights * 4 - expert_weights * 17 / 32,
     );
+}
+
+/// Text of the repository's docs, tokenized by the tiny model's tokenizer.
+fn corpus(base: &Base) -> Vec<u32> {
+    let mut text = String::new();
+    for f in [
+        "README.md",
+        "docs/talkative.md",
+        "docs/gpu.md",
+        "lenses/README.md",
+    ] {
+        text.push_str(&std::fs::read_to_string(common::root().join(f)).unwrap());
+    }
+    base.tokenizer.encode(&text, false).unwrap()
+}
+
+#[test]
+fn a_fitted_tuned_lens_beats_the_logit_lens_at_every_layer() {
+    let _lock = common::compute_lock();
+    let base = load(&dir().join("mxfp4"), ComputeDtype::Stored);
+    let ids = corpus(&base);
+    let opts = FitOptions {
+        seq_len: 64,
+        max_train_tokens: 8_192,
+        holdout_tokens: 1_024,
+        ..FitOptions::default()
+    };
+    assert!(
+        ids.len() > opts.max_train_tokens + opts.holdout_tokens,
+        "{}",
+        ids.len()
+    );
+    let (_, report) = fit_tuned_lens(&base, &ids, &opts, "tiny-gptoss", &mut |_, _, _| {}).unwrap();
+    assert_eq!(report.layers.len(), base.config().n_layers);
+    for l in &report.layers {
+        assert!(
+            l.kl_tuned < l.kl_logit,
+            "layer {}: tuned KL {:.3} is not below logit KL {:.3}",
+            l.layer,
+            l.kl_tuned,
+            l.kl_logit
+        );
+    }
+    let (logit, tuned) = report.mean_kl();
+    eprintln!("held-out mean KL: logit {logit:.3} nats, tuned {tuned:.3} nats");
+}
+
+#[test]
+fn a_talkative_lens_explains_every_position() {
+    let _lock = common::compute_lock();
+    let base = load(&dir().join("mxfp4"), ComputeDtype::Stored);
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = UntrainedSpec {
+        layer: 2,
+        t_text: 4,
+        patched_layers: 2,
+        output_layer: 2,
+        ..UntrainedSpec::default()
+    };
+    write_untrained(&base, "tiny-gptoss", tmp.path(), &spec).unwrap();
+    let lens = TalkativeLens::load(tmp.path(), base.config()).unwrap();
+    let ids: Vec<u32> = (20..32).collect();
+    let positions: Vec<usize> = (0..ids.len()).collect();
+    let opts = ExplainOptions {
+        best_of_k: 2,
+        temperature: 0.7,
+        seed: 3,
+        salience: true,
+        kl: true,
+        batch_positions: 5,
+    };
+    let rows = lens
+        .explain(&base.model, &ids, &positions, None, 2, &opts, &mut |_| true)
+        .unwrap();
+    assert_eq!(rows.len(), ids.len());
+    for r in &rows {
+        assert_eq!(r.explanation_ids.len(), 4);
+        assert!(r.mse.is_finite() && r.mse > 0.0, "mse {}", r.mse);
+        assert_eq!(r.token_salience.len(), 4);
+        let kl = r.kl_divergence.expect("asked for");
+        assert!(kl.is_finite() && kl >= 0.0, "KL {kl}");
+    }
+    let expl: Vec<Vec<u32>> = rows.iter().map(|r| r.explanation_ids.clone()).collect();
+    let scores = lens
+        .score(&base.model, &ids, None, &positions, &expl)
+        .unwrap();
+    for (r, (mse, _)) in rows.iter().zip(scores) {
+        assert!(
+            (r.mse - mse).abs() <= 1e-5 * mse.max(1.0),
+            "{} vs {mse}",
+            r.mse
+        );
+    }
 }
