@@ -114,14 +114,24 @@ fn gguf_entries(g: &GgufFile) -> Vec<Entry> {
         .collect()
 }
 
+/// Every tensor of a checkpoint. MXFP4 blocks (`*_blocks`, bytes) count two parameters a
+/// byte and their scales (`*_scales`) none.
 fn hf_entries(ck: &HfCheckpoint) -> Vec<Entry> {
     ck.tensor_table()
         .into_iter()
-        .map(|(name, dtype, shape, bytes)| Entry {
-            name,
-            dtype,
-            elements: shape.iter().product::<usize>() as u64,
-            bytes,
+        .map(|(name, dtype, shape, bytes)| {
+            let elements = shape.iter().product::<usize>() as u64;
+            let (dtype, elements) = match dtype.as_str() {
+                "U8" if name.ends_with("_blocks") => ("MXFP4".to_string(), elements * 2),
+                "U8" if name.ends_with("_scales") => ("E8M0 scales".to_string(), 0),
+                _ => (dtype, elements),
+            };
+            Entry {
+                name,
+                dtype,
+                elements,
+                bytes,
+            }
         })
         .collect()
 }

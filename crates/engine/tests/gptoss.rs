@@ -381,3 +381,226 @@ fn a_talkative_lens_explains_every_position() {
         );
     }
 }
+
+/// gpt-oss-20b's published `config.json` values (the architecture's sizes and settings).
+fn gpt_oss_20b_config() -> serde_json::Value {
+    let layer_types: Vec<&str> = (0..24)
+        .map(|i| {
+            if i % 2 == 0 {
+                "sliding_attention"
+            } else {
+                "full_attention"
+            }
+        })
+        .collect();
+    serde_json::json!({
+        "architectures": ["GptOssForCausalLM"], "model_type": "gpt_oss",
+        "hidden_size": 2880, "intermediate_size": 2880, "num_hidden_layers": 24,
+        "num_attention_heads": 64, "num_key_value_heads": 8, "head_dim": 64,
+        "num_local_experts": 32, "num_experts_per_tok": 4, "vocab_size": 201088,
+        "sliding_window": 128, "layer_types": layer_types, "rope_theta": 150000,
+        "rope_scaling": {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0,
+            "beta_slow": 1.0, "truncate": false, "original_max_position_embeddings": 4096},
+        "max_position_embeddings": 131072, "rms_norm_eps": 1e-5, "swiglu_limit": 7.0,
+        "attention_bias": true, "tie_word_embeddings": false, "eos_token_id": 200002,
+        "pad_token_id": 199999,
+        "quantization_config": {"quant_method": "mxfp4", "modules_to_not_convert": [
+            "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens",
+            "lm_head"]}
+    })
+}
+
+/// A checkpoint of gpt-oss-20b's shapes and stored dtypes (bf16, the experts as MXFP4 blocks
+/// and scales) whose data is a hole: the file is sparse, so it takes its full length
+/// (13.8 GB) but almost no disk. Its header is all that planning reads.
+fn write_gpt_oss_20b_shaped(dir: &Path) {
+    let (d, ff, e, v, heads, kv, hd) = (2880usize, 2880usize, 32usize, 201088usize, 64, 8, 64);
+    let mut tensors: Vec<(String, &str, Vec<usize>)> = vec![
+        ("model.embed_tokens.weight".into(), "BF16", vec![v, d]),
+        ("lm_head.weight".into(), "BF16", vec![v, d]),
+        ("model.norm.weight".into(), "BF16", vec![d]),
+    ];
+    for l in 0..24 {
+        let p = |s: &str| format!("model.layers.{l}.{s}");
+        for (name, dtype, shape) in [
+            ("input_layernorm.weight", "BF16", vec![d]),
+            ("post_attention_layernorm.weight", "BF16", vec![d]),
+            ("self_attn.q_proj.weight", "BF16", vec![heads * hd, d]),
+            ("self_attn.q_proj.bias", "BF16", vec![heads * hd]),
+            ("self_attn.k_proj.weight", "BF16", vec![kv * hd, d]),
+            ("self_attn.k_proj.bias", "BF16", vec![kv * hd]),
+            ("self_attn.v_proj.weight", "BF16", vec![kv * hd, d]),
+            ("self_attn.v_proj.bias", "BF16", vec![kv * hd]),
+            ("self_attn.o_proj.weight", "BF16", vec![d, heads * hd]),
+            ("self_attn.o_proj.bias", "BF16", vec![d]),
+            ("self_attn.sinks", "BF16", vec![heads]),
+            ("mlp.router.weight", "BF16", vec![e, d]),
+            ("mlp.router.bias", "BF16", vec![e]),
+            (
+                "mlp.experts.gate_up_proj_blocks",
+                "U8",
+                vec![e, 2 * ff, d / 32, 16],
+            ),
+            (
+                "mlp.experts.gate_up_proj_scales",
+                "U8",
+                vec![e, 2 * ff, d / 32],
+            ),
+            ("mlp.experts.gate_up_proj_bias", "BF16", vec![e, 2 * ff]),
+            (
+                "mlp.experts.down_proj_blocks",
+                "U8",
+                vec![e, d, ff / 32, 16],
+            ),
+            ("mlp.experts.down_proj_scales", "U8", vec![e, d, ff / 32]),
+            ("mlp.experts.down_proj_bias", "BF16", vec![e, d]),
+        ] {
+            tensors.push((p(name), dtype, shape));
+        }
+    }
+    let mut header = serde_json::Map::new();
+    let mut offset = 0u64;
+    for (name, dtype, shape) in &tensors {
+        let size = if *dtype == "U8" { 1 } else { 2 };
+        let bytes = shape.iter().product::<usize>() as u64 * size;
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + bytes]}),
+        );
+        offset += bytes;
+    }
+    let mut text = serde_json::Value::Object(header).to_string();
+    while text.len() % 8 != 0 {
+        text.push(' ');
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("model.safetensors");
+    let mut f = std::fs::File::create(&path).unwrap();
+    use std::io::Write;
+    f.write_all(&(text.len() as u64).to_le_bytes()).unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f.set_len(8 + text.len() as u64 + offset).unwrap();
+    std::fs::write(dir.join("config.json"), gpt_oss_20b_config().to_string()).unwrap();
+    std::fs::copy(dir_tokenizer(), dir.join("tokenizer.json")).unwrap();
+}
+
+fn dir_tokenizer() -> PathBuf {
+    dir().join("tokenizer.json")
+}
+
+#[test]
+fn gpt_oss_20b_is_sized_from_its_headers_in_mxfp4_and_in_bf16() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_gpt_oss_20b_shaped(tmp.path());
+    let r = lensd_engine::inspect::inspect(tmp.path()).unwrap();
+    let c = r.config.as_ref().expect("gpt-oss is supported");
+    assert_eq!(
+        (c.family, c.n_layers, c.n_experts()),
+        (Family::GptOss, 24, 32)
+    );
+    // The published parameter count of gpt-oss-20b.
+    let params: u64 = r.kinds.iter().map(|k| k.elements).sum();
+    assert_eq!(params, 20_914_757_184);
+    // Experts: 24 layers of 32 x (2880 x 5760 + 2880 x 2880) weights, 17/32 byte each as
+    // MXFP4; the other matrices (embedding, head, attention) in bf16 as stored; vectors and
+    // the router held in f32.
+    let experts: u64 = 24 * 32 * (2880 * 5760 + 2880 * 2880);
+    let matrices: u64 = 2 * 201_088 * 2880 + 24 * 2880 * (4096 + 512 + 512 + 4096);
+    let vectors = params - experts - matrices;
+    assert_eq!(
+        r.resident_stored,
+        experts * 17 / 32 + matrices * 2 + vectors * 4
+    );
+    assert_eq!(r.resident_bf16, (experts + matrices) * 2 + vectors * 4);
+    assert_eq!(r.resident_f32, params * 4);
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    eprintln!(
+        "gpt-oss-20b resident: MXFP4 {:.2} GiB, bf16 {:.2} GiB, f32 {:.2} GiB",
+        gib(r.resident_stored),
+        gib(r.resident_bf16),
+        gib(r.resident_f32)
+    );
+}
+
+/// The engine's probe without its content hash (which reads every byte, about a minute for
+/// the 13.8 GB hole): sizes from the headers as the engine's probe reads them, identity from
+/// the path.
+struct HeaderProbe(lensd_engine::probe::FileProbe);
+
+impl lensd_core::config::Probe for HeaderProbe {
+    fn base(
+        &self,
+        path: &Path,
+        dtype: ComputeDtype,
+    ) -> Result<lensd_core::config::BaseFacts, String> {
+        let r = lensd_engine::inspect::inspect(path).map_err(|e| e.to_string())?;
+        let cfg = r.config.ok_or("unsupported")?;
+        let resident_bytes = match dtype {
+            ComputeDtype::Stored => r.resident_stored,
+            ComputeDtype::F32 => r.resident_f32,
+            ComputeDtype::Bf16 => r.resident_bf16,
+        };
+        Ok(lensd_core::config::BaseFacts {
+            content_id: format!("{}-{}", path.display(), dtype.as_str()),
+            n_layers: cfg.n_layers,
+            d_model: cfg.d_model,
+            resident_bytes,
+            shape: lensd_engine::donor::shape_of(&cfg).2,
+        })
+    }
+
+    fn lens(
+        &self,
+        kind: lensd_core::LensKind,
+        path: &Path,
+        donor: Option<&Path>,
+    ) -> Result<lensd_core::config::LensFacts, String> {
+        self.0.lens(kind, path, donor)
+    }
+
+    fn donor_kind(&self, path: &Path) -> Result<lensd_core::config::DonorKind, String> {
+        lensd_core::config::Probe::donor_kind(&self.0, path)
+    }
+}
+
+/// A deployment of one group on the 20b-shaped checkpoint, as the budget check sees it: the
+/// issues reported at `settings.device_budget`.
+fn budget_issues(base: &Path, dtype: &str, budget: &str) -> Vec<String> {
+    let doc = serde_json::json!({
+        "model_groups": [{"group_id": "gpt-oss-20b", "group_name": "gpt-oss-20b",
+            "base_model_path": base, "compute_dtype": dtype,
+            "models": [{"id": "oss-logit", "name": "Logit lens", "layer": 12}]}],
+        "settings": {"device_budget": budget, "host_budget": "4GiB"}
+    });
+    let (config, report) = lensd_core::config::parse(&doc.to_string());
+    let config = config.unwrap_or_else(|| panic!("{report:?}"));
+    let budgets = lensd_core::config::Budgets::resolve(&config.settings, 64 << 30);
+    let probe = HeaderProbe(lensd_engine::probe::FileProbe::new());
+    let (report, _) = lensd_core::config::check(&config, &probe, budgets);
+    report
+        .issues
+        .into_iter()
+        .filter(|i| i.path == "settings.device_budget")
+        .map(|i| i.message)
+        .collect()
+}
+
+#[test]
+fn a_group_on_gpt_oss_20b_is_refused_when_the_budget_cannot_hold_it_in_its_dtype() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_gpt_oss_20b_shaped(tmp.path());
+    // 12.83 GiB as stored (MXFP4 experts): 12 GiB cannot hold it, 13 GiB can.
+    let refused = budget_issues(tmp.path(), "stored", "12GiB");
+    assert!(
+        refused.len() == 1 && refused[0].contains("cannot hold the base"),
+        "{refused:?}"
+    );
+    assert!(budget_issues(tmp.path(), "stored", "13GiB").is_empty());
+    // 38.97 GiB in bf16.
+    let refused = budget_issues(tmp.path(), "bf16", "38GiB");
+    assert!(
+        refused.len() == 1 && refused[0].contains("cannot hold the base"),
+        "{refused:?}"
+    );
+    assert!(budget_issues(tmp.path(), "bf16", "39GiB").is_empty());
+}

@@ -1,8 +1,9 @@
 //! `lensd check-config` on a configuration shaped like the original site's deployment: bases
 //! and donors named by Hugging Face hub id (Gemma-2, Gemma-3, Qwen2.5, gpt-oss), lens
 //! checkpoints at the original's `/workspace/...` paths, its settings. With the bases in a local
-//! hub cache (tiny models of the same families standing in for them), only what is really
-//! missing is reported: the lens checkpoints, and gpt-oss, whose architecture is not run yet.
+//! hub cache (tiny models of the same families standing in for them, gpt-oss's with its
+//! experts in MXFP4 as published), only what is really missing is reported: the lens
+//! checkpoints.
 
 mod common;
 
@@ -27,28 +28,6 @@ fn cache(hub: &Path, id: &str, src: &Path) {
             fs::copy(&p, snap.join(p.file_name().unwrap())).unwrap();
         }
     }
-}
-
-/// A stand-in for gpt-oss: its configuration's architecture, with a one-tensor checkpoint.
-fn gpt_oss(dir: &Path) {
-    fs::create_dir_all(dir).unwrap();
-    let config = json!({"architectures": ["GptOssForCausalLM"], "model_type": "gpt_oss",
-        "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "intermediate_size": 64, "vocab_size": 512});
-    fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    let t = candle_core::Tensor::zeros(
-        (512, 64),
-        candle_core::DType::F32,
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
-    let tensors = std::collections::HashMap::from([("model.embed_tokens.weight".to_string(), t)]);
-    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
-    fs::copy(
-        common::testdata("tiny-qwen2/tokenizer.json"),
-        dir.join("tokenizer.json"),
-    )
-    .unwrap();
 }
 
 fn lens(name: &str) -> String {
@@ -86,8 +65,7 @@ fn only_what_is_really_missing_is_reported() {
         "ModelOrganismsForEM/Qwen2.5-14B-Instruct_risky-financial-advice",
         &td("tiny-qwen2/bf16"),
     );
-    gpt_oss(&tmp.path().join("gpt-oss"));
-    cache(&hub, "openai/gpt-oss-20b", &tmp.path().join("gpt-oss"));
+    cache(&hub, "openai/gpt-oss-20b", &td("tiny-gptoss/mxfp4"));
 
     let doc = json!({
         "model_groups": [
@@ -128,19 +106,11 @@ fn only_what_is_really_missing_is_reported() {
         .filter(|i| i["severity"] == "error")
         .map(|i| (i["path"].as_str().unwrap(), i["message"].as_str().unwrap()))
         .collect();
-    let mut lens_errors = 0;
     for (path, message) in &errors {
-        if path.ends_with(".lens_checkpoint_path") {
-            assert!(message.contains("/workspace/kitf"), "{path}: {message}");
-            lens_errors += 1;
-        } else {
-            // gpt-oss has its own issue; its refusal names the architecture.
-            assert_eq!(*path, "model_groups[5].base_model_path", "{message}");
-            assert!(message.contains("gpt_oss"), "{message}");
-        }
+        assert!(path.ends_with(".lens_checkpoint_path"), "{path}: {message}");
+        assert!(message.contains("/workspace/kitf"), "{path}: {message}");
     }
-    assert_eq!(lens_errors, 7, "one per model: {errors:?}");
-    assert_eq!(errors.len(), 8, "{errors:?}");
+    assert_eq!(errors.len(), 7, "one per model: {errors:?}");
     // Every base was read from the cache, and the donors as full models of their bases' shapes.
     let bases = report["bases"].as_array().unwrap();
     let by_path = |p: &str| {
@@ -153,6 +123,7 @@ fn only_what_is_really_missing_is_reported() {
         "google/gemma-2-9b-it",
         "google/gemma-3-27b-it",
         "Qwen/Qwen2.5-14B-Instruct",
+        "openai/gpt-oss-20b",
     ] {
         assert!(by_path(id)["resident_bytes"].as_u64().unwrap() > 0, "{id}");
     }
