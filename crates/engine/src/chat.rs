@@ -12,6 +12,7 @@
 //! again with the system message folded into the first user turn, `"{system}\n\n{user}"`, which
 //! is what Gemma-3's own template does with it.
 
+pub mod harmony;
 pub mod limits;
 
 use minijinja::value::{Kwargs, Value};
