@@ -32,12 +32,13 @@ pub struct Model {
     pub counters: Counters,
 }
 
-/// How much the model has run: block applications (one block over one batch counts once) and
-/// batched passes.
+/// How much the model has run: block applications (one block over one batch counts once),
+/// batched passes, and the time spent in mixtures of experts (routing included).
 #[derive(Debug, Default)]
 pub struct Counters {
     pub blocks: AtomicU64,
     pub passes: AtomicU64,
+    pub expert_nanos: AtomicU64,
 }
 
 impl Counters {
@@ -502,7 +503,12 @@ impl Model {
                     .moe
                     .as_ref()
                     .expect("experts come with a moe configuration");
-                experts_forward(moe, w, &h)?
+                let started = std::time::Instant::now();
+                let y = experts_forward(moe, w, &h)?;
+                self.counters
+                    .expert_nanos
+                    .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                y
             }
         };
         if let Some(w) = &b.post_ffn_norm {

@@ -470,7 +470,7 @@ fn write_gpt_oss_20b_shaped(dir: &Path) {
         offset += bytes;
     }
     let mut text = serde_json::Value::Object(header).to_string();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(' ');
     }
     std::fs::create_dir_all(dir).unwrap();

@@ -4,6 +4,7 @@
 
 use std::ops::ControlFlow;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
@@ -35,6 +36,10 @@ pub struct BenchOptions {
 pub struct Timings {
     pub seconds: Vec<f64>,
     pub median_seconds: f64,
+    /// For a mixture of experts: the fraction of the timed runs spent in the experts (the
+    /// router included).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expert_share: Option<f64>,
 }
 
 impl Timings {
@@ -42,8 +47,14 @@ impl Timings {
         Timings {
             median_seconds: median(&seconds),
             seconds,
+            expert_share: None,
         }
     }
+}
+
+/// Seconds the model has spent in its experts so far.
+fn expert_seconds(base: &Base) -> f64 {
+    base.model.counters.expert_nanos.load(Ordering::Relaxed) as f64 / 1e9
 }
 
 /// The median of measurements (the mean of the middle two for an even count).
@@ -146,9 +157,17 @@ fn timed<T>(reps: usize, mut f: impl FnMut() -> Result<T>) -> Result<Timings> {
     Ok(Timings::new(seconds))
 }
 
+/// A timed greedy decode.
+struct Decoded {
+    seconds: f64,
+    /// Of those, the seconds spent in the experts of a mixture of experts.
+    expert_seconds: f64,
+    ids: Vec<u32>,
+}
+
 /// Seconds to decode `n` greedy tokens (end-of-turn ignored) after `prompt`, prefill excluded,
 /// and the tokens.
-fn decode(base: &Base, prompt: &[u32], n: usize) -> Result<(f64, Vec<u32>)> {
+fn decode(base: &Base, prompt: &[u32], n: usize) -> Result<Decoded> {
     let m = &base.model;
     let mut cache = [KvCache::default()];
     let step = |ids: &[u32], cache: &mut [KvCache]| -> Result<u32> {
@@ -162,12 +181,17 @@ fn decode(base: &Base, prompt: &[u32], n: usize) -> Result<(f64, Vec<u32>)> {
     };
     let mut next = step(prompt, &mut cache)?;
     let mut ids = Vec::with_capacity(n);
+    let e0 = expert_seconds(base);
     let t = Instant::now();
     for _ in 0..n {
         ids.push(next);
         next = step(&[next], &mut cache)?;
     }
-    Ok((t.elapsed().as_secs_f64(), ids))
+    Ok(Decoded {
+        seconds: t.elapsed().as_secs_f64(),
+        expert_seconds: expert_seconds(base) - e0,
+        ids,
+    })
 }
 
 fn one_dtype(model: &Path, compute: ComputeDtype, o: &BenchOptions) -> Result<DtypeResult> {
@@ -181,9 +205,9 @@ fn one_dtype(model: &Path, compute: ComputeDtype, o: &BenchOptions) -> Result<Dt
     })?;
     let mut decode_ids = Vec::new();
     let decode = timed_with(o.reps, || {
-        let (s, ids) = decode(&base, &prompt, o.decode_tokens)?;
-        decode_ids = ids;
-        Ok(s)
+        let run = decode(&base, &prompt, o.decode_tokens)?;
+        decode_ids = run.ids;
+        Ok(run.seconds)
     })?;
     let logit = lens_run(&base, "logit", &Lens::Logit, o)?;
     Ok(DtypeResult {
@@ -302,11 +326,29 @@ pub enum Part {
 pub fn part(model: &Path, part: Part, compute: ComputeDtype, o: &BenchOptions) -> Result<Timings> {
     let base = Base::load(model, LoadOptions { compute })?;
     let prompt = prompt_ids(&base, o.prompt_tokens)?;
-    match part {
+    // Expert time inside the timed parts (decoding times itself after its prefill).
+    let mut in_experts = 0.0;
+    let mut t = match part {
         Part::Prefill => timed(o.reps, || {
-            Ok(base.model.forward(&[&prompt], None, &[], Logits::Last)?)
-        }),
-        Part::Decode => timed_with(o.reps, || Ok(decode(&base, &prompt, o.decode_tokens)?.0)),
-        Part::Analysis => Ok(lens_run(&base, "logit", &Lens::Logit, o)?.timings),
+            let e0 = expert_seconds(&base);
+            let out = base.model.forward(&[&prompt], None, &[], Logits::Last)?;
+            in_experts += expert_seconds(&base) - e0;
+            Ok(out)
+        })?,
+        Part::Decode => timed_with(o.reps, || {
+            let run = decode(&base, &prompt, o.decode_tokens)?;
+            in_experts += run.expert_seconds;
+            Ok(run.seconds)
+        })?,
+        Part::Analysis => {
+            let e0 = expert_seconds(&base);
+            let t = lens_run(&base, "logit", &Lens::Logit, o)?.timings;
+            in_experts += expert_seconds(&base) - e0;
+            t
+        }
+    };
+    if base.config().moe.is_some() {
+        t.expert_share = Some(in_experts / t.seconds.iter().sum::<f64>());
     }
+    Ok(t)
 }
