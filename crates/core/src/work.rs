@@ -41,6 +41,10 @@ pub struct ChatMessage {
     /// `system`, `user` or `assistant`.
     pub role: String,
     pub content: String,
+    /// An assistant turn's thinking before its reply (gpt-oss's `analysis` channel). Chat
+    /// templates receive it as `thinking`; those that have no place for it leave it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thinking: Option<String>,
 }
 
 impl ChatMessage {
@@ -50,7 +54,14 @@ impl ChatMessage {
         ChatMessage {
             role: role.into(),
             content: content.into(),
+            thinking: None,
         }
+    }
+
+    /// The same turn with `thinking` before its content.
+    pub fn with_thinking(mut self, thinking: Option<String>) -> Self {
+        self.thinking = thinking;
+        self
     }
 }
 
@@ -260,8 +271,15 @@ pub enum JobOutput {
     Generation {
         prompt: String,
         ids: Vec<u32>,
+        /// Everything generated, special tokens written out.
         text: String,
         stop: String,
+        /// For a base whose replies have channels (gpt-oss's Harmony): the reply alone (the
+        /// `final` channel) and the thinking before it (`analysis`), when the text has them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        thinking: Option<String>,
     },
 }
 

@@ -8,8 +8,9 @@ use candle_core::Device;
 
 use lensd_core::work::Prompt;
 
+use crate::chat::harmony::{self, RenderOptions};
 use crate::chat::{ChatTemplate, Message};
-use crate::config::ModelConfig;
+use crate::config::{Family, ModelConfig};
 use crate::error::{EngineError, Result};
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
@@ -107,7 +108,11 @@ impl Base {
             .and_then(|c| c.get("add_bos_token"))
             .and_then(|v| v.as_bool())
             .unwrap_or(false);
-        let tokenizer = Tokenizer::from_json_file(&dir.join("tokenizer.json"), bos, eos, add_bos)?;
+        let mut tokenizer =
+            Tokenizer::from_json_file(&dir.join("tokenizer.json"), bos, eos, add_bos)?;
+        if cfg.family == Family::GptOss {
+            harmony_stops(&mut tokenizer);
+        }
         let src = tok_cfg
             .as_ref()
             .and_then(|c| c.get("chat_template"))
@@ -157,17 +162,40 @@ impl Base {
         Ok(self.render(&Prompt::user(user), true)?.0)
     }
 
+    /// Whether the base speaks gpt-oss's Harmony format ([`harmony`]), which lensd renders
+    /// itself rather than through a template.
+    pub fn speaks_harmony(&self) -> bool {
+        self.config().family == Family::GptOss
+    }
+
     /// The text to tokenize for `prompt`, and whether special tokens written in it are
     /// recognised. Chat turns open the assistant's turn after them when `reply` is set or the
     /// last turn is not the assistant's.
+    ///
+    /// In Harmony, a reply follows the format's rule for earlier thinking (dropped before a
+    /// final reply); a conversation read for itself (`reply` unset) keeps every turn's
+    /// `thinking`, so that an analysis includes the thinking its turns carry and excludes
+    /// what they leave out.
     pub fn render(&self, prompt: &Prompt, reply: bool) -> Result<(String, bool)> {
         match prompt {
             Prompt::Plain { text } => Ok((text.clone(), false)),
             Prompt::Rendered { text } => Ok((text.clone(), true)),
             Prompt::Chat { messages } => {
-                let chat = self.template(messages)?;
                 let open = reply || messages.last().is_some_and(|m| m.role != "assistant");
+                if self.speaks_harmony() {
+                    non_empty(messages)?;
+                    let options = RenderOptions {
+                        generation_prompt: open,
+                        keep_analysis: !reply,
+                        ..RenderOptions::default()
+                    };
+                    return Ok((harmony::render_chat(messages, &options)?, true));
+                }
+                let chat = self.template(messages)?;
                 Ok((chat.render(messages, open)?, true))
+            }
+            Prompt::Prefill { messages } if self.speaks_harmony() => {
+                Ok((harmony_prefill(messages)?, true))
             }
             Prompt::Prefill { messages } => {
                 let chat = self.template(messages)?;
@@ -176,15 +204,35 @@ impl Base {
         }
     }
 
+    /// A Harmony generation's reply and thinking, from `prompt` (as [`Base::render`] gave it)
+    /// and the text generated after it: the `final` channel (after an assistant prefill, only
+    /// what follows the prefill) and the `analysis` channel. `None` for other bases, and for
+    /// generated text that is not well-formed Harmony (a reply cut inside a message header).
+    pub fn split_reply(&self, prompt: &str, generated: &str) -> Option<(String, Option<String>)> {
+        if !self.speaks_harmony() {
+            return None;
+        }
+        // A prompt that ends inside the assistant's message (a prefill) has written its header.
+        let open = prompt
+            .rfind(harmony::GENERATION_PROMPT)
+            .map(|at| &prompt[at + harmony::GENERATION_PROMPT.len()..])
+            .unwrap_or("");
+        let header = match open.rfind("<|message|>") {
+            Some(at) => &open[..at + "<|message|>".len()],
+            None => open,
+        };
+        match harmony::parse_completion(&format!("{header}{generated}")) {
+            // The prefill's own words (after the header) are the prompt's, not the reply's.
+            Ok(c) => Some((c.reply().unwrap_or_default(), c.thinking())),
+            Err(_) => None,
+        }
+    }
+
     fn template(&self, messages: &[Message]) -> Result<&ChatTemplate> {
         let chat = self.chat.as_ref().ok_or_else(|| {
             EngineError::Input(format!("{} has no chat template", self.source.display()))
         })?;
-        if messages.is_empty() {
-            return Err(EngineError::Input(
-                "a chat needs at least one message".into(),
-            ));
-        }
+        non_empty(messages)?;
         Ok(chat)
     }
 
@@ -200,11 +248,84 @@ impl Base {
         if n >= messages.len() {
             return Ok(0);
         }
-        let chat = self.template(messages)?;
-        let head = chat.render(&messages[..messages.len() - n], false)?;
+        let before = &messages[..messages.len() - n];
+        let head = if self.speaks_harmony() {
+            let options = RenderOptions {
+                generation_prompt: false,
+                keep_analysis: true,
+                ..RenderOptions::default()
+            };
+            harmony::render_chat(before, &options)?
+        } else {
+            self.template(messages)?.render(before, false)?
+        };
         let head = self.tokenizer.encode_prompt(&head, true)?;
         Ok(head.iter().zip(ids).take_while(|(a, b)| a == b).count())
     }
+}
+
+fn non_empty(messages: &[Message]) -> Result<()> {
+    if messages.is_empty() {
+        return Err(EngineError::Input(
+            "a chat needs at least one message".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// gpt-oss's generations end at `<|return|>` (the reply is done) and `<|call|>` (a tool call),
+/// never at `<|end|>`, which closes the thinking before the reply.
+fn harmony_stops(tokenizer: &mut Tokenizer) {
+    if let Some(end) = tokenizer.token_to_id("<|end|>") {
+        tokenizer.stop_ids.retain(|&id| id != end);
+    }
+    for marker in harmony::STOP_MARKERS {
+        if let Some(id) = tokenizer.token_to_id(marker) {
+            if !tokenizer.stop_ids.contains(&id) {
+                tokenizer.stop_ids.push(id);
+            }
+        }
+    }
+}
+
+/// A Harmony conversation ending with the assistant's turn, rendered to be continued: the
+/// turns before it, the assistant's header, its thinking as an `analysis` message when it has
+/// some, then its `final` message left open after its content (empty content opens the turn
+/// for the model to choose).
+fn harmony_prefill(messages: &[Message]) -> Result<String> {
+    let (last, before) = messages
+        .split_last()
+        .ok_or_else(|| EngineError::Input("a chat needs at least one message".into()))?;
+    if last.role != "assistant" {
+        return Err(EngineError::Input(format!(
+            "an assistant prefill needs the conversation to end with an assistant turn, not \
+             `{}`",
+            last.role
+        )));
+    }
+    let options = RenderOptions {
+        generation_prompt: true,
+        ..RenderOptions::default()
+    };
+    let mut text = harmony::render_chat(before, &options)?;
+    for part in last.thinking.iter().chain([&last.content]) {
+        if let Some(special) = harmony::find_special(part) {
+            return Err(EngineError::Input(format!(
+                "the assistant prefill holds {special}, one of gpt-oss's special tokens"
+            )));
+        }
+    }
+    if let Some(thinking) = &last.thinking {
+        text.push_str(&format!(
+            "<|channel|>analysis<|message|>{thinking}<|end|>{}",
+            harmony::GENERATION_PROMPT
+        ));
+    }
+    if !last.content.is_empty() || last.thinking.is_some() {
+        text.push_str("<|channel|>final<|message|>");
+        text.push_str(&last.content);
+    }
+    Ok(text)
 }
 
 /// `messages` rendered so that the text ends inside the last turn, the assistant's, right

@@ -604,3 +604,84 @@ fn a_group_on_gpt_oss_20b_is_refused_when_the_budget_cannot_hold_it_in_its_dtype
     );
     assert!(budget_issues(tmp.path(), "bf16", "39GiB").is_empty());
 }
+
+#[test]
+fn chats_are_rendered_in_harmony_and_replies_split_from_their_thinking() {
+    use lensd_core::work::{ChatMessage, Prompt};
+    use lensd_engine::chat::harmony::{render_chat, RenderOptions};
+    let base = load(&dir().join("mxfp4"), ComputeDtype::Stored);
+    assert!(base.speaks_harmony());
+    let t = &base.tokenizer;
+    let id = |s: &str| t.token_to_id(s).unwrap();
+    // Generation ends with the reply or a tool call, not with the thinking's `<|end|>`.
+    assert!(t.stop_ids.contains(&id("<|return|>")) && t.stop_ids.contains(&id("<|call|>")));
+    assert!(!t.stop_ids.contains(&id("<|end|>")));
+
+    let conversation = vec![
+        ChatMessage::new("system", "Answer briefly."),
+        ChatMessage::new("user", "Capital of France?"),
+        ChatMessage::new("assistant", "Paris.").with_thinking(Some("Easy one.".into())),
+        ChatMessage::new("user", "And of Italy?"),
+    ];
+    let chat = Prompt::Chat {
+        messages: conversation.clone(),
+    };
+    let (reply_prompt, special) = base.render(&chat, true).unwrap();
+    assert!(special);
+    assert_eq!(
+        reply_prompt,
+        render_chat(&conversation, &RenderOptions::default()).unwrap()
+    );
+    assert!(reply_prompt.starts_with("<|start|>system<|message|>"));
+    assert!(reply_prompt.ends_with("<|start|>assistant"));
+    // A reply follows Harmony's rule and drops the earlier thinking; an analysis of the
+    // conversation reads the thinking its turns carry, and not the thinking they leave out.
+    assert!(!reply_prompt.contains("Easy one."));
+    let (read, _) = base.render(&chat, false).unwrap();
+    assert!(read.contains("<|channel|>analysis<|message|>Easy one.<|end|>"));
+    let mut without = conversation.clone();
+    without[2].thinking = None;
+    let (read_without, _) = base
+        .render(&Prompt::Chat { messages: without }, false)
+        .unwrap();
+    assert!(!read_without.contains("<|channel|>analysis"));
+    let ids = t.encode_prompt(&read, true).unwrap();
+    assert!(ids.contains(&id("<|channel|>")) && ids.contains(&id("<|message|>")));
+    let user_turns = base
+        .last_turns_start(&chat, &ids, 1)
+        .expect("turn boundaries");
+    let tail = t.decode(&ids[user_turns..]).unwrap();
+    assert!(
+        tail.starts_with("<|start|>user<|message|>And of Italy?"),
+        "{tail}"
+    );
+
+    // What the model writes after `<|start|>assistant`: thinking, then the reply.
+    let written = "<|channel|>analysis<|message|>Rome, surely.<|end|><|start|>assistant\
+                   <|channel|>final<|message|>Rome.";
+    assert_eq!(
+        base.split_reply(&reply_prompt, written),
+        Some(("Rome.".to_string(), Some("Rome, surely.".to_string())))
+    );
+    // After a prefill the model continues the reply: the prefill is the prompt's.
+    let prefill = Prompt::Prefill {
+        messages: vec![
+            ChatMessage::new("user", "Capital of Italy?"),
+            ChatMessage::new("assistant", "It is"),
+        ],
+    };
+    let (open, _) = base.render(&prefill, true).unwrap();
+    assert!(open.ends_with("<|start|>assistant<|channel|>final<|message|>It is"));
+    assert_eq!(
+        base.split_reply(&open, " Rome."),
+        Some((" Rome.".to_string(), None))
+    );
+    // Text that is not Harmony (a random model's) has no reply to split off.
+    assert_eq!(base.split_reply(&reply_prompt, "just words"), None);
+    // A special token in a prefill is refused, not turned into a control token.
+    let bad = Prompt::Prefill {
+        messages: vec![ChatMessage::new("assistant", "x<|end|>")],
+    };
+    let e = base.render(&bad, true).unwrap_err().to_string();
+    assert!(e.contains("<|end|>"), "{e}");
+}

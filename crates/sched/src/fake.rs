@@ -650,6 +650,8 @@ impl FakeEngine {
                     ids,
                     text,
                     stop: "max_tokens".into(),
+                    reply: None,
+                    thinking: None,
                 })
             }
         }

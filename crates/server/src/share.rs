@@ -250,11 +250,25 @@ fn write_output(out: &mut String, output: &Value) -> fmt::Result {
             ids,
             text,
             stop,
+            reply,
+            thinking,
         }) => {
             writeln!(out, "<h2>Prompt</h2>")?;
             writeln!(out, "<pre class=\"text\">{}</pre>", escape(&prompt))?;
-            writeln!(out, "<h2>Generated text</h2>")?;
-            writeln!(out, "<pre class=\"text\">{}</pre>", escape(&text))?;
+            if let Some(thinking) = thinking {
+                writeln!(out, "<h2>Thinking</h2>")?;
+                writeln!(out, "<pre class=\"text\">{}</pre>", escape(&thinking))?;
+            }
+            match reply {
+                Some(reply) => {
+                    writeln!(out, "<h2>Reply</h2>")?;
+                    writeln!(out, "<pre class=\"text\">{}</pre>", escape(&reply))?;
+                }
+                None => {
+                    writeln!(out, "<h2>Generated text</h2>")?;
+                    writeln!(out, "<pre class=\"text\">{}</pre>", escape(&text))?;
+                }
+            }
             writeln!(
                 out,
                 "<p>{} tokens; stopped by {}.</p>",
@@ -598,6 +612,8 @@ mod tests {
             ids: vec![504, 3575, 282, 4649, 314, 7042, 30],
             text: "The capital of France is Paris.".to_string(),
             stop: "eos".to_string(),
+            reply: None,
+            thinking: None,
         })
         .unwrap();
         let page = render(&stored(

@@ -264,13 +264,23 @@ impl HarmonyMessage {
     }
 }
 
-/// [`HarmonyMessage::from_chat`] over a conversation.
+/// [`HarmonyMessage::from_chat`] over a conversation; an assistant turn's `thinking` becomes
+/// an `analysis` message before its reply.
 pub fn from_chat(messages: &[ChatMessage]) -> Result<Vec<HarmonyMessage>> {
-    messages
-        .iter()
-        .enumerate()
-        .map(|(i, m)| HarmonyMessage::from_chat(i, m))
-        .collect()
+    let mut out = Vec::with_capacity(messages.len());
+    for (i, m) in messages.iter().enumerate() {
+        match (&m.thinking, m.role.as_str()) {
+            (Some(t), "assistant") => out.push(HarmonyMessage::analysis(t.clone())),
+            (Some(_), role) => {
+                return Err(EngineError::Input(format!(
+                    "messages[{i}] is a `{role}` turn with `thinking`; only assistant turns think"
+                )))
+            }
+            (None, _) => {}
+        }
+        out.push(HarmonyMessage::from_chat(i, m)?);
+    }
+    Ok(out)
 }
 
 /// Renders lensd's chat messages (see [`from_chat`]) in Harmony.

@@ -297,11 +297,17 @@ impl LocalEngine {
                     StopReason::MaxTokens => "max_tokens",
                     StopReason::Cancelled => "cancelled",
                 };
+                let (reply, thinking) = match base.split_reply(&prompt, &g.text) {
+                    Some((reply, thinking)) => (Some(reply), thinking),
+                    None => (None, None),
+                };
                 Ok(JobOutput::Generation {
                     prompt,
                     ids: g.ids,
                     text: g.text,
                     stop: stop.into(),
+                    reply,
+                    thinking,
                 })
             }
         }

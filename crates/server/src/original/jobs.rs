@@ -147,7 +147,7 @@ fn fold(r: &mut Record, v: &Value, kind: Kind) -> bool {
                     let result = &v["result"];
                     json!({
                         "response": result["completions"][0],
-                        "thinking": Value::Null,
+                        "thinking": result["thinking"][0],
                         "metadata": result["metadata"],
                     })
                 }
@@ -202,6 +202,16 @@ mod tests {
         assert_eq!(
             m.result.unwrap(),
             json!({"response": "Paris.", "thinking": null, "metadata": {"model_id": "m"}})
+        );
+        // gpt-oss's thinking comes beside its reply.
+        let mut t = Record::default();
+        let reply = json!({"type": "generation_complete", "result": {"completions": ["Paris."],
+            "thinking": ["A capital; answer briefly."], "metadata": {}}});
+        assert!(fold(&mut t, &reply, Kind::Message));
+        let result = t.result.unwrap();
+        assert_eq!(
+            (&result["response"], &result["thinking"]),
+            (&json!("Paris."), &json!("A capital; answer briefly."))
         );
 
         let mut f = Record::default();

@@ -256,7 +256,14 @@ fn chat_turns(text: &TextInput) -> Result<Vec<ChatMessage>, ApiError> {
                     ChatMessage::ROLES.join(", ")
                 )));
             }
-            Ok(ChatMessage::new(&t.role, t.content))
+            if t.thinking.is_some() && t.role != "assistant" {
+                return Err(ApiError::BadRequest(format!(
+                    "turn {i} of `text` is a `{}` turn with `thinking`; only assistant turns \
+                     think",
+                    t.role
+                )));
+            }
+            Ok(ChatMessage::new(&t.role, t.content).with_thinking(t.thinking))
         })
         .collect()
 }

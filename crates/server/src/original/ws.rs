@@ -579,6 +579,8 @@ pub(crate) async fn generate(
 /// others' work interleaves), and tells the original's messages for them as one request.
 async fn forward_generation(ctx: Ctx, live: Arc<Live>, plan: GeneratePlan) {
     let mut completions = Vec::with_capacity(plan.completions);
+    // gpt-oss's thinking, per completion, beside the replies.
+    let mut thinking: Vec<Option<String>> = Vec::with_capacity(plan.completions);
     let mut generated = 0usize;
     'runs: for i in 0..plan.completions {
         if i > 0 {
@@ -619,15 +621,23 @@ async fn forward_generation(ctx: Ctx, live: Arc<Live>, plan: GeneratePlan) {
                 RequestEvent::Completed {
                     output:
                         JobOutput::Generation {
-                            prompt, text, ids, ..
+                            prompt,
+                            text,
+                            ids,
+                            reply,
+                            thinking: thought,
+                            ..
                         },
                 } => {
                     generated += ids.len();
-                    completions.push(if plan.full_text {
-                        format!("{prompt}{text}")
-                    } else {
-                        text
+                    // The full text is what the model read and wrote, channels and all; the
+                    // reply alone leaves gpt-oss's thinking to `thinking`.
+                    completions.push(match (plan.full_text, reply) {
+                        (true, _) => format!("{prompt}{text}"),
+                        (false, Some(reply)) => reply,
+                        (false, None) => text,
                     });
+                    thinking.push(thought);
                     break;
                 }
                 RequestEvent::Error {
@@ -651,6 +661,7 @@ async fn forward_generation(ctx: Ctx, live: Arc<Live>, plan: GeneratePlan) {
             let w = &plan.work;
             let mut v = json!({"type": "generation_complete", "device": DEVICE, "result": {
             "completions": completions,
+            "thinking": thinking,
             "metadata": {
                 "model_id": w.model,
                 "num_completions": plan.completions,
