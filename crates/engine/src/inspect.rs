@@ -107,8 +107,9 @@ fn gguf_entries(g: &GgufFile) -> Vec<Entry> {
         .iter()
         .map(|(name, info)| Entry {
             name: name.clone(),
-            dtype: format!("{:?}", info.ggml_dtype),
-            elements: info.shape.elem_count() as u64,
+            dtype: info.dtype.to_string(),
+            // MXFP4 too: 32 values per 17-byte block, as many as the shape says.
+            elements: info.elements(),
             bytes: GgufFile::tensor_bytes(info),
         })
         .collect()
