@@ -14,6 +14,8 @@ Writes testdata/tiny-gptoss/:
   mxfp4/       the same model as gpt-oss is published: the experts' matrices as MXFP4
                `*_blocks` / `*_scales`, `quantization_config` in config.json, the rest in f32
   bf16/        every weight in bf16, the experts unquantized
+  model.gguf   mxfp4/ converted by llama.cpp's own convert_hf_to_gguf.py (family_gguf.py):
+               the experts as GGML MXFP4 blocks, gate and up apart, the rest in f32
   golden.safetensors
       input_ids.{s}; hidden.{s}.{i} (i = 0..L, the residual entering block i, L = after the
       last block); normed.{s}; logits.{s}; for every block: mlp_in.{s}.{i} (the router's input),
@@ -45,6 +47,7 @@ from safetensors.torch import save_file
 from transformers import GptOssConfig, GptOssForCausalLM
 from transformers.integrations.mxfp4 import FP4_VALUES, convert_moe_packed_tensors
 
+import family_gguf
 import family_tokenizers as ftok
 from golden_util import TESTDATA, write_json
 
@@ -356,6 +359,16 @@ def main() -> None:
 
     mx = write_mxfp4(model, packed, OUT / "mxfp4")
     mx["transformers"] = check_transformers_reads_mxfp4(model, OUT / "mxfp4")
+
+    with family_gguf.LlamaCppSource() as llama_cpp:
+        family_gguf.convert(llama_cpp, OUT / "mxfp4", OUT / "model.gguf", "gpt-4o")
+    gguf_meta, gguf_tensors = family_gguf.read_gguf(OUT / "model.gguf")
+    mx["gguf"] = {
+        "architecture": gguf_meta["general.architecture"],
+        "expert_types": sorted({t for n, (_, t, _) in gguf_tensors.items() if "_exps.weight" in n}),
+        "tensors": len(gguf_tensors),
+    }
+    assert mx["gguf"]["expert_types"] == ["MXFP4"], mx["gguf"]
 
     bf16 = make_model(special)
     bf16.load_state_dict(model.state_dict())

@@ -75,7 +75,10 @@ impl Base {
     ) -> Result<Self> {
         let g = GgufFile::read(path, progress)?;
         let cfg = g.config()?;
-        let tokenizer = Tokenizer::from_gguf(&g)?;
+        let mut tokenizer = Tokenizer::from_gguf(&g)?;
+        if cfg.family == Family::GptOss {
+            harmony_stops(&mut tokenizer);
+        }
         // A file without a template gets its family's well-known format, as llama.cpp does.
         let src = g
             .get_str("tokenizer.chat_template")

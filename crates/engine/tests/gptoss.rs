@@ -95,6 +95,50 @@ fn every_layer_and_the_logits_match_transformers_from_every_layout() {
         &bf16.model,
         &golden("golden_bf16.safetensors"),
     );
+    // llama.cpp's conversion: gate and up apart, GGML's MXFP4 blocks, the rest in f32.
+    let gguf = dir().join("model.gguf");
+    check_all_layers(
+        "GGUF, MXFP4 blocks",
+        &load(&gguf, ComputeDtype::Stored).model,
+        &g,
+    );
+    check_all_layers("GGUF, widened", &load(&gguf, ComputeDtype::F32).model, &g);
+}
+
+#[test]
+fn the_gguf_conversion_reads_as_the_checkpoint_does() {
+    let gguf = load(&dir().join("model.gguf"), ComputeDtype::Stored);
+    let hf = load(&dir().join("mxfp4"), ComputeDtype::Stored);
+    let (a, b) = (gguf.config(), hf.config());
+    assert_eq!(
+        (
+            a.family,
+            a.n_layers,
+            a.d_ff,
+            a.sliding_window,
+            &a.sliding_layers
+        ),
+        (
+            b.family,
+            b.n_layers,
+            b.d_ff,
+            b.sliding_window,
+            &b.sliding_layers
+        )
+    );
+    assert_eq!(
+        (&a.moe, &a.rope, a.attn_sinks),
+        (&b.moe, &b.rope, b.attn_sinks)
+    );
+    // The GGUF vocabulary (llama.cpp's `gpt-4o` pre-tokenizer) splits text as tokenizer.json.
+    let info = common::json("tiny-gptoss/golden.json");
+    for ex in info["tokenizer_examples"].as_array().unwrap() {
+        let text = ex["text"].as_str().unwrap();
+        let want = hf.tokenizer.encode(text, true).unwrap();
+        assert_eq!(gguf.tokenizer.encode(text, true).unwrap(), want, "{text:?}");
+        assert_eq!(want, common::ids_of(&ex["ids"]), "{text:?}");
+    }
+    assert!(gguf.speaks_harmony());
 }
 
 #[test]
@@ -263,7 +307,12 @@ fn the_window_the_sinks_and_the_clamps_each_change_the_result() {
 
 #[test]
 fn resident_bytes_from_the_headers_equal_the_loaded_bytes() {
-    for path in [dir(), dir().join("mxfp4"), dir().join("bf16")] {
+    for path in [
+        dir(),
+        dir().join("mxfp4"),
+        dir().join("bf16"),
+        dir().join("model.gguf"),
+    ] {
         let report = lensd_engine::inspect::inspect(&path).unwrap();
         for (compute, want) in [
             (ComputeDtype::F32, report.resident_f32),

@@ -4,9 +4,10 @@
 //! layers alternating, YaRN rotary scaling, rotation over halves. The published checkpoint
 //! stores the experts' matrices as MXFP4 (`quantization_config.quant_method: mxfp4`).
 
-use super::{sliding_pattern, HfFields};
+use super::{gguf_f64_or, gguf_sizes, sliding_pattern, HfFields};
 use crate::config::{Family, ModelConfig, Moe, Rope, RopeScaling, RopeStyle};
 use crate::error::{EngineError, Result};
+use crate::weights::gguf::GgufFile;
 
 /// The activation's constants as gpt-oss defines them (transformers' `GptOssExperts`).
 const ALPHA: f64 = 1.702;
@@ -66,5 +67,33 @@ pub(super) fn from_hf(f: &HfFields) -> Result<ModelConfig> {
             ));
         }
     }
+    Ok(c)
+}
+
+/// llama.cpp's GGUF files of gpt-oss: the sizes under `gpt-oss.*`, the experts' width in
+/// `expert_feed_forward_length`, no sliding pattern (llama.cpp slides on even layers, as the
+/// published configuration does) and no YaRN truncation flag (the published configuration's
+/// is false).
+pub(super) fn from_gguf(g: &GgufFile) -> Result<ModelConfig> {
+    let k = |s: &str| format!("gpt-oss.{s}");
+    let mut c = gguf_sizes(g, Family::GptOss)?;
+    if g.get(&k("expert_feed_forward_length")).is_some() {
+        c.d_ff = g.get_usize(&k("expert_feed_forward_length"))?;
+    }
+    c.rope_style = RopeStyle::Halves;
+    if let RopeScaling::Yarn { truncate, .. } = &mut c.rope.scaling {
+        *truncate = false;
+    }
+    c.qkv_bias = true;
+    c.o_bias = true;
+    c.attn_sinks = true;
+    c.sliding_window = Some(g.get_usize(&k("attention.sliding_window"))?);
+    c.sliding_layers = sliding_pattern(c.n_layers, |i| i % 2 == 0);
+    c.moe = Some(Moe {
+        n_experts: g.get_usize(&k("expert_count"))?,
+        top_k: g.get_usize(&k("expert_used_count"))?,
+        limit: gguf_f64_or(g, &k("swiglu_clamp"), DEFAULT_LIMIT)?,
+        alpha: ALPHA,
+    });
     Ok(c)
 }

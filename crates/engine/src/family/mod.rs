@@ -116,6 +116,7 @@ const GGUF_NAMES: &[(&str, Family)] = &[
     ("qwen3", Family::Qwen3),
     ("gemma2", Family::Gemma2),
     ("gemma3", Family::Gemma3),
+    ("gpt-oss", Family::GptOss),
 ];
 
 /// Reads the configuration of a GGUF file of any supported family from its metadata.
@@ -132,7 +133,7 @@ pub(crate) fn from_gguf(g: &GgufFile) -> Result<ModelConfig> {
         Family::Llama => llama::from_gguf(g)?,
         Family::Qwen2 | Family::Qwen3 => qwen::from_gguf(g, family)?,
         Family::Gemma2 | Family::Gemma3 => gemma::from_gguf(g, family)?,
-        Family::GptOss => unreachable!("not in GGUF_NAMES"),
+        Family::GptOss => gptoss::from_gguf(g)?,
     };
     checked(g.path(), cfg)
 }
@@ -254,11 +255,28 @@ fn gguf_rope_scaling(g: &GgufFile, arch: &str) -> Result<RopeScaling> {
                 RopeScaling::Linear { factor: f }
             })
         }
+        "yarn" => {
+            let f = factor()?;
+            let original = g.get_usize(&k("rope.scaling.original_context_length"))?;
+            let attention_factor = match gguf_opt_f64(g, &k("rope.scaling.attn_factor"))? {
+                Some(a) => a,
+                None => RopeScaling::yarn_attention_factor(f, None, None),
+            };
+            Ok(RopeScaling::Yarn {
+                factor: f,
+                beta_fast: gguf_f64_or(g, &k("rope.scaling.yarn_beta_fast"), 32.0)?,
+                beta_slow: gguf_f64_or(g, &k("rope.scaling.yarn_beta_slow"), 1.0)?,
+                original_max_positions: original,
+                // transformers' default; a family whose configuration says otherwise sets it.
+                truncate: true,
+                attention_factor,
+            })
+        }
         other => Err(EngineError::unsupported(
             g.path(),
             format!(
-                "rotary scaling `{other}` in `{}` (supported: none, linear, and llama3 through \
-                 rope_freqs.weight)",
+                "rotary scaling `{other}` in `{}` (supported: none, linear, yarn, and llama3 \
+                 through rope_freqs.weight)",
                 k("rope.scaling.type")
             ),
         )),

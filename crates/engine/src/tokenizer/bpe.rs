@@ -22,6 +22,10 @@ const LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])
 /// Qwen2's split: Llama-3's, but every digit is a word of its own.
 const QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// o200k's split (GPT-4o, gpt-oss): words with their case and contractions, numbers in runs of
+/// up to three digits, punctuation with trailing newlines and slashes.
+const O200K: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
 /// GPT-2's split, which `ByteLevel` applies itself when asked to.
 const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
 
@@ -40,6 +44,7 @@ pub const SUPPORTED_PRE: &[&str] = &[
     "llama-bpe",
     "llama3",
     "llama-v3",
+    "gpt-4o",
 ];
 
 /// What a pre-tokenizer name implies.
@@ -87,6 +92,7 @@ pub fn pre_tokenizer(name: &str) -> Option<PreTokenizer> {
             .into(),
         ),
         "qwen2" => plain(with_regexes(&[QWEN2])),
+        "gpt-4o" => plain(with_regexes(&[O200K])),
         "llama-bpe" | "llama3" | "llama-v3" => PreTokenizer {
             split: with_regexes(&[LLAMA3]),
             ignore_merges: true,

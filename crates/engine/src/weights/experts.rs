@@ -74,6 +74,24 @@ impl ExpertMats {
         Ok(ExpertMats::Dense(mats))
     }
 
+    /// Float values of `experts` matrices `[out, in]`, one after the other, in `compute`'s
+    /// dtype (f32 for `stored`: the values came as floats).
+    pub fn from_values(
+        values: Vec<f32>,
+        (experts, out, inp): (usize, usize, usize),
+        compute: ComputeDtype,
+    ) -> Result<Self> {
+        let dtype = match compute {
+            ComputeDtype::Bf16 => DType::BF16,
+            ComputeDtype::Stored | ComputeDtype::F32 => DType::F32,
+        };
+        let all = Tensor::from_vec(values, (experts, out, inp), &Device::Cpu)?;
+        let mats = (0..experts)
+            .map(|e| Ok(Linear::Dense(all.get(e)?.to_dtype(dtype)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ExpertMats::Dense(mats))
+    }
+
     pub fn len(&self) -> usize {
         match self {
             ExpertMats::Dense(m) => m.len(),

@@ -1,21 +1,27 @@
-//! GGUF files: the header (metadata and tensor table), the configuration read from it,
-//! and tensors served without copies out of the file's bytes, read once into memory.
+//! GGUF files: the header (metadata and tensor table, parsed in `gguf_header`), the
+//! configuration read from it, and tensors served without copies out of the file's bytes, read
+//! once into memory.
 
 use std::collections::HashMap;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::quantized::gguf_file::{Content, TensorInfo, Value};
+use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device};
 
+use super::experts::ExpertMats;
 use super::file::{self, FileBytes, ReadAt};
+use super::gguf_experts;
+use super::gguf_header::{self, GgufHeader, HeaderError};
 use super::{
     check_shape, file_quant, ComputeDtype, Linear, ModelWeights, Role, TensorHeader, TensorSource,
 };
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
+
+pub use super::gguf_header::{GgufDType, GgufTensor};
 
 const MAGIC: &[u8; 4] = b"GGUF";
 
@@ -25,14 +31,15 @@ pub struct GgufFile {
     len: u64,
     /// The whole file, when it was read for its tensors (not only its header).
     bytes: Option<Arc<FileBytes>>,
-    content: Content,
+    header: GgufHeader,
 }
 
 impl std::fmt::Debug for GgufFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GgufFile")
             .field("path", &self.path)
-            .field("tensors", &self.content.tensor_infos.len())
+            .field("version", &self.header.version)
+            .field("tensors", &self.header.tensors.len())
             .finish()
     }
 }
@@ -54,8 +61,8 @@ impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
         let file = file::open(path)?;
         let len = file.size().map_err(|e| EngineError::io(path, e))?;
-        let mut reader = std::io::BufReader::with_capacity(1 << 16, At { file, pos: 0 });
-        Self::parse(path, len, None, &mut reader)
+        let reader = std::io::BufReader::with_capacity(1 << 16, At { file, pos: 0 });
+        Self::parse(path, len, None, reader)
     }
 
     /// Reads the whole file into memory, calling `progress(bytes done, bytes total)` as it
@@ -63,14 +70,14 @@ impl GgufFile {
     pub fn read(path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<Self> {
         let bytes = Arc::new(file::read_whole(path, progress)?);
         let len = bytes.len() as u64;
-        Self::parse(path, len, Some(bytes.clone()), &mut Cursor::new(&bytes[..]))
+        Self::parse(path, len, Some(bytes.clone()), Cursor::new(&bytes[..]))
     }
 
     fn parse<R: std::io::Read + std::io::Seek>(
         path: &Path,
         len: u64,
         bytes: Option<Arc<FileBytes>>,
-        reader: &mut R,
+        mut reader: R,
     ) -> Result<Self> {
         let mut magic = [0u8; 4];
         if reader.read_exact(&mut magic).is_err() || &magic != MAGIC {
@@ -80,19 +87,24 @@ impl GgufFile {
             ));
         }
         reader.rewind().map_err(|e| EngineError::io(path, e))?;
-        let content = Content::read(reader).map_err(|e| {
-            EngineError::format(
+        let header = gguf_header::read(reader, len).map_err(|e| match e {
+            HeaderError::Corrupt(m) => EngineError::format(
                 path,
-                format!("the GGUF header is corrupt or truncated: {e}"),
-            )
+                format!("the GGUF header is corrupt or truncated: {m}"),
+            ),
+            HeaderError::Unsupported(m) => EngineError::unsupported(path, m),
+            HeaderError::Io { at, error } => EngineError::io(
+                path,
+                std::io::Error::new(error.kind(), format!("{error} (at byte {at} of {len})")),
+            ),
         })?;
         let g = GgufFile {
             path: path.to_path_buf(),
             len,
             bytes,
-            content,
+            header,
         };
-        for (name, info) in &g.content.tensor_infos {
+        for (name, info) in &g.header.tensors {
             g.byte_range(name, info)?;
         }
         Ok(g)
@@ -107,36 +119,45 @@ impl GgufFile {
     }
 
     pub fn metadata(&self) -> &HashMap<String, Value> {
-        &self.content.metadata
+        &self.header.metadata
     }
 
-    pub fn tensor_infos(&self) -> &HashMap<String, TensorInfo> {
-        &self.content.tensor_infos
+    pub fn tensor_infos(&self) -> &HashMap<String, GgufTensor> {
+        &self.header.tensors
     }
 
     pub fn tensor_data_offset(&self) -> u64 {
-        self.content.tensor_data_offset
+        self.header.data_offset
+    }
+
+    /// The format's version (1, 2 or 3).
+    pub fn version(&self) -> u32 {
+        self.header.version
+    }
+
+    /// `general.alignment`, or 32 when the file leaves it unset.
+    pub fn alignment(&self) -> u64 {
+        self.header.alignment
     }
 
     /// Bytes a tensor occupies in the file.
-    pub fn tensor_bytes(info: &TensorInfo) -> u64 {
-        let elems = info.shape.elem_count() as u64;
-        elems / info.ggml_dtype.block_size() as u64 * info.ggml_dtype.type_size() as u64
+    pub fn tensor_bytes(info: &GgufTensor) -> u64 {
+        info.bytes()
     }
 
-    fn byte_range(&self, name: &str, info: &TensorInfo) -> Result<(usize, usize)> {
-        let block = info.ggml_dtype.block_size();
-        if !info.shape.elem_count().is_multiple_of(block) {
+    fn byte_range(&self, name: &str, info: &GgufTensor) -> Result<(usize, usize)> {
+        let block = info.dtype.block_size() as u64;
+        if !info.elements().is_multiple_of(block) {
             return Err(EngineError::format(
                 &self.path,
                 format!(
-                    "tensor `{name}` has {} elements, not a multiple of the {:?} block size {block}",
-                    info.shape.elem_count(),
-                    info.ggml_dtype
+                    "tensor `{name}` has {} elements, not a multiple of the {} block size {block}",
+                    info.elements(),
+                    info.dtype
                 ),
             ));
         }
-        let start = self.content.tensor_data_offset.saturating_add(info.offset);
+        let start = self.header.data_offset.saturating_add(info.offset);
         let len = Self::tensor_bytes(info);
         let end = start.saturating_add(len);
         if end > self.len {
@@ -151,8 +172,30 @@ impl GgufFile {
         Ok((start as usize, len as usize))
     }
 
+    /// A tensor's bytes as stored, for a file read with [`GgufFile::read`]: how MXFP4 experts,
+    /// which candle cannot hold, are read.
+    pub(crate) fn raw_bytes(&self, name: &str) -> Result<&[u8]> {
+        let (offset, len) = self.byte_range(name, self.info(name)?)?;
+        self.file_bytes()?.get(offset..offset + len).ok_or_else(|| {
+            EngineError::format(
+                &self.path,
+                format!("tensor `{name}` lies past the end of the bytes read"),
+            )
+        })
+    }
+
+    /// The whole file, when it was read (not only its header).
+    fn file_bytes(&self) -> Result<&Arc<FileBytes>> {
+        self.bytes.as_ref().ok_or_else(|| {
+            EngineError::format(
+                &self.path,
+                "only the header was read; tensors need the whole file (GgufFile::read)",
+            )
+        })
+    }
+
     pub fn get(&self, key: &str) -> Option<&Value> {
-        self.content.metadata.get(key)
+        self.header.metadata.get(key)
     }
 
     fn meta_err(&self, key: &str, what: &str) -> EngineError {
@@ -216,7 +259,7 @@ impl GgufFile {
         super::resident(self, cfg)
     }
 
-    fn info(&self, name: &str) -> Result<&TensorInfo> {
+    fn info(&self, name: &str) -> Result<&GgufTensor> {
         self.tensor_infos()
             .get(name)
             .ok_or_else(|| EngineError::format(&self.path, format!("tensor `{name}` is missing")))
@@ -239,7 +282,7 @@ impl TensorSource for GgufFile {
         &self.path
     }
 
-    fn name(&self, _cfg: &ModelConfig, role: Role, layer: usize) -> Option<String> {
+    fn name(&self, cfg: &ModelConfig, role: Role, layer: usize) -> Option<String> {
         let block = |s: &str| format!("blk.{layer}.{s}");
         Some(match role {
             Role::Embed => "token_embd.weight".into(),
@@ -248,6 +291,8 @@ impl TensorSource for GgufFile {
             Role::RopeFreqs => "rope_freqs.weight".into(),
             Role::AttnNorm => block("attn_norm.weight"),
             Role::PostAttnNorm => block("post_attention_norm.weight"),
+            // gpt-oss's norm before its experts keeps the name of the tensor it converts.
+            Role::FfnNorm if cfg.moe.is_some() => block("post_attention_norm.weight"),
             Role::FfnNorm => block("ffn_norm.weight"),
             Role::PostFfnNorm => block("post_ffw_norm.weight"),
             Role::QNorm => block("attn_q_norm.weight"),
@@ -263,14 +308,17 @@ impl TensorSource for GgufFile {
             Role::Gate => block("ffn_gate.weight"),
             Role::Up => block("ffn_up.weight"),
             Role::Down => block("ffn_down.weight"),
-            // gpt-oss's GGUF files split the experts' gate and up: not read yet.
-            Role::Sinks
-            | Role::Router
-            | Role::RouterBias
-            | Role::GateUpExperts
-            | Role::GateUpBias
-            | Role::DownExperts
-            | Role::DownBias => return None,
+            Role::Sinks => block("attn_sinks.weight"),
+            Role::Router => block("ffn_gate_inp.weight"),
+            Role::RouterBias => block("ffn_gate_inp.bias"),
+            // The experts' gate and up are apart: the gate's names stand for both, and the
+            // up's are read with them.
+            Role::GateUpExperts => block("ffn_gate_exps.weight"),
+            Role::GateUpBias => block("ffn_gate_exps.bias"),
+            Role::UpExperts => block("ffn_up_exps.weight"),
+            Role::UpBias => block("ffn_up_exps.bias"),
+            Role::DownExperts => block("ffn_down_exps.weight"),
+            Role::DownBias => block("ffn_down_exps.bias"),
         })
     }
 
@@ -279,15 +327,39 @@ impl TensorSource for GgufFile {
         Some(TensorHeader {
             shape: info.shape.dims().to_vec(),
             bytes: Self::tensor_bytes(info),
-            packed: !matches!(
-                info.ggml_dtype,
-                GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
-            ),
+            packed: !info.dtype.is_float(),
         })
     }
 
     fn norm_offset(&self, _cfg: &ModelConfig) -> f32 {
         0.0
+    }
+
+    fn load_experts(
+        &self,
+        name: &str,
+        role: Role,
+        cfg: &ModelConfig,
+        compute: ComputeDtype,
+    ) -> Result<ExpertMats> {
+        let (e, d, ff) = (cfg.n_experts(), cfg.d_model, cfg.d_ff);
+        let fail = |m: EngineError| EngineError::format(&self.path, m.to_string());
+        match role {
+            Role::GateUpExperts => {
+                let up = name.replace("ffn_gate_exps", "ffn_up_exps");
+                let gate = self.expert_tensor(name, [e, ff, d])?;
+                let up = self.expert_tensor(&up, [e, ff, d])?;
+                gguf_experts::gate_up(gate, up, (e, ff, d), compute, name).map_err(fail)
+            }
+            Role::DownExperts => {
+                let down = self.expert_tensor(name, [e, d, ff])?;
+                gguf_experts::down(down, (e, d, ff), compute, name).map_err(fail)
+            }
+            other => Err(EngineError::format(
+                &self.path,
+                format!("`{name}` ({other:?}) is not an expert matrix"),
+            )),
+        }
     }
 
     fn load(
@@ -297,21 +369,34 @@ impl TensorSource for GgufFile {
         cfg: &ModelConfig,
         compute: ComputeDtype,
     ) -> Result<Linear> {
+        if role == Role::GateUpBias {
+            // The gate's bias and the up's, interleaved as the rows of the gate-and-up matrix.
+            let up = name.replace("ffn_gate_exps", "ffn_up_exps");
+            let gate = self.load(name, Role::UpBias, cfg, compute)?.to_f32()?;
+            let up = self.load(&up, Role::UpBias, cfg, compute)?.to_f32()?;
+            let both = gguf_experts::gate_up_bias(&gate, &up)
+                .map_err(|e| EngineError::format(&self.path, e.to_string()))?;
+            return Ok(Linear::Dense(both));
+        }
         let info = self.info(name)?;
         check_shape(&self.path, name, role, cfg, info.shape.dims())?;
         let (offset, len) = self.byte_range(name, info)?;
-        let bytes = self.bytes.as_ref().ok_or_else(|| {
-            EngineError::format(
-                &self.path,
-                "only the header was read; tensors need the whole file (GgufFile::read)",
-            )
-        })?;
-        let q = file_quant::view(bytes, offset, len, info.ggml_dtype, info.shape.dims())
+        let dtype = match info.dtype {
+            GgufDType::Ggml(d) => d,
+            GgufDType::Mxfp4 => {
+                return Err(EngineError::unsupported(
+                    &self.path,
+                    format!(
+                        "MXFP4 tensor `{name}` as a {role:?} matrix: MXFP4 tensors are read \
+                         with the experts"
+                    ),
+                ))
+            }
+        };
+        let bytes = self.file_bytes()?;
+        let q = file_quant::view(bytes, offset, len, dtype, info.shape.dims())
             .map_err(|m| EngineError::format(&self.path, format!("tensor `{name}`: {m}")))?;
-        let float = matches!(
-            info.ggml_dtype,
-            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
-        );
+        let float = info.dtype.is_float();
         match compute {
             ComputeDtype::Bf16 => Ok(Linear::Dense(
                 q.dequantize(&Device::Cpu)?.to_dtype(DType::BF16)?,
@@ -319,6 +404,43 @@ impl TensorSource for GgufFile {
             ComputeDtype::F32 => Ok(Linear::Dense(q.dequantize(&Device::Cpu)?)),
             ComputeDtype::Stored if float => Ok(Linear::Dense(q.dequantize(&Device::Cpu)?)),
             ComputeDtype::Stored => Ok(Linear::Quant(Arc::new(q))),
+        }
+    }
+}
+
+impl GgufFile {
+    /// An expert matrix tensor of shape `shape` (`[E, rows, cols]`): its MXFP4 blocks as
+    /// stored, or its values when it is stored as f32. Other types are refused by name.
+    fn expert_tensor(&self, name: &str, shape: [usize; 3]) -> Result<gguf_experts::Stored<'_>> {
+        let info = self.info(name)?;
+        if info.shape.dims() != shape {
+            return Err(EngineError::Shape {
+                path: self.path.clone(),
+                tensor: name.to_string(),
+                expected: shape.to_vec(),
+                got: info.shape.dims().to_vec(),
+            });
+        }
+        match info.dtype {
+            GgufDType::Mxfp4 => Ok(gguf_experts::Stored::Mxfp4(self.raw_bytes(name)?)),
+            GgufDType::Ggml(GgmlDType::F32) => {
+                let (offset, len) = self.byte_range(name, info)?;
+                let q = file_quant::view(self.file_bytes()?, offset, len, GgmlDType::F32, &shape)
+                    .map_err(|m| {
+                    EngineError::format(&self.path, format!("tensor `{name}`: {m}"))
+                })?;
+                let values = q
+                    .dequantize(&Device::Cpu)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                Ok(gguf_experts::Stored::Values(values))
+            }
+            other => Err(EngineError::unsupported(
+                &self.path,
+                format!(
+                    "expert tensor `{name}` of type {other} (lensd reads MXFP4 and F32 experts)"
+                ),
+            )),
         }
     }
 }
@@ -352,5 +474,91 @@ impl std::io::Seek for At {
                 .ok_or_else(invalid)?,
         };
         Ok(self.pos)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::gguf_header::tests::Writer;
+    use super::*;
+    use crate::config::Family;
+
+    /// A llama-named file whose `blk.0.attn_q.weight` ([32, 32]) is MXFP4, beside an f32 norm.
+    fn mxfp4_file(dir: &Path) -> (PathBuf, Vec<u8>) {
+        let blocks: Vec<u8> = (0..32 * 17).map(|i| (i * 7 % 251) as u8).collect();
+        let norm: Vec<u8> = (0..32).flat_map(|i| (i as f32).to_le_bytes()).collect();
+        let bytes = Writer::new(3)
+            .meta("general.architecture", Value::String("llama".into()))
+            .tensor("blk.0.attn_norm.weight", &[32], 0, norm)
+            .tensor("blk.0.attn_q.weight", &[32, 32], 39, blocks.clone())
+            .bytes();
+        let path = dir.join("mxfp4.gguf");
+        std::fs::write(&path, bytes).unwrap();
+        (path, blocks)
+    }
+
+    #[test]
+    fn mxfp4_tensors_open_and_their_bytes_are_served_raw() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, blocks) = mxfp4_file(dir.path());
+        let g = GgufFile::read(&path, &mut |_, _| {}).unwrap();
+        let info = &g.tensor_infos()["blk.0.attn_q.weight"];
+        assert_eq!(info.dtype, GgufDType::Mxfp4);
+        assert_eq!(GgufFile::tensor_bytes(info), 32 * 17);
+        assert_eq!(g.raw_bytes("blk.0.attn_q.weight").unwrap(), &blocks[..]);
+        let h = g.header("blk.0.attn_q.weight").unwrap();
+        assert!(h.packed && h.bytes == 32 * 17 && h.shape == [32, 32]);
+
+        let cfg = ModelConfig::plain(Family::Llama, 1, 32, 1, 1, 32, 64, 16);
+        let e = g
+            .load("blk.0.attn_q.weight", Role::Q, &cfg, ComputeDtype::Stored)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("MXFP4 tensor `blk.0.attn_q.weight`"), "{e}");
+        assert!(e.contains("read with the experts"), "{e}");
+        // The other tensors load as before.
+        let norm = g
+            .load(
+                "blk.0.attn_norm.weight",
+                Role::AttnNorm,
+                &cfg,
+                ComputeDtype::F32,
+            )
+            .unwrap();
+        assert_eq!(norm.to_f32().unwrap().to_vec1::<f32>().unwrap()[5], 5.0);
+
+        let e = GgufFile::open(&path)
+            .unwrap()
+            .raw_bytes("blk.0.attn_q.weight")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("only the header was read"), "{e}");
+        let e = g.raw_bytes("nothing").unwrap_err().to_string();
+        assert!(e.contains("tensor `nothing` is missing"), "{e}");
+    }
+
+    #[test]
+    fn inspect_counts_mxfp4_tensors_by_their_shape() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _) = mxfp4_file(dir.path());
+        let r = crate::inspect::inspect(&path).unwrap();
+        let attn = r.kinds.iter().find(|k| k.kind == "attention").unwrap();
+        assert_eq!((attn.elements, attn.bytes), (32 * 32, 32 * 17));
+        assert_eq!(attn.dtypes.get("MXFP4"), Some(&1));
+        let norm = r.kinds.iter().find(|k| k.kind == "norm").unwrap();
+        assert_eq!(norm.dtypes.get("F32"), Some(&1));
+    }
+
+    #[test]
+    fn a_tensor_past_the_end_of_the_file_is_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _) = mxfp4_file(dir.path());
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 100]).unwrap();
+        let e = GgufFile::open(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("tensor `blk.0.attn_q.weight` needs bytes") && e.contains("truncated?"),
+            "{e}"
+        );
     }
 }

@@ -6,6 +6,8 @@ pub mod faulty;
 pub mod file;
 mod file_quant;
 pub mod gguf;
+mod gguf_experts;
+mod gguf_header;
 pub mod mxfp4;
 pub mod safetensors;
 pub mod tensor_file;
@@ -317,6 +319,11 @@ pub(crate) enum Role {
     /// Every expert's down matrix, `[E, d_ff, d]`.
     DownExperts,
     DownBias,
+    /// Formats that store the experts' up matrices and biases apart from their gates (GGUF:
+    /// `[E, d_ff, d]` and `[E, d_ff]`) name them here; they load with the gates, so these
+    /// roles only count their bytes.
+    UpExperts,
+    UpBias,
 }
 
 impl Role {
@@ -345,6 +352,8 @@ impl Role {
             Role::GateUpBias => vec![c.n_experts(), 2 * c.d_ff],
             Role::DownExperts => vec![c.n_experts(), c.d_ff, c.d_model],
             Role::DownBias => vec![c.n_experts(), c.d_model],
+            Role::UpExperts => vec![c.n_experts(), c.d_ff, c.d_model],
+            Role::UpBias => vec![c.n_experts(), c.d_ff],
         }
     }
 
@@ -364,6 +373,7 @@ impl Role {
                 | Role::Down
                 | Role::GateUpExperts
                 | Role::DownExperts
+                | Role::UpExperts
         )
     }
 
@@ -407,6 +417,8 @@ fn block_roles(cfg: &ModelConfig) -> Vec<Role> {
             Role::RouterBias,
             Role::GateUpExperts,
             Role::GateUpBias,
+            Role::UpExperts,
+            Role::UpBias,
             Role::DownExperts,
             Role::DownBias,
         ]);

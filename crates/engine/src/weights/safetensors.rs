@@ -282,6 +282,8 @@ impl TensorSource for HfCheckpoint {
             Role::GateUpBias => block("mlp.experts.gate_up_proj_bias"),
             Role::DownExperts => block("mlp.experts.down_proj"),
             Role::DownBias => block("mlp.experts.down_proj_bias"),
+            // Gate and up are one interleaved matrix (and bias) in these checkpoints.
+            Role::UpExperts | Role::UpBias => return None,
         })
     }
 
