@@ -61,20 +61,25 @@ pub fn dequantize(blocks: &[u8], scales: &[u8], what: &str) -> Result<Vec<f32>> 
 /// `x · Wᵀ` for `x` `[n, cols]` (row-major f32) and `W` `[rows, cols]` stored as MXFP4 rows of
 /// `cols / 32` blocks (checked beforehand with [`check`]): `[n, rows]`, row-major. Each block's
 /// 32 products are summed in f32 and multiplied by the block's scale, which is exact for the
-/// scale (a power of two); output rows are computed in parallel.
+/// scale (a power of two). Output rows are computed in parallel, in tasks of at least
+/// [`TASK_MACS`] multiply-adds so that small products (a decoding step) do not pay more for
+/// the threads than for the arithmetic.
 pub fn matmul(x: &[f32], n: usize, blocks: &[u8], scales: &[u8], rows: usize) -> Vec<f32> {
     use rayon::prelude::*;
     let groups = scales.len() / rows.max(1);
     let cols = groups * 32;
     debug_assert_eq!(x.len(), n * cols);
     debug_assert_eq!(blocks.len(), rows * groups * BLOCK_BYTES);
+    if n == 0 || rows == 0 {
+        return vec![0.0; n * rows];
+    }
     // Output row r for every token: [rows, n], transposed at the end.
     let mut by_row = vec![0f32; rows * n];
-    by_row
-        .par_chunks_mut(n.max(1))
-        .enumerate()
-        .for_each(|(r, out)| {
-            let mut w = [0f32; 32];
+    let per_task = (TASK_MACS / (cols * n).max(1)).clamp(1, rows);
+    let row_range = |first: usize, out: &mut [f32]| {
+        let mut w = [0f32; 32];
+        for (i, out) in out.chunks_exact_mut(n).enumerate() {
+            let r = first + i;
             for g in 0..groups {
                 let block = &blocks[(r * groups + g) * BLOCK_BYTES..][..BLOCK_BYTES];
                 for (j, &b) in block.iter().enumerate() {
@@ -84,19 +89,45 @@ pub fn matmul(x: &[f32], n: usize, blocks: &[u8], scales: &[u8], rows: usize) ->
                 let scale = scale_of(scales[r * groups + g]);
                 for (t, o) in out.iter_mut().enumerate() {
                     let xs = &x[t * cols + g * 32..][..32];
-                    let dot: f32 = w.iter().zip(xs).map(|(a, b)| a * b).sum();
-                    *o += dot * scale;
+                    *o += dot32(&w, xs) * scale;
                 }
             }
-        });
+        }
+    };
+    if per_task >= rows {
+        row_range(0, &mut by_row);
+    } else {
+        by_row
+            .par_chunks_mut(per_task * n)
+            .enumerate()
+            .for_each(|(task, out)| row_range(task * per_task, out));
+    }
+    if n == 1 {
+        return by_row;
+    }
     let mut y = vec![0f32; n * rows];
-    for (r, col) in by_row.chunks_exact(n.max(1)).enumerate() {
+    for (r, col) in by_row.chunks_exact(n).enumerate() {
         for (t, v) in col.iter().enumerate() {
             y[t * rows + r] = *v;
         }
     }
     y
 }
+
+/// The dot product of two blocks, in eight lanes that the compiler keeps in vector registers.
+#[inline]
+fn dot32(w: &[f32; 32], x: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    for (ws, xs) in w.chunks_exact(8).zip(x.chunks_exact(8)) {
+        for l in 0..8 {
+            lanes[l] += ws[l] * xs[l];
+        }
+    }
+    lanes.iter().sum()
+}
+
+/// Multiply-adds below which a product is not split further between threads.
+pub const TASK_MACS: usize = 1 << 16;
 
 #[cfg(test)]
 mod tests {
