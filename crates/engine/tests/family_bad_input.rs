@@ -88,11 +88,11 @@ fn an_unknown_rope_scaling_type_is_named_in_either_spelling() {
     edit_config(&dir, |c| {
         c.insert(
             "rope_parameters".into(),
-            json!({"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0}),
+            json!({"rope_type": "longrope", "factor": 4.0, "rope_theta": 10000.0}),
         );
     });
-    refused(&dir, &dir.join("config.json"), &["yarn", "rope_parameters"]);
-    inspect_says(&dir, &["yarn"]);
+    refused(&dir, &dir.join("config.json"), &["longrope", "rope_parameters"]);
+    inspect_says(&dir, &["longrope"]);
     edit_config(&dir, |c| {
         c.remove("rope_parameters");
         c.insert("rope_theta".into(), json!(10000.0));
