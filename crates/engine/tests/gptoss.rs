@@ -12,6 +12,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
@@ -733,4 +734,40 @@ fn chats_are_rendered_in_harmony_and_replies_split_from_their_thinking() {
     };
     let e = base.render(&bad, true).unwrap_err().to_string();
     assert!(e.contains("<|end|>"), "{e}");
+}
+
+#[test]
+fn greedy_generation_with_the_cache_follows_the_full_forward() {
+    use lensd_core::work::Prompt;
+    use lensd_engine::generate::{argmax, generate, SamplingParams};
+    let _lock = common::compute_lock();
+    let base = load(&dir().join("mxfp4"), ComputeDtype::Stored);
+    let (text, special) = base
+        .render(&Prompt::user("How many layers does the lens read?"), true)
+        .unwrap();
+    let prompt = base.tokenizer.encode_prompt(&text, special).unwrap();
+    // Past the window, so that the cached steps attend within it.
+    let params = SamplingParams {
+        max_tokens: 12,
+        temperature: 0.0,
+        ..SamplingParams::default()
+    };
+    let g = generate(&base, &prompt, &params, &mut |_| ControlFlow::Continue(())).unwrap();
+    assert!(!g.ids.is_empty());
+    let mut seq = prompt.clone();
+    for &id in &g.ids {
+        let out = base
+            .model
+            .forward(&[&seq], None, &[], Logits::Last)
+            .unwrap();
+        let logits = out
+            .logits
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(id, argmax(&logits), "after {} tokens", seq.len());
+        seq.push(id);
+    }
 }
