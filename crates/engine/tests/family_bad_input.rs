@@ -91,7 +91,11 @@ fn an_unknown_rope_scaling_type_is_named_in_either_spelling() {
             json!({"rope_type": "longrope", "factor": 4.0, "rope_theta": 10000.0}),
         );
     });
-    refused(&dir, &dir.join("config.json"), &["longrope", "rope_parameters"]);
+    refused(
+        &dir,
+        &dir.join("config.json"),
+        &["longrope", "rope_parameters"],
+    );
     inspect_says(&dir, &["longrope"]);
     edit_config(&dir, |c| {
         c.remove("rope_parameters");
