@@ -15,15 +15,14 @@ use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::Tensor;
 use lensd_engine::config::{Family, RopeScaling};
 use lensd_engine::lens::fit::{fit_tuned_lens, FitOptions};
-use lensd_engine::lens::talkative::{
-    write_untrained, ExplainOptions, TalkativeLens, UntrainedSpec,
-};
 use lensd_engine::model::{router_logits, top_k_routes, KvCache, Logits, Model};
 use lensd_engine::weights::Mlp;
-use lensd_engine::{Base, ComputeDtype, LoadOptions};
+use lensd_engine::{Base, ComputeDtype};
+
+use common::{input_ids as ids, load_base as load, sequences};
 
 /// Agreement required with transformers in f32.
 const TOL: f32 = 1e-4;
@@ -33,28 +32,7 @@ fn dir() -> PathBuf {
 }
 
 fn golden(name: &str) -> HashMap<String, Tensor> {
-    let path = dir().join(name);
-    candle_core::safetensors::load(&path, &Device::Cpu)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn load(path: &Path, compute: ComputeDtype) -> Base {
-    Base::load(path, LoadOptions { compute })
-        .unwrap_or_else(|e| panic!("{} does not load in {compute:?}: {e}", path.display()))
-}
-
-fn ids(g: &HashMap<String, Tensor>, s: usize) -> Vec<u32> {
-    g[&format!("input_ids.{s}")]
-        .to_dtype(DType::U32)
-        .unwrap()
-        .to_vec1::<u32>()
-        .unwrap()
-}
-
-fn sequences(g: &HashMap<String, Tensor>) -> usize {
-    (0..)
-        .take_while(|s| g.contains_key(&format!("input_ids.{s}")))
-        .count()
+    common::golden_tensors(&dir().join(name))
 }
 
 fn check_all_layers(what: &str, model: &Model, g: &HashMap<String, Tensor>) {
@@ -382,54 +360,6 @@ fn a_fitted_tuned_lens_beats_the_logit_lens_at_every_layer() {
     }
     let (logit, tuned) = report.mean_kl();
     eprintln!("held-out mean KL: logit {logit:.3} nats, tuned {tuned:.3} nats");
-}
-
-#[test]
-fn a_talkative_lens_explains_every_position() {
-    let _lock = common::compute_lock();
-    let base = load(&dir().join("mxfp4"), ComputeDtype::Stored);
-    let tmp = tempfile::tempdir().unwrap();
-    let spec = UntrainedSpec {
-        layer: 2,
-        t_text: 4,
-        patched_layers: 2,
-        output_layer: 2,
-        ..UntrainedSpec::default()
-    };
-    write_untrained(&base, "tiny-gptoss", tmp.path(), &spec).unwrap();
-    let lens = TalkativeLens::load(tmp.path(), base.config()).unwrap();
-    let ids: Vec<u32> = (20..32).collect();
-    let positions: Vec<usize> = (0..ids.len()).collect();
-    let opts = ExplainOptions {
-        best_of_k: 2,
-        temperature: 0.7,
-        seed: 3,
-        salience: true,
-        kl: true,
-        batch_positions: 5,
-    };
-    let rows = lens
-        .explain(&base.model, &ids, &positions, None, 2, &opts, &mut |_| true)
-        .unwrap();
-    assert_eq!(rows.len(), ids.len());
-    for r in &rows {
-        assert_eq!(r.explanation_ids.len(), 4);
-        assert!(r.mse.is_finite() && r.mse > 0.0, "mse {}", r.mse);
-        assert_eq!(r.token_salience.len(), 4);
-        let kl = r.kl_divergence.expect("asked for");
-        assert!(kl.is_finite() && kl >= 0.0, "KL {kl}");
-    }
-    let expl: Vec<Vec<u32>> = rows.iter().map(|r| r.explanation_ids.clone()).collect();
-    let scores = lens
-        .score(&base.model, &ids, None, &positions, &expl)
-        .unwrap();
-    for (r, (mse, _)) in rows.iter().zip(scores) {
-        assert!(
-            (r.mse - mse).abs() <= 1e-5 * mse.max(1.0),
-            "{} vs {mse}",
-            r.mse
-        );
-    }
 }
 
 /// gpt-oss-20b's published `config.json` values (the architecture's sizes and settings).

@@ -17,7 +17,9 @@ use lensd_engine::config::{Activation, Family, RopeScaling};
 use lensd_engine::lens::analyze::{analyze, AnalyzeOptions};
 use lensd_engine::lens::Lens;
 use lensd_engine::model::{KvCache, Logits};
-use lensd_engine::{Base, ComputeDtype, LoadOptions};
+use lensd_engine::{Base, ComputeDtype};
+
+use common::{golden_tensors as golden, input_ids, load_base as load, sequences};
 
 /// Agreement required with transformers in f32.
 const TOL: f32 = 1e-4;
@@ -34,30 +36,6 @@ const FAMILIES: &[&str] = &[
 
 fn dir(family: &str) -> PathBuf {
     common::testdata(&format!("tiny-{family}"))
-}
-
-fn golden(path: &Path) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(path, &Device::Cpu)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn load(path: &Path, compute: ComputeDtype) -> Base {
-    Base::load(path, LoadOptions { compute })
-        .unwrap_or_else(|e| panic!("{} does not load: {e}", path.display()))
-}
-
-fn input_ids(g: &HashMap<String, Tensor>, s: usize) -> Vec<u32> {
-    g[&format!("input_ids.{s}")]
-        .to_dtype(DType::U32)
-        .unwrap()
-        .to_vec1::<u32>()
-        .unwrap()
-}
-
-fn sequences(g: &HashMap<String, Tensor>) -> usize {
-    (0..)
-        .take_while(|s| g.contains_key(&format!("input_ids.{s}")))
-        .count()
 }
 
 /// Every layer, the final norm and the logits of every golden sequence, each run alone.

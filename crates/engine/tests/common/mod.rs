@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use candle_core::quantized::gguf_file;
-use candle_core::{Device, Tensor};
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
 use lensd_engine::{Base, ComputeDtype, LoadOptions};
 
 pub fn root() -> PathBuf {
@@ -182,4 +184,32 @@ pub fn write_tiny_gguf(
     let tensor_refs: Vec<(&str, &QTensor)> = q.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let mut f = std::fs::File::create(path).unwrap();
     gguf_file::write(&mut f, &meta_refs, &tensor_refs).unwrap();
+}
+
+/// A golden safetensors file of tensors by name.
+pub fn golden_tensors(path: &Path) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(path, &Device::Cpu)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A base, or a panic naming the file, the dtype and why.
+pub fn load_base(path: &Path, compute: ComputeDtype) -> Base {
+    Base::load(path, LoadOptions { compute })
+        .unwrap_or_else(|e| panic!("{} does not load in {compute:?}: {e}", path.display()))
+}
+
+/// Golden sequence `s`'s token ids (`input_ids.{s}`).
+pub fn input_ids(g: &HashMap<String, Tensor>, s: usize) -> Vec<u32> {
+    g[&format!("input_ids.{s}")]
+        .to_dtype(DType::U32)
+        .unwrap()
+        .to_vec1::<u32>()
+        .unwrap()
+}
+
+/// How many golden sequences (`input_ids.0`, `input_ids.1`, ...) a file holds.
+pub fn sequences(g: &HashMap<String, Tensor>) -> usize {
+    (0..)
+        .take_while(|s| g.contains_key(&format!("input_ids.{s}")))
+        .count()
 }
