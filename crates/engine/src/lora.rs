@@ -338,6 +338,15 @@ impl Adapter {
                 ("down_proj", &b.down, (ff, d)),
             ] {
                 let Some(p) = pair else { continue };
+                if cfg.moe.is_some() && matches!(module, "gate_proj" | "up_proj" | "down_proj") {
+                    return Err(EngineError::LensMismatch {
+                        path: st.clone(),
+                        msg: format!(
+                            "block {i}'s `{module}`: the base's MLP is a mixture of experts, \
+                             which a LoRA adapter on the MLP does not apply to"
+                        ),
+                    });
+                }
                 let (got_in, got_out) = (p.a_t.dim(0)?, p.b_t.dim(1)?);
                 if (got_in, got_out) != (input, output) {
                     return Err(EngineError::LensMismatch {

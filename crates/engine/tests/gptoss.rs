@@ -701,3 +701,29 @@ fn greedy_generation_with_the_cache_follows_the_full_forward() {
         seq.push(id);
     }
 }
+
+#[test]
+fn a_lora_adapter_on_the_experts_is_refused_when_loaded() {
+    use lensd_engine::lora::Adapter;
+    let cfg = load(&dir(), ComputeDtype::Stored).config().clone();
+    let tmp = tempfile::tempdir().unwrap();
+    let adapter = |module: &str, part: &str, (out, inp): (usize, usize)| {
+        let config = serde_json::json!({"peft_type": "LORA", "r": 2, "lora_alpha": 4,
+            "target_modules": [module], "bias": "none"});
+        std::fs::write(tmp.path().join("adapter_config.json"), config.to_string()).unwrap();
+        let prefix = format!("base_model.model.model.layers.0.{part}.{module}");
+        let dev = &candle_core::Device::Cpu;
+        let zeros = |s: (usize, usize)| Tensor::zeros(s, candle_core::DType::F32, dev).unwrap();
+        let file = HashMap::from([
+            (format!("{prefix}.lora_A.weight"), zeros((2, inp))),
+            (format!("{prefix}.lora_B.weight"), zeros((out, 2))),
+        ]);
+        candle_core::safetensors::save(&file, tmp.path().join("adapter_model.safetensors"))
+            .unwrap();
+        Adapter::load(tmp.path(), &cfg)
+    };
+    // Attention takes one; the experts do not.
+    adapter("q_proj", "self_attn", (cfg.q_width(), cfg.d_model)).unwrap();
+    let e = adapter("down_proj", "mlp", (cfg.d_model, cfg.d_ff)).unwrap_err();
+    assert!(e.to_string().contains("mixture of experts"), "{e}");
+}
