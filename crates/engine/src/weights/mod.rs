@@ -9,13 +9,14 @@ pub mod gguf;
 mod gguf_experts;
 mod gguf_header;
 pub mod mxfp4;
+mod quant_product;
 pub mod safetensors;
 pub mod tensor_file;
 
 use std::path::Path;
 use std::sync::Arc;
 
-use candle_core::quantized::{QMatMul, QStorage, QTensor};
+use candle_core::quantized::{QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
@@ -57,7 +58,7 @@ impl Linear {
     /// `x`: `[rows, in]` f32 → `[rows, out]` f32.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            Linear::Quant(q) => x.apply(&QMatMul::QTensor(q.clone())),
+            Linear::Quant(q) => quant_product::forward(q, x),
             Linear::Dense(w) if w.dtype() == DType::F32 => x.matmul(&w.t()?),
             Linear::Dense(w) => x.to_dtype(w.dtype())?.matmul(&w.t()?)?.to_dtype(DType::F32),
         }

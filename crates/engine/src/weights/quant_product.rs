@@ -1,0 +1,163 @@
+//! `x · Wᵀ` for a quantized `W` on the CPU with lensd's kernels (`lensd-kernels`), as a candle
+//! custom op so that it sits in a forward pass like any other operation. Block types the
+//! kernels do not cover, inputs that are not f32, and GPU tensors go through candle's `QMatMul`.
+
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use lensd_kernels::{BlockType, Parallel};
+
+/// Which quantized products a process uses: lensd's kernels, or candle's `QMatMul` with
+/// `LENSD_QUANT_MATMUL=candle` (for benchmarks comparing the two in one build).
+fn use_candle() -> bool {
+    static CANDLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CANDLE.get_or_init(|| std::env::var("LENSD_QUANT_MATMUL").as_deref() == Ok("candle"))
+}
+
+pub(crate) fn block_type(dtype: GgmlDType) -> Option<BlockType> {
+    Some(match dtype {
+        GgmlDType::Q4_0 => BlockType::Q4_0,
+        GgmlDType::Q4_1 => BlockType::Q4_1,
+        GgmlDType::Q5_0 => BlockType::Q5_0,
+        GgmlDType::Q8_0 => BlockType::Q8_0,
+        GgmlDType::Q4K => BlockType::Q4K,
+        GgmlDType::Q5K => BlockType::Q5K,
+        GgmlDType::Q6K => BlockType::Q6K,
+        _ => return None,
+    })
+}
+
+/// `x`: `[.., in]` f32 → `[.., out]` f32.
+pub(crate) fn forward(q: &Arc<QTensor>, x: &Tensor) -> candle_core::Result<Tensor> {
+    match block_type(q.dtype()) {
+        Some(ty) if x.device().is_cpu() && x.dtype() == DType::F32 && !use_candle() => {
+            x.apply_op1_no_bwd(&QuantProduct { q: q.clone(), ty })
+        }
+        _ => x.apply(&QMatMul::QTensor(q.clone())),
+    }
+}
+
+/// candle's CPU thread pool, so that these products and candle's own share one set of threads
+/// (two pools on the same cores would each spin while the other works).
+struct CandlePool;
+
+impl Parallel for CandlePool {
+    fn run(&self, tasks: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
+        candle_core::utils::barrier_pool().execute_chunked(tasks, f)
+    }
+
+    fn threads(&self) -> usize {
+        candle_core::utils::get_num_threads()
+    }
+}
+
+struct QuantProduct {
+    q: Arc<QTensor>,
+    ty: BlockType,
+}
+
+impl CustomOp1 for QuantProduct {
+    fn name(&self) -> &'static str {
+        "lensd-quant-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let Some(start) = layout.contiguous_offsets().map(|(s, _)| s) else {
+            candle_core::bail!("the input of a quantized product is not contiguous: {layout:?}")
+        };
+        let (n, k) = self.q.shape().dims2()?;
+        let mut dims = layout.shape().dims().to_vec();
+        if dims.last() != Some(&k) {
+            candle_core::bail!(
+                "input {:?} does not end in the {k} columns of {:?}",
+                dims,
+                self.q.shape()
+            )
+        }
+        let m = layout.shape().elem_count() / k.max(1);
+        let x = &storage.as_slice::<f32>()?[start..start + m * k];
+        let data = self.q.data()?;
+        let mut out = vec![0f32; m * n];
+        lensd_kernels::matmul(self.ty, &data, n, k, x, m, &mut out, &CandlePool)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        *dims.last_mut().expect("checked above") = n;
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Module};
+
+    fn max_abs(t: &Tensor) -> f32 {
+        t.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// lensd's kernels on candle-quantized matrices of every covered type: as close to the
+    /// dequantized product as candle's `QMatMul` (both quantize the activations to 8 bits), and
+    /// their block types' dequantization equals candle's (a port of llama.cpp's reference).
+    #[test]
+    fn every_covered_type_multiplies_like_candle_and_dequantizes_alike() {
+        let dev = &Device::Cpu;
+        let (n, k) = (40, 1024);
+        let w = Tensor::randn(0f32, 1.0, (n, k), dev).unwrap();
+        // Rows with outliers, as residual streams have.
+        let mut xv: Vec<f32> = Tensor::randn(0f32, 1.0, (5, k), dev)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for i in (7..xv.len()).step_by(301) {
+            xv[i] *= 60.0;
+        }
+        let x = Tensor::from_vec(xv, (5, k), dev).unwrap();
+        for dtype in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q8_0,
+            GgmlDType::Q4K,
+            GgmlDType::Q5K,
+            GgmlDType::Q6K,
+        ] {
+            let q = Arc::new(QTensor::quantize(&w, dtype).unwrap());
+            let ty = block_type(dtype).unwrap();
+            let mut ours = vec![0f32; n * k];
+            ty.dequantize(&q.data().unwrap(), &mut ours);
+            let theirs: Vec<f32> = q
+                .dequantize(dev)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            assert_eq!(ours, theirs, "{dtype:?}: dequantization");
+            let dense = q.dequantize(dev).unwrap();
+            let want = x.matmul(&dense.t().unwrap()).unwrap();
+            let got = forward(&q, &x).unwrap();
+            let candle = QMatMul::QTensor(q.clone()).forward(&x).unwrap();
+            let ours_err = max_abs(&(&got - &want).unwrap());
+            let candle_err = max_abs(&(&candle - &want).unwrap());
+            eprintln!(
+                "{dtype:?}: lensd off by {ours_err}, candle by {candle_err}, of {}",
+                max_abs(&want)
+            );
+            assert!(
+                ours_err <= 1.5 * candle_err + 1e-3,
+                "{dtype:?}: lensd off by {ours_err}, candle by {candle_err}"
+            );
+        }
+    }
+}

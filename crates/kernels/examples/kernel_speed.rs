@@ -1,0 +1,72 @@
+//! Times `matmul` on random weights of each block type: `cargo run --release -p lensd-kernels
+//! --example kernel_speed -- [threads] [m] [n] [k]`.
+
+use lensd_kernels::{matmul_with, BlockType, Level, Parallel};
+use rand::{Rng, SeedableRng};
+
+struct Scoped(usize);
+
+impl Parallel for Scoped {
+    fn threads(&self) -> usize {
+        self.0
+    }
+
+    fn run(&self, tasks: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
+        if self.0 == 1 {
+            return f(0..tasks);
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..self.0 {
+                s.spawn(|| loop {
+                    let t = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if t >= tasks {
+                        break;
+                    }
+                    f(t..t + 1)
+                });
+            }
+        });
+    }
+}
+
+fn main() {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().unwrap())
+        .collect();
+    let threads = args.first().copied().unwrap_or(2);
+    let m = args.get(1).copied().unwrap_or(1);
+    let n = args.get(2).copied().unwrap_or(8192);
+    let k = args.get(3).copied().unwrap_or(2048);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+    for ty in BlockType::ALL {
+        let mut w = vec![0u8; ty.bytes_for(n, k).unwrap()];
+        rng.fill(&mut w[..]);
+        for b in w.chunks_exact_mut(ty.block_bytes()) {
+            let at = if ty == BlockType::Q6K { 208 } else { 0 };
+            b[at..at + 2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
+            if matches!(ty, BlockType::Q4_1 | BlockType::Q4K | BlockType::Q5K) {
+                b[2..4].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
+            }
+        }
+        let mut out = vec![0f32; m * n];
+        for level in Level::available() {
+            let par = Scoped(threads);
+            let mut best = f64::MAX;
+            for _ in 0..7 {
+                let t = std::time::Instant::now();
+                matmul_with(level, ty, &w, n, k, &x, m, &mut out, &par).unwrap();
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            println!(
+                "{ty:?} {:>8}: {:7.3} ms, {:6.2} GB/s of weights, {:6.2} GMAC/s",
+                level.name(),
+                best * 1e3,
+                w.len() as f64 / best / 1e9,
+                (m * n * k) as f64 / best / 1e9
+            );
+        }
+    }
+}

@@ -1,0 +1,445 @@
+//! The dot products of [`crate::portable`] with AVX2: 32 weight values unpacked to bytes at a
+//! time, multiplied with the activations' bytes by `vpmaddubsw` (unsigned × signed, pairs summed
+//! to i16, which cannot saturate: at most 63·127·2) and widened to i32 by `vpmaddwd`. The
+//! integer sums equal the portable ones; only the float additions across blocks differ in order.
+//!
+//! Every function here requires AVX2, FMA and F16C; [`dot32`] and [`dot256`] hand out safe
+//! wrappers, which [`crate::matmul`] selects only after `Level::available` found those features.
+
+use std::arch::x86_64::*;
+
+use crate::act::{Act256, Act32};
+use crate::blocks::k_scale_min;
+use crate::matmul::Tiles;
+use crate::BlockType;
+
+/// The tile kernels of a 32-value type.
+pub(crate) fn tiles32(ty: BlockType) -> Tiles<Act32> {
+    macro_rules! tiles {
+        ($k:ty) => {
+            // SAFETY (each closure): reached only through `matmul_with`, which checked the CPU
+            // has AVX2, FMA and F16C; the driver passes rows of equal block counts.
+            Tiles {
+                one: |w, a| unsafe { entry32::<$k, 1, 1>([w], [a])[0][0] },
+                rows4: |w, a| unsafe { entry32::<$k, 4, 1>(w, [a]).map(|r| r[0]) },
+                tile2x2: |w, a| unsafe { entry32::<$k, 2, 2>(w, a) },
+            }
+        };
+    }
+    match ty {
+        BlockType::Q4_0 => tiles!(Q4_0),
+        BlockType::Q4_1 => tiles!(Q4_1),
+        BlockType::Q5_0 => tiles!(Q5_0),
+        BlockType::Q8_0 => tiles!(Q8_0),
+        _ => unreachable!("{ty:?} has 256-value blocks"),
+    }
+}
+
+/// The tile kernels of a 256-value type.
+pub(crate) fn tiles256(ty: BlockType) -> Tiles<Act256> {
+    macro_rules! tiles {
+        ($k:ty) => {
+            // SAFETY: as in `tiles32`.
+            Tiles {
+                one: |w, a| unsafe { entry256::<$k, 1, 1>([w], [a])[0][0] },
+                rows4: |w, a| unsafe { entry256::<$k, 4, 1>(w, [a]).map(|r| r[0]) },
+                tile2x2: |w, a| unsafe { entry256::<$k, 2, 2>(w, a) },
+            }
+        };
+    }
+    match ty {
+        BlockType::Q4K => tiles!(QK<false>),
+        BlockType::Q5K => tiles!(QK<true>),
+        BlockType::Q6K => tiles!(Q6K),
+        _ => unreachable!("{ty:?} has 32-value blocks"),
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn entry32<K: Kind32, const R: usize, const C: usize>(
+    w: [&[u8]; R],
+    a: [&[Act32]; C],
+) -> [[f32; C]; R] {
+    tile32::<K, R, C>(w, a)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn entry256<K: Kind256, const R: usize, const C: usize>(
+    w: [&[u8]; R],
+    a: [&[Act256]; C],
+) -> [[f32; C]; R] {
+    tile256::<K, R, C>(w, a)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    let bits = u16::from_le_bytes([b[at], b[at + 1]]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// 32 bytes at `p`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load32(p: &[u8]) -> __m256i {
+    assert!(p.len() >= 32);
+    // SAFETY: 32 readable bytes, checked above; unaligned load.
+    unsafe { _mm256_loadu_si256(p.as_ptr() as *const __m256i) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load32i(p: &[i8]) -> __m256i {
+    assert!(p.len() >= 32);
+    // SAFETY: as `load32`.
+    unsafe { _mm256_loadu_si256(p.as_ptr() as *const __m256i) }
+}
+
+/// A 32-value block's 16 packed nibbles as 32 bytes (0..16), values 0..16 then 16..32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn nibbles(qs: &[u8]) -> __m256i {
+    assert!(qs.len() >= 16);
+    // SAFETY: 16 readable bytes, checked above.
+    let v = unsafe { _mm_loadu_si128(qs.as_ptr() as *const __m128i) };
+    let both = _mm256_set_m128i(_mm_srli_epi16(v, 4), v);
+    _mm256_and_si256(both, _mm256_set1_epi8(15))
+}
+
+/// Eight i32 sums of pairs of `u·y` products (`u` unsigned bytes, `y` signed bytes).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn udot(u: __m256i, y: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(u, y), _mm256_set1_epi16(1))
+}
+
+/// Byte `i` is 16 where bit `i` of `bits` is set, else 0.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn bits_to_16s(bits: u32) -> __m256i {
+    let v = _mm256_set1_epi32(bits as i32);
+    let spread = _mm256_setr_epi8(
+        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3,
+        3, 3,
+    );
+    let bytes = _mm256_shuffle_epi8(v, spread);
+    let mask = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, mask), mask);
+    _mm256_and_si256(set, _mm256_set1_epi8(16))
+}
+
+/// Asks for the bytes at `at` of the rows the driver hands over next: it walks consecutive rows
+/// of one matrix, so the next tile's row `r` starts `R` rows after this one's. Streaming the
+/// weights from memory is what bounds a decoding step, and the hardware prefetcher alone does
+/// not keep `R` interleaved streams ahead. A prefetch past the matrix's end is a harmless hint.
+#[inline(always)]
+unsafe fn prefetch_next_rows<const R: usize>(w: &[&[u8]; R], at: usize) {
+    let ahead = R * w[0].len() + at;
+    for row in w {
+        _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add(ahead) as *const i8);
+    }
+}
+
+/// How a 32-value type's block becomes 32 unsigned bytes, and the term its block adds per unit
+/// of the activations' sum `s` (its zero point: `−8·d`, `−16·d`, `Q4_1`'s `m`).
+trait Kind32 {
+    const BYTES: usize;
+    /// `Q8_0`'s values are signed: multiplied as |q| × (y with q's sign).
+    const SIGNED: bool = false;
+    /// The offset multiplies the activations' f16-rounded `s` (`Q4_1`, as llama.cpp's `Q8_1`
+    /// pairing does) rather than their exact `dsum`.
+    const ROUNDED_SUM: bool = false;
+    /// # Safety
+    /// AVX2, FMA and F16C are present.
+    unsafe fn unpack(b: &[u8]) -> __m256i;
+    /// # Safety
+    /// As `unpack`.
+    unsafe fn offset(b: &[u8], d: f32) -> f32;
+}
+
+struct Q4_0;
+struct Q4_1;
+struct Q5_0;
+struct Q8_0;
+
+impl Kind32 for Q4_0 {
+    const BYTES: usize = 18;
+    #[inline(always)]
+    unsafe fn unpack(b: &[u8]) -> __m256i {
+        nibbles(&b[2..])
+    }
+    #[inline(always)]
+    unsafe fn offset(_: &[u8], d: f32) -> f32 {
+        -8.0 * d
+    }
+}
+
+impl Kind32 for Q4_1 {
+    const BYTES: usize = 20;
+    const ROUNDED_SUM: bool = true;
+    #[inline(always)]
+    unsafe fn unpack(b: &[u8]) -> __m256i {
+        nibbles(&b[4..])
+    }
+    #[inline(always)]
+    unsafe fn offset(b: &[u8], _: f32) -> f32 {
+        f16_at(b, 2)
+    }
+}
+
+impl Kind32 for Q5_0 {
+    const BYTES: usize = 22;
+    #[inline(always)]
+    unsafe fn unpack(b: &[u8]) -> __m256i {
+        let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+        _mm256_or_si256(nibbles(&b[6..]), bits_to_16s(qh))
+    }
+    #[inline(always)]
+    unsafe fn offset(_: &[u8], d: f32) -> f32 {
+        -16.0 * d
+    }
+}
+
+impl Kind32 for Q8_0 {
+    const BYTES: usize = 34;
+    const SIGNED: bool = true;
+    #[inline(always)]
+    unsafe fn unpack(b: &[u8]) -> __m256i {
+        load32(&b[2..])
+    }
+    #[inline(always)]
+    unsafe fn offset(_: &[u8], _: f32) -> f32 {
+        0.0
+    }
+}
+
+/// `R` weight rows × `C` activation rows of a 32-value type: `R·C` independent accumulators, so
+/// that the multiply-adds of consecutive blocks do not wait on each other, and each unpacked
+/// weight block and loaded activation block is used `C` and `R` times.
+///
+/// # Safety
+/// AVX2, FMA and F16C are present; every row holds the same number of blocks.
+#[inline(always)]
+unsafe fn tile32<K: Kind32, const R: usize, const C: usize>(
+    w: [&[u8]; R],
+    a: [&[Act32]; C],
+) -> [[f32; C]; R] {
+    let nb = a[0].len();
+    let mut acc = [[_mm256_setzero_ps(); C]; R];
+    let mut off = [[0f32; C]; R];
+    for blk in 0..nb {
+        prefetch_next_rows(&w, blk * K::BYTES);
+        let wb: [&[u8]; R] = std::array::from_fn(|r| &w[r][blk * K::BYTES..(blk + 1) * K::BYTES]);
+        let q: [__m256i; R] = std::array::from_fn(|r| K::unpack(wb[r]));
+        let dw: [f32; R] = std::array::from_fn(|r| f16_at(wb[r], 0));
+        let ow: [f32; R] = std::array::from_fn(|r| K::offset(wb[r], dw[r]));
+        for c in 0..C {
+            let ab = &a[c][blk];
+            let y = load32i(&ab.q);
+            for r in 0..R {
+                let dot = if K::SIGNED {
+                    udot(_mm256_sign_epi8(q[r], q[r]), _mm256_sign_epi8(y, q[r]))
+                } else {
+                    udot(q[r], y)
+                };
+                let scale = _mm256_set1_ps(dw[r] * ab.d);
+                acc[r][c] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), acc[r][c]);
+                off[r][c] += ow[r] * if K::ROUNDED_SUM { ab.s } else { ab.dsum };
+            }
+        }
+    }
+    std::array::from_fn(|r| std::array::from_fn(|c| hsum(acc[r][c]) + off[r][c]))
+}
+
+/// The eight 6-bit scales and the eight mins (each twice, to pair with the 16-value sums).
+#[inline]
+fn k_scales(s: &[u8]) -> ([i16; 8], [i16; 16]) {
+    let mut sc = [0i16; 8];
+    let mut mins = [0i16; 16];
+    for j in 0..8 {
+        let (a, m) = k_scale_min(s, j);
+        sc[j] = a as i16;
+        mins[2 * j] = m as i16;
+        mins[2 * j + 1] = m as i16;
+    }
+    (sc, mins)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load_i16x16(v: &[i16; 16]) -> __m256i {
+    // SAFETY: 32 readable bytes.
+    unsafe { _mm256_loadu_si256(v.as_ptr() as *const __m256i) }
+}
+
+/// How a 256-value type's superblock becomes eight chunks of 32 unsigned bytes with their
+/// scales, and how its offset (the K types' mins, `Q6_K`'s `−32`) is applied.
+trait Kind256 {
+    const BYTES: usize;
+    type Prep: Copy;
+    /// # Safety
+    /// AVX2, FMA and F16C are present (for every method).
+    unsafe fn prep(b: &[u8]) -> Self::Prep;
+    /// Values `32·i .. 32·i + 32`.
+    unsafe fn chunk(b: &[u8], i: usize) -> __m256i;
+    /// The 16 i16 multipliers of chunk `i`'s `vpmaddubsw` pairs.
+    unsafe fn mult(p: &Self::Prep, i: usize) -> __m256i;
+    /// `acc` plus the superblock's contribution, given its integer sums `sumi` (8 lanes).
+    unsafe fn finish(b: &[u8], p: &Self::Prep, a: &Act256, sumi: __m256i, acc: __m256) -> __m256;
+}
+
+/// `Q4_K` (`FIVE` false) and `Q5_K`.
+struct QK<const FIVE: bool>;
+
+impl<const FIVE: bool> Kind256 for QK<FIVE> {
+    const BYTES: usize = if FIVE { 176 } else { 144 };
+    /// The eight scales; the eight mins, each twice to pair with the 16-value sums.
+    type Prep = ([i16; 8], __m256i);
+
+    #[inline(always)]
+    unsafe fn prep(b: &[u8]) -> Self::Prep {
+        let (sc, mins) = k_scales(&b[4..16]);
+        (sc, load_i16x16(&mins))
+    }
+
+    #[inline(always)]
+    unsafe fn chunk(b: &[u8], i: usize) -> __m256i {
+        let qs_at = if FIVE { 48 } else { 16 };
+        let q = load32(&b[qs_at + 32 * (i / 2)..]);
+        let q = if i.is_multiple_of(2) {
+            q
+        } else {
+            _mm256_srli_epi16(q, 4)
+        };
+        let q = _mm256_and_si256(q, _mm256_set1_epi8(15));
+        if FIVE {
+            let qh = load32(&b[16..48]);
+            let bit = _mm256_and_si256(
+                _mm256_srl_epi16(qh, _mm_cvtsi32_si128(i as i32)),
+                _mm256_set1_epi8(1),
+            );
+            _mm256_or_si256(q, _mm256_slli_epi16(bit, 4))
+        } else {
+            q
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn mult(p: &Self::Prep, i: usize) -> __m256i {
+        _mm256_set1_epi16(p.0[i])
+    }
+
+    #[inline(always)]
+    unsafe fn finish(b: &[u8], p: &Self::Prep, a: &Act256, sumi: __m256i, acc: __m256) -> __m256 {
+        let mins = _mm256_madd_epi16(load_i16x16(&a.sums16), p.1);
+        let acc = _mm256_fmadd_ps(
+            _mm256_set1_ps(f16_at(b, 0) * a.d),
+            _mm256_cvtepi32_ps(sumi),
+            acc,
+        );
+        _mm256_fnmadd_ps(
+            _mm256_set1_ps(f16_at(b, 2) * a.d),
+            _mm256_cvtepi32_ps(mins),
+            acc,
+        )
+    }
+}
+
+struct Q6K;
+
+impl Kind256 for Q6K {
+    const BYTES: usize = 210;
+    /// The 16 scales widened to i16.
+    type Prep = __m256i;
+
+    #[inline(always)]
+    unsafe fn prep(b: &[u8]) -> __m256i {
+        let s = &b[192..208];
+        _mm256_cvtepi8_epi16(_mm_loadu_si128(s.as_ptr() as *const __m128i))
+    }
+
+    #[inline(always)]
+    unsafe fn chunk(b: &[u8], i: usize) -> __m256i {
+        let (h, quarter) = (i / 4, i % 4);
+        let ql = load32(&b[64 * h + 32 * (quarter % 2)..]);
+        let low = if quarter < 2 {
+            ql
+        } else {
+            _mm256_srli_epi16(ql, 4)
+        };
+        let low = _mm256_and_si256(low, _mm256_set1_epi8(15));
+        let qh = load32(&b[128 + 32 * h..]);
+        let high = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * quarter as i32));
+        let high = _mm256_and_si256(high, _mm256_set1_epi8(3));
+        _mm256_or_si256(low, _mm256_slli_epi16(high, 4))
+    }
+
+    #[inline(always)]
+    unsafe fn mult(p: &__m256i, i: usize) -> __m256i {
+        // Chunk i's two 16-value halves have scales 2i and 2i + 1: spread each over 8 lanes.
+        let both = _mm256_permutevar8x32_epi32(*p, _mm256_set1_epi32(i as i32));
+        _mm256_shuffle_epi8(
+            both,
+            _mm256_setr_epi8(
+                0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3,
+                2, 3, 2, 3,
+            ),
+        )
+    }
+
+    #[inline(always)]
+    unsafe fn finish(b: &[u8], p: &__m256i, a: &Act256, sumi: __m256i, acc: __m256) -> __m256 {
+        let offset = _mm256_slli_epi32(_mm256_madd_epi16(load_i16x16(&a.sums16), *p), 5);
+        let sumi = _mm256_sub_epi32(sumi, offset);
+        _mm256_fmadd_ps(
+            _mm256_set1_ps(f16_at(b, 208) * a.d),
+            _mm256_cvtepi32_ps(sumi),
+            acc,
+        )
+    }
+}
+
+/// [`tile32`] for the 256-value types.
+///
+/// # Safety
+/// As [`tile32`].
+#[inline(always)]
+unsafe fn tile256<K: Kind256, const R: usize, const C: usize>(
+    w: [&[u8]; R],
+    a: [&[Act256]; C],
+) -> [[f32; C]; R] {
+    let nb = a[0].len();
+    let mut acc = [[_mm256_setzero_ps(); C]; R];
+    for blk in 0..nb {
+        prefetch_next_rows(&w, blk * K::BYTES);
+        let wb: [&[u8]; R] = std::array::from_fn(|r| &w[r][blk * K::BYTES..(blk + 1) * K::BYTES]);
+        let prep: [K::Prep; R] = std::array::from_fn(|r| K::prep(wb[r]));
+        let mut sumi = [[_mm256_setzero_si256(); C]; R];
+        for i in 0..8 {
+            let q: [__m256i; R] = std::array::from_fn(|r| K::chunk(wb[r], i));
+            let m: [__m256i; R] = std::array::from_fn(|r| K::mult(&prep[r], i));
+            for c in 0..C {
+                let y = load32i(&a[c][blk].q[32 * i..]);
+                for r in 0..R {
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q[r], y), m[r]);
+                    sumi[r][c] = _mm256_add_epi32(sumi[r][c], p);
+                }
+            }
+        }
+        for r in 0..R {
+            for c in 0..C {
+                acc[r][c] = K::finish(wb[r], &prep[r], &a[c][blk], sumi[r][c], acc[r][c]);
+            }
+        }
+    }
+    std::array::from_fn(|r| std::array::from_fn(|c| hsum(acc[r][c])))
+}

@@ -1,0 +1,92 @@
+//! CPU matrix products `x · Wᵀ` where `W` is stored in GGML's quantized blocks (Q4_0, Q4_1,
+//! Q5_0, Q8_0, Q4_K, Q5_K, Q6_K), read in place from a file's bytes.
+//!
+//! The activations are quantized to 8 bits per row first, as llama.cpp does, so that each
+//! block's products are integer sums (exact) and only one float multiply-add per block (per
+//! sub-block scale for the K types) remains: [`act`] holds those formats. [`portable`] is the
+//! plain-Rust kernel every CPU runs and the tests' reference; [`avx2`] computes the same
+//! integer sums with AVX2 and is chosen at run time ([`Level::detect`]).
+//!
+//! The crate has no tensor type and no thread pool: the caller passes slices and a
+//! [`Parallel`] that runs independent tasks (the engine hands it candle's pool, so the matrix
+//! products of a forward pass share one set of threads).
+
+pub mod act;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+pub mod blocks;
+mod matmul;
+pub mod portable;
+
+pub use blocks::BlockType;
+pub use matmul::{matmul, matmul_with, Parallel, Serial, TASK_MACS};
+
+/// Which kernels run. Every level computes the same integer sums; they differ only in the
+/// order of the float additions that combine blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Portable,
+    /// AVX2, FMA and F16C (x86-64 since Haswell and Zen).
+    Avx2,
+}
+
+impl Level {
+    /// The fastest level this CPU runs. `LENSD_CPU_KERNELS=portable` forces the portable path
+    /// (to compare the two on one machine).
+    pub fn detect() -> Level {
+        static LEVEL: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
+        *LEVEL.get_or_init(|| {
+            if std::env::var("LENSD_CPU_KERNELS").as_deref() == Ok("portable") {
+                return Level::Portable;
+            }
+            Level::available()
+                .last()
+                .copied()
+                .unwrap_or(Level::Portable)
+        })
+    }
+
+    /// Every level this CPU can run, slowest first; the portable one always.
+    pub fn available() -> Vec<Level> {
+        let mut levels = vec![Level::Portable];
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+        {
+            levels.push(Level::Avx2);
+        }
+        levels
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Portable => "portable",
+            Level::Avx2 => "avx2",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KernelError {
+    #[error("a row of {k} values is not a whole number of {ty:?} blocks of {block}")]
+    RowNotWholeBlocks {
+        ty: BlockType,
+        k: usize,
+        block: usize,
+    },
+    #[error("{ty:?} weights of {rows}x{k} need {want} bytes, got {got}")]
+    WeightBytes {
+        ty: BlockType,
+        rows: usize,
+        k: usize,
+        want: usize,
+        got: usize,
+    },
+    #[error("{what} holds {got} values, {want} expected")]
+    Length {
+        what: &'static str,
+        want: usize,
+        got: usize,
+    },
+}

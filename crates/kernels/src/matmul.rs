@@ -1,0 +1,282 @@
+//! `out[i][j] = Σₖ x[i][k] · W[j][k]` over quantized `W`, split into tasks of whole weight rows.
+
+use std::ops::Range;
+
+use crate::act::{quantize_row256, quantize_row32, Act256, Act32};
+use crate::{BlockType, KernelError, Level};
+
+/// Runs `f` over `0..tasks`, split into ranges that may run on several threads at once. Every
+/// task index must be run exactly once.
+pub trait Parallel: Sync {
+    fn run(&self, tasks: usize, f: &(dyn Fn(Range<usize>) + Sync));
+
+    /// Threads that run tasks at once, so that work splits into a multiple of them.
+    fn threads(&self) -> usize {
+        1
+    }
+}
+
+/// Every task on the calling thread.
+pub struct Serial;
+
+impl Parallel for Serial {
+    fn run(&self, tasks: usize, f: &(dyn Fn(Range<usize>) + Sync)) {
+        f(0..tasks)
+    }
+}
+
+/// Multiply-adds per task: enough that a decoding step's small products are not dominated by
+/// handing tasks to threads, small enough that two threads balance.
+pub const TASK_MACS: usize = 1 << 16;
+
+/// `x`: `m` rows of `k` f32; `w`: `n` rows of `k` values in `ty`'s blocks; `out`: `m` rows of `n`.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul(
+    ty: BlockType,
+    w: &[u8],
+    n: usize,
+    k: usize,
+    x: &[f32],
+    m: usize,
+    out: &mut [f32],
+    par: &dyn Parallel,
+) -> Result<(), KernelError> {
+    matmul_with(Level::detect(), ty, w, n, k, x, m, out, par)
+}
+
+/// [`matmul`] with the kernels of `level`, which must be one this CPU runs (else the portable
+/// ones are used).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_with(
+    level: Level,
+    ty: BlockType,
+    w: &[u8],
+    n: usize,
+    k: usize,
+    x: &[f32],
+    m: usize,
+    out: &mut [f32],
+    par: &dyn Parallel,
+) -> Result<(), KernelError> {
+    let block = ty.block_values();
+    if !k.is_multiple_of(block) {
+        return Err(KernelError::RowNotWholeBlocks { ty, k, block });
+    }
+    let want = ty.bytes_for(n, k).unwrap_or(usize::MAX);
+    if w.len() != want {
+        return Err(KernelError::WeightBytes {
+            ty,
+            rows: n,
+            k,
+            want,
+            got: w.len(),
+        });
+    }
+    check_len("the input", m * k, x.len())?;
+    check_len("the output", m * n, out.len())?;
+    let level = if available(level) {
+        level
+    } else {
+        Level::Portable
+    };
+    let nb = k / block;
+    let out = SharedOut(out.as_mut_ptr());
+    if block == 32 {
+        let mut acts = vec![Act32::default(); m * nb];
+        quantize_rows(&mut acts, x, nb, k, par, quantize_row32);
+        run(w, n, k, &acts, nb, m, out, par, tiles32(level, ty));
+    } else {
+        let mut acts = vec![Act256::default(); m * nb];
+        quantize_rows(&mut acts, x, nb, k, par, quantize_row256);
+        run(w, n, k, &acts, nb, m, out, par, tiles256(level, ty));
+    }
+    Ok(())
+}
+
+/// Each row of `x` (`k` values) into its `nb` blocks of `acts`, rows in parallel when there
+/// are enough of them to be worth a hand-off.
+fn quantize_rows<A: Send>(
+    acts: &mut [A],
+    x: &[f32],
+    nb: usize,
+    k: usize,
+    par: &dyn Parallel,
+    quantize: fn(&[f32], &mut [A]),
+) {
+    let m = acts.len() / nb.max(1);
+    if m < 8 || par.threads() < 2 {
+        for (a, x) in acts
+            .chunks_exact_mut(nb.max(1))
+            .zip(x.chunks_exact(k.max(1)))
+        {
+            quantize(x, a);
+        }
+        return;
+    }
+    let acts = SharedRows(acts.as_mut_ptr());
+    par.run(m, &|rows: Range<usize>| {
+        let acts = &acts;
+        for i in rows {
+            // SAFETY: row `i` of `m` is `nb` blocks inside `acts`, and only this task writes it.
+            let a = unsafe { std::slice::from_raw_parts_mut(acts.0.add(i * nb), nb) };
+            quantize(&x[i * k..(i + 1) * k], a);
+        }
+    });
+}
+
+struct SharedRows<A>(*mut A);
+// SAFETY: tasks write disjoint rows, and the pointer outlives `Parallel::run`.
+unsafe impl<A: Send> Sync for SharedRows<A> {}
+
+fn check_len(what: &'static str, want: usize, got: usize) -> Result<(), KernelError> {
+    if want == got {
+        Ok(())
+    } else {
+        Err(KernelError::Length { what, want, got })
+    }
+}
+
+fn available(level: Level) -> bool {
+    static LEVELS: std::sync::OnceLock<Vec<Level>> = std::sync::OnceLock::new();
+    LEVELS.get_or_init(Level::available).contains(&level)
+}
+
+/// The output's pointer, written by tasks at disjoint indices.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: tasks write disjoint elements (each owns whole weight rows, i.e. output columns), and
+// the pointer outlives `Parallel::run`, which returns only when every task has.
+unsafe impl Sync for SharedOut {}
+unsafe impl Send for SharedOut {}
+
+impl SharedOut {
+    /// # Safety
+    /// `at` is inside the output, and no other task writes it.
+    unsafe fn write(&self, at: usize, v: f32) {
+        *self.0.add(at) = v
+    }
+}
+
+/// Two weight rows × two activation rows → `[weight row][activation row]`.
+pub(crate) type Tile2x2<A> = fn([&[u8]; 2], [&[A]; 2]) -> [[f32; 2]; 2];
+
+/// The kernels of one block type at one level, for tiles of weight rows × activation rows.
+pub(crate) struct Tiles<A> {
+    pub one: fn(&[u8], &[A]) -> f32,
+    /// Four weight rows × one activation row (a decoding step).
+    pub rows4: fn([&[u8]; 4], &[A]) -> [f32; 4],
+    /// Two weight rows × two activation rows.
+    pub tile2x2: Tile2x2<A>,
+}
+
+/// Tasks hold whole groups of this many weight rows.
+const ROW_GROUP: usize = 4;
+
+#[allow(clippy::too_many_arguments)]
+fn run<A: Sync>(
+    w: &[u8],
+    n: usize,
+    k: usize,
+    acts: &[A],
+    nb: usize,
+    m: usize,
+    out: SharedOut,
+    par: &dyn Parallel,
+    tiles: Tiles<A>,
+) {
+    if n == 0 || m == 0 {
+        return;
+    }
+    let row_bytes = w.len() / n;
+    // At least TASK_MACS a task, and a multiple of the threads so that none waits at the end.
+    let threads = par.threads().max(1);
+    let min_tasks = (n * k * m / TASK_MACS).max(1).next_multiple_of(threads);
+    let rows_per_task = n.div_ceil(min_tasks).next_multiple_of(ROW_GROUP).min(n);
+    let tasks = n.div_ceil(rows_per_task);
+    let wrow = |j: usize| &w[j * row_bytes..(j + 1) * row_bytes];
+    let arow = |i: usize| &acts[i * nb..(i + 1) * nb];
+    // SAFETY (every write below): `i < m`, `j < n`, `out` holds `m·n` values (checked by the
+    // caller), and only the task owning weight row `j` writes column `j`.
+    let put = |i: usize, j: usize, v: f32| unsafe { out.write(i * n + j, v) };
+    par.run(tasks, &|range: Range<usize>| {
+        for t in range {
+            let rows = t * rows_per_task..((t + 1) * rows_per_task).min(n);
+            let mut j = rows.start;
+            if m == 1 {
+                while j + 4 <= rows.end {
+                    let v =
+                        (tiles.rows4)([wrow(j), wrow(j + 1), wrow(j + 2), wrow(j + 3)], arow(0));
+                    for (r, v) in v.into_iter().enumerate() {
+                        put(0, j + r, v);
+                    }
+                    j += 4;
+                }
+            } else {
+                while j + 2 <= rows.end {
+                    let mut i = 0;
+                    while i + 2 <= m {
+                        let v = (tiles.tile2x2)([wrow(j), wrow(j + 1)], [arow(i), arow(i + 1)]);
+                        for (r, row) in v.into_iter().enumerate() {
+                            for (c, v) in row.into_iter().enumerate() {
+                                put(i + c, j + r, v);
+                            }
+                        }
+                        i += 2;
+                    }
+                    if i < m {
+                        put(i, j, (tiles.one)(wrow(j), arow(i)));
+                        put(i, j + 1, (tiles.one)(wrow(j + 1), arow(i)));
+                    }
+                    j += 2;
+                }
+            }
+            for j in j..rows.end {
+                for i in 0..m {
+                    put(i, j, (tiles.one)(wrow(j), arow(i)));
+                }
+            }
+        }
+    });
+}
+
+/// The portable kernel `one` as tiles (each product on its own).
+macro_rules! portable_tiles {
+    ($one:expr) => {
+        Tiles {
+            one: $one,
+            rows4: |w, a| w.map(|w| ($one)(w, a)),
+            tile2x2: |w, a| w.map(|w| a.map(|a| ($one)(w, a))),
+        }
+    };
+}
+
+fn tiles32(level: Level, ty: BlockType) -> Tiles<Act32> {
+    use crate::portable as p;
+    #[cfg(target_arch = "x86_64")]
+    if level == Level::Avx2 {
+        return crate::avx2::tiles32(ty);
+    }
+    let _ = level;
+    match ty {
+        BlockType::Q4_0 => portable_tiles!(p::dot_q4_0),
+        BlockType::Q4_1 => portable_tiles!(p::dot_q4_1),
+        BlockType::Q5_0 => portable_tiles!(p::dot_q5_0),
+        BlockType::Q8_0 => portable_tiles!(p::dot_q8_0),
+        _ => unreachable!("{ty:?} has 256-value blocks"),
+    }
+}
+
+fn tiles256(level: Level, ty: BlockType) -> Tiles<Act256> {
+    use crate::portable as p;
+    #[cfg(target_arch = "x86_64")]
+    if level == Level::Avx2 {
+        return crate::avx2::tiles256(ty);
+    }
+    let _ = level;
+    match ty {
+        BlockType::Q4K => portable_tiles!(|w, a| p::dot_k(w, a, false)),
+        BlockType::Q5K => portable_tiles!(|w, a| p::dot_k(w, a, true)),
+        BlockType::Q6K => portable_tiles!(p::dot_q6k),
+        _ => unreachable!("{ty:?} has 32-value blocks"),
+    }
+}

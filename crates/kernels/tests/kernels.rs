@@ -1,0 +1,272 @@
+//! Every kernel level against the portable path, and the portable path against the definition
+//! (dequantize both sides, multiply in f64), on random blocks of every type.
+
+use half::f16;
+use lensd_kernels::act::{quantize_row256, quantize_row32, Act256, Act32};
+use lensd_kernels::{matmul_with, BlockType, KernelError, Level, Parallel, Serial};
+use rand::{Rng, SeedableRng};
+
+/// Random blocks whose f16 fields are finite scales of a realistic size (every other byte is
+/// random, so every bit pattern of the values is exercised).
+fn random_blocks(ty: BlockType, rows: usize, k: usize, rng: &mut impl Rng) -> Vec<u8> {
+    let mut w = vec![0u8; ty.bytes_for(rows, k).unwrap()];
+    rng.fill(&mut w[..]);
+    let scale = |rng: &mut dyn rand::RngCore| {
+        f16::from_f32(rng.random_range(0.0005f32..0.05)).to_le_bytes()
+    };
+    for b in w.chunks_exact_mut(ty.block_bytes()) {
+        let fields: &[usize] = match ty {
+            BlockType::Q4_0 | BlockType::Q5_0 | BlockType::Q8_0 => &[0],
+            BlockType::Q4_1 | BlockType::Q4K | BlockType::Q5K => &[0, 2],
+            BlockType::Q6K => &[208],
+        };
+        for &at in fields {
+            b[at..at + 2].copy_from_slice(&scale(rng));
+        }
+        if ty == BlockType::Q4_1 && rng.random_bool(0.5) {
+            // Q4_1's minimum is usually negative.
+            b[3] |= 0x80;
+        }
+    }
+    w
+}
+
+fn random_x(len: usize, rng: &mut impl Rng) -> Vec<f32> {
+    (0..len)
+        .map(|i| {
+            let v: f32 = rng.random_range(-1.0..1.0);
+            // A few large values per row, as residual streams have.
+            if i % 97 == 5 {
+                v * 20.0
+            } else {
+                v
+            }
+        })
+        .collect()
+}
+
+fn run(level: Level, ty: BlockType, w: &[u8], n: usize, k: usize, x: &[f32], m: usize) -> Vec<f32> {
+    let mut out = vec![f32::NAN; m * n];
+    matmul_with(level, ty, w, n, k, x, m, &mut out, &Serial).unwrap();
+    out
+}
+
+/// The activations as the kernels see them: quantized to 8 bits, then widened; and for the
+/// 32-value types each block's `s` (their products use it for the weights' zero point).
+fn dequantized_x(ty: BlockType, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let mut out = Vec::with_capacity(x.len());
+    let mut sums = Vec::new();
+    if ty.block_values() == 32 {
+        let mut a = vec![Act32::default(); x.len() / 32];
+        quantize_row32(x, &mut a);
+        for a in &a {
+            out.extend(a.q.iter().map(|&q| q as f32 * a.d));
+            sums.push(if ty == BlockType::Q4_1 { a.s } else { 0.0 });
+        }
+    } else {
+        let mut a = vec![Act256::default(); x.len() / 256];
+        quantize_row256(x, &mut a);
+        for a in &a {
+            out.extend(a.q.iter().map(|&q| q as f32 * a.d));
+        }
+    }
+    (out, sums)
+}
+
+const SHAPES: [(usize, usize, usize); 4] = [(1, 1, 1), (1, 3, 7), (5, 2, 13), (3, 9, 4)];
+
+#[test]
+fn the_portable_kernels_compute_the_dequantized_product() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    for ty in BlockType::ALL {
+        for (m, blocks, n) in SHAPES {
+            let k = blocks * ty.block_values();
+            let w = random_blocks(ty, n, k, &mut rng);
+            let x = random_x(m * k, &mut rng);
+            let got = run(Level::Portable, ty, &w, n, k, &x, m);
+            let mut wf = vec![0f32; n * k];
+            ty.dequantize(&w, &mut wf);
+            for i in 0..m {
+                let (xq, sums) = dequantized_x(ty, &x[i * k..(i + 1) * k]);
+                for j in 0..n {
+                    let wrow = &wf[j * k..(j + 1) * k];
+                    let terms = xq.iter().zip(wrow);
+                    let want: f64 = terms.clone().map(|(&a, &b)| a as f64 * b as f64).sum();
+                    let mag: f64 = terms.map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
+                    // `Q4_1`'s `s` is rounded to f16 as llama.cpp stores it; it multiplies the
+                    // block's minimum, at most its largest weight.
+                    let zero_points: f64 = sums
+                        .iter()
+                        .zip(wrow.chunks(32))
+                        .map(|(s, w)| {
+                            let wmax = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+                            s.abs() as f64 * wmax as f64 / 1024.0
+                        })
+                        .sum();
+                    let g = got[i * n + j] as f64;
+                    assert!(
+                        (g - want).abs() <= 1e-5 * mag + zero_points + 1e-30,
+                        "{ty:?} m={m} k={k} n={n} [{i},{j}]: {g} vs {want} (scale {mag})"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn every_simd_level_equals_the_portable_kernels() {
+    let levels = Level::available();
+    println!("levels on this CPU: {levels:?}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+    for level in levels.into_iter().filter(|&l| l != Level::Portable) {
+        for ty in BlockType::ALL {
+            for (m, blocks, n) in SHAPES.into_iter().chain([(2, 17, 5)]) {
+                let k = blocks * ty.block_values();
+                let w = random_blocks(ty, n, k, &mut rng);
+                let x = random_x(m * k, &mut rng);
+                let want = run(Level::Portable, ty, &w, n, k, &x, m);
+                let got = run(level, ty, &w, n, k, &x, m);
+                let mut wf = vec![0f32; n * k];
+                ty.dequantize(&w, &mut wf);
+                for i in 0..m {
+                    for j in 0..n {
+                        // The integer sums are equal; the float sums differ in order only.
+                        let mag: f32 = x[i * k..(i + 1) * k]
+                            .iter()
+                            .zip(&wf[j * k..(j + 1) * k])
+                            .map(|(a, b)| (a * b).abs())
+                            .sum();
+                        let (g, w) = (got[i * n + j], want[i * n + j]);
+                        assert!(
+                            (g - w).abs() <= 2e-6 * mag,
+                            "{level:?} {ty:?} m={m} k={k} n={n} [{i},{j}]: {g} vs {w}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs every task range on its own scoped thread, in reverse, to show tasks are independent.
+struct EveryTaskOnItsOwnThread;
+
+impl Parallel for EveryTaskOnItsOwnThread {
+    fn run(&self, tasks: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
+        std::thread::scope(|s| {
+            for t in (0..tasks).rev() {
+                s.spawn(move || f(t..t + 1));
+            }
+        });
+    }
+}
+
+#[test]
+fn tasks_on_many_threads_give_the_serial_result() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    for ty in [BlockType::Q4_1, BlockType::Q6K] {
+        // Large enough for several tasks.
+        let (m, n, k) = (3, 300, 4 * 256);
+        let w = random_blocks(ty, n, k, &mut rng);
+        let x = random_x(m * k, &mut rng);
+        let level = Level::detect();
+        let serial = run(level, ty, &w, n, k, &x, m);
+        let mut par = vec![f32::NAN; m * n];
+        matmul_with(
+            level,
+            ty,
+            &w,
+            n,
+            k,
+            &x,
+            m,
+            &mut par,
+            &EveryTaskOnItsOwnThread,
+        )
+        .unwrap();
+        assert_eq!(serial, par, "{ty:?}");
+    }
+}
+
+#[test]
+fn shapes_that_do_not_fit_are_refused_by_name() {
+    let w = vec![0u8; 20 * 2];
+    let mut out = vec![0f32; 2];
+    let e = matmul_with(
+        Level::Portable,
+        BlockType::Q4_1,
+        &w,
+        2,
+        33,
+        &[0.0; 33],
+        1,
+        &mut out,
+        &Serial,
+    )
+    .unwrap_err();
+    assert_eq!(
+        e,
+        KernelError::RowNotWholeBlocks {
+            ty: BlockType::Q4_1,
+            k: 33,
+            block: 32
+        }
+    );
+    assert!(e.to_string().contains("33"), "{e}");
+    let e = matmul_with(
+        Level::Portable,
+        BlockType::Q4_1,
+        &w[..39],
+        2,
+        32,
+        &[0.0; 32],
+        1,
+        &mut out,
+        &Serial,
+    )
+    .unwrap_err();
+    assert_eq!(e.to_string(), "Q4_1 weights of 2x32 need 40 bytes, got 39");
+    let e = matmul_with(
+        Level::Portable,
+        BlockType::Q4_1,
+        &w,
+        2,
+        32,
+        &[0.0; 31],
+        1,
+        &mut out,
+        &Serial,
+    )
+    .unwrap_err();
+    assert_eq!(e.to_string(), "the input holds 31 values, 32 expected");
+    let e = matmul_with(
+        Level::Portable,
+        BlockType::Q4_1,
+        &w,
+        2,
+        32,
+        &[0.0; 32],
+        1,
+        &mut out[..1],
+        &Serial,
+    )
+    .unwrap_err();
+    assert_eq!(e.to_string(), "the output holds 1 values, 2 expected");
+}
+
+#[test]
+fn a_zero_row_gives_zeros_and_no_nan() {
+    for ty in BlockType::ALL {
+        let k = ty.block_values();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        let w = random_blocks(ty, 3, k, &mut rng);
+        for level in Level::available() {
+            assert_eq!(
+                run(level, ty, &w, 3, k, &vec![0.0; k], 1),
+                vec![0.0; 3],
+                "{ty:?} {level:?}"
+            );
+        }
+    }
+}
