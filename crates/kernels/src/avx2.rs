@@ -10,7 +10,7 @@ use std::arch::x86_64::*;
 
 use crate::act::{Act256, Act32};
 use crate::blocks::k_scale_min;
-use crate::matmul::Tiles;
+use crate::matmul::{Tiles, TILE_ACTS};
 use crate::BlockType;
 
 /// The tile kernels of a 32-value type.
@@ -22,7 +22,7 @@ pub(crate) fn tiles32(ty: BlockType) -> Tiles<Act32> {
             Tiles {
                 one: |w, a| unsafe { entry32::<$k, 1, 1>([w], [a])[0][0] },
                 rows4: |w, a| unsafe { entry32::<$k, 4, 1>(w, [a]).map(|r| r[0]) },
-                tile2x2: |w, a| unsafe { entry32::<$k, 2, 2>(w, a) },
+                tile: |w, a| unsafe { entry32::<$k, 2, TILE_ACTS>(w, a) },
             }
         };
     }
@@ -43,7 +43,7 @@ pub(crate) fn tiles256(ty: BlockType) -> Tiles<Act256> {
             Tiles {
                 one: |w, a| unsafe { entry256::<$k, 1, 1>([w], [a])[0][0] },
                 rows4: |w, a| unsafe { entry256::<$k, 4, 1>(w, [a]).map(|r| r[0]) },
-                tile2x2: |w, a| unsafe { entry256::<$k, 2, 2>(w, a) },
+                tile: |w, a| unsafe { entry256::<$k, 2, TILE_ACTS>(w, a) },
             }
         };
     }

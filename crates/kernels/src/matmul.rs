@@ -157,16 +157,19 @@ impl SharedOut {
     }
 }
 
-/// Two weight rows × two activation rows → `[weight row][activation row]`.
-pub(crate) type Tile2x2<A> = fn([&[u8]; 2], [&[A]; 2]) -> [[f32; 2]; 2];
+/// Activation rows of a prefill tile: each unpacked weight block serves this many.
+pub(crate) const TILE_ACTS: usize = 4;
+
+/// Two weight rows × [`TILE_ACTS`] activation rows → `[weight row][activation row]`.
+pub(crate) type Tile<A> = fn([&[u8]; 2], [&[A]; TILE_ACTS]) -> [[f32; TILE_ACTS]; 2];
 
 /// The kernels of one block type at one level, for tiles of weight rows × activation rows.
 pub(crate) struct Tiles<A> {
     pub one: fn(&[u8], &[A]) -> f32,
     /// Four weight rows × one activation row (a decoding step).
     pub rows4: fn([&[u8]; 4], &[A]) -> [f32; 4],
-    /// Two weight rows × two activation rows.
-    pub tile2x2: Tile2x2<A>,
+    /// Two weight rows × [`TILE_ACTS`] activation rows (a prompt's rows).
+    pub tile: Tile<A>,
 }
 
 /// Tasks hold whole groups of this many weight rows.
@@ -214,16 +217,19 @@ fn run<A: Sync>(
             } else {
                 while j + 2 <= rows.end {
                     let mut i = 0;
-                    while i + 2 <= m {
-                        let v = (tiles.tile2x2)([wrow(j), wrow(j + 1)], [arow(i), arow(i + 1)]);
+                    while i + TILE_ACTS <= m {
+                        let v = (tiles.tile)(
+                            [wrow(j), wrow(j + 1)],
+                            std::array::from_fn(|c| arow(i + c)),
+                        );
                         for (r, row) in v.into_iter().enumerate() {
                             for (c, v) in row.into_iter().enumerate() {
                                 put(i + c, j + r, v);
                             }
                         }
-                        i += 2;
+                        i += TILE_ACTS;
                     }
-                    if i < m {
+                    for i in i..m {
                         put(i, j, (tiles.one)(wrow(j), arow(i)));
                         put(i, j + 1, (tiles.one)(wrow(j + 1), arow(i)));
                     }
@@ -245,7 +251,7 @@ macro_rules! portable_tiles {
         Tiles {
             one: $one,
             rows4: |w, a| w.map(|w| ($one)(w, a)),
-            tile2x2: |w, a| w.map(|w| a.map(|a| ($one)(w, a))),
+            tile: |w, a| w.map(|w| a.map(|a| ($one)(w, a))),
         }
     };
 }

@@ -73,7 +73,8 @@ fn dequantized_x(ty: BlockType, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
     (out, sums)
 }
 
-const SHAPES: [(usize, usize, usize); 4] = [(1, 1, 1), (1, 3, 7), (5, 2, 13), (3, 9, 4)];
+const SHAPES: [(usize, usize, usize); 5] =
+    [(1, 1, 1), (1, 3, 7), (5, 2, 13), (3, 9, 4), (11, 2, 6)];
 
 #[test]
 fn the_portable_kernels_compute_the_dequantized_product() {
