@@ -51,6 +51,18 @@ fn main() {
                 b[2..4].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
             }
         }
+        let mut values = vec![0f32; n * k];
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let t = std::time::Instant::now();
+            lensd_kernels::dequantize(ty, &w, &mut values, &Scoped(threads)).unwrap();
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        println!(
+            "{ty:?} dequantize: {:7.3} ms, {:6.2} GB/s of f32 written",
+            best * 1e3,
+            values.len() as f64 * 4.0 / best / 1e9
+        );
         let mut out = vec![0f32; m * n];
         for level in Level::available() {
             let par = Scoped(threads);

@@ -87,6 +87,9 @@ impl BlockType {
     }
 
     /// Dequantizes whole blocks: `out.len()` must be `blocks.len() / block_bytes · block_values`.
+    /// (On one thread, with the portable code; [`crate::dequantize`] splits the work and uses
+    /// the CPU's vector instructions.)
+    #[inline(always)]
     pub fn dequantize(self, blocks: &[u8], out: &mut [f32]) {
         let (bb, bv) = (self.block_bytes(), self.block_values());
         assert_eq!(blocks.len() % bb, 0, "not whole {self:?} blocks");
@@ -169,49 +172,88 @@ pub fn q6k_value(b: &[u8], e: usize) -> u8 {
     low | (high << 4)
 }
 
+// The dequantizers below are written as plain loops over a block's bytes so that, compiled
+// with AVX2 (`crate::dequantize`), they vectorize; their products are the same f32 operations,
+// in the same order, as llama.cpp's reference (tests/llamacpp_dequant.rs checks bit equality).
+
+#[inline(always)]
 fn dequant_q4_0(b: &[u8], o: &mut [f32]) {
     let d = f16_at(b, 0);
-    for (i, v) in o.iter_mut().enumerate() {
-        *v = d * (nibble(&b[2..18], i) as f32 - 8.0);
+    let (lo, hi) = o.split_at_mut(16);
+    for i in 0..16 {
+        lo[i] = d * ((b[2 + i] & 15) as f32 - 8.0);
+        hi[i] = d * ((b[2 + i] >> 4) as f32 - 8.0);
     }
 }
 
+#[inline(always)]
 fn dequant_q4_1(b: &[u8], o: &mut [f32]) {
     let (d, m) = (f16_at(b, 0), f16_at(b, 2));
-    for (i, v) in o.iter_mut().enumerate() {
-        *v = d * nibble(&b[4..20], i) as f32 + m;
+    let (lo, hi) = o.split_at_mut(16);
+    for i in 0..16 {
+        lo[i] = d * (b[4 + i] & 15) as f32 + m;
+        hi[i] = d * (b[4 + i] >> 4) as f32 + m;
     }
 }
 
+#[inline(always)]
 fn dequant_q5_0(b: &[u8], o: &mut [f32]) {
     let d = f16_at(b, 0);
-    for (i, v) in o.iter_mut().enumerate() {
-        *v = d * (q5_0_value(b, i) as f32 - 16.0);
+    let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+    let (lo, hi) = o.split_at_mut(16);
+    for i in 0..16 {
+        let l = (b[6 + i] & 15) as u32 | ((qh >> i) & 1) << 4;
+        let h = (b[6 + i] >> 4) as u32 | ((qh >> (i + 16)) & 1) << 4;
+        lo[i] = d * (l as f32 - 16.0);
+        hi[i] = d * (h as f32 - 16.0);
     }
 }
 
+#[inline(always)]
 fn dequant_q8_0(b: &[u8], o: &mut [f32]) {
     let d = f16_at(b, 0);
-    for (i, v) in o.iter_mut().enumerate() {
-        *v = d * (b[2 + i] as i8) as f32;
+    for (v, &q) in o.iter_mut().zip(&b[2..34]) {
+        *v = d * (q as i8) as f32;
     }
 }
 
+#[inline(always)]
 fn dequant_k(b: &[u8], o: &mut [f32], five: bool) {
     let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
-    for j in 0..8 {
+    let qs = if five { &b[48..176] } else { &b[16..144] };
+    let qh = &b[16..48];
+    for (j, o) in o.chunks_exact_mut(32).enumerate() {
         let (sc, m) = k_scale_min(&b[4..16], j);
         let (scale, min) = (d * sc as f32, dmin * m as f32);
-        for (e, v) in o.iter_mut().enumerate().skip(32 * j).take(32) {
-            *v = scale * k_value(b, e, five) as f32 - min;
+        let bytes = &qs[32 * (j / 2)..32 * (j / 2) + 32];
+        let shift = 4 * (j % 2) as u32;
+        for l in 0..32 {
+            let mut q = (bytes[l] >> shift) & 15;
+            if five {
+                q |= ((qh[l] >> j) & 1) << 4;
+            }
+            o[l] = scale * q as f32 - min;
         }
     }
 }
 
+#[inline(always)]
 fn dequant_q6k(b: &[u8], o: &mut [f32]) {
     let d = f16_at(b, 208);
-    for (e, v) in o.iter_mut().enumerate() {
-        let sc = b[192 + e / 16] as i8;
-        *v = d * sc as f32 * (q6k_value(b, e) as f32 - 32.0);
+    for (h, o) in o.chunks_exact_mut(128).enumerate() {
+        let (ql, qh) = (&b[64 * h..64 * h + 64], &b[128 + 32 * h..160 + 32 * h]);
+        let sc =
+            |quarter: usize, l: usize| d * (b[192 + 8 * h + 2 * quarter + l / 16] as i8) as f32;
+        for l in 0..32 {
+            let q = [
+                (ql[l] & 15) | (qh[l] & 3) << 4,
+                (ql[l + 32] & 15) | ((qh[l] >> 2) & 3) << 4,
+                (ql[l] >> 4) | ((qh[l] >> 4) & 3) << 4,
+                (ql[l + 32] >> 4) | ((qh[l] >> 6) & 3) << 4,
+            ];
+            for (quarter, q) in q.into_iter().enumerate() {
+                o[32 * quarter + l] = sc(quarter, l) * (q as f32 - 32.0);
+            }
+        }
     }
 }

@@ -15,10 +15,12 @@ pub mod act;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 pub mod blocks;
+mod dequant;
 mod matmul;
 pub mod portable;
 
 pub use blocks::BlockType;
+pub use dequant::dequantize;
 pub use matmul::{matmul, matmul_with, Parallel, Serial, TASK_MACS};
 
 /// Which kernels run. Every level computes the same integer sums; they differ only in the

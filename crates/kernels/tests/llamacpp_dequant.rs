@@ -114,3 +114,43 @@ fn quantized(ty: BlockType, x: &[f32]) -> Vec<f32> {
         a.iter().flat_map(|a| a.q.map(|q| q as f32 * a.d)).collect()
     }
 }
+
+/// Runs every task range on its own scoped thread.
+struct Threads;
+
+impl lensd_kernels::Parallel for Threads {
+    fn run(&self, tasks: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
+        std::thread::scope(|s| {
+            for t in 0..tasks {
+                s.spawn(move || f(t..t + 1));
+            }
+        });
+    }
+}
+
+#[test]
+fn the_parallel_vector_dequantization_equals_llama_cpp_too() {
+    let bytes = golden();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    for ty in BlockType::ALL {
+        let (rows, k, blocks, want) = rows(&st, ty);
+        // Many copies of the rows, so that the work splits into several tasks.
+        let copies = 200;
+        let blocks = blocks.repeat(copies);
+        let mut got = vec![f32::NAN; copies * rows * k];
+        lensd_kernels::dequantize(ty, &blocks, &mut got, &Threads).unwrap();
+        for (c, got) in got.chunks_exact(rows * k).enumerate() {
+            let differ = got
+                .iter()
+                .zip(&want)
+                .filter(|(a, b)| a.to_bits() != b.to_bits())
+                .count();
+            assert_eq!(
+                differ, 0,
+                "{ty:?} copy {c}: {differ} values differ from llama.cpp's"
+            );
+        }
+        let e = lensd_kernels::dequantize(ty, &blocks[1..], &mut got, &Threads).unwrap_err();
+        assert!(e.to_string().contains("bytes"), "{e}");
+    }
+}

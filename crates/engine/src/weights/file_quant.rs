@@ -2,8 +2,8 @@
 //!
 //! candle's own GGUF reader copies every tensor into owned memory (twice, briefly). Here the
 //! file is read once into memory and each tensor is a read-only view of those bytes, so a base
-//! costs its file's size and nothing more. The matrix kernels are candle's; only where the
-//! blocks live changes.
+//! costs its file's size and nothing more. The block types lensd-kernels covers dequantize
+//! through it (in parallel, vectorized); other types through candle's code.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -78,7 +78,21 @@ impl<T: GgmlType + 'static> QuantizedType for MappedBlocks<T> {
 
     fn dequantize(&self, elem_count: usize) -> CResult<CpuStorage> {
         let mut ys = vec![0f32; elem_count];
-        T::to_float(self.blocks(), &mut ys);
+        match super::quant_product::block_type(T::DTYPE) {
+            Some(ty) => {
+                let blocks = self.blocks();
+                // SAFETY: the blocks are plain bytes, `size_of_val` of them long.
+                let bytes = unsafe {
+                    std::slice::from_raw_parts(
+                        blocks.as_ptr() as *const u8,
+                        std::mem::size_of_val(blocks),
+                    )
+                };
+                lensd_kernels::dequantize(ty, bytes, &mut ys, &super::quant_product::CandlePool)
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?
+            }
+            None => T::to_float(self.blocks(), &mut ys),
+        }
         Ok(CpuStorage::F32(ys))
     }
 

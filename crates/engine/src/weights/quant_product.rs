@@ -40,7 +40,7 @@ pub(crate) fn forward(q: &Arc<QTensor>, x: &Tensor) -> candle_core::Result<Tenso
 
 /// candle's CPU thread pool, so that these products and candle's own share one set of threads
 /// (two pools on the same cores would each spin while the other works).
-struct CandlePool;
+pub(crate) struct CandlePool;
 
 impl Parallel for CandlePool {
     fn run(&self, tasks: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
