@@ -36,6 +36,11 @@ def table(head, rows):
 MEANING = {
     "vec_dot_unopt": "candle's Q4_1 dot product is its portable scalar fallback (`vec_dot_unopt`): "
                      "candle has no SIMD kernel for this block type, where llama.cpp has AVX2/AVX-512 ones",
+    "lensd_kernels::avx2": "lensd's AVX2 products on quantized blocks (lensd-kernels; `rows4`: four "
+                           "weight rows against one activation row, a decoding step's products; "
+                           "`tile`: two weight rows against four prompt rows)",
+    "lensd_kernels::portable": "lensd's portable products on quantized blocks (the CPU has no AVX2)",
+    "lensd_kernels::act": "quantizing activations to 8 bits for the quantized products",
     "gemm_basic": "f32 matrix-vector products (`gemm_basic`) that stream every f32 weight for each "
                   "decoded token: the f32 base is 5.5× the bytes of the Q4_1 file llama.cpp reads",
     "show_cpuinfo": "the kernel formatting /proc/cpuinfo, which a thread-count lookup reads",
@@ -351,7 +356,8 @@ def main():
         f"{a.reps} runs unless a table says otherwise; compare the ratios, not the absolute times, "
         "between machines. Benchmarks are not tests.", "",
         f"- machine: {machine()}",
-        f"- lensd `{(r / 'commit.txt').read_text().strip()}`, {lensd['threads']} compute threads",
+        f"- lensd `{(r / 'commit.txt').read_text().strip()}`, {lensd['threads']} compute threads, "
+        f"quantized-block kernels: {lensd.get('cpu_kernels', 'candle')}",
         f"- peers: {llama['engine']}; {tl['engine']}",
         "- time of the run: " + ", ".join(f"{name} {int(s) // 60} min {int(s) % 60} s" for name, s in stages),
         "",

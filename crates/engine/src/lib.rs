@@ -32,3 +32,9 @@ pub use weights::{ComputeDtype, LoadOptions, WeightBytes};
 pub fn compute_threads() -> usize {
     candle_core::utils::get_num_threads()
 }
+
+/// The level of lensd's quantized-block kernels on this CPU: `avx2`, or `portable` (also with
+/// `LENSD_CPU_KERNELS=portable`).
+pub fn cpu_kernels() -> &'static str {
+    lensd_kernels::Level::detect().name()
+}

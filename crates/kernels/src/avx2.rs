@@ -15,61 +15,75 @@ use crate::BlockType;
 
 /// The tile kernels of a 32-value type.
 pub(crate) fn tiles32(ty: BlockType) -> Tiles<Act32> {
-    macro_rules! tiles {
-        ($k:ty) => {
-            // SAFETY (each closure): reached only through `matmul_with`, which checked the CPU
-            // has AVX2, FMA and F16C; the driver passes rows of equal block counts.
-            Tiles {
-                one: |w, a| unsafe { entry32::<$k, 1, 1>([w], [a])[0][0] },
-                rows4: |w, a| unsafe { entry32::<$k, 4, 1>(w, [a]).map(|r| r[0]) },
-                tile: |w, a| unsafe { entry32::<$k, 2, TILE_ACTS>(w, a) },
-            }
-        };
-    }
     match ty {
-        BlockType::Q4_0 => tiles!(Q4_0),
-        BlockType::Q4_1 => tiles!(Q4_1),
-        BlockType::Q5_0 => tiles!(Q5_0),
-        BlockType::Q8_0 => tiles!(Q8_0),
+        BlockType::Q4_0 => q4_0::tiles(),
+        BlockType::Q4_1 => q4_1::tiles(),
+        BlockType::Q5_0 => q5_0::tiles(),
+        BlockType::Q8_0 => q8_0::tiles(),
         _ => unreachable!("{ty:?} has 256-value blocks"),
     }
 }
 
 /// The tile kernels of a 256-value type.
 pub(crate) fn tiles256(ty: BlockType) -> Tiles<Act256> {
-    macro_rules! tiles {
-        ($k:ty) => {
-            // SAFETY: as in `tiles32`.
-            Tiles {
-                one: |w, a| unsafe { entry256::<$k, 1, 1>([w], [a])[0][0] },
-                rows4: |w, a| unsafe { entry256::<$k, 4, 1>(w, [a]).map(|r| r[0]) },
-                tile: |w, a| unsafe { entry256::<$k, 2, TILE_ACTS>(w, a) },
-            }
-        };
-    }
     match ty {
-        BlockType::Q4K => tiles!(QK<false>),
-        BlockType::Q5K => tiles!(QK<true>),
-        BlockType::Q6K => tiles!(Q6K),
+        BlockType::Q4K => q4_k::tiles(),
+        BlockType::Q5K => q5_k::tiles(),
+        BlockType::Q6K => q6_k::tiles(),
         _ => unreachable!("{ty:?} has 32-value blocks"),
     }
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn entry32<K: Kind32, const R: usize, const C: usize>(
-    w: [&[u8]; R],
-    a: [&[Act32]; C],
-) -> [[f32; C]; R] {
-    tile32::<K, R, C>(w, a)
+/// One block type's kernels as named functions (so that a profile says which ran): safe
+/// wrappers, which the tables hand out, around `target_feature` functions holding the code.
+macro_rules! kernels {
+    ($m:ident, $tile:ident, $act:ty, $k:ty) => {
+        mod $m {
+            use super::*;
+
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn one_avx2(w: &[u8], a: &[$act]) -> f32 {
+                $tile::<$k, 1, 1>([w], [a])[0][0]
+            }
+
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn rows4_avx2(w: [&[u8]; 4], a: &[$act]) -> [f32; 4] {
+                $tile::<$k, 4, 1>(w, [a]).map(|r| r[0])
+            }
+
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn tile_avx2(w: [&[u8]; 2], a: [&[$act]; TILE_ACTS]) -> [[f32; TILE_ACTS]; 2] {
+                $tile::<$k, 2, TILE_ACTS>(w, a)
+            }
+
+            // SAFETY (each function): reached only through `matmul_with`, which checked the CPU
+            // has AVX2, FMA and F16C; the driver passes rows of equal block counts.
+            fn one(w: &[u8], a: &[$act]) -> f32 {
+                unsafe { one_avx2(w, a) }
+            }
+
+            fn rows4(w: [&[u8]; 4], a: &[$act]) -> [f32; 4] {
+                unsafe { rows4_avx2(w, a) }
+            }
+
+            fn tile(w: [&[u8]; 2], a: [&[$act]; TILE_ACTS]) -> [[f32; TILE_ACTS]; 2] {
+                unsafe { tile_avx2(w, a) }
+            }
+
+            pub(super) fn tiles() -> Tiles<$act> {
+                Tiles { one, rows4, tile }
+            }
+        }
+    };
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn entry256<K: Kind256, const R: usize, const C: usize>(
-    w: [&[u8]; R],
-    a: [&[Act256]; C],
-) -> [[f32; C]; R] {
-    tile256::<K, R, C>(w, a)
-}
+kernels!(q4_0, tile32, Act32, Q4_0);
+kernels!(q4_1, tile32, Act32, Q4_1);
+kernels!(q5_0, tile32, Act32, Q5_0);
+kernels!(q8_0, tile32, Act32, Q8_0);
+kernels!(q4_k, tile256, Act256, QK<false>);
+kernels!(q5_k, tile256, Act256, QK<true>);
+kernels!(q6_k, tile256, Act256, Q6K);
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -93,6 +93,8 @@ pub struct DtypeResult {
 pub struct BenchReport {
     pub model: String,
     pub threads: usize,
+    /// The level of lensd's quantized-block kernels this CPU runs (`avx2`, `portable`).
+    pub cpu_kernels: &'static str,
     pub prompt_tokens: usize,
     pub decode_tokens: usize,
     pub lens_tokens: usize,
@@ -304,6 +306,7 @@ pub fn run(model: &Path, tuned: Option<&Path>, o: &BenchOptions) -> Result<Bench
     Ok(BenchReport {
         model: model.display().to_string(),
         threads: lensd_engine::compute_threads(),
+        cpu_kernels: lensd_engine::cpu_kernels(),
         prompt_tokens: o.prompt_tokens,
         decode_tokens: o.decode_tokens,
         lens_tokens: o.lens_tokens,
