@@ -100,6 +100,28 @@ GEMMA3 = {"title": "Gemma-3-270M: forward passes and lens analyses",
           "stored": "Q4_K_M", "blocks": "Q4_K, Q5_0, Q6_K and Q8_0 blocks"}
 
 
+def peak_lines(lensd, by, lenses):
+    """How close lensd comes to the machine's measured f32 multiply-add rate."""
+    peak = lensd.get("fma_peak_macs_per_s")
+    if not peak:
+        return []
+
+    def frac(macs, seconds):
+        return f"{macs / seconds / 1e9:.1f} GMAC/s, {100 * macs / seconds / peak:.0f} %"
+
+    parts = [f"prefill f32 {frac(lensd['prefill_macs'], by['f32']['prefill']['median_seconds'])}",
+             f"prefill stored {frac(lensd['prefill_macs'], by['stored']['prefill']['median_seconds'])}"]
+    for name in ("logit", "tuned"):
+        if name in lenses:
+            parts.append(f"{name}-lens analysis {frac(lensd['analysis_macs'], lenses[name]['median_seconds'])}")
+    return [f"Against the physical limit: {lensd['threads']} threads complete {peak / 1e9:.1f} G f32 "
+            "multiply-adds a second when they do nothing else (a micro-benchmark of independent "
+            "fused multiply-adds, in this run). Multiply-adds counted from the model's shapes "
+            "(matrices, attention, unembedding) per second, and their share of that rate: "
+            + "; ".join(parts) + ". (The stored dtype's products are 8-bit integer ones, whose "
+            "own peak is higher; the tuned lens's translators are not counted.)", ""]
+
+
 def forward_section(res, lensd, llama, tl, model=DEMO):
     by = {r["dtype"]: r for r in lensd["results"]}
     lenses = {l["lens"]: l for l in lensd["analysis"]["lenses"]}
@@ -147,6 +169,7 @@ def forward_section(res, lensd, llama, tl, model=DEMO):
         f"llama.cpp {llama['load_seconds']:.3f} s; transformers (safetensors, f32) "
         f"{tl['model_load_seconds']:.3f} s plus {tl['lens_load_seconds']:.3f} s for the tuned lens.",
         "",
+    ] + peak_lines(lensd, by, lenses) + [
         "Equal work, checked before timing:",
         "",
     ]

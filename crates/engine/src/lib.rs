@@ -38,3 +38,9 @@ pub fn compute_threads() -> usize {
 pub fn cpu_kernels() -> &'static str {
     lensd_kernels::Level::detect().name()
 }
+
+/// f32 multiply-adds a second that `threads` threads complete doing nothing else (about 0.3 s
+/// of measurement): the physical limit benchmarks report a fraction of.
+pub fn fma_peak_macs_per_s(threads: usize) -> f64 {
+    lensd_kernels::peak::fma_macs_per_s(threads, 20_000_000)
+}

@@ -17,6 +17,7 @@ mod avx2;
 pub mod blocks;
 mod dequant;
 mod matmul;
+pub mod peak;
 pub mod portable;
 
 pub use blocks::BlockType;

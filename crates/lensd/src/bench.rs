@@ -95,6 +95,13 @@ pub struct BenchReport {
     pub threads: usize,
     /// The level of lensd's quantized-block kernels this CPU runs (`avx2`, `portable`).
     pub cpu_kernels: &'static str,
+    /// The physical limit: f32 multiply-adds a second on `threads` threads doing nothing else
+    /// (a micro-benchmark of independent fused multiply-adds, measured in this run).
+    pub fma_peak_macs_per_s: f64,
+    /// Multiply-adds of one prefill (last position's logits) and of one logit-lens analysis
+    /// (every layer × position unembedded), from the model's shapes.
+    pub prefill_macs: f64,
+    pub analysis_macs: f64,
     pub prompt_tokens: usize,
     pub decode_tokens: usize,
     pub lens_tokens: usize,
@@ -302,11 +309,16 @@ pub fn run(model: &Path, tuned: Option<&Path>, o: &BenchOptions) -> Result<Bench
     ];
     let analysis = analyses(model, tuned, o)?;
     let base = Base::load(model, LoadOptions::default())?;
+    let cfg = &base.model.cfg;
+    let fma_peak_macs_per_s = lensd_engine::fma_peak_macs_per_s(lensd_engine::compute_threads());
     let ids = prompt_ids(&base, o.prompt_tokens.max(o.lens_tokens))?;
     Ok(BenchReport {
         model: model.display().to_string(),
         threads: lensd_engine::compute_threads(),
         cpu_kernels: lensd_engine::cpu_kernels(),
+        fma_peak_macs_per_s,
+        prefill_macs: forward_macs(cfg, o.prompt_tokens, 1),
+        analysis_macs: forward_macs(cfg, o.lens_tokens, (cfg.n_layers + 1) * o.lens_tokens),
         prompt_tokens: o.prompt_tokens,
         decode_tokens: o.decode_tokens,
         lens_tokens: o.lens_tokens,
@@ -315,6 +327,21 @@ pub fn run(model: &Path, tuned: Option<&Path>, o: &BenchOptions) -> Result<Bench
         results,
         analysis,
     })
+}
+
+/// Multiply-adds of a forward pass over `tokens` positions from an empty cache with `logit_rows`
+/// rows unembedded: every block's matrices for every position (a dense MLP; a mixture of
+/// experts counts its chosen experts), causal attention, and the unembedding.
+pub fn forward_macs(cfg: &lensd_engine::ModelConfig, tokens: usize, logit_rows: usize) -> f64 {
+    let (d, hd) = (cfg.d_model as f64, cfg.head_dim as f64);
+    let (q, kv) = (cfg.n_heads as f64 * hd, cfg.n_kv_heads as f64 * hd);
+    let experts = cfg.moe.as_ref().map_or(1.0, |m| m.top_k as f64);
+    let per_token = d * q + 2.0 * d * kv + q * d + experts * 3.0 * d * cfg.d_ff as f64;
+    let t = tokens as f64;
+    // Scores and weighted values: each position attends to itself and those before it.
+    let attention = cfg.n_heads as f64 * hd * t * (t + 1.0);
+    cfg.n_layers as f64 * (t * per_token + attention)
+        + logit_rows as f64 * d * cfg.vocab_size as f64
 }
 
 /// One part of the benchmark, run alone (for a profiler).
