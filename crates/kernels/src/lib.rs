@@ -2,10 +2,12 @@
 //! Q5_0, Q8_0, Q4_K, Q5_K, Q6_K), read in place from a file's bytes.
 //!
 //! The activations are quantized to 8 bits per row first, as llama.cpp does, so that each
-//! block's products are integer sums (exact) and only one float multiply-add per block (per
-//! sub-block scale for the K types) remains: [`act`] holds those formats. [`portable`] is the
-//! plain-Rust kernel every CPU runs and the tests' reference; [`avx2`] computes the same
-//! integer sums with AVX2 and is chosen at run time ([`Level::detect`]).
+//! block's products are integer sums (exact) and only one float multiply-add per block remains
+//! (per superblock for the K types, whose sub-block scales multiply integers): [`act`] holds
+//! those formats. [`portable`] is the plain-Rust kernel every CPU runs and the tests'
+//! reference; `avx2` computes the same integer sums with AVX2 and is chosen at run time
+//! ([`Level::detect`]). [`dequantize`] widens whole matrices (a base loaded in f32), and
+//! [`peak`] measures the cores' multiply-add rate that benchmarks compare with.
 //!
 //! The crate has no tensor type and no thread pool: the caller passes slices and a
 //! [`Parallel`] that runs independent tasks (the engine hands it candle's pool, so the matrix
