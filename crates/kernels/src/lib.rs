@@ -53,6 +53,7 @@ impl Level {
 
     /// Every level this CPU can run, slowest first; the portable one always.
     pub fn available() -> Vec<Level> {
+        #[allow(unused_mut)] // only x86-64 adds levels
         let mut levels = vec![Level::Portable];
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2")

@@ -273,11 +273,14 @@ fn a_zero_row_gives_zeros_and_no_nan() {
 }
 
 #[test]
-fn the_fma_peak_is_measured_and_two_threads_beat_one() {
-    let one = lensd_kernels::peak::fma_macs_per_s(1, 2_000_000);
-    assert!(one.is_finite() && one > 1e8, "{one}");
-    // On a machine with two free cores the second nearly doubles it; under a loaded test
-    // runner it may not, so only more than none is asserted.
-    let two = lensd_kernels::peak::fma_macs_per_s(2, 2_000_000);
-    assert!(two > 0.5 * one, "{two} vs {one}");
+fn the_fma_peak_measures_work_that_ran() {
+    // A loop the compiler removed would report an impossible rate: no core completes 10¹² f32
+    // multiply-adds a second (a 5 GHz core with two 16-lane FMA units does 1.6·10¹¹).
+    for threads in [1, 2] {
+        let rate = lensd_kernels::peak::fma_macs_per_s(threads, 2_000_000);
+        assert!(
+            rate > 1e8 && rate < 1e12 * threads as f64,
+            "{threads} threads: {rate}"
+        );
+    }
 }
