@@ -11,6 +11,7 @@
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 use candle_nn::ops::{rms_norm, softmax_last_dim};
@@ -51,10 +52,77 @@ impl Counters {
 }
 
 /// Keys and values of one sequence, `[n_kv_heads, T, head_dim]` per block that has run.
+/// Cloning a cache, or taking a [`KvCache::prefix`] of it, shares its buffers until one of
+/// them grows (copy on write).
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<Option<LayerKv>>,
     len: usize,
+}
+
+/// One block's keys and values: buffers of `[n_kv_heads, capacity, head_dim]` whose first `len`
+/// positions hold the sequence so far, so that a decoding step writes its one position in
+/// place instead of copying the whole cache. `owner` is shared by every cache that shares the
+/// buffers; a buffer is written only by a cache that holds it alone, so a continuation of one
+/// cache never changes what another holds.
+#[derive(Debug, Clone)]
+struct LayerKv {
+    k: Tensor,
+    v: Tensor,
+    len: usize,
+    owner: Arc<()>,
+}
+
+impl LayerKv {
+    /// Appends `k`, `v` (`[n_kv_heads, T, head_dim]`, contiguous) after the first `past`
+    /// positions of `slot` and returns views of all `past + T`.
+    fn append(
+        slot: &mut Option<LayerKv>,
+        k: &Tensor,
+        v: &Tensor,
+        past: usize,
+        layer: usize,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let t = k.dim(1)?;
+        match slot {
+            Some(l) if l.len != past => {
+                candle_core::bail!(
+                    "the cache holds {past} positions but block {layer} holds {}",
+                    l.len
+                )
+            }
+            None if past > 0 => {
+                candle_core::bail!("the cache holds {past} positions but none of block {layer}")
+            }
+            _ => {}
+        }
+        let capacity = slot.as_ref().map_or(0, |l| l.k.dims()[1]);
+        let alone = slot
+            .as_ref()
+            .is_some_and(|l| Arc::strong_count(&l.owner) == 1);
+        if !alone || past + t > capacity {
+            // Room for as many positions again, so that growing costs one copy per doubling.
+            let capacity = (past + t).max(2 * past);
+            let (nkv, hd) = (k.dim(0)?, k.dim(2)?);
+            let fresh = || Tensor::zeros((nkv, capacity, hd), k.dtype(), k.device());
+            let (nk, nv) = (fresh()?, fresh()?);
+            if let Some(l) = slot.as_ref().filter(|_| past > 0) {
+                nk.slice_set(&l.k.narrow(1, 0, past)?.contiguous()?, 1, 0)?;
+                nv.slice_set(&l.v.narrow(1, 0, past)?.contiguous()?, 1, 0)?;
+            }
+            *slot = Some(LayerKv {
+                k: nk,
+                v: nv,
+                len: past,
+                owner: Arc::new(()),
+            });
+        }
+        let l = slot.as_mut().expect("filled above");
+        l.k.slice_set(k, 1, past)?;
+        l.v.slice_set(v, 1, past)?;
+        l.len = past + t;
+        Ok((l.k.narrow(1, 0, l.len)?, l.v.narrow(1, 0, l.len)?))
+    }
 }
 
 impl KvCache {
@@ -77,8 +145,8 @@ impl KvCache {
         }
         let mut layers = vec![None; self.layers.len().min(blocks.end)];
         for b in blocks {
-            if let Some(Some((k, v))) = self.layers.get(b) {
-                layers[b] = Some((k.narrow(1, 0, len)?, v.narrow(1, 0, len)?));
+            if let Some(Some(l)) = self.layers.get(b) {
+                layers[b] = Some(LayerKv { len, ..l.clone() });
             }
         }
         Ok(KvCache { layers, len })
@@ -540,17 +608,7 @@ impl Model {
             if cache.layers.len() <= layer {
                 cache.layers.resize(layer + 1, None);
             }
-            match &cache.layers[layer] {
-                Some((pk, pv)) => {
-                    k = Tensor::cat(&[pk, &k], 1)?;
-                    v = Tensor::cat(&[pv, &v], 1)?;
-                }
-                None if past > 0 => {
-                    candle_core::bail!("the cache holds {past} positions but none of block {layer}")
-                }
-                None => {}
-            }
-            cache.layers[layer] = Some((k.clone(), v.clone()));
+            (k, v) = LayerKv::append(&mut cache.layers[layer], &k, &v, past, layer)?;
         }
         let tk = k.dim(1)?;
         // Query heads that share a key/value head are stacked as rows: [nkv, group * T, hd].

@@ -102,6 +102,47 @@ fn decoding_with_the_cache_equals_the_full_forward() {
     assert_eq!(cache[0].len(), ids.len());
 }
 
+/// A cache and a prefix of it share buffers until one grows: each continues with its own
+/// tokens, in turns, and each still gives the full forward's logits of its own sequence.
+#[test]
+fn a_cache_and_its_prefix_continue_independently() {
+    let base = tiny(ComputeDtype::F32);
+    let g = golden();
+    let (a, b) = (input_ids(&g, 1), input_ids(&g, 0));
+    let layers = base.model.cfg.n_layers;
+    let mut whole = [KvCache::default()];
+    base.model
+        .forward(&[&a[..4]], Some(&mut whole), &[], Logits::None)
+        .unwrap();
+    let mut prefix = [whole[0].prefix(2, 0..layers).unwrap()];
+    // The prefix continues with the other sequence's tokens, the whole cache with its own.
+    let mut seq_prefix = a[..2].to_vec();
+    let mut seq_whole = a[..4].to_vec();
+    for step in 0..4 {
+        for (cache, seq, next) in [
+            (&mut prefix, &mut seq_prefix, b[step]),
+            (&mut whole, &mut seq_whole, a[4 + step]),
+        ] {
+            seq.push(next);
+            let got = base
+                .model
+                .forward(&[&[next]], Some(cache), &[], Logits::Last)
+                .unwrap()
+                .logits
+                .unwrap();
+            let want = base
+                .model
+                .forward(&[seq.as_slice()], None, &[], Logits::Last)
+                .unwrap()
+                .logits
+                .unwrap();
+            let d = common::max_abs_diff(&got, &want);
+            assert!(d < TOL, "step {step}, sequence {seq:?}: {d}");
+        }
+    }
+    assert_eq!((prefix[0].len(), whole[0].len()), (6, 8));
+}
+
 /// Writes the tiny checkpoint again with its matrices in `dtype`.
 fn convert_checkpoint(dir: &Path, dtype: DType) {
     for f in ["config.json", "tokenizer.json"] {
