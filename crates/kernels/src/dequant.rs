@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 
-use crate::matmul::Parallel;
+use crate::matmul::{Parallel, Shared};
 use crate::{BlockType, KernelError, Level};
 
 /// Values per task: large enough to amortize a hand-off, small enough to balance two threads
@@ -37,16 +37,13 @@ pub fn dequantize(
     }
     let per_task = (TASK_VALUES / bv).max(1);
     let tasks = n_blocks.div_ceil(per_task);
-    let out_ptr = SharedOut(out.as_mut_ptr());
+    let out = Shared::new(out);
     let level = Level::detect();
     par.run(tasks, &|range: Range<usize>| {
-        let out_ptr = &out_ptr;
         for t in range {
             let b = t * per_task..((t + 1) * per_task).min(n_blocks);
             // SAFETY: task `t` owns the values of its blocks, inside `out` (checked above).
-            let o = unsafe {
-                std::slice::from_raw_parts_mut(out_ptr.0.add(b.start * bv), b.len() * bv)
-            };
+            let o = unsafe { out.slice(b.start * bv, b.len() * bv) };
             run(level, ty, &blocks[b.start * bb..b.end * bb], o);
         }
     });
@@ -69,7 +66,3 @@ fn run(level: Level, ty: BlockType, blocks: &[u8], out: &mut [f32]) {
 unsafe fn run_avx2(ty: BlockType, blocks: &[u8], out: &mut [f32]) {
     ty.dequantize(blocks, out)
 }
-
-struct SharedOut(*mut f32);
-// SAFETY: tasks write disjoint ranges, and the pointer outlives `Parallel::run`.
-unsafe impl Sync for SharedOut {}

@@ -80,15 +80,15 @@ pub fn matmul_with(
         Level::Portable
     };
     let nb = k / block;
-    let out = SharedOut(out.as_mut_ptr());
+    let out = Shared::new(out);
     if block == 32 {
         let mut acts = vec![Act32::default(); m * nb];
         quantize_rows(&mut acts, x, nb, k, par, quantize_row32);
-        run(w, n, k, &acts, nb, m, out, par, tiles32(level, ty));
+        run(w, n, k, &acts, nb, m, &out, par, tiles32(level, ty));
     } else {
         let mut acts = vec![Act256::default(); m * nb];
         quantize_rows(&mut acts, x, nb, k, par, quantize_row256);
-        run(w, n, k, &acts, nb, m, out, par, tiles256(level, ty));
+        run(w, n, k, &acts, nb, m, &out, par, tiles256(level, ty));
     }
     Ok(())
 }
@@ -113,20 +113,15 @@ fn quantize_rows<A: Send>(
         }
         return;
     }
-    let acts = SharedRows(acts.as_mut_ptr());
+    let acts = Shared::new(acts);
     par.run(m, &|rows: Range<usize>| {
-        let acts = &acts;
         for i in rows {
             // SAFETY: row `i` of `m` is `nb` blocks inside `acts`, and only this task writes it.
-            let a = unsafe { std::slice::from_raw_parts_mut(acts.0.add(i * nb), nb) };
+            let a = unsafe { acts.slice(i * nb, nb) };
             quantize(&x[i * k..(i + 1) * k], a);
         }
     });
 }
-
-struct SharedRows<A>(*mut A);
-// SAFETY: tasks write disjoint rows, and the pointer outlives `Parallel::run`.
-unsafe impl<A: Send> Sync for SharedRows<A> {}
 
 fn check_len(what: &'static str, want: usize, got: usize) -> Result<(), KernelError> {
     if want == got {
@@ -141,19 +136,31 @@ fn available(level: Level) -> bool {
     LEVELS.get_or_init(Level::available).contains(&level)
 }
 
-/// The output's pointer, written by tasks at disjoint indices.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: tasks write disjoint elements (each owns whole weight rows, i.e. output columns), and
-// the pointer outlives `Parallel::run`, which returns only when every task has.
-unsafe impl Sync for SharedOut {}
-unsafe impl Send for SharedOut {}
+/// A buffer that the tasks of one `Parallel::run` write at disjoint places (output columns,
+/// activation rows, dequantized blocks). The buffer outlives the run, which returns only when
+/// every task has.
+pub(crate) struct Shared<T>(*mut T);
 
-impl SharedOut {
+// SAFETY: every user writes disjoint elements from different tasks (the contract of `write`
+// and `slice`), and nothing reads the buffer until the run has returned.
+unsafe impl<T: Send> Sync for Shared<T> {}
+
+impl<T> Shared<T> {
+    pub(crate) fn new(buf: &mut [T]) -> Self {
+        Shared(buf.as_mut_ptr())
+    }
+
     /// # Safety
-    /// `at` is inside the output, and no other task writes it.
-    unsafe fn write(&self, at: usize, v: f32) {
+    /// `at` is inside the buffer, and no other task touches it.
+    pub(crate) unsafe fn write(&self, at: usize, v: T) {
         *self.0.add(at) = v
+    }
+
+    /// # Safety
+    /// `start..start + len` is inside the buffer, and no other task touches it.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn slice(&self, start: usize, len: usize) -> &mut [T] {
+        std::slice::from_raw_parts_mut(self.0.add(start), len)
     }
 }
 
@@ -183,7 +190,7 @@ fn run<A: Sync>(
     acts: &[A],
     nb: usize,
     m: usize,
-    out: SharedOut,
+    out: &Shared<f32>,
     par: &dyn Parallel,
     tiles: Tiles<A>,
 ) {

@@ -193,19 +193,23 @@ fn tasks_on_many_threads_give_the_serial_result() {
 #[test]
 fn shapes_that_do_not_fit_are_refused_by_name() {
     let w = vec![0u8; 20 * 2];
+    // Two Q4_1 rows of `k` values: the error for weights `w`, input `x` and output `out`.
+    let refused = |w: &[u8], k: usize, x: &[f32], out: &mut [f32]| {
+        matmul_with(
+            Level::Portable,
+            BlockType::Q4_1,
+            w,
+            2,
+            k,
+            x,
+            1,
+            out,
+            &Serial,
+        )
+        .unwrap_err()
+    };
     let mut out = vec![0f32; 2];
-    let e = matmul_with(
-        Level::Portable,
-        BlockType::Q4_1,
-        &w,
-        2,
-        33,
-        &[0.0; 33],
-        1,
-        &mut out,
-        &Serial,
-    )
-    .unwrap_err();
+    let e = refused(&w, 33, &[0.0; 33], &mut out);
     assert_eq!(
         e,
         KernelError::RowNotWholeBlocks {
@@ -215,44 +219,11 @@ fn shapes_that_do_not_fit_are_refused_by_name() {
         }
     );
     assert!(e.to_string().contains("33"), "{e}");
-    let e = matmul_with(
-        Level::Portable,
-        BlockType::Q4_1,
-        &w[..39],
-        2,
-        32,
-        &[0.0; 32],
-        1,
-        &mut out,
-        &Serial,
-    )
-    .unwrap_err();
+    let e = refused(&w[..39], 32, &[0.0; 32], &mut out);
     assert_eq!(e.to_string(), "Q4_1 weights of 2x32 need 40 bytes, got 39");
-    let e = matmul_with(
-        Level::Portable,
-        BlockType::Q4_1,
-        &w,
-        2,
-        32,
-        &[0.0; 31],
-        1,
-        &mut out,
-        &Serial,
-    )
-    .unwrap_err();
+    let e = refused(&w, 32, &[0.0; 31], &mut out);
     assert_eq!(e.to_string(), "the input holds 31 values, 32 expected");
-    let e = matmul_with(
-        Level::Portable,
-        BlockType::Q4_1,
-        &w,
-        2,
-        32,
-        &[0.0; 32],
-        1,
-        &mut out[..1],
-        &Serial,
-    )
-    .unwrap_err();
+    let e = refused(&w, 32, &[0.0; 32], &mut out[..1]);
     assert_eq!(e.to_string(), "the output holds 1 values, 2 expected");
 }
 

@@ -40,6 +40,14 @@ fn rows(st: &SafeTensors, ty: BlockType) -> (usize, usize, Vec<u8>, Vec<f32>) {
     (rows, k, blocks.data().to_vec(), values)
 }
 
+/// How many values are not bit for bit the same.
+fn differing_bits(got: &[f32], want: &[f32]) -> usize {
+    got.iter()
+        .zip(want)
+        .filter(|(a, b)| a.to_bits() != b.to_bits())
+        .count()
+}
+
 #[test]
 fn every_type_dequantizes_as_llama_cpp_does() {
     let bytes = golden();
@@ -49,11 +57,7 @@ fn every_type_dequantizes_as_llama_cpp_does() {
         assert!(rows >= 3 && k >= ty.block_values(), "{ty:?}: {rows}x{k}");
         let mut got = vec![0f32; rows * k];
         ty.dequantize(&blocks, &mut got);
-        let differ = got
-            .iter()
-            .zip(&want)
-            .filter(|(a, b)| a.to_bits() != b.to_bits())
-            .count();
+        let differ = differing_bits(&got, &want);
         assert_eq!(
             differ,
             0,
@@ -140,11 +144,7 @@ fn the_parallel_vector_dequantization_equals_llama_cpp_too() {
         let mut got = vec![f32::NAN; copies * rows * k];
         lensd_kernels::dequantize(ty, &blocks, &mut got, &Threads).unwrap();
         for (c, got) in got.chunks_exact(rows * k).enumerate() {
-            let differ = got
-                .iter()
-                .zip(&want)
-                .filter(|(a, b)| a.to_bits() != b.to_bits())
-                .count();
+            let differ = differing_bits(got, &want);
             assert_eq!(
                 differ, 0,
                 "{ty:?} copy {c}: {differ} values differ from llama.cpp's"

@@ -188,18 +188,9 @@ pub(crate) fn view(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::weights::max_abs;
     use candle_core::quantized::QMatMul;
     use candle_core::{Device, Module, Tensor};
-
-    /// The largest absolute value of `t`.
-    fn max_abs(t: &Tensor) -> f32 {
-        t.abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     /// Every block type common GGUF files use, viewed in place, multiplies as candle's own
     /// quantized tensor does and as its dequantized f32 matrix nearly does (the quantized

@@ -46,6 +46,17 @@ impl std::ops::AddAssign for WeightBytes {
     }
 }
 
+/// The largest absolute value of `t` (for the quantized products' tests).
+#[cfg(test)]
+pub(crate) fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 /// A weight matrix `[out, in]` applied as `x · Wᵀ`.
 #[derive(Debug, Clone)]
 pub enum Linear {

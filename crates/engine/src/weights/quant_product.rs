@@ -93,16 +93,8 @@ impl CustomOp1 for QuantProduct {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::weights::max_abs;
     use candle_core::{Device, Module};
-
-    fn max_abs(t: &Tensor) -> f32 {
-        t.abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     /// lensd's kernels on candle-quantized matrices of every covered type: as close to the
     /// dequantized product as candle's `QMatMul` (both quantize the activations to 8 bits), and
