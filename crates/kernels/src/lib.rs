@@ -18,6 +18,7 @@ pub mod act;
 mod avx2;
 pub mod blocks;
 mod dequant;
+pub mod logit_stats;
 mod matmul;
 pub mod peak;
 pub mod portable;
@@ -63,6 +64,12 @@ impl Level {
             levels.push(Level::Avx2);
         }
         levels
+    }
+
+    /// Whether this CPU runs the level's code.
+    pub fn runs_here(self) -> bool {
+        static LEVELS: std::sync::OnceLock<Vec<Level>> = std::sync::OnceLock::new();
+        LEVELS.get_or_init(Level::available).contains(&self)
     }
 
     pub fn name(self) -> &'static str {

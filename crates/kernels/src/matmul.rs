@@ -74,7 +74,7 @@ pub fn matmul_with(
     }
     check_len("the input", m * k, x.len())?;
     check_len("the output", m * n, out.len())?;
-    let level = if available(level) {
+    let level = if level.runs_here() {
         level
     } else {
         Level::Portable
@@ -129,11 +129,6 @@ fn check_len(what: &'static str, want: usize, got: usize) -> Result<(), KernelEr
     } else {
         Err(KernelError::Length { what, want, got })
     }
-}
-
-fn available(level: Level) -> bool {
-    static LEVELS: std::sync::OnceLock<Vec<Level>> = std::sync::OnceLock::new();
-    LEVELS.get_or_init(Level::available).contains(&level)
 }
 
 /// A buffer that the tasks of one `Parallel::run` write at disjoint places (output columns,

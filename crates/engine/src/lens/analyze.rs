@@ -12,6 +12,7 @@ use rayon::prelude::*;
 
 use super::device_stats::{self, DeviceFinal};
 use super::stats::{row_stats, FinalDist, RowStats};
+use super::stream::{self, RowRef};
 use super::Lens;
 use crate::base::Base;
 use crate::error::{EngineError, Result};
@@ -148,19 +149,30 @@ pub fn analyze(
                 parts.push(lens.transform(layer, &h)?);
             }
             let rows = Tensor::cat(&parts, 0)?;
-            let logits = model.unembed(&model.final_norm(&rows)?)?;
+            let normed = model.final_norm(&rows)?;
             // Row r holds layer r / p at position p0 + r % p.
-            let cells: Vec<Cell> = match &finals {
-                Finals::Device(fin) => device_stats::rows_stats(&logits, fin, &next, opts.top_k)?
-                    .into_iter()
-                    .map(|s| cell(base, s))
-                    .collect(),
-                Finals::Host(fin) => rows_of(&logits)?
-                    .par_chunks(cfg.vocab_size)
-                    .enumerate()
-                    .map(|(r, z)| cell(base, row_stats(z, &fin[r % p], next[r % p], opts.top_k)))
-                    .collect(),
+            let stats: Vec<RowStats> = match &finals {
+                Finals::Device(fin) => {
+                    device_stats::rows_stats(&model.unembed(&normed)?, fin, &next, opts.top_k)?
+                }
+                Finals::Host(fin) => {
+                    let refs: Vec<RowRef> = (0..normed.dim(0)?)
+                        .map(|r| RowRef {
+                            fin: &fin[r % p],
+                            next: next[r % p],
+                        })
+                        .collect();
+                    match stream::rows_stats(model, &normed, &refs, opts.top_k)? {
+                        Some(stats) => stats,
+                        None => rows_of(&model.unembed(&normed)?)?
+                            .par_chunks(cfg.vocab_size)
+                            .zip(&refs)
+                            .map(|(z, rf)| row_stats(z, rf.fin, rf.next, opts.top_k))
+                            .collect(),
+                    }
+                }
             };
+            let cells: Vec<Cell> = stats.into_iter().map(|s| cell(base, s)).collect();
             let mut cells = cells.into_iter();
             let layers: Vec<LayerRow> = opts
                 .layers

@@ -6,6 +6,7 @@ pub mod analyze;
 pub mod device_stats;
 pub mod fit;
 pub mod stats;
+mod stream;
 pub mod talkative;
 pub mod tuned;
 

@@ -9,7 +9,7 @@ pub mod gguf;
 mod gguf_experts;
 mod gguf_header;
 pub mod mxfp4;
-mod quant_product;
+pub(crate) mod quant_product;
 pub mod safetensors;
 pub mod tensor_file;
 

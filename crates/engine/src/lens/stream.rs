@@ -1,0 +1,420 @@
+//! The CPU path of a lens analysis's statistics: logit rows are unembedded one vocabulary block
+//! at a time, and each block is reduced into its rows' statistics while it is still in cache
+//! ([`lensd_kernels::logit_stats`]). No row of logits is stored whole or read twice, and the
+//! memory an analysis needs is a block per thread instead of a chunk of whole rows.
+//!
+//! The vocabulary is cut into fixed segments that run in parallel and are combined in order,
+//! so the numbers do not depend on how many threads ran them or in which order they finished.
+
+use candle_core::{Storage, Tensor};
+use lensd_kernels::logit_stats::{RowAcc, RowQuery};
+use lensd_kernels::{BlockType, Serial};
+use rayon::prelude::*;
+
+use super::stats::{FinalDist, RowStats};
+use crate::model::Model;
+use crate::weights::quant_product::block_type;
+use crate::weights::Linear;
+
+/// Vocabulary ids per block: a block of a few hundred rows stays within a core's L2 cache
+/// while it is reduced.
+const VOCAB_BLOCK: usize = 256;
+/// Blocks per segment, the unit of parallel work.
+const SEGMENT_BLOCKS: usize = 16;
+
+/// The unembedding matrix `[vocab, d]` as the kernels read it.
+enum Head<'a> {
+    F32(&'a [f32]),
+    Quant {
+        ty: BlockType,
+        data: &'a [u8],
+        row_bytes: usize,
+    },
+}
+
+/// One row's reference: the model's own distribution at its position, and the next token.
+pub(super) struct RowRef<'a> {
+    pub fin: &'a FinalDist,
+    pub next: Option<u32>,
+}
+
+/// Statistics of the rows `normed` (`[R, d]`, final-normed) unembedded by the model's head, or
+/// `None` when the head is not one this path reads (not on the CPU, or a dtype it lacks); the
+/// caller then unembeds whole rows.
+pub(super) fn rows_stats(
+    model: &Model,
+    normed: &Tensor,
+    refs: &[RowRef],
+    k: usize,
+) -> candle_core::Result<Option<Vec<RowStats>>> {
+    if !normed.device().is_cpu() {
+        return Ok(None);
+    }
+    let x: Vec<f32> = normed
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1()?;
+    let softcap = model.cfg.final_softcap;
+    match &model.w.head {
+        Linear::Dense(w) if w.dtype() == candle_core::DType::F32 && w.device().is_cpu() => {
+            let w = w.contiguous()?;
+            let (storage, layout) = w.storage_and_layout();
+            let Storage::Cpu(cpu) = &*storage else {
+                return Ok(None);
+            };
+            let Some((start, end)) = layout.contiguous_offsets() else {
+                return Ok(None);
+            };
+            let data = &cpu.as_slice::<f32>()?[start..end];
+            if data.len() != model.cfg.vocab_size * model.cfg.d_model {
+                return Ok(None);
+            }
+            Ok(Some(run(
+                &Head::F32(data),
+                shape(model),
+                &x,
+                refs,
+                k,
+                softcap,
+            )?))
+        }
+        Linear::Quant(q) if q.device().is_cpu() => {
+            let d = model.cfg.d_model;
+            let Some((ty, row_bytes)) =
+                block_type(q.dtype()).and_then(|ty| ty.bytes_for(1, d).map(|b| (ty, b)))
+            else {
+                return Ok(None);
+            };
+            let data = q.data()?;
+            if data.len() != row_bytes * model.cfg.vocab_size {
+                return Ok(None);
+            }
+            Ok(Some(run(
+                &Head::Quant {
+                    ty,
+                    data: &data,
+                    row_bytes,
+                },
+                shape(model),
+                &x,
+                refs,
+                k,
+                softcap,
+            )?))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// `(vocab, d)` of the head.
+fn shape(model: &Model) -> (usize, usize) {
+    (model.cfg.vocab_size, model.cfg.d_model)
+}
+
+fn run(
+    head: &Head,
+    (vocab, d): (usize, usize),
+    x: &[f32],
+    refs: &[RowRef],
+    k: usize,
+    softcap: Option<f64>,
+) -> candle_core::Result<Vec<RowStats>> {
+    let r = refs.len();
+    if x.len() != r * d {
+        candle_core::bail!("{} values for {r} rows of {d}", x.len());
+    }
+    let cap = |v: f32| match softcap {
+        Some(c) => (c * (v as f64 / c).tanh()) as f32,
+        None => v,
+    };
+    // Each row's value at the final top-1 is only computed in its own block; a band around
+    // an estimate lets every block count the values above it (see `logit_stats`).
+    let bands: Vec<(f32, f32)> = refs
+        .iter()
+        .enumerate()
+        .map(|(i, rf)| {
+            let row = &x[i * d..(i + 1) * d];
+            let (est, tol) = target_band(head, rf.fin.top1 as usize, row, d)?;
+            Ok((cap((est - tol) as f32), cap((est + tol) as f32)))
+        })
+        .collect::<candle_core::Result<_>>()?;
+    let queries: Vec<RowQuery> = refs
+        .iter()
+        .zip(&bands)
+        .map(|(rf, &(near, above))| RowQuery {
+            p: &rf.fin.probs,
+            target_id: rf.fin.top1,
+            near,
+            above,
+            pick: rf.next,
+            k,
+        })
+        .collect();
+    let segment = VOCAB_BLOCK * SEGMENT_BLOCKS;
+    let segments: Vec<Vec<RowAcc>> = (0..vocab.div_ceil(segment))
+        .into_par_iter()
+        .map_init(Vec::new, |buf: &mut Vec<f32>, s| {
+            let mut accs = vec![RowAcc::default(); r];
+            let end = ((s + 1) * segment).min(vocab);
+            for v0 in (s * segment..end).step_by(VOCAB_BLOCK) {
+                let n = VOCAB_BLOCK.min(end - v0);
+                buf.resize(r * n, 0.0);
+                product(head, v0, n, d, x, r, buf)?;
+                if softcap.is_some() {
+                    buf.iter_mut().for_each(|v| *v = cap(*v));
+                }
+                for (i, acc) in accs.iter_mut().enumerate() {
+                    acc.add_block(&buf[i * n..(i + 1) * n], v0, &queries[i]);
+                }
+            }
+            Ok(accs)
+        })
+        .collect::<candle_core::Result<_>>()?;
+    let mut segments = segments.into_iter();
+    let mut accs = segments
+        .next()
+        .unwrap_or_else(|| vec![RowAcc::default(); r]);
+    for seg in segments {
+        for (a, b) in accs.iter_mut().zip(seg) {
+            a.merge(b, k);
+        }
+    }
+    Ok(accs
+        .into_iter()
+        .zip(refs)
+        .map(|(acc, rf)| finish(acc, rf))
+        .collect())
+}
+
+fn finish(acc: RowAcc, rf: &RowRef) -> RowStats {
+    let lse = acc.log_sum_exp();
+    // KL(f ‖ q) = Σ f log f − Σ f log q, and log q = z − lse.
+    let kl = rf.fin.neg_entropy - acc.sum_px + lse;
+    RowStats {
+        top: acc
+            .top
+            .iter()
+            .map(|&(id, z)| (id, ((z as f64 - lse).exp()) as f32))
+            .collect(),
+        entropy: acc.entropy() as f32,
+        kl_to_final: kl.max(0.0) as f32,
+        final_rank: acc.rank(),
+        next_token_ce: rf
+            .next
+            .map(|_| (lse - acc.picked.unwrap_or(f32::NAN) as f64) as f32),
+    }
+}
+
+/// An estimate of the logit of id `t` for one row and a bound on how far the blocks' computed
+/// value lies from it: twice the worst-case rounding of an f32 sum of `d` products,
+/// `d · 2⁻²³ · Σ|xᵢ wᵢ|`. For an f32 head the estimate is the product in f64; for a quantized
+/// one it is the same kernel's value (which quantizes the row to 8 bits first, as the blocks
+/// do), differing from the blocks' only in the order of its float additions.
+fn target_band(head: &Head, t: usize, row: &[f32], d: usize) -> candle_core::Result<(f64, f64)> {
+    let magnitude = |w: &[f32]| -> f64 {
+        row.iter()
+            .zip(w)
+            .map(|(&a, &b)| (a as f64 * b as f64).abs())
+            .sum()
+    };
+    let bound = |m: f64| m * d as f64 * 2f64.powi(-22) + f32::MIN_POSITIVE as f64;
+    Ok(match head {
+        Head::F32(w) => {
+            let wt = &w[t * d..(t + 1) * d];
+            let est = row.iter().zip(wt).map(|(&a, &b)| a as f64 * b as f64).sum();
+            (est, bound(magnitude(wt)))
+        }
+        Head::Quant {
+            ty,
+            data,
+            row_bytes,
+        } => {
+            let mut out = [0f32];
+            product(head, t, 1, d, row, 1, &mut out)?;
+            let mut wt = vec![0f32; d];
+            ty.dequantize(&data[t * row_bytes..(t + 1) * row_bytes], &mut wt);
+            (out[0] as f64, bound(magnitude(&wt)))
+        }
+    })
+}
+
+/// `out[i][j] = x[i] · W[v0 + j]` for `i < r`, `j < n`, on the calling thread.
+fn product(
+    head: &Head,
+    v0: usize,
+    n: usize,
+    d: usize,
+    x: &[f32],
+    r: usize,
+    out: &mut [f32],
+) -> candle_core::Result<()> {
+    debug_assert_eq!(out.len(), r * n);
+    match head {
+        Head::F32(w) => {
+            let w = &w[v0 * d..(v0 + n) * d];
+            // SAFETY: `x` is r×d (row stride d), `w` is n×d and read as its transpose d×n
+            // (column stride d), `out` is r×n (row stride n); all three are in bounds, and
+            // `out` is not read (`read_dst` is false).
+            unsafe {
+                gemm::gemm(
+                    r,
+                    n,
+                    d,
+                    out.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    false,
+                    x.as_ptr(),
+                    1,
+                    d as isize,
+                    w.as_ptr(),
+                    d as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                )
+            }
+        }
+        Head::Quant {
+            ty,
+            data,
+            row_bytes,
+        } => {
+            let w = &data[v0 * row_bytes..(v0 + n) * row_bytes];
+            lensd_kernels::matmul(*ty, w, n, d, x, r, out, &Serial)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::stats::row_stats;
+    use super::*;
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::Device;
+
+    /// Random `[n, d]` values from a fixed seed.
+    fn randn(n: usize, d: usize, seed: u64) -> Vec<f32> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        (0..n * d).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+    }
+
+    /// The statistics of whole logit rows (`row_stats`, the reference) against the blocks'.
+    fn check(head: &Head, logits: &[f32], x: &[f32], vocab: usize, d: usize, cap: Option<f64>) {
+        let r = x.len() / d;
+        let fins: Vec<FinalDist> = randn(3, vocab, 9)
+            .chunks(vocab)
+            .map(|z| FinalDist::from_logits(&z.iter().map(|v| v * 8.0).collect::<Vec<_>>()))
+            .collect();
+        let refs: Vec<RowRef> = (0..r)
+            .map(|i| RowRef {
+                fin: &fins[i % 3],
+                next: (i % 4 != 3).then_some((i * 977 % vocab) as u32),
+            })
+            .collect();
+        let k = 7;
+        let got = run(head, (vocab, d), x, &refs, k, cap).unwrap();
+        for (i, (g, rf)) in got.iter().zip(&refs).enumerate() {
+            let z: Vec<f32> = logits[i * vocab..(i + 1) * vocab]
+                .iter()
+                .map(|&v| cap.map_or(v, |c| (c * (v as f64 / c).tanh()) as f32))
+                .collect();
+            let want = row_stats(&z, rf.fin, rf.next, k);
+            let ids = |s: &RowStats| s.top.iter().map(|t| t.0).collect::<Vec<_>>();
+            assert_eq!(ids(g), ids(&want), "row {i}");
+            assert_eq!(g.final_rank, want.final_rank, "row {i}");
+            for (a, b) in g.top.iter().zip(&want.top) {
+                assert!(
+                    (a.1 - b.1).abs() <= 1e-5 * b.1.max(1e-3),
+                    "row {i}: {a:?} {b:?}"
+                );
+            }
+            assert!((g.entropy - want.entropy).abs() < 1e-4, "row {i}");
+            assert!((g.kl_to_final - want.kl_to_final).abs() < 1e-4, "row {i}");
+            match (g.next_token_ce, want.next_token_ce) {
+                (Some(a), Some(b)) => assert!((a - b).abs() < 1e-4, "row {i}: {a} {b}"),
+                (a, b) => assert_eq!(a, b),
+            }
+        }
+    }
+
+    /// Rows whose final top-1 shares its unembedding row with other ids: their logits tie
+    /// exactly, and a rank counts only values strictly above.
+    fn tied_rows(w: &mut [f32], d: usize, vocab: usize) {
+        let fins: Vec<u32> = randn(3, vocab, 9)
+            .chunks(vocab)
+            .map(|z| FinalDist::from_logits(z).top1)
+            .collect();
+        for (n, &t) in fins.iter().enumerate() {
+            let row = w[t as usize * d..(t as usize + 1) * d].to_vec();
+            for j in [
+                (t as usize + 300 * (n + 1)) % vocab,
+                (t as usize + 4500) % vocab,
+            ] {
+                w[j * d..(j + 1) * d].copy_from_slice(&row);
+            }
+        }
+    }
+
+    #[test]
+    fn block_statistics_equal_whole_rows_for_an_f32_head() {
+        // Several segments and a last block shorter than the others.
+        let (vocab, d, r) = (2 * VOCAB_BLOCK * SEGMENT_BLOCKS + 300, 48, 9);
+        let mut w = randn(vocab, d, 1);
+        tied_rows(&mut w, d, vocab);
+        let x: Vec<f32> = randn(r, d, 2).iter().map(|v| v * 6.0).collect();
+        let dev = &Device::Cpu;
+        let wt = Tensor::from_vec(w.clone(), (vocab, d), dev).unwrap();
+        let xt = Tensor::from_vec(x.clone(), (r, d), dev).unwrap();
+        let logits: Vec<f32> = xt
+            .matmul(&wt.t().unwrap())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        check(&Head::F32(&w), &logits, &x, vocab, d, None);
+        check(&Head::F32(&w), &logits, &x, vocab, d, Some(3.0));
+    }
+
+    #[test]
+    fn block_statistics_equal_whole_rows_for_a_quantized_head() {
+        let (vocab, d, r) = (VOCAB_BLOCK * SEGMENT_BLOCKS + 77, 64, 6);
+        let mut w = randn(vocab, d, 3);
+        tied_rows(&mut w, d, vocab);
+        let x: Vec<f32> = randn(r, d, 4).iter().map(|v| v * 6.0).collect();
+        let dev = &Device::Cpu;
+        let q = QTensor::quantize(
+            &Tensor::from_vec(w, (vocab, d), dev).unwrap(),
+            GgmlDType::Q8_0,
+        )
+        .unwrap();
+        let data = q.data().unwrap();
+        // The reference rows come from the same kernels on the whole matrix at once.
+        let mut logits = vec![0f32; r * vocab];
+        lensd_kernels::matmul(
+            BlockType::Q8_0,
+            &data,
+            vocab,
+            d,
+            &x,
+            r,
+            &mut logits,
+            &Serial,
+        )
+        .unwrap();
+        let head = Head::Quant {
+            ty: BlockType::Q8_0,
+            data: &data,
+            row_bytes: BlockType::Q8_0.bytes_for(1, d).unwrap(),
+        };
+        check(&head, &logits, &x, vocab, d, None);
+    }
+}
