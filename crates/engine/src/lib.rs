@@ -3,6 +3,7 @@
 //! generation, and the lenses read from it.
 //! Synchronous and single-threaded from the caller's view; candle parallelises inside ops.
 
+mod attention;
 pub mod base;
 pub mod chat;
 pub mod config;

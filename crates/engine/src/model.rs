@@ -611,6 +611,20 @@ impl Model {
             (k, v) = LayerKv::append(&mut cache.layers[layer], &k, &v, past, layer)?;
         }
         let tk = k.dim(1)?;
+        let window = cfg.window(layer);
+        if t == 1 {
+            let params = crate::attention::DecodeParams {
+                scale: cfg.query_scale as f32,
+                softcap: cfg.attn_softcap.map(|c| c as f32),
+                first: window.map_or(0, |w| (past + 1).saturating_sub(w)),
+                sinks: sinks
+                    .map(|s| s.to_dtype(candle_core::DType::F32)?.to_vec1())
+                    .transpose()?,
+            };
+            if let Some(out) = crate::attention::decode(q, &k, &v, &params)? {
+                return Ok(out);
+            }
+        }
         // Query heads that share a key/value head are stacked as rows: [nkv, group * T, hd].
         let q = q
             .transpose(0, 1)?
@@ -620,7 +634,6 @@ impl Model {
         if let Some(cap) = cfg.attn_softcap {
             scores = softcap(&scores, cap)?;
         }
-        let window = cfg.window(layer);
         if t > 1 || window.is_some_and(|w| past + t > w) {
             let mask = causal_mask(group, t, past, tk, window, self.device())?;
             scores = scores.broadcast_add(&mask)?;

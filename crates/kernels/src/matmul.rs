@@ -134,27 +134,27 @@ fn check_len(what: &'static str, want: usize, got: usize) -> Result<(), KernelEr
 /// A buffer that the tasks of one `Parallel::run` write at disjoint places (output columns,
 /// activation rows, dequantized blocks). The buffer outlives the run, which returns only when
 /// every task has.
-pub(crate) struct Shared<T>(*mut T);
+pub struct Shared<T>(*mut T);
 
 // SAFETY: every user writes disjoint elements from different tasks (the contract of `write`
 // and `slice`), and nothing reads the buffer until the run has returned.
 unsafe impl<T: Send> Sync for Shared<T> {}
 
 impl<T> Shared<T> {
-    pub(crate) fn new(buf: &mut [T]) -> Self {
+    pub fn new(buf: &mut [T]) -> Self {
         Shared(buf.as_mut_ptr())
     }
 
     /// # Safety
     /// `at` is inside the buffer, and no other task touches it.
-    pub(crate) unsafe fn write(&self, at: usize, v: T) {
+    pub unsafe fn write(&self, at: usize, v: T) {
         *self.0.add(at) = v
     }
 
     /// # Safety
     /// `start..start + len` is inside the buffer, and no other task touches it.
     #[allow(clippy::mut_from_ref)]
-    pub(crate) unsafe fn slice(&self, start: usize, len: usize) -> &mut [T] {
+    pub unsafe fn slice(&self, start: usize, len: usize) -> &mut [T] {
         std::slice::from_raw_parts_mut(self.0.add(start), len)
     }
 }
