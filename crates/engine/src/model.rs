@@ -520,10 +520,24 @@ impl Model {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
         };
+        // Matrices that share an input run as one product where the kernels take them all.
+        let together = |ws: &[&Linear], adapted: bool, h: &Tensor| match adapted {
+            true => Ok(None),
+            false => Linear::forward_many(ws, h),
+        };
         let h = rms_norm(x, &b.attn_norm, eps)?;
-        let q = biased(lin(&b.wq, |a| a.q.as_ref(), &h)?, &b.bq)?;
-        let k = biased(lin(&b.wk, |a| a.k.as_ref(), &h)?, &b.bk)?;
-        let v = biased(lin(&b.wv, |a| a.v.as_ref(), &h)?, &b.bv)?;
+        let qkv_adapted = lora.is_some_and(|a| a.q.is_some() || a.k.is_some() || a.v.is_some());
+        let (q, k, v) = match together(&[&b.wq, &b.wk, &b.wv], qkv_adapted, &h)?.as_deref() {
+            Some([q, k, v]) => (q.clone(), k.clone(), v.clone()),
+            _ => (
+                lin(&b.wq, |a| a.q.as_ref(), &h)?,
+                lin(&b.wk, |a| a.k.as_ref(), &h)?,
+                lin(&b.wv, |a| a.v.as_ref(), &h)?,
+            ),
+        };
+        let q = biased(q, &b.bq)?;
+        let k = biased(k, &b.bk)?;
+        let v = biased(v, &b.bv)?;
         let q = self.apply_rope(&q, b.q_norm.as_ref(), (cos, sin), cfg.n_heads)?;
         let k = self.apply_rope(&k, b.k_norm.as_ref(), (cos, sin), cfg.n_kv_heads)?;
         let v = v.reshape((x.dim(0)?, cfg.n_kv_heads, cfg.head_dim))?;
@@ -553,12 +567,19 @@ impl Model {
         let h = rms_norm(&x, &b.ffn_norm, eps)?;
         let mut m = match &b.mlp {
             Mlp::Gated { gate, up, down } => {
-                let g = lin(gate, |a| a.gate.as_ref(), &h)?;
+                let adapted = lora.is_some_and(|a| a.gate.is_some() || a.up.is_some());
+                let (g, u) = match together(&[gate, up], adapted, &h)?.as_deref() {
+                    Some([g, u]) => (g.clone(), u.clone()),
+                    _ => (
+                        lin(gate, |a| a.gate.as_ref(), &h)?,
+                        lin(up, |a| a.up.as_ref(), &h)?,
+                    ),
+                };
                 let g = match cfg.activation {
                     Activation::Silu => candle_nn::ops::silu(&g)?,
                     Activation::GeluTanh => g.gelu()?,
                 };
-                let ff = (g * lin(up, |a| a.up.as_ref(), &h)?)?;
+                let ff = (g * u)?;
                 lin(down, |a| a.down.as_ref(), &ff)?
             }
             Mlp::Experts(w) => {

@@ -25,7 +25,9 @@ pub mod portable;
 
 pub use blocks::BlockType;
 pub use dequant::dequantize;
-pub use matmul::{matmul, matmul_with, Parallel, Serial, Shared, TASK_MACS};
+pub use matmul::{
+    matmul, matmul_many, matmul_many_with, matmul_with, Matrix, Parallel, Serial, Shared, TASK_MACS,
+};
 
 /// Which kernels run. Every level computes the same integer sums; they differ only in the
 /// order of the float additions that combine blocks.

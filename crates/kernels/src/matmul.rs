@@ -58,38 +58,119 @@ pub fn matmul_with(
     out: &mut [f32],
     par: &dyn Parallel,
 ) -> Result<(), KernelError> {
-    let block = ty.block_values();
-    if !k.is_multiple_of(block) {
-        return Err(KernelError::RowNotWholeBlocks { ty, k, block });
+    matmul_many_with(level, &[Matrix { ty, w, n }], k, x, m, out, par)
+}
+
+/// One matrix of [`matmul_many`]: `n` rows of `k` values in `ty`'s blocks.
+#[derive(Debug, Clone, Copy)]
+pub struct Matrix<'a> {
+    pub ty: BlockType,
+    pub w: &'a [u8],
+    pub n: usize,
+}
+
+/// The products of one input with several matrices (a block's queries, keys and values), in
+/// one parallel run with the input quantized once per block size. `out` holds `m` rows of
+/// `Σ n`: each row has the first matrix's `n` values, then the second's, and so on.
+pub fn matmul_many(
+    mats: &[Matrix],
+    k: usize,
+    x: &[f32],
+    m: usize,
+    out: &mut [f32],
+    par: &dyn Parallel,
+) -> Result<(), KernelError> {
+    matmul_many_with(Level::detect(), mats, k, x, m, out, par)
+}
+
+/// A matrix's kernels, for the activations of its block size.
+enum Kernels {
+    B32(Tiles<Act32>),
+    B256(Tiles<Act256>),
+}
+
+/// [`matmul_many`] with the kernels of `level` (as [`matmul_with`]).
+pub fn matmul_many_with(
+    level: Level,
+    mats: &[Matrix],
+    k: usize,
+    x: &[f32],
+    m: usize,
+    out: &mut [f32],
+    par: &dyn Parallel,
+) -> Result<(), KernelError> {
+    for &Matrix { ty, w, n } in mats {
+        let block = ty.block_values();
+        if !k.is_multiple_of(block) {
+            return Err(KernelError::RowNotWholeBlocks { ty, k, block });
+        }
+        let want = ty.bytes_for(n, k).unwrap_or(usize::MAX);
+        if w.len() != want {
+            return Err(KernelError::WeightBytes {
+                ty,
+                rows: n,
+                k,
+                want,
+                got: w.len(),
+            });
+        }
     }
-    let want = ty.bytes_for(n, k).unwrap_or(usize::MAX);
-    if w.len() != want {
-        return Err(KernelError::WeightBytes {
-            ty,
-            rows: n,
-            k,
-            want,
-            got: w.len(),
-        });
-    }
+    let total: usize = mats.iter().map(|a| a.n).sum();
     check_len("the input", m * k, x.len())?;
-    check_len("the output", m * n, out.len())?;
+    check_len("the output", m * total, out.len())?;
+    if total == 0 || m == 0 {
+        return Ok(());
+    }
     let level = if level.runs_here() {
         level
     } else {
         Level::Portable
     };
-    let nb = k / block;
-    let out = Shared::new(out);
-    if block == 32 {
-        let mut acts = vec![Act32::default(); m * nb];
-        quantize_rows(&mut acts, x, nb, k, par, quantize_row32);
-        run(w, n, k, &acts, nb, m, &out, par, tiles32(level, ty));
-    } else {
-        let mut acts = vec![Act256::default(); m * nb];
-        quantize_rows(&mut acts, x, nb, k, par, quantize_row256);
-        run(w, n, k, &acts, nb, m, &out, par, tiles256(level, ty));
+    let quantized = |block: usize| mats.iter().any(|a| a.ty.block_values() == block);
+    let (nb32, nb256) = (k / 32, k / 256);
+    let mut acts32 = vec![Act32::default(); if quantized(32) { m * nb32 } else { 0 }];
+    quantize_rows(&mut acts32, x, nb32, k, par, quantize_row32);
+    let mut acts256 = vec![Act256::default(); if quantized(256) { m * nb256 } else { 0 }];
+    quantize_rows(&mut acts256, x, nb256, k, par, quantize_row256);
+    let kernels: Vec<Kernels> = mats
+        .iter()
+        .map(|a| match a.ty.block_values() {
+            32 => Kernels::B32(tiles32(level, a.ty)),
+            _ => Kernels::B256(tiles256(level, a.ty)),
+        })
+        .collect();
+    // At least TASK_MACS a task, and a multiple of the threads so that none waits at the end;
+    // tasks hold whole groups of rows of one matrix.
+    let threads = par.threads().max(1);
+    let min_tasks = (total * k * m / TASK_MACS).max(1).next_multiple_of(threads);
+    let rows_per_task = total.div_ceil(min_tasks).next_multiple_of(ROW_GROUP);
+    let mut tasks: Vec<(usize, Range<usize>)> = Vec::new();
+    let mut offsets = Vec::with_capacity(mats.len());
+    let mut offset = 0;
+    for (a, mat) in mats.iter().enumerate() {
+        offsets.push(offset);
+        offset += mat.n;
+        tasks.extend(
+            (0..mat.n)
+                .step_by(rows_per_task)
+                .map(|s| (a, s..(s + rows_per_task).min(mat.n))),
+        );
     }
+    let out = Shared::new(out);
+    par.run(tasks.len(), &|range: Range<usize>| {
+        for (a, rows) in &tasks[range] {
+            let mat = &mats[*a];
+            let dest = Dest {
+                out: &out,
+                stride: total,
+                offset: offsets[*a],
+            };
+            match &kernels[*a] {
+                Kernels::B32(t) => run_rows(mat, &acts32, nb32, m, &dest, t, rows.clone()),
+                Kernels::B256(t) => run_rows(mat, &acts256, nb256, m, &dest, t, rows.clone()),
+            }
+        }
+    });
     Ok(())
 }
 
@@ -177,74 +258,65 @@ pub(crate) struct Tiles<A> {
 /// Tasks hold whole groups of this many weight rows.
 const ROW_GROUP: usize = 4;
 
-#[allow(clippy::too_many_arguments)]
-fn run<A: Sync>(
-    w: &[u8],
-    n: usize,
-    k: usize,
+/// Where a matrix's products go: column `offset + j` of rows of `stride` values.
+struct Dest<'a> {
+    out: &'a Shared<f32>,
+    stride: usize,
+    offset: usize,
+}
+
+/// The products of weight rows `rows` of `mat` with every activation row.
+fn run_rows<A>(
+    mat: &Matrix,
     acts: &[A],
     nb: usize,
     m: usize,
-    out: &Shared<f32>,
-    par: &dyn Parallel,
-    tiles: Tiles<A>,
+    dest: &Dest,
+    tiles: &Tiles<A>,
+    rows: Range<usize>,
 ) {
-    if n == 0 || m == 0 {
-        return;
-    }
-    let row_bytes = w.len() / n;
-    // At least TASK_MACS a task, and a multiple of the threads so that none waits at the end.
-    let threads = par.threads().max(1);
-    let min_tasks = (n * k * m / TASK_MACS).max(1).next_multiple_of(threads);
-    let rows_per_task = n.div_ceil(min_tasks).next_multiple_of(ROW_GROUP).min(n);
-    let tasks = n.div_ceil(rows_per_task);
-    let wrow = |j: usize| &w[j * row_bytes..(j + 1) * row_bytes];
+    let row_bytes = mat.w.len() / mat.n;
+    let wrow = |j: usize| &mat.w[j * row_bytes..(j + 1) * row_bytes];
     let arow = |i: usize| &acts[i * nb..(i + 1) * nb];
-    // SAFETY (every write below): `i < m`, `j < n`, `out` holds `m·n` values (checked by the
-    // caller), and only the task owning weight row `j` writes column `j`.
-    let put = |i: usize, j: usize, v: f32| unsafe { out.write(i * n + j, v) };
-    par.run(tasks, &|range: Range<usize>| {
-        for t in range {
-            let rows = t * rows_per_task..((t + 1) * rows_per_task).min(n);
-            let mut j = rows.start;
-            if m == 1 {
-                while j + 4 <= rows.end {
-                    let v =
-                        (tiles.rows4)([wrow(j), wrow(j + 1), wrow(j + 2), wrow(j + 3)], arow(0));
-                    for (r, v) in v.into_iter().enumerate() {
-                        put(0, j + r, v);
-                    }
-                    j += 4;
-                }
-            } else {
-                while j + 2 <= rows.end {
-                    let mut i = 0;
-                    while i + TILE_ACTS <= m {
-                        let v = (tiles.tile)(
-                            [wrow(j), wrow(j + 1)],
-                            std::array::from_fn(|c| arow(i + c)),
-                        );
-                        for (r, row) in v.into_iter().enumerate() {
-                            for (c, v) in row.into_iter().enumerate() {
-                                put(i + c, j + r, v);
-                            }
-                        }
-                        i += TILE_ACTS;
-                    }
-                    for i in i..m {
-                        put(i, j, (tiles.one)(wrow(j), arow(i)));
-                        put(i, j + 1, (tiles.one)(wrow(j + 1), arow(i)));
-                    }
-                    j += 2;
-                }
+    // SAFETY (every write below): `i < m` and `j < n`, so the place is inside the `m` rows of
+    // `stride ≥ offset + n` values the caller checked, and only the task owning weight row `j`
+    // of this matrix writes its column.
+    let put = |i: usize, j: usize, v: f32| unsafe {
+        dest.out.write(i * dest.stride + dest.offset + j, v)
+    };
+    let mut j = rows.start;
+    if m == 1 {
+        while j + 4 <= rows.end {
+            let v = (tiles.rows4)([wrow(j), wrow(j + 1), wrow(j + 2), wrow(j + 3)], arow(0));
+            for (r, v) in v.into_iter().enumerate() {
+                put(0, j + r, v);
             }
-            for j in j..rows.end {
-                for i in 0..m {
-                    put(i, j, (tiles.one)(wrow(j), arow(i)));
-                }
-            }
+            j += 4;
         }
-    });
+    } else {
+        while j + 2 <= rows.end {
+            let mut i = 0;
+            while i + TILE_ACTS <= m {
+                let v = (tiles.tile)([wrow(j), wrow(j + 1)], std::array::from_fn(|c| arow(i + c)));
+                for (r, row) in v.into_iter().enumerate() {
+                    for (c, v) in row.into_iter().enumerate() {
+                        put(i + c, j + r, v);
+                    }
+                }
+                i += TILE_ACTS;
+            }
+            for i in i..m {
+                put(i, j, (tiles.one)(wrow(j), arow(i)));
+                put(i, j + 1, (tiles.one)(wrow(j + 1), arow(i)));
+            }
+            j += 2;
+        }
+    }
+    for j in j..rows.end {
+        for i in 0..m {
+            put(i, j, (tiles.one)(wrow(j), arow(i)));
+        }
+    }
 }
 
 /// The portable kernel `one` as tiles (each product on its own).

@@ -3,7 +3,9 @@
 
 use half::f16;
 use lensd_kernels::act::{quantize_row256, quantize_row32, Act256, Act32};
-use lensd_kernels::{matmul_with, BlockType, KernelError, Level, Parallel, Serial};
+use lensd_kernels::{
+    matmul_many_with, matmul_with, BlockType, KernelError, Level, Matrix, Parallel, Serial,
+};
 use rand::{Rng, SeedableRng};
 
 /// Random blocks whose f16 fields are finite scales of a realistic size (every other byte is
@@ -187,6 +189,53 @@ fn tasks_on_many_threads_give_the_serial_result() {
         )
         .unwrap();
         assert_eq!(serial, par, "{ty:?}");
+    }
+}
+
+#[test]
+fn several_matrices_in_one_run_equal_their_products_one_by_one() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+    let k = 2 * 256;
+    // 32- and 256-value types together, sizes that are not multiples of the row groups, and an
+    // empty matrix.
+    let types = [
+        BlockType::Q4_1,
+        BlockType::Q6K,
+        BlockType::Q8_0,
+        BlockType::Q4K,
+    ];
+    let rows = [37, 130, 0, 9];
+    let ws: Vec<Vec<u8>> = types
+        .iter()
+        .zip(rows)
+        .map(|(&ty, n)| random_blocks(ty, n, k, &mut rng))
+        .collect();
+    let mats: Vec<Matrix> = types
+        .iter()
+        .zip(rows)
+        .zip(&ws)
+        .map(|((&ty, n), w)| Matrix { ty, w, n })
+        .collect();
+    let total: usize = rows.iter().sum();
+    for level in Level::available() {
+        for m in [1, 6] {
+            let x = random_x(m * k, &mut rng);
+            let mut out = vec![f32::NAN; m * total];
+            matmul_many_with(level, &mats, k, &x, m, &mut out, &EveryTaskOnItsOwnThread).unwrap();
+            let mut col = 0;
+            for mat in &mats {
+                let one = run(level, mat.ty, mat.w, mat.n, k, &x, m);
+                for i in 0..m {
+                    assert_eq!(
+                        &out[i * total + col..i * total + col + mat.n],
+                        &one[i * mat.n..(i + 1) * mat.n],
+                        "{level:?}, {:?}, row {i}",
+                        mat.ty
+                    );
+                }
+                col += mat.n;
+            }
+        }
     }
 }
 

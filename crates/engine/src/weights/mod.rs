@@ -75,6 +75,23 @@ impl Linear {
         }
     }
 
+    /// `x · Wᵀ` for several matrices with one input, in one run of the quantized kernels when
+    /// all of them are quantized matrices they take; `None` otherwise (multiply them one by
+    /// one with [`Linear::forward`]).
+    pub fn forward_many(ws: &[&Linear], x: &Tensor) -> candle_core::Result<Option<Vec<Tensor>>> {
+        let qs: Option<Vec<&Arc<QTensor>>> = ws
+            .iter()
+            .map(|w| match w {
+                Linear::Quant(q) => Some(q),
+                Linear::Dense(_) => None,
+            })
+            .collect();
+        match qs {
+            Some(qs) => quant_product::forward_many(&qs, x),
+            None => Ok(None),
+        }
+    }
+
     pub fn dims(&self) -> Vec<usize> {
         match self {
             Linear::Quant(q) => q.shape().dims().to_vec(),

@@ -38,6 +38,44 @@ pub(crate) fn forward(q: &Arc<QTensor>, x: &Tensor) -> candle_core::Result<Tenso
     }
 }
 
+/// `x · Wᵢᵀ` for several matrices in one run of the kernels (see [`lensd_kernels::matmul_many`]),
+/// or `None` when one of them, or `x`, is not something the kernels take (the caller then
+/// multiplies them one by one).
+pub(crate) fn forward_many(
+    qs: &[&Arc<QTensor>],
+    x: &Tensor,
+) -> candle_core::Result<Option<Vec<Tensor>>> {
+    let Some(mats) = qs
+        .iter()
+        .map(|q| {
+            let ty = block_type(q.dtype())?;
+            let (n, k) = q.shape().dims2().ok()?;
+            Some(((*q).clone(), ty, n, k))
+        })
+        .collect::<Option<Vec<_>>>()
+    else {
+        return Ok(None);
+    };
+    let k = x.dims().last().copied();
+    if !x.device().is_cpu()
+        || x.dtype() != DType::F32
+        || use_candle()
+        || mats.iter().any(|m| Some(m.3) != k)
+    {
+        return Ok(None);
+    }
+    let widths: Vec<usize> = mats.iter().map(|m| m.2).collect();
+    let all = x.apply_op1_no_bwd(&QuantProducts { mats })?;
+    let last = all.rank() - 1;
+    let mut at = 0;
+    let mut outs = Vec::with_capacity(widths.len());
+    for n in widths {
+        outs.push(all.narrow(last, at, n)?);
+        at += n;
+    }
+    Ok(Some(outs))
+}
+
 /// candle's CPU thread pool, so that these products and candle's own share one set of threads
 /// (two pools on the same cores would each spin while the other works).
 pub(crate) struct CandlePool;
@@ -57,6 +95,61 @@ struct QuantProduct {
     ty: BlockType,
 }
 
+/// Several matrices `(tensor, type, rows, columns)` with one input, outputs side by side.
+struct QuantProducts {
+    mats: Vec<(Arc<QTensor>, BlockType, usize, usize)>,
+}
+
+impl CustomOp1 for QuantProducts {
+    fn name(&self) -> &'static str {
+        "lensd-quant-matmul-many"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let k = self.mats.first().map_or(0, |m| m.3);
+        let (x, m, mut dims) = input_rows(storage, layout, k, "the matrices")?;
+        let data: Vec<_> = self
+            .mats
+            .iter()
+            .map(|(q, ..)| q.data())
+            .collect::<candle_core::Result<_>>()?;
+        let mats: Vec<lensd_kernels::Matrix> = self
+            .mats
+            .iter()
+            .zip(&data)
+            .map(|(&(_, ty, n, _), w)| lensd_kernels::Matrix { ty, w, n })
+            .collect();
+        let total: usize = mats.iter().map(|a| a.n).sum();
+        let mut out = vec![0f32; m * total];
+        lensd_kernels::matmul_many(&mats, k, x, m, &mut out, &CandlePool)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        *dims.last_mut().expect("checked by input_rows") = total;
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
+    }
+}
+
+/// The input of a product as `m` rows of `k` values, with its dimensions.
+fn input_rows<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    k: usize,
+    what: &str,
+) -> candle_core::Result<(&'a [f32], usize, Vec<usize>)> {
+    let Some(start) = layout.contiguous_offsets().map(|(s, _)| s) else {
+        candle_core::bail!("the input of a quantized product is not contiguous: {layout:?}")
+    };
+    let dims = layout.shape().dims().to_vec();
+    if dims.last() != Some(&k) {
+        candle_core::bail!("input {dims:?} does not end in the {k} columns of {what}")
+    }
+    let m = layout.shape().elem_count() / k.max(1);
+    Ok((&storage.as_slice::<f32>()?[start..start + m * k], m, dims))
+}
+
 impl CustomOp1 for QuantProduct {
     fn name(&self) -> &'static str {
         "lensd-quant-matmul"
@@ -67,20 +160,8 @@ impl CustomOp1 for QuantProduct {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let Some(start) = layout.contiguous_offsets().map(|(s, _)| s) else {
-            candle_core::bail!("the input of a quantized product is not contiguous: {layout:?}")
-        };
         let (n, k) = self.q.shape().dims2()?;
-        let mut dims = layout.shape().dims().to_vec();
-        if dims.last() != Some(&k) {
-            candle_core::bail!(
-                "input {:?} does not end in the {k} columns of {:?}",
-                dims,
-                self.q.shape()
-            )
-        }
-        let m = layout.shape().elem_count() / k.max(1);
-        let x = &storage.as_slice::<f32>()?[start..start + m * k];
+        let (x, m, mut dims) = input_rows(storage, layout, k, &format!("{:?}", self.q.shape()))?;
         let data = self.q.data()?;
         let mut out = vec![0f32; m * n];
         lensd_kernels::matmul(self.ty, &data, n, k, x, m, &mut out, &CandlePool)
