@@ -11,6 +11,7 @@ pub mod device;
 pub mod donor;
 pub mod error;
 pub mod family;
+mod gated;
 pub mod generate;
 pub mod hub;
 pub mod inspect;

@@ -575,11 +575,16 @@ impl Model {
                         lin(up, |a| a.up.as_ref(), &h)?,
                     ),
                 };
-                let g = match cfg.activation {
-                    Activation::Silu => candle_nn::ops::silu(&g)?,
-                    Activation::GeluTanh => g.gelu()?,
+                let ff = match crate::gated::gated(cfg.activation, &g, &u)? {
+                    Some(ff) => ff,
+                    None => {
+                        let g = match cfg.activation {
+                            Activation::Silu => candle_nn::ops::silu(&g)?,
+                            Activation::GeluTanh => g.gelu()?,
+                        };
+                        (g * u)?
+                    }
                 };
-                let ff = (g * u)?;
                 lin(down, |a| a.down.as_ref(), &ff)?
             }
             Mlp::Experts(w) => {

@@ -18,6 +18,7 @@ pub mod act;
 mod avx2;
 pub mod blocks;
 mod dequant;
+pub mod gated;
 pub mod logit_stats;
 mod matmul;
 pub mod peak;

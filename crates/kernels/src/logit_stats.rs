@@ -419,8 +419,13 @@ const EXP_POLY: [f32; 6] = [
 /// below −87 give `exp(−87)` ≈ 1.6e-38 (normal f32s only), which no sum notices.
 #[inline(always)]
 pub fn exp_nonpositive(d: f32) -> f32 {
+    exp_reduced(if d < -87.0 { -87.0 } else { d })
+}
+
+/// The reduction and polynomial of [`exp_nonpositive`], for `−87 ≤ d ≤ 88`.
+#[inline(always)]
+pub(crate) fn exp_reduced(d: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
-    let d = if d < -87.0 { -87.0 } else { d };
     // Round to nearest: adding 1.5·2²³ leaves the integer in the mantissa's low bits.
     let t = d * LOG2E + 12_582_912.0;
     let n = t - 12_582_912.0;
