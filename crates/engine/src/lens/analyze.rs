@@ -1,7 +1,8 @@
 //! Lens analysis of one text: one forward pass, then every requested lens applied to the same
-//! hidden states. The unembedding of all (layer, position) rows runs as a few large matrix
-//! products over position chunks, and only the top-k and statistics of each row are kept, so
-//! memory stays bounded by one chunk of logits whatever the text's length.
+//! hidden states. The (layer, position) rows are unembedded over position chunks, and only the
+//! top-k and statistics of each row are kept: on the CPU a vocabulary block at a time
+//! (`stream.rs`, a block per thread in memory), on a GPU a chunk's logits at once
+//! (`device_stats.rs`), so memory is bounded whatever the text's length.
 
 use std::ops::ControlFlow;
 
@@ -36,10 +37,12 @@ pub struct AnalyzeOptions {
 /// Where each row's statistics are computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StatsAt {
-    /// On the host for a CPU base (one fused pass per row), on the device otherwise.
+    /// On the host for a CPU base (block by block as the logits are computed), on the device
+    /// otherwise.
     #[default]
     Auto,
-    /// Logit rows are copied to the host and reduced there.
+    /// Reduced on the host: block by block for a CPU head the kernels read, else whole logit
+    /// rows copied to the host.
     Host,
     /// Reduced where the logits are; only per-row numbers and top-k candidates are copied.
     Device,
