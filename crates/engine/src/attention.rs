@@ -6,7 +6,6 @@
 //! arithmetic.
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
-use lensd_kernels::{Parallel, Shared};
 
 use crate::weights::quant_product::CandlePool;
 
@@ -157,19 +156,7 @@ impl CustomOp3 for DecodeAttention {
             }
         };
         let work = nh * (tk - first) * hd * 2;
-        if work < lensd_kernels::TASK_MACS || CandlePool.threads() < 2 {
-            for (h, o) in out.chunks_exact_mut(hd).enumerate() {
-                head(h, o);
-            }
-        } else {
-            let shared = Shared::new(&mut out);
-            CandlePool.run(nh, &|heads| {
-                for h in heads {
-                    // SAFETY: each head writes only its own `hd` values of `out`.
-                    head(h, unsafe { shared.slice(h * hd, hd) });
-                }
-            });
-        }
+        CandlePool::fill(&mut out, hd, work >= lensd_kernels::TASK_MACS, &head);
         Ok((CpuStorage::F32(out), Shape::from((1, nh, hd))))
     }
 }

@@ -4,7 +4,6 @@
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 use lensd_kernels::gated::Gate;
-use lensd_kernels::{Parallel, Shared};
 
 use crate::config::Activation;
 use crate::weights::quant_product::CandlePool;
@@ -56,19 +55,7 @@ impl CustomOp2 for Gated {
             lensd_kernels::gated::gated(self.0, gi, ui, o);
         };
         // A decoding step's row is too short to be worth a hand-off.
-        if m * n < 1 << 15 || CandlePool.threads() < 2 {
-            for (i, o) in out.chunks_exact_mut(n.max(1)).enumerate() {
-                row(i, o);
-            }
-        } else {
-            let shared = Shared::new(&mut out);
-            CandlePool.run(m, &|range| {
-                for i in range {
-                    // SAFETY: each row's task writes only that row of `out`.
-                    row(i, unsafe { shared.slice(i * n, n) });
-                }
-            });
-        }
+        CandlePool::fill(&mut out, n, m * n >= 1 << 15, &row);
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 }
@@ -98,14 +85,7 @@ mod tests {
                 let want = (a * &u).unwrap();
                 let diff = (got - &want).unwrap().abs().unwrap();
                 let scale = (want.abs().unwrap() + 1.0).unwrap();
-                let worst = (diff / scale)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .max(0)
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let worst = crate::weights::max_abs(&(diff / scale).unwrap());
                 assert!(worst < 2e-6, "{act:?}, {m} rows: {worst}");
             }
         }

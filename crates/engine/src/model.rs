@@ -638,7 +638,9 @@ impl Model {
         }
         let tk = k.dim(1)?;
         let window = cfg.window(layer);
-        if t == 1 {
+        // One query on the CPU: the sinks are read to the host only then (a GPU step would
+        // wait for the copy).
+        if t == 1 && q.device().is_cpu() {
             let params = crate::attention::DecodeParams {
                 scale: cfg.query_scale as f32,
                 softcap: cfg.attn_softcap.map(|c| c as f32),

@@ -30,11 +30,9 @@ pub(crate) fn block_type(dtype: GgmlDType) -> Option<BlockType> {
 
 /// `x`: `[.., in]` f32 → `[.., out]` f32.
 pub(crate) fn forward(q: &Arc<QTensor>, x: &Tensor) -> candle_core::Result<Tensor> {
-    match block_type(q.dtype()) {
-        Some(ty) if x.device().is_cpu() && x.dtype() == DType::F32 && !use_candle() => {
-            x.apply_op1_no_bwd(&QuantProduct { q: q.clone(), ty })
-        }
-        _ => x.apply(&QMatMul::QTensor(q.clone())),
+    match forward_many(&[q], x)? {
+        Some(mut outs) => Ok(outs.remove(0)),
+        None => x.apply(&QMatMul::QTensor(q.clone())),
     }
 }
 
@@ -90,9 +88,30 @@ impl Parallel for CandlePool {
     }
 }
 
-struct QuantProduct {
-    q: Arc<QTensor>,
-    ty: BlockType,
+impl CandlePool {
+    /// Fills `out`, consecutive parts of `len` values, with `f(part index, part)`: on the
+    /// pool's threads when `split`, else on the calling thread (work too small for a hand-off).
+    pub(crate) fn fill(
+        out: &mut [f32],
+        len: usize,
+        split: bool,
+        f: &(dyn Fn(usize, &mut [f32]) + Sync),
+    ) {
+        let parts = out.len() / len.max(1);
+        if !split || CandlePool.threads() < 2 {
+            for (i, part) in out.chunks_exact_mut(len.max(1)).enumerate() {
+                f(i, part);
+            }
+            return;
+        }
+        let shared = lensd_kernels::Shared::new(out);
+        CandlePool.run(parts, &|range| {
+            for i in range {
+                // SAFETY: part `i` lies inside `out`, and only this task writes it.
+                f(i, unsafe { shared.slice(i * len, len) });
+            }
+        });
+    }
 }
 
 /// Several matrices `(tensor, type, rows, columns)` with one input, outputs side by side.
@@ -111,7 +130,7 @@ impl CustomOp1 for QuantProducts {
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let k = self.mats.first().map_or(0, |m| m.3);
-        let (x, m, mut dims) = input_rows(storage, layout, k, "the matrices")?;
+        let (x, m, mut dims) = input_rows(storage, layout, k)?;
         let data: Vec<_> = self
             .mats
             .iter()
@@ -137,38 +156,16 @@ fn input_rows<'a>(
     storage: &'a CpuStorage,
     layout: &Layout,
     k: usize,
-    what: &str,
 ) -> candle_core::Result<(&'a [f32], usize, Vec<usize>)> {
     let Some(start) = layout.contiguous_offsets().map(|(s, _)| s) else {
         candle_core::bail!("the input of a quantized product is not contiguous: {layout:?}")
     };
     let dims = layout.shape().dims().to_vec();
     if dims.last() != Some(&k) {
-        candle_core::bail!("input {dims:?} does not end in the {k} columns of {what}")
+        candle_core::bail!("input {dims:?} does not end in the matrices' {k} columns")
     }
     let m = layout.shape().elem_count() / k.max(1);
     Ok((&storage.as_slice::<f32>()?[start..start + m * k], m, dims))
-}
-
-impl CustomOp1 for QuantProduct {
-    fn name(&self) -> &'static str {
-        "lensd-quant-matmul"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (n, k) = self.q.shape().dims2()?;
-        let (x, m, mut dims) = input_rows(storage, layout, k, &format!("{:?}", self.q.shape()))?;
-        let data = self.q.data()?;
-        let mut out = vec![0f32; m * n];
-        lensd_kernels::matmul(self.ty, &data, n, k, x, m, &mut out, &CandlePool)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        *dims.last_mut().expect("checked above") = n;
-        Ok((CpuStorage::F32(out), Shape::from(dims)))
-    }
 }
 
 #[cfg(test)]
