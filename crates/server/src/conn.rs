@@ -2,10 +2,10 @@
 //! client address), how long a client may take to send a request's headers, and how long a
 //! kept-alive connection may wait for its next request.
 //!
-//! Each accepted connection gets a slot in [`Connections`] before hyper reads a byte. The slot
-//! lives inside the socket wrapper, so it is given back exactly when the socket closes,
-//! whether the connection ended as HTTP, was upgraded to a WebSocket that later closed, or was
-//! reset half-way through either. At the overall cap a new connection takes the slot of the
+//! Each accepted connection gets a slot in [`Connections`] in the accept loop, so in the order
+//! connections arrive, before hyper reads a byte. The slot lives inside the socket wrapper, so
+//! it is given back exactly when the socket closes, whether the connection ended as HTTP, was
+//! upgraded to a WebSocket that later closed, or was reset half-way through either. At the overall cap a new connection takes the slot of the
 //! connection that has waited longest without a request in progress (a slow or idle client),
 //! never of one that is being answered or was upgraded; past the per-address cap, or when
 //! every slot is busy, the newcomer is answered at once and closed.
@@ -345,15 +345,17 @@ async fn refuse(mut stream: TcpStream, refusal: Refusal) {
     let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
 }
 
-/// Serves one accepted connection with `app` until it closes, is evicted, times out, or the
-/// server closes.
-async fn connection(
-    state: Shared,
-    app: Router,
-    connections: Arc<Connections>,
-    stream: TcpStream,
-    peer: SocketAddr,
-) {
+/// A connection admitted by [`Connections::admit`], not yet served.
+struct Admitted {
+    slot: Slot,
+    activity: watch::Sender<Activity>,
+    watching: watch::Receiver<Activity>,
+    evict: Arc<Notify>,
+}
+
+/// Admits a connection from `peer` or says why not. Called in the accept loop, so connections
+/// are admitted in the order they arrived, whichever task later runs first.
+fn admit(connections: &Arc<Connections>, peer: SocketAddr) -> Result<Admitted, Refusal> {
     let now = Instant::now();
     let (activity, watching) = watch::channel(Activity {
         busy: 0,
@@ -362,8 +364,31 @@ async fn connection(
         upgraded: false,
     });
     let evict = Arc::new(Notify::new());
-    let slot = match connections.admit(peer.ip(), watching.clone(), evict.clone()) {
-        Ok(s) => s,
+    let slot = connections.admit(peer.ip(), watching.clone(), evict.clone())?;
+    Ok(Admitted {
+        slot,
+        activity,
+        watching,
+        evict,
+    })
+}
+
+/// Serves one accepted connection with `app` until it closes, is evicted, times out, or the
+/// server closes; a connection that was not admitted is answered with the refusal and closed.
+async fn connection(
+    state: Shared,
+    app: Router,
+    stream: TcpStream,
+    peer: SocketAddr,
+    admitted: Result<Admitted, Refusal>,
+) {
+    let Admitted {
+        slot,
+        activity,
+        watching,
+        evict,
+    } = match admitted {
+        Ok(a) => a,
         Err(r) => {
             tracing::debug!(%peer, ?r, "connection refused");
             metrics::counter!(crate::metrics::HTTP_REFUSED).increment(1);
@@ -456,10 +481,11 @@ pub async fn accept(state: Shared, listener: tokio::net::TcpListener, app: Route
         };
         match accepted {
             Ok((stream, peer)) => {
-                let (state, app, connections) = (state.clone(), app.clone(), connections.clone());
+                let admitted = admit(&connections, peer);
+                let (state, app) = (state.clone(), app.clone());
                 let ended = ended.clone();
                 tokio::spawn(async move {
-                    connection(state, app, connections, stream, peer).await;
+                    connection(state, app, stream, peer, admitted).await;
                     drop(ended);
                 });
             }

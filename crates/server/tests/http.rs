@@ -107,7 +107,7 @@ async fn partial_headers_are_cut_off_after_the_header_timeout_and_one_address_ha
     // issue 17 item 3: connections that send part of a header stayed open indefinitely, and
     // there was no cap per client address.
     let (addr, _stop) = listen(serve_limits(limits(|l| {
-        l.http_header_timeout = Duration::from_secs(1);
+        l.http_header_timeout = Duration::from_secs(2);
         l.max_http_connections_per_address = 8;
     })))
     .await;
@@ -118,11 +118,12 @@ async fn partial_headers_are_cut_off_after_the_header_timeout_and_one_address_ha
         s.write_all(PARTIAL).await.unwrap();
         slow.push(s);
     }
-    // The ninth from the same address is answered at once and closed.
+    // The ninth from the same address is answered and closed: with 429, where the header
+    // timeout would have closed it with 408 or nothing.
     let mut ninth = connect_from("127.0.0.2", addr).await;
-    let answer = read_until_closed(&mut ninth, Duration::from_millis(900))
+    let answer = read_until_closed(&mut ninth, Duration::from_secs(10))
         .await
-        .expect("the connection over the per-address cap is answered and closed at once");
+        .expect("the connection over the per-address cap is answered and closed");
     let (status, body) = parse(&answer);
     assert_eq!(status, 429, "{answer}");
     assert_eq!(json(&body)["error_type"], "rate_limited");
@@ -143,7 +144,7 @@ async fn partial_headers_are_cut_off_after_the_header_timeout_and_one_address_ha
             "{rest:?}"
         );
     }
-    assert!(started.elapsed() >= Duration::from_millis(950));
+    assert!(started.elapsed() >= Duration::from_millis(1950));
     // Their slots are free again.
     let (status, _) = request("127.0.0.2", addr, "GET", "/healthz", None, None).await;
     assert_eq!(status, 200);
@@ -187,9 +188,8 @@ async fn at_the_overall_cap_the_longest_waiting_connection_without_a_request_mak
     for i in 0..6 {
         let mut s = connect_from(&format!("127.0.1.{}", i + 1), addr).await;
         s.write_all(PARTIAL).await.unwrap();
+        // Admitted in the order they arrive, so each is younger than the one before.
         slow.push(s);
-        // Distinct ages.
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (status, _) = request("127.0.1.100", addr, "GET", "/healthz", None, None).await;
     assert_eq!(status, 200);
