@@ -21,6 +21,8 @@ pub struct Act32 {
     /// `d·Σq` in f32: the weights' zero points of `Q4_0` and `Q5_0`, which llama.cpp applies to
     /// the integers, multiply it.
     pub dsum: f32,
+    /// `Σq`: the prompt kernels subtract the zero points from the integer sums instead.
+    pub isum: i32,
     pub q: [i8; 32],
 }
 
@@ -38,6 +40,7 @@ impl Default for Act32 {
             d: 0.0,
             s: 0.0,
             dsum: 0.0,
+            isum: 0,
             q: [0; 32],
         }
     }
@@ -110,7 +113,8 @@ fn quantize_row32_any(x: &[f32], out: &mut [Act32]) {
         for (q, &v) in a.q.iter_mut().zip(x) {
             *q = round_even(v * id).clamp(-127, 127) as i8;
         }
-        let sum = a.q.iter().map(|&v| v as i32).sum::<i32>() as f32;
+        a.isum = a.q.iter().map(|&v| v as i32).sum::<i32>();
+        let sum = a.isum as f32;
         a.d = through_f16(d);
         a.s = through_f16(d * sum);
         a.dsum = a.d * sum;

@@ -1,16 +1,23 @@
 //! The dot products of [`crate::portable`] with AVX2: 32 weight values unpacked to bytes at a
 //! time, multiplied with the activations' bytes by `vpmaddubsw` (unsigned × signed, pairs summed
-//! to i16, which cannot saturate: at most 63·127·2) and widened to i32 by `vpmaddwd`. The
+//! to i16, which cannot saturate: at most 128·127·2) and widened to i32 by `vpmaddwd`. The
 //! integer sums equal the portable ones; only the float additions across blocks differ in order.
 //!
-//! Every function here requires AVX2, FMA and F16C; [`dot32`] and [`dot256`] hand out safe
+//! A decoding step's kernels (`one`, `rows4`) read the blocks in place. A prompt's (`group`)
+//! unpack eight weight rows once for all its activation rows; the 32-value types' rows are
+//! interleaved so that each 32-bit lane holds one row's sums, and add up to `I16_SUMS`
+//! `vpmaddubsw` results as i16 before widening (the most that cannot pass 32,767 for the type).
+//!
+//! Every function here requires AVX2, FMA and F16C; [`tiles32`] and [`tiles256`] hand out safe
 //! wrappers, which [`crate::matmul`] selects only after `Level::available` found those features.
 
 use std::arch::x86_64::*;
 
 use crate::act::{Act256, Act32};
 use crate::blocks::k_scale_min;
-use crate::matmul::{Tiles, TILE_ACTS};
+use std::cell::RefCell;
+
+use crate::matmul::{GroupOut, Tiles, GROUP};
 use crate::BlockType;
 
 /// The tile kernels of a 32-value type.
@@ -37,7 +44,7 @@ pub(crate) fn tiles256(ty: BlockType) -> Tiles<Act256> {
 /// One block type's kernels as named functions (so that a profile says which ran): safe
 /// wrappers, which the tables hand out, around `target_feature` functions holding the code.
 macro_rules! kernels {
-    ($m:ident, $tile:ident, $act:ty, $k:ty) => {
+    ($m:ident, $tile:ident, $group:ident, $act:ty, $k:ty) => {
         mod $m {
             use super::*;
 
@@ -52,8 +59,8 @@ macro_rules! kernels {
             }
 
             #[target_feature(enable = "avx2,fma,f16c")]
-            unsafe fn tile_avx2(w: [&[u8]; 2], a: [&[$act]; TILE_ACTS]) -> [[f32; TILE_ACTS]; 2] {
-                $tile::<$k, 2, TILE_ACTS>(w, a)
+            unsafe fn group_avx2(w: [&[u8]; GROUP], acts: &[$act], out: &mut [GroupOut]) {
+                $group::<$k>(w, acts, out)
             }
 
             // SAFETY (each function): reached only through `matmul_with`, which checked the CPU
@@ -66,25 +73,24 @@ macro_rules! kernels {
                 unsafe { rows4_avx2(w, a) }
             }
 
-            fn tile(w: [&[u8]; 2], a: [&[$act]; TILE_ACTS]) -> [[f32; TILE_ACTS]; 2] {
-                unsafe { tile_avx2(w, a) }
+            fn group(w: [&[u8]; GROUP], acts: &[$act], out: &mut [GroupOut]) {
+                unsafe { group_avx2(w, acts, out) }
             }
 
             pub(super) fn tiles() -> Tiles<$act> {
-                Tiles { one, rows4, tile }
+                Tiles { one, rows4, group }
             }
         }
     };
 }
 
-kernels!(q4_0, tile32, Act32, Q4_0);
-kernels!(q4_1, tile32, Act32, Q4_1);
-kernels!(q5_0, tile32, Act32, Q5_0);
-kernels!(q8_0, tile32, Act32, Q8_0);
-kernels!(q4_k, tile256, Act256, QK<false>);
-kernels!(q5_k, tile256, Act256, QK<true>);
-kernels!(q6_k, tile256, Act256, Q6K);
-
+kernels!(q4_0, tile32, group32, Act32, Q4_0);
+kernels!(q4_1, tile32, group32, Act32, Q4_1);
+kernels!(q5_0, tile32, group32, Act32, Q5_0);
+kernels!(q8_0, tile32, group32, Act32, Q8_0);
+kernels!(q4_k, tile256, group256, Act256, QK<false>);
+kernels!(q5_k, tile256, group256, Act256, QK<true>);
+kernels!(q6_k, tile256, group256, Act256, Q6K);
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn f16_at(b: &[u8], at: usize) -> f32 {
@@ -172,6 +178,11 @@ trait Kind32 {
     /// The offset multiplies the activations' f16-rounded `s` (`Q4_1`, as llama.cpp's `Q8_1`
     /// pairing does) rather than their exact `dsum`.
     const ROUNDED_SUM: bool = false;
+    /// The zero point that the prompt kernels subtract from the integer sums (`Q4_0`, `Q5_0`).
+    const ZERO: i32 = 0;
+    /// How many `vpmaddubsw` results the prompt kernels add as i16 before widening: the most
+    /// whose sum cannot pass 32,767 (each is at most `2·max q·127`).
+    const I16_SUMS: usize;
     /// # Safety
     /// AVX2, FMA and F16C are present.
     unsafe fn unpack(b: &[u8]) -> __m256i;
@@ -187,6 +198,8 @@ struct Q8_0;
 
 impl Kind32 for Q4_0 {
     const BYTES: usize = 18;
+    const ZERO: i32 = 8;
+    const I16_SUMS: usize = 8;
     #[inline(always)]
     unsafe fn unpack(b: &[u8]) -> __m256i {
         nibbles(&b[2..])
@@ -200,6 +213,7 @@ impl Kind32 for Q4_0 {
 impl Kind32 for Q4_1 {
     const BYTES: usize = 20;
     const ROUNDED_SUM: bool = true;
+    const I16_SUMS: usize = 8;
     #[inline(always)]
     unsafe fn unpack(b: &[u8]) -> __m256i {
         nibbles(&b[4..])
@@ -212,6 +226,8 @@ impl Kind32 for Q4_1 {
 
 impl Kind32 for Q5_0 {
     const BYTES: usize = 22;
+    const ZERO: i32 = 16;
+    const I16_SUMS: usize = 4;
     #[inline(always)]
     unsafe fn unpack(b: &[u8]) -> __m256i {
         let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
@@ -226,6 +242,7 @@ impl Kind32 for Q5_0 {
 impl Kind32 for Q8_0 {
     const BYTES: usize = 34;
     const SIGNED: bool = true;
+    const I16_SUMS: usize = 1;
     #[inline(always)]
     unsafe fn unpack(b: &[u8]) -> __m256i {
         load32(&b[2..])
@@ -309,6 +326,12 @@ trait Kind256 {
     unsafe fn mult(p: &Self::Prep, i: usize) -> __m256i;
     /// `acc` plus the superblock's contribution, given its integer sums `sumi` (8 lanes).
     unsafe fn finish(b: &[u8], p: &Self::Prep, a: &Act256, sumi: __m256i, acc: __m256) -> __m256;
+    /// The 16 multipliers of the activations' 16-value sums in the offset, the superblock's
+    /// scale and the offset's scale, for [`Unpacked256`].
+    unsafe fn offsets(b: &[u8], p: &Self::Prep) -> (__m256i, f32, f32);
+    /// The offset is an integer term of the sums (`Q6_K`'s `−32`, times 32 after the product)
+    /// rather than a float one with its own scale (the K types' mins).
+    const INT_OFFSET: bool;
 }
 
 /// `Q4_K` (`FIVE` false) and `Q5_K`.
@@ -350,6 +373,13 @@ impl<const FIVE: bool> Kind256 for QK<FIVE> {
     #[inline(always)]
     unsafe fn mult(p: &Self::Prep, i: usize) -> __m256i {
         _mm256_set1_epi16(p.0[i])
+    }
+
+    const INT_OFFSET: bool = false;
+
+    #[inline(always)]
+    unsafe fn offsets(b: &[u8], p: &Self::Prep) -> (__m256i, f32, f32) {
+        (p.1, f16_at(b, 0), f16_at(b, 2))
     }
 
     #[inline(always)]
@@ -410,6 +440,13 @@ impl Kind256 for Q6K {
         )
     }
 
+    const INT_OFFSET: bool = true;
+
+    #[inline(always)]
+    unsafe fn offsets(b: &[u8], p: &__m256i) -> (__m256i, f32, f32) {
+        (*p, f16_at(b, 208), 0.0)
+    }
+
     #[inline(always)]
     unsafe fn finish(b: &[u8], p: &__m256i, a: &Act256, sumi: __m256i, acc: __m256) -> __m256 {
         let offset = _mm256_slli_epi32(_mm256_madd_epi16(load_i16x16(&a.sums16), *p), 5);
@@ -456,4 +493,302 @@ unsafe fn tile256<K: Kind256, const R: usize, const C: usize>(
         }
     }
     std::array::from_fn(|r| std::array::from_fn(|c| hsum(acc[r][c])))
+}
+
+/// Activation rows of a prompt tile: each unpacked weight block serves this many at a time.
+const TILE_ACTS: usize = 4;
+
+/// Eight weight rows' 32-value blocks, unpacked and interleaved: `q[g]` holds values
+/// `4g..4g + 4` of each row in turn, so that one `vpmaddubsw` with four activation bytes
+/// broadcast gives partial sums of all eight rows, one row per 32-bit lane, and a block's
+/// scales apply to the eight rows with one multiply.
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(32))]
+struct Interleaved32 {
+    /// The values as unsigned bytes (`Q8_0`: their magnitudes).
+    q: [[u8; 32]; 8],
+    /// `Q8_0`'s values with their signs, which the activations take on.
+    sign: [[u8; 32]; 8],
+    d: [f32; 8],
+    /// `Q4_1`'s `m`, which multiplies the activations' rounded sum.
+    m: [f32; 8],
+}
+
+/// A 256-value superblock unpacked once for all of a prompt's activation rows.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+struct Unpacked256 {
+    q: [u8; 256],
+    /// Each 32-value chunk's 16 multipliers of its `vpmaddubsw` pairs.
+    mult: [[i16; 16]; 8],
+    /// The multipliers of the activations' 16-value sums in the offset.
+    off16: [i16; 16],
+    d: f32,
+    dmin: f32,
+}
+
+impl Default for Unpacked256 {
+    fn default() -> Self {
+        Unpacked256 {
+            q: [0; 256],
+            mult: [[0; 16]; 8],
+            off16: [0; 16],
+            d: 0.0,
+            dmin: 0.0,
+        }
+    }
+}
+
+thread_local! {
+    /// Each thread's unpacked weight rows, kept between calls to spare the allocation.
+    static ROWS32: RefCell<Vec<Interleaved32>> = const { RefCell::new(Vec::new()) };
+    static ROWS256: RefCell<Vec<Unpacked256>> = const { RefCell::new(Vec::new()) };
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn store32(to: &mut [u8; 32], v: __m256i) {
+    // SAFETY: 32 writable bytes.
+    unsafe { _mm256_storeu_si256(to.as_mut_ptr() as *mut __m256i, v) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load_bytes(v: &[u8; 32]) -> __m256i {
+    // SAFETY: 32 readable bytes.
+    unsafe { _mm256_loadu_si256(v.as_ptr() as *const __m256i) }
+}
+
+/// Block `blk` of the eight rows `w`.
+///
+/// # Safety
+/// AVX2, FMA and F16C are present; every row holds block `blk`.
+#[inline(always)]
+unsafe fn interleave32<K: Kind32>(w: &[&[u8]; GROUP], blk: usize) -> Interleaved32 {
+    let mut vals = [[0u8; 32]; GROUP];
+    let mut signs = [[0u8; 32]; GROUP];
+    let mut u = Interleaved32::default();
+    for r in 0..GROUP {
+        let b = &w[r][blk * K::BYTES..(blk + 1) * K::BYTES];
+        let q = K::unpack(b);
+        if K::SIGNED {
+            store32(&mut signs[r], q);
+            store32(&mut vals[r], _mm256_sign_epi8(q, q));
+        } else {
+            store32(&mut vals[r], q);
+        }
+        u.d[r] = f16_at(b, 0);
+        if K::ROUNDED_SUM {
+            u.m[r] = K::offset(b, 0.0);
+        }
+    }
+    for g in 0..8 {
+        for r in 0..GROUP {
+            u.q[g][4 * r..4 * r + 4].copy_from_slice(&vals[r][4 * g..4 * g + 4]);
+            if K::SIGNED {
+                u.sign[g][4 * r..4 * r + 4].copy_from_slice(&signs[r][4 * g..4 * g + 4]);
+            }
+        }
+    }
+    u
+}
+
+/// # Safety
+/// AVX2, FMA and F16C are present; `b` holds a whole superblock.
+#[inline(always)]
+unsafe fn unpack256<K: Kind256>(b: &[u8]) -> Unpacked256 {
+    let p = K::prep(b);
+    let mut u = Unpacked256::default();
+    for i in 0..8 {
+        let q: &mut [u8; 32] = (&mut u.q[32 * i..32 * i + 32]).try_into().unwrap();
+        store32(q, K::chunk(b, i));
+        _mm256_storeu_si256(u.mult[i].as_mut_ptr() as *mut __m256i, K::mult(&p, i));
+    }
+    let (off16, d, dmin) = K::offsets(b, &p);
+    _mm256_storeu_si256(u.off16.as_mut_ptr() as *mut __m256i, off16);
+    u.d = d;
+    u.dmin = dmin;
+    u
+}
+
+/// Eight interleaved weight rows × `C` activation rows of a 32-value type: for each activation
+/// row, its products with the eight weight rows. The zero points of `Q4_0` and `Q5_0` are
+/// taken from the integer sums (`Σ(q − z)·y`, as llama.cpp computes them).
+///
+/// # Safety
+/// AVX2, FMA and F16C are present; every activation row holds at least `w.len()` blocks.
+#[inline(always)]
+unsafe fn tile32i<K: Kind32, const C: usize>(w: &[Interleaved32], a: [&[Act32]; C]) -> [__m256; C] {
+    let nb = w.len();
+    assert!(a.iter().all(|a| a.len() >= nb));
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); C];
+    for (blk, u) in w.iter().enumerate() {
+        // SAFETY: `blk < nb`, within every activation row (asserted above).
+        let ab: [&Act32; C] = std::array::from_fn(|c| unsafe { a[c].get_unchecked(blk) });
+        let mut sum = [_mm256_setzero_si256(); C];
+        let mut part = [_mm256_setzero_si256(); C];
+        for g in 0..8 {
+            let q = load_bytes(&u.q[g]);
+            let sign = if K::SIGNED { load_bytes(&u.sign[g]) } else { q };
+            for c in 0..C {
+                // SAFETY: bytes `4g..4g + 4` of the 32.
+                let y4 =
+                    unsafe { std::ptr::read_unaligned(ab[c].q.as_ptr().add(4 * g) as *const i32) };
+                let y = _mm256_set1_epi32(y4);
+                let y = if K::SIGNED {
+                    _mm256_sign_epi8(y, sign)
+                } else {
+                    y
+                };
+                let p = _mm256_maddubs_epi16(q, y);
+                part[c] = if g % K::I16_SUMS == 0 {
+                    p
+                } else {
+                    _mm256_add_epi16(part[c], p)
+                };
+                if g % K::I16_SUMS == K::I16_SUMS - 1 {
+                    sum[c] = _mm256_add_epi32(sum[c], _mm256_madd_epi16(part[c], ones));
+                }
+            }
+        }
+        let dw = _mm256_loadu_ps(u.d.as_ptr());
+        for c in 0..C {
+            let s = if K::ZERO != 0 {
+                _mm256_sub_epi32(sum[c], _mm256_set1_epi32(K::ZERO * ab[c].isum))
+            } else {
+                sum[c]
+            };
+            let scale = _mm256_mul_ps(dw, _mm256_set1_ps(ab[c].d));
+            acc[c] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(s), acc[c]);
+            if K::ROUNDED_SUM {
+                let m = _mm256_loadu_ps(u.m.as_ptr());
+                acc[c] = _mm256_fmadd_ps(m, _mm256_set1_ps(ab[c].s), acc[c]);
+            }
+        }
+    }
+    acc
+}
+
+/// `R` unpacked weight rows × `C` activation rows of a 256-value type.
+///
+/// # Safety
+/// As [`tile32i`].
+#[inline(always)]
+unsafe fn tile256u<K: Kind256, const R: usize, const C: usize>(
+    w: [&[Unpacked256]; R],
+    a: [&[Act256]; C],
+) -> [[f32; C]; R] {
+    let nb = w[0].len();
+    assert!(w.iter().all(|w| w.len() == nb) && a.iter().all(|a| a.len() >= nb));
+    let mut acc = [[_mm256_setzero_ps(); C]; R];
+    for blk in 0..nb {
+        // SAFETY: `blk < nb`, within every row (asserted above).
+        let u: [&Unpacked256; R] = std::array::from_fn(|r| unsafe { w[r].get_unchecked(blk) });
+        let ab: [&Act256; C] = std::array::from_fn(|c| unsafe { a[c].get_unchecked(blk) });
+        let mut sumi = [[_mm256_setzero_si256(); C]; R];
+        for i in 0..8 {
+            let q: [__m256i; R] = std::array::from_fn(|r| load32(&u[r].q[32 * i..]));
+            let m: [__m256i; R] = std::array::from_fn(|r| load_i16x16(&u[r].mult[i]));
+            for c in 0..C {
+                let y = load32i(&ab[c].q[32 * i..]);
+                for r in 0..R {
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q[r], y), m[r]);
+                    sumi[r][c] = _mm256_add_epi32(sumi[r][c], p);
+                }
+            }
+        }
+        for r in 0..R {
+            for c in 0..C {
+                let offs = _mm256_madd_epi16(load_i16x16(&ab[c].sums16), load_i16x16(&u[r].off16));
+                let scale = _mm256_set1_ps(u[r].d * ab[c].d);
+                acc[r][c] = if K::INT_OFFSET {
+                    let sumi = _mm256_sub_epi32(sumi[r][c], _mm256_slli_epi32(offs, 5));
+                    _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sumi), acc[r][c])
+                } else {
+                    let a = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sumi[r][c]), acc[r][c]);
+                    let smin = _mm256_set1_ps(u[r].dmin * ab[c].d);
+                    _mm256_fnmadd_ps(smin, _mm256_cvtepi32_ps(offs), a)
+                };
+            }
+        }
+    }
+    std::array::from_fn(|r| std::array::from_fn(|c| hsum(acc[r][c])))
+}
+
+/// The eight weight rows `w` of a 32-value type against every activation row of `acts`
+/// (`out.len()` rows): each block is unpacked and interleaved once, then serves the
+/// activation rows [`TILE_ACTS`] at a time.
+///
+/// # Safety
+/// AVX2, FMA and F16C are present; `acts` holds `out.len()` rows of the weight rows' block
+/// count.
+#[inline(always)]
+unsafe fn group32<K: Kind32>(w: [&[u8]; GROUP], acts: &[Act32], out: &mut [[f32; GROUP]]) {
+    let m = out.len();
+    if m == 0 {
+        return;
+    }
+    let nb = acts.len() / m;
+    let mut rows: Vec<Interleaved32> = ROWS32.take();
+    rows.clear();
+    for blk in 0..nb {
+        rows.push(interleave32::<K>(&w, blk));
+    }
+    let arow = |i: usize| &acts[i * nb..(i + 1) * nb];
+    let mut i = 0;
+    while i + TILE_ACTS <= m {
+        let v = tile32i::<K, TILE_ACTS>(&rows, std::array::from_fn(|c| arow(i + c)));
+        for (c, v) in v.into_iter().enumerate() {
+            _mm256_storeu_ps(out[i + c].as_mut_ptr(), v);
+        }
+        i += TILE_ACTS;
+    }
+    for (i, o) in out.iter_mut().enumerate().skip(i) {
+        let [v] = tile32i::<K, 1>(&rows, [arow(i)]);
+        _mm256_storeu_ps(o.as_mut_ptr(), v);
+    }
+    ROWS32.set(rows);
+}
+
+/// [`group32`] for the 256-value types: the eight rows unpacked once, then taken two at a time.
+///
+/// # Safety
+/// As [`group32`].
+#[inline(always)]
+unsafe fn group256<K: Kind256>(w: [&[u8]; GROUP], acts: &[Act256], out: &mut [[f32; GROUP]]) {
+    let m = out.len();
+    if m == 0 {
+        return;
+    }
+    let nb = acts.len() / m;
+    let mut rows: Vec<Unpacked256> = ROWS256.take();
+    rows.clear();
+    for row in w {
+        for b in row.chunks_exact(K::BYTES).take(nb) {
+            rows.push(unpack256::<K>(b));
+        }
+    }
+    let arow = |i: usize| &acts[i * nb..(i + 1) * nb];
+    for p in 0..GROUP / 2 {
+        let u = [
+            &rows[2 * p * nb..(2 * p + 1) * nb],
+            &rows[(2 * p + 1) * nb..(2 * p + 2) * nb],
+        ];
+        let mut i = 0;
+        while i + TILE_ACTS <= m {
+            let v = tile256u::<K, 2, TILE_ACTS>(u, std::array::from_fn(|c| arow(i + c)));
+            for c in 0..TILE_ACTS {
+                out[i + c][2 * p] = v[0][c];
+                out[i + c][2 * p + 1] = v[1][c];
+            }
+            i += TILE_ACTS;
+        }
+        for (i, o) in out.iter_mut().enumerate().skip(i) {
+            let v = tile256u::<K, 2, 1>(u, [arow(i)]);
+            o[2 * p] = v[0][0];
+            o[2 * p + 1] = v[1][0];
+        }
+    }
+    ROWS256.set(rows);
 }

@@ -240,23 +240,24 @@ impl<T> Shared<T> {
     }
 }
 
-/// Activation rows of a prefill tile: each unpacked weight block serves this many.
-pub(crate) const TILE_ACTS: usize = 4;
-
-/// Two weight rows × [`TILE_ACTS`] activation rows → `[weight row][activation row]`.
-pub(crate) type Tile<A> = fn([&[u8]; 2], [&[A]; TILE_ACTS]) -> [[f32; TILE_ACTS]; 2];
-
-/// The kernels of one block type at one level, for tiles of weight rows × activation rows.
+/// The kernels of one block type at one level.
 pub(crate) struct Tiles<A> {
     pub one: fn(&[u8], &[A]) -> f32,
     /// Four weight rows × one activation row (a decoding step).
     pub rows4: fn([&[u8]; 4], &[A]) -> [f32; 4],
-    /// Two weight rows × [`TILE_ACTS`] activation rows (a prompt's rows).
-    pub tile: Tile<A>,
+    /// [`GROUP`] weight rows × every activation row of `acts` (a prompt's rows, `out.len()` of
+    /// them): `out[i]` gets activation row `i`'s products with the weight rows.
+    pub group: fn([&[u8]; GROUP], acts: &[A], out: &mut [GroupOut]),
 }
 
+/// One activation row's products with a group of weight rows.
+pub(crate) type GroupOut = [f32; GROUP];
+
+/// Weight rows that a prompt's kernels take at once.
+pub(crate) const GROUP: usize = 8;
+
 /// Tasks hold whole groups of this many weight rows.
-const ROW_GROUP: usize = 4;
+const ROW_GROUP: usize = GROUP;
 
 /// Where a matrix's products go: column `offset + j` of rows of `stride` values.
 struct Dest<'a> {
@@ -294,22 +295,18 @@ fn run_rows<A>(
             j += 4;
         }
     } else {
-        while j + 2 <= rows.end {
-            let mut i = 0;
-            while i + TILE_ACTS <= m {
-                let v = (tiles.tile)([wrow(j), wrow(j + 1)], std::array::from_fn(|c| arow(i + c)));
-                for (r, row) in v.into_iter().enumerate() {
-                    for (c, v) in row.into_iter().enumerate() {
-                        put(i + c, j + r, v);
-                    }
+        let mut group = vec![[0f32; GROUP]; m];
+        while j < rows.end {
+            // The last group of the matrix repeats its last row where it has fewer.
+            let len = (rows.end - j).min(GROUP);
+            let w = std::array::from_fn(|r| wrow(j + r.min(len - 1)));
+            (tiles.group)(w, &acts[..m * nb], &mut group);
+            for (i, v) in group.iter().enumerate() {
+                for (r, &v) in v[..len].iter().enumerate() {
+                    put(i, j + r, v);
                 }
-                i += TILE_ACTS;
             }
-            for i in i..m {
-                put(i, j, (tiles.one)(wrow(j), arow(i)));
-                put(i, j + 1, (tiles.one)(wrow(j + 1), arow(i)));
-            }
-            j += 2;
+            j += len;
         }
     }
     for j in j..rows.end {
@@ -325,7 +322,12 @@ macro_rules! portable_tiles {
         Tiles {
             one: $one,
             rows4: |w, a| w.map(|w| ($one)(w, a)),
-            tile: |w, a| w.map(|w| a.map(|a| ($one)(w, a))),
+            group: |w, acts, out| {
+                let nb = acts.len() / out.len().max(1);
+                for (o, a) in out.iter_mut().zip(acts.chunks_exact(nb.max(1))) {
+                    *o = w.map(|w| ($one)(w, a));
+                }
+            },
         }
     };
 }

@@ -152,6 +152,43 @@ fn every_simd_level_equals_the_portable_kernels() {
     }
 }
 
+#[test]
+fn extreme_values_give_the_portable_products() {
+    // Every weight byte at one bit pattern (all values at their largest, or Q8_0's −128 and
+    // 127) against activations that all quantize to ±127: the prompt kernels add several
+    // `vpmaddubsw` results as i16 before widening, and these are the largest sums they meet.
+    let (m, n, blocks) = (6, 9, 3);
+    for ty in BlockType::ALL {
+        let k = blocks * ty.block_values();
+        for pattern in [0xFFu8, 0x80, 0x7F] {
+            let mut w = vec![pattern; ty.bytes_for(n, k).unwrap()];
+            for b in w.chunks_exact_mut(ty.block_bytes()) {
+                let fields: &[usize] = match ty {
+                    BlockType::Q4_0 | BlockType::Q5_0 | BlockType::Q8_0 => &[0],
+                    BlockType::Q4_1 | BlockType::Q4K | BlockType::Q5K => &[0, 2],
+                    BlockType::Q6K => &[208],
+                };
+                for &at in fields {
+                    b[at..at + 2].copy_from_slice(&f16::from_f32(0.01).to_le_bytes());
+                }
+            }
+            for sign in [1.0f32, -1.0] {
+                let x = vec![sign; m * k];
+                let want = run(Level::Portable, ty, &w, n, k, &x, m);
+                for level in Level::available() {
+                    let got = run(level, ty, &w, n, k, &x, m);
+                    for (g, w) in got.iter().zip(&want) {
+                        assert!(
+                            (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                            "{level:?} {ty:?} bytes {pattern:#x}, x = {sign}: {g} vs {w}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Runs every task range on its own scoped thread, in reverse, to show tasks are independent.
 struct EveryTaskOnItsOwnThread;
 
