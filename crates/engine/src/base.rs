@@ -73,18 +73,11 @@ impl Base {
         device: &Device,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Self> {
-        let g = GgufFile::read(path, progress)?;
+        // The tokenizer and chat template are built from the header while the weights are
+        // read.
+        let (g, made) = GgufFile::read_with(path, progress, gguf_tokenizer)?;
+        let (tokenizer, chat) = made?;
         let cfg = g.config()?;
-        let mut tokenizer = Tokenizer::from_gguf(&g)?;
-        if cfg.family == Family::GptOss {
-            harmony_stops(&mut tokenizer);
-        }
-        // A file without a template gets its family's well-known format, as llama.cpp does.
-        let src = g
-            .get_str("tokenizer.chat_template")
-            .ok()
-            .or_else(|| crate::chat::fallback_template(g.architecture().ok()?));
-        let chat = chat_template(src, &tokenizer)?;
         let w = g.load_weights(&cfg, options.compute, device)?;
         check_vocab(path, &cfg, &tokenizer)?;
         Ok(Base {
@@ -361,6 +354,21 @@ fn continue_final(chat: &ChatTemplate, messages: &[Message]) -> Result<String> {
 }
 
 /// The chat template from `src`, given the tokenizer's BOS and EOS texts.
+/// A GGUF file's tokenizer and chat template, from its header.
+fn gguf_tokenizer(g: &GgufFile) -> Result<(Tokenizer, Option<ChatTemplate>)> {
+    let mut tokenizer = Tokenizer::from_gguf(g)?;
+    if g.config()?.family == Family::GptOss {
+        harmony_stops(&mut tokenizer);
+    }
+    // A file without a template gets its family's well-known format, as llama.cpp does.
+    let src = g
+        .get_str("tokenizer.chat_template")
+        .ok()
+        .or_else(|| crate::chat::fallback_template(g.architecture().ok()?));
+    let chat = chat_template(src, &tokenizer)?;
+    Ok((tokenizer, chat))
+}
+
 fn chat_template(src: Option<&str>, tokenizer: &Tokenizer) -> Result<Option<ChatTemplate>> {
     let text = |id: Option<u32>| id.map(|i| tokenizer.token_text(i)).unwrap_or_default();
     src.map(|s| ChatTemplate::new(s, text(tokenizer.bos_id), text(tokenizer.eos_id)))

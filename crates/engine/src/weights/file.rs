@@ -82,11 +82,10 @@ impl Deref for FileBytes {
 }
 
 impl FileBytes {
-    fn zeroed(len: usize) -> Self {
-        FileBytes {
-            words: vec![0u128; len.div_ceil(16)],
-            len,
-        }
+    pub(crate) fn zeroed(len: usize) -> Self {
+        let words = vec![0u128; len.div_ceil(16)];
+        super::advise_huge_pages(words.as_ptr() as *const u8, len);
+        FileBytes { words, len }
     }
 
     /// An aligned copy of `bytes` (tests build tensors without a file).
@@ -97,14 +96,14 @@ impl FileBytes {
         f
     }
 
-    fn as_mut_bytes(&mut self) -> &mut [u8] {
+    pub(crate) fn as_mut_bytes(&mut self) -> &mut [u8] {
         // SAFETY: as in `deref`, and `&mut self` makes the borrow unique.
         unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr() as *mut u8, self.len) }
     }
 }
 
 /// Bytes per read, between progress reports.
-const CHUNK: usize = 8 << 20;
+pub(crate) const CHUNK: usize = 8 << 20;
 
 /// Reads all of `path` into owned memory aligned for any tensor type, calling
 /// `progress(bytes done, bytes total)` after each chunk.
@@ -120,11 +119,12 @@ pub fn read_whole(path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<Fil
 pub fn read_vec(path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<Vec<u8>> {
     let (file, size) = open_sized(path)?;
     let mut bytes = vec![0u8; size];
+    super::advise_huge_pages(bytes.as_ptr(), size);
     fill(path, file.as_ref(), &mut bytes, progress)?;
     Ok(bytes)
 }
 
-fn open_sized(path: &Path) -> Result<(Box<dyn ReadAt>, usize)> {
+pub(crate) fn open_sized(path: &Path) -> Result<(Box<dyn ReadAt>, usize)> {
     let file = open(path)?;
     let len = file.size().map_err(|e| EngineError::io(path, e))?;
     let size = usize::try_from(len).map_err(|_| {

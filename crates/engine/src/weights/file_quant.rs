@@ -77,7 +77,7 @@ impl<T: GgmlType + 'static> QuantizedType for MappedBlocks<T> {
     }
 
     fn dequantize(&self, elem_count: usize) -> CResult<CpuStorage> {
-        let mut ys = vec![0f32; elem_count];
+        let mut ys = super::zeroed_f32(elem_count);
         match super::quant_product::block_type(T::DTYPE) {
             Some(ty) => {
                 let blocks = self.blocks();

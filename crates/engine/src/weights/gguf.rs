@@ -3,7 +3,6 @@
 //! once into memory.
 
 use std::collections::HashMap;
-use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -54,6 +53,41 @@ pub fn is_gguf(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Bytes of the start of the file read before its header is parsed (the rest follows if the
+/// header is longer): one of the reads the whole file is read in, so that their offsets stay
+/// those of a plain read.
+const HEADER_READ: usize = file::CHUNK;
+
+/// The bytes of a file read so far; reading past them (the file goes on) is `WouldBlock`, so
+/// that the header's parser asks for more instead of calling the file truncated.
+struct Prefix<'a>(&'a [u8]);
+
+impl std::io::Read for Prefix<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.0.is_empty() && !buf.is_empty() {
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        let n = buf.len().min(self.0.len());
+        buf[..n].copy_from_slice(&self.0[..n]);
+        self.0 = &self.0[n..];
+        Ok(n)
+    }
+}
+
+fn header_error(path: &Path, len: u64, e: HeaderError) -> EngineError {
+    match e {
+        HeaderError::Corrupt(m) => EngineError::format(
+            path,
+            format!("the GGUF header is corrupt or truncated: {m}"),
+        ),
+        HeaderError::Unsupported(m) => EngineError::unsupported(path, m),
+        HeaderError::Io { at, error } => EngineError::io(
+            path,
+            std::io::Error::new(error.kind(), format!("{error} (at byte {at} of {len})")),
+        ),
+    }
+}
+
 impl GgufFile {
     /// Parses the header alone (metadata and tensor table), reading no tensor data. Every
     /// tensor's byte range is checked against the file size, so that a truncated file fails
@@ -66,11 +100,95 @@ impl GgufFile {
     }
 
     /// Reads the whole file into memory, calling `progress(bytes done, bytes total)` as it
-    /// arrives, then parses the header; tensors are then views of those bytes.
+    /// arrives, and parses the header; tensors are then views of those bytes.
     pub fn read(path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<Self> {
-        let bytes = Arc::new(file::read_whole(path, progress)?);
-        let len = bytes.len() as u64;
-        Self::parse(path, len, Some(bytes.clone()), Cursor::new(&bytes[..]))
+        Ok(Self::read_with(path, progress, |_| ())?.0)
+    }
+
+    /// [`GgufFile::read`], running `on_header` on a second thread with the header (and no
+    /// tensor data) as soon as the header's bytes have arrived, while the rest of the file is
+    /// read: a base's tokenizer is built while its weights come from the disk. The header and
+    /// the tensors come from the same read of one open file.
+    pub fn read_with<T: Send>(
+        path: &Path,
+        progress: &mut dyn FnMut(u64, u64),
+        on_header: impl FnOnce(&GgufFile) -> T + Send,
+    ) -> Result<(Self, T)> {
+        Self::read_in(path, progress, on_header, HEADER_READ)
+    }
+
+    /// [`GgufFile::read_with`], reading the start `first` bytes at a time until the header
+    /// parses.
+    fn read_in<T: Send>(
+        path: &Path,
+        progress: &mut dyn FnMut(u64, u64),
+        on_header: impl FnOnce(&GgufFile) -> T + Send,
+        first: usize,
+    ) -> Result<(Self, T)> {
+        let (file, size) = file::open_sized(path)?;
+        let mut bytes = FileBytes::zeroed(size);
+        let len = size as u64;
+        // Chunks of the start until the header parses.
+        let mut have = 0usize;
+        let header = loop {
+            let upto = (have + first.max(1)).min(size);
+            let buf = &mut bytes.as_mut_bytes()[have..upto];
+            file::fill_at(
+                path,
+                file.as_ref(),
+                buf,
+                have as u64,
+                len,
+                &mut |done, _| progress(have as u64 + done, len),
+            )?;
+            have = upto;
+            if !bytes.starts_with(MAGIC) {
+                return Err(EngineError::format(
+                    path,
+                    "not a GGUF file (the first four bytes are not `GGUF`)",
+                ));
+            }
+            let parsed = if have < size {
+                gguf_header::read(Prefix(&bytes[..have]), len)
+            } else {
+                gguf_header::read(&bytes[..], len)
+            };
+            match parsed {
+                Ok(h) => break h,
+                Err(HeaderError::Io { error, .. })
+                    if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(header_error(path, len, e)),
+            }
+        };
+        let head = GgufFile {
+            path: path.to_path_buf(),
+            len,
+            bytes: None,
+            header,
+        };
+        let (rest, made) = std::thread::scope(|s| {
+            let making = s.spawn(|| on_header(&head));
+            let buf = &mut bytes.as_mut_bytes()[have..];
+            let rest = file::fill_at(
+                path,
+                file.as_ref(),
+                buf,
+                have as u64,
+                len,
+                &mut |done, _| progress(have as u64 + done, len),
+            );
+            (rest, making.join())
+        });
+        let made = made.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        rest?;
+        let g = GgufFile {
+            bytes: Some(Arc::new(bytes)),
+            ..head
+        };
+        for (name, info) in &g.header.tensors {
+            g.byte_range(name, info)?;
+        }
+        Ok((g, made))
     }
 
     fn parse<R: std::io::Read + std::io::Seek>(
@@ -87,17 +205,7 @@ impl GgufFile {
             ));
         }
         reader.rewind().map_err(|e| EngineError::io(path, e))?;
-        let header = gguf_header::read(reader, len).map_err(|e| match e {
-            HeaderError::Corrupt(m) => EngineError::format(
-                path,
-                format!("the GGUF header is corrupt or truncated: {m}"),
-            ),
-            HeaderError::Unsupported(m) => EngineError::unsupported(path, m),
-            HeaderError::Io { at, error } => EngineError::io(
-                path,
-                std::io::Error::new(error.kind(), format!("{error} (at byte {at} of {len})")),
-            ),
-        })?;
+        let header = gguf_header::read(reader, len).map_err(|e| header_error(path, len, e))?;
         let g = GgufFile {
             path: path.to_path_buf(),
             len,
@@ -495,6 +603,57 @@ mod tests {
         let path = dir.join("mxfp4.gguf");
         std::fs::write(&path, bytes).unwrap();
         (path, blocks)
+    }
+
+    #[test]
+    fn a_header_longer_than_the_first_read_is_read_on_and_handed_over_without_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, blocks) = mxfp4_file(dir.path());
+        let len = std::fs::metadata(&path).unwrap().len();
+        let whole = GgufFile::open(&path).unwrap();
+        // 7 bytes at a time: the header takes many reads, each ending inside an entry.
+        let mut seen = Vec::new();
+        let (g, handed) = GgufFile::read_in(
+            &path,
+            &mut |done, total| seen.push((done, total)),
+            |head| {
+                (
+                    head.tensor_infos().clone(),
+                    head.raw_bytes("blk.0.attn_q.weight").is_err(),
+                    head.architecture().unwrap().to_string(),
+                )
+            },
+            7,
+        )
+        .unwrap();
+        assert_eq!(handed.0, *whole.tensor_infos());
+        assert!(
+            handed.1,
+            "the header is handed over before, and without, the tensor data"
+        );
+        assert_eq!(handed.2, "llama");
+        assert_eq!(g.raw_bytes("blk.0.attn_q.weight").unwrap(), &blocks[..]);
+        assert!(
+            seen.len() > 3 && seen.windows(2).all(|w| w[0].0 <= w[1].0),
+            "{seen:?}"
+        );
+        assert_eq!(seen.last(), Some(&(len, len)));
+
+        // Cut inside the header: the file is named truncated, not read on forever.
+        let bytes = std::fs::read(&path).unwrap();
+        let cut = dir.path().join("cut.gguf");
+        std::fs::write(&cut, &bytes[..40]).unwrap();
+        let e = GgufFile::read_in(&cut, &mut |_, _| {}, |_| (), 7)
+            .map(|_| ())
+            .expect_err("a cut header fails")
+            .to_string();
+        assert!(e.contains("cut.gguf") && e.contains("truncated"), "{e}");
+        std::fs::write(&cut, b"GGML and more").unwrap();
+        let e = GgufFile::read(&cut, &mut |_, _| {})
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("not a GGUF file"), "{e}");
     }
 
     #[test]

@@ -26,6 +26,36 @@ use experts::ExpertMats;
 
 pub use lensd_core::ComputeDtype;
 
+/// `len` zeros for a base's f32 weights, in pages that Linux may back with huge pages (see
+/// [`advise_huge_pages`]).
+pub(crate) fn zeroed_f32(len: usize) -> Vec<f32> {
+    let v = vec![0f32; len];
+    advise_huge_pages(v.as_ptr() as *const u8, std::mem::size_of_val(v.as_slice()));
+    v
+}
+
+/// Asks Linux to back the whole 2 MiB ranges of a fresh buffer (`len` bytes at `ptr`, not yet
+/// written) with huge pages (`MADV_HUGEPAGE`, for systems whose transparent huge pages are on
+/// request). Writing a base into fresh 4 KiB pages costs a page fault every 4 KiB: on a
+/// virtual machine that made reading a file into memory slower than reading it from the disk,
+/// and an f32 load many times slower. Only ranges inside the buffer are advised, so no page
+/// outside it becomes resident; elsewhere this does nothing.
+pub(crate) fn advise_huge_pages(ptr: *const u8, len: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let start = ptr as usize;
+        let (from, to) = (start.next_multiple_of(HUGE), (start + len) / HUGE * HUGE);
+        if to > from {
+            // SAFETY: advice on whole pages inside the caller's allocation; it changes how they
+            // are backed, not what they hold. A kernel without the advice refuses it, harmlessly.
+            unsafe { libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_HUGEPAGE) };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (ptr, len);
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LoadOptions {
     pub compute: ComputeDtype,
