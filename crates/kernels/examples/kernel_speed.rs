@@ -42,7 +42,14 @@ fn main() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
     for ty in BlockType::ALL {
-        let mut w = vec![0u8; ty.bytes_for(n, k).unwrap()];
+        let Some(bytes) = ty.bytes_for(n, k) else {
+            println!(
+                "{ty:?}: skipped, K = {k} is not a multiple of its {} values",
+                ty.block_values()
+            );
+            continue;
+        };
+        let mut w = vec![0u8; bytes];
         rng.fill(&mut w[..]);
         for b in w.chunks_exact_mut(ty.block_bytes()) {
             let at = if ty == BlockType::Q6K { 208 } else { 0 };

@@ -4,9 +4,9 @@
 //! integer sums equal the portable ones; only the float additions across blocks differ in order.
 //!
 //! A decoding step's kernels (`one`, `rows4`) read the blocks in place. A prompt's (`group`)
-//! unpack eight weight rows once for all its activation rows; the 32-value types' rows are
-//! interleaved so that each 32-bit lane holds one row's sums, and add up to `I16_SUMS`
-//! `vpmaddubsw` results as i16 before widening (the most that cannot pass 32,767 for the type).
+//! unpack eight weight rows once for all its activation rows, interleaved so that each 32-bit
+//! lane holds one row's sums, and add up to `I16_SUMS` `vpmaddubsw` results as i16 before
+//! widening (the most that cannot pass 32,767 for the type).
 //!
 //! Every function here requires AVX2, FMA and F16C; [`tiles32`] and [`tiles256`] hand out safe
 //! wrappers, which [`crate::matmul`] selects only after `Level::available` found those features.
@@ -327,11 +327,13 @@ trait Kind256 {
     /// `acc` plus the superblock's contribution, given its integer sums `sumi` (8 lanes).
     unsafe fn finish(b: &[u8], p: &Self::Prep, a: &Act256, sumi: __m256i, acc: __m256) -> __m256;
     /// The 16 multipliers of the activations' 16-value sums in the offset, the superblock's
-    /// scale and the offset's scale, for [`Unpacked256`].
+    /// scale and the offset's scale, for [`Interleaved256`].
     unsafe fn offsets(b: &[u8], p: &Self::Prep) -> (__m256i, f32, f32);
     /// The offset is an integer term of the sums (`Q6_K`'s `−32`, times 32 after the product)
     /// rather than a float one with its own scale (the K types' mins).
     const INT_OFFSET: bool;
+    /// As [`Kind32::I16_SUMS`], within the four `vpmaddubsw` results of a 16-value half.
+    const I16_SUMS: usize;
 }
 
 /// `Q4_K` (`FIVE` false) and `Q5_K`.
@@ -376,6 +378,7 @@ impl<const FIVE: bool> Kind256 for QK<FIVE> {
     }
 
     const INT_OFFSET: bool = false;
+    const I16_SUMS: usize = 4;
 
     #[inline(always)]
     unsafe fn offsets(b: &[u8], p: &Self::Prep) -> (__m256i, f32, f32) {
@@ -441,6 +444,7 @@ impl Kind256 for Q6K {
     }
 
     const INT_OFFSET: bool = true;
+    const I16_SUMS: usize = 2;
 
     #[inline(always)]
     unsafe fn offsets(b: &[u8], p: &__m256i) -> (__m256i, f32, f32) {
@@ -514,27 +518,31 @@ struct Interleaved32 {
     m: [f32; 8],
 }
 
-/// A 256-value superblock unpacked once for all of a prompt's activation rows.
+/// Eight weight rows' 256-value superblocks, unpacked and interleaved as [`Interleaved32`]'s
+/// blocks are.
 #[derive(Clone, Copy)]
 #[repr(C, align(32))]
-struct Unpacked256 {
-    q: [u8; 256],
-    /// Each 32-value chunk's 16 multipliers of its `vpmaddubsw` pairs.
-    mult: [[i16; 16]; 8],
-    /// The multipliers of the activations' 16-value sums in the offset.
-    off16: [i16; 16],
-    d: f32,
-    dmin: f32,
+struct Interleaved256 {
+    /// `q[8i + g]`: values `32i + 4g .. 32i + 4g + 4` of each row in turn.
+    q: [[u8; 32]; 64],
+    /// `mult[2i + h]`: the multipliers of the `vpmaddubsw` pairs of values `32i + 16h ..
+    /// 32i + 16h + 16`, row `r`'s in i16 lanes `2r` and `2r + 1`.
+    mult: [[i16; 16]; 16],
+    /// `off[p]`: the multipliers of the activations' 16-value sums `2p` and `2p + 1` in the
+    /// offset, row `r`'s in lanes `2r` and `2r + 1`.
+    off: [[i16; 16]; 8],
+    d: [f32; 8],
+    dmin: [f32; 8],
 }
 
-impl Default for Unpacked256 {
+impl Default for Interleaved256 {
     fn default() -> Self {
-        Unpacked256 {
-            q: [0; 256],
-            mult: [[0; 16]; 8],
-            off16: [0; 16],
-            d: 0.0,
-            dmin: 0.0,
+        Interleaved256 {
+            q: [[0; 32]; 64],
+            mult: [[0; 16]; 16],
+            off: [[0; 16]; 8],
+            d: [0.0; 8],
+            dmin: [0.0; 8],
         }
     }
 }
@@ -542,7 +550,7 @@ impl Default for Unpacked256 {
 thread_local! {
     /// Each thread's unpacked weight rows, kept between calls to spare the allocation.
     static ROWS32: RefCell<Vec<Interleaved32>> = const { RefCell::new(Vec::new()) };
-    static ROWS256: RefCell<Vec<Unpacked256>> = const { RefCell::new(Vec::new()) };
+    static ROWS256: RefCell<Vec<Interleaved256>> = const { RefCell::new(Vec::new()) };
 }
 
 #[inline]
@@ -593,22 +601,65 @@ unsafe fn interleave32<K: Kind32>(w: &[&[u8]; GROUP], blk: usize) -> Interleaved
     u
 }
 
+/// Superblock `blk` of the eight rows `w`.
+///
 /// # Safety
-/// AVX2, FMA and F16C are present; `b` holds a whole superblock.
+/// AVX2, FMA and F16C are present; every row holds superblock `blk`.
 #[inline(always)]
-unsafe fn unpack256<K: Kind256>(b: &[u8]) -> Unpacked256 {
-    let p = K::prep(b);
-    let mut u = Unpacked256::default();
-    for i in 0..8 {
-        let q: &mut [u8; 32] = (&mut u.q[32 * i..32 * i + 32]).try_into().unwrap();
-        store32(q, K::chunk(b, i));
-        _mm256_storeu_si256(u.mult[i].as_mut_ptr() as *mut __m256i, K::mult(&p, i));
+unsafe fn interleave256<K: Kind256>(w: &[&[u8]; GROUP], blk: usize) -> Interleaved256 {
+    let mut u = Interleaved256::default();
+    for (r, row) in w.iter().enumerate() {
+        let b = &row[blk * K::BYTES..(blk + 1) * K::BYTES];
+        let p = K::prep(b);
+        let mut vals = [[0u8; 32]; 8];
+        let mut mult = [[0i16; 16]; 8];
+        for i in 0..8 {
+            store32(&mut vals[i], K::chunk(b, i));
+            _mm256_storeu_si256(mult[i].as_mut_ptr() as *mut __m256i, K::mult(&p, i));
+        }
+        let (off16, d, dmin) = K::offsets(b, &p);
+        let mut off = [0i16; 16];
+        _mm256_storeu_si256(off.as_mut_ptr() as *mut __m256i, off16);
+        u.d[r] = d;
+        u.dmin[r] = dmin;
+        for i in 0..8 {
+            for g in 0..8 {
+                u.q[8 * i + g][4 * r..4 * r + 4].copy_from_slice(&vals[i][4 * g..4 * g + 4]);
+            }
+            // A half's eight pairs share one multiplier.
+            for h in 0..2 {
+                u.mult[2 * i + h][2 * r] = mult[i][8 * h];
+                u.mult[2 * i + h][2 * r + 1] = mult[i][8 * h];
+            }
+        }
+        for p in 0..8 {
+            u.off[p][2 * r] = off[2 * p];
+            u.off[p][2 * r + 1] = off[2 * p + 1];
+        }
     }
-    let (off16, d, dmin) = K::offsets(b, &p);
-    _mm256_storeu_si256(u.off16.as_mut_ptr() as *mut __m256i, off16);
-    u.d = d;
-    u.dmin = dmin;
     u
+}
+
+/// Adds the `vpmaddubsw` result `p`, the `at`-th of a run, to the i16 sums `part`; every
+/// `every` results, widens `part` to i32 with `vpmaddwd` by `mult` into `sum`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn add_products(
+    part: &mut __m256i,
+    sum: &mut __m256i,
+    p: __m256i,
+    at: usize,
+    every: usize,
+    mult: __m256i,
+) {
+    *part = if at.is_multiple_of(every) {
+        p
+    } else {
+        _mm256_add_epi16(*part, p)
+    };
+    if at % every == every - 1 {
+        *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(*part, mult));
+    }
 }
 
 /// Eight interleaved weight rows × `C` activation rows of a 32-value type: for each activation
@@ -642,14 +693,7 @@ unsafe fn tile32i<K: Kind32, const C: usize>(w: &[Interleaved32], a: [&[Act32]; 
                     y
                 };
                 let p = _mm256_maddubs_epi16(q, y);
-                part[c] = if g % K::I16_SUMS == 0 {
-                    p
-                } else {
-                    _mm256_add_epi16(part[c], p)
-                };
-                if g % K::I16_SUMS == K::I16_SUMS - 1 {
-                    sum[c] = _mm256_add_epi32(sum[c], _mm256_madd_epi16(part[c], ones));
-                }
+                add_products(&mut part[c], &mut sum[c], p, g, K::I16_SUMS, ones);
             }
         }
         let dw = _mm256_loadu_ps(u.d.as_ptr());
@@ -670,125 +714,104 @@ unsafe fn tile32i<K: Kind32, const C: usize>(w: &[Interleaved32], a: [&[Act32]; 
     acc
 }
 
-/// `R` unpacked weight rows × `C` activation rows of a 256-value type.
+/// Eight interleaved weight rows × `C` activation rows of a 256-value type, as [`tile32i`].
 ///
 /// # Safety
 /// As [`tile32i`].
 #[inline(always)]
-unsafe fn tile256u<K: Kind256, const R: usize, const C: usize>(
-    w: [&[Unpacked256]; R],
+unsafe fn tile256i<K: Kind256, const C: usize>(
+    w: &[Interleaved256],
     a: [&[Act256]; C],
-) -> [[f32; C]; R] {
-    let nb = w[0].len();
-    assert!(w.iter().all(|w| w.len() == nb) && a.iter().all(|a| a.len() >= nb));
-    let mut acc = [[_mm256_setzero_ps(); C]; R];
-    for blk in 0..nb {
-        // SAFETY: `blk < nb`, within every row (asserted above).
-        let u: [&Unpacked256; R] = std::array::from_fn(|r| unsafe { w[r].get_unchecked(blk) });
+) -> [__m256; C] {
+    let nb = w.len();
+    assert!(a.iter().all(|a| a.len() >= nb));
+    let mut acc = [_mm256_setzero_ps(); C];
+    for (blk, u) in w.iter().enumerate() {
+        // SAFETY: `blk < nb`, within every activation row (asserted above).
         let ab: [&Act256; C] = std::array::from_fn(|c| unsafe { a[c].get_unchecked(blk) });
-        let mut sumi = [[_mm256_setzero_si256(); C]; R];
+        let mut sumi = [_mm256_setzero_si256(); C];
         for i in 0..8 {
-            let q: [__m256i; R] = std::array::from_fn(|r| load32(&u[r].q[32 * i..]));
-            let m: [__m256i; R] = std::array::from_fn(|r| load_i16x16(&u[r].mult[i]));
-            for c in 0..C {
-                let y = load32i(&ab[c].q[32 * i..]);
-                for r in 0..R {
-                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q[r], y), m[r]);
-                    sumi[r][c] = _mm256_add_epi32(sumi[r][c], p);
+            for h in 0..2 {
+                let m = load_i16x16(&u.mult[2 * i + h]);
+                let mut part = [_mm256_setzero_si256(); C];
+                for gg in 0..4 {
+                    let g = 4 * h + gg;
+                    let q = load_bytes(&u.q[8 * i + g]);
+                    for c in 0..C {
+                        // SAFETY: bytes `32i + 4g .. + 4` of the 256.
+                        let y4 = unsafe {
+                            std::ptr::read_unaligned(
+                                ab[c].q.as_ptr().add(32 * i + 4 * g) as *const i32
+                            )
+                        };
+                        let p = _mm256_maddubs_epi16(q, _mm256_set1_epi32(y4));
+                        add_products(&mut part[c], &mut sumi[c], p, gg, K::I16_SUMS, m);
+                    }
                 }
             }
         }
-        for r in 0..R {
-            for c in 0..C {
-                let offs = _mm256_madd_epi16(load_i16x16(&ab[c].sums16), load_i16x16(&u[r].off16));
-                let scale = _mm256_set1_ps(u[r].d * ab[c].d);
-                acc[r][c] = if K::INT_OFFSET {
-                    let sumi = _mm256_sub_epi32(sumi[r][c], _mm256_slli_epi32(offs, 5));
-                    _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sumi), acc[r][c])
-                } else {
-                    let a = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sumi[r][c]), acc[r][c]);
-                    let smin = _mm256_set1_ps(u[r].dmin * ab[c].d);
-                    _mm256_fnmadd_ps(smin, _mm256_cvtepi32_ps(offs), a)
+        let d = _mm256_loadu_ps(u.d.as_ptr());
+        for c in 0..C {
+            let mut offs = _mm256_setzero_si256();
+            for p in 0..8 {
+                // SAFETY: sums `2p` and `2p + 1` of the 16.
+                let s2 = unsafe {
+                    std::ptr::read_unaligned(ab[c].sums16.as_ptr().add(2 * p) as *const i32)
                 };
+                let o = _mm256_madd_epi16(_mm256_set1_epi32(s2), load_i16x16(&u.off[p]));
+                offs = _mm256_add_epi32(offs, o);
             }
+            let scale = _mm256_mul_ps(d, _mm256_set1_ps(ab[c].d));
+            acc[c] = if K::INT_OFFSET {
+                let s = _mm256_sub_epi32(sumi[c], _mm256_slli_epi32(offs, 5));
+                _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(s), acc[c])
+            } else {
+                let a = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sumi[c]), acc[c]);
+                let smin = _mm256_mul_ps(_mm256_loadu_ps(u.dmin.as_ptr()), _mm256_set1_ps(ab[c].d));
+                _mm256_fnmadd_ps(smin, _mm256_cvtepi32_ps(offs), a)
+            };
         }
     }
-    std::array::from_fn(|r| std::array::from_fn(|c| hsum(acc[r][c])))
+    acc
 }
 
-/// The eight weight rows `w` of a 32-value type against every activation row of `acts`
-/// (`out.len()` rows): each block is unpacked and interleaved once, then serves the
-/// activation rows [`TILE_ACTS`] at a time.
-///
-/// # Safety
-/// AVX2, FMA and F16C are present; `acts` holds `out.len()` rows of the weight rows' block
-/// count.
-#[inline(always)]
-unsafe fn group32<K: Kind32>(w: [&[u8]; GROUP], acts: &[Act32], out: &mut [[f32; GROUP]]) {
-    let m = out.len();
-    if m == 0 {
-        return;
-    }
-    let nb = acts.len() / m;
-    let mut rows: Vec<Interleaved32> = ROWS32.take();
-    rows.clear();
-    for blk in 0..nb {
-        rows.push(interleave32::<K>(&w, blk));
-    }
-    let arow = |i: usize| &acts[i * nb..(i + 1) * nb];
-    let mut i = 0;
-    while i + TILE_ACTS <= m {
-        let v = tile32i::<K, TILE_ACTS>(&rows, std::array::from_fn(|c| arow(i + c)));
-        for (c, v) in v.into_iter().enumerate() {
-            _mm256_storeu_ps(out[i + c].as_mut_ptr(), v);
+/// The eight weight rows `w` against every activation row of `acts` (`out.len()` rows): each
+/// block is unpacked and interleaved once, then serves the activation rows [`TILE_ACTS`] at a
+/// time.
+macro_rules! group_fn {
+    ($name:ident, $kind:ident, $act:ty, $rows:ident, $interleave:ident, $tile:ident) => {
+        /// # Safety
+        /// AVX2, FMA and F16C are present; `acts` holds `out.len()` rows of the weight rows'
+        /// block count.
+        #[inline(always)]
+        unsafe fn $name<K: $kind>(w: [&[u8]; GROUP], acts: &[$act], out: &mut [[f32; GROUP]]) {
+            let m = out.len();
+            if m == 0 {
+                return;
+            }
+            let nb = acts.len() / m;
+            let mut rows = $rows.take();
+            rows.clear();
+            for blk in 0..nb {
+                rows.push($interleave::<K>(&w, blk));
+            }
+            let arow = |i: usize| &acts[i * nb..(i + 1) * nb];
+            let mut i = 0;
+            while i + TILE_ACTS <= m {
+                let v = $tile::<K, TILE_ACTS>(&rows, std::array::from_fn(|c| arow(i + c)));
+                for (c, v) in v.into_iter().enumerate() {
+                    _mm256_storeu_ps(out[i + c].as_mut_ptr(), v);
+                }
+                i += TILE_ACTS;
+            }
+            for (i, o) in out.iter_mut().enumerate().skip(i) {
+                let [v] = $tile::<K, 1>(&rows, [arow(i)]);
+                _mm256_storeu_ps(o.as_mut_ptr(), v);
+            }
+            $rows.set(rows);
         }
-        i += TILE_ACTS;
-    }
-    for (i, o) in out.iter_mut().enumerate().skip(i) {
-        let [v] = tile32i::<K, 1>(&rows, [arow(i)]);
-        _mm256_storeu_ps(o.as_mut_ptr(), v);
-    }
-    ROWS32.set(rows);
+    };
 }
 
-/// [`group32`] for the 256-value types: the eight rows unpacked once, then taken two at a time.
-///
-/// # Safety
-/// As [`group32`].
-#[inline(always)]
-unsafe fn group256<K: Kind256>(w: [&[u8]; GROUP], acts: &[Act256], out: &mut [[f32; GROUP]]) {
-    let m = out.len();
-    if m == 0 {
-        return;
-    }
-    let nb = acts.len() / m;
-    let mut rows: Vec<Unpacked256> = ROWS256.take();
-    rows.clear();
-    for row in w {
-        for b in row.chunks_exact(K::BYTES).take(nb) {
-            rows.push(unpack256::<K>(b));
-        }
-    }
-    let arow = |i: usize| &acts[i * nb..(i + 1) * nb];
-    for p in 0..GROUP / 2 {
-        let u = [
-            &rows[2 * p * nb..(2 * p + 1) * nb],
-            &rows[(2 * p + 1) * nb..(2 * p + 2) * nb],
-        ];
-        let mut i = 0;
-        while i + TILE_ACTS <= m {
-            let v = tile256u::<K, 2, TILE_ACTS>(u, std::array::from_fn(|c| arow(i + c)));
-            for c in 0..TILE_ACTS {
-                out[i + c][2 * p] = v[0][c];
-                out[i + c][2 * p + 1] = v[1][c];
-            }
-            i += TILE_ACTS;
-        }
-        for (i, o) in out.iter_mut().enumerate().skip(i) {
-            let v = tile256u::<K, 2, 1>(u, [arow(i)]);
-            o[2 * p] = v[0][0];
-            o[2 * p + 1] = v[1][0];
-        }
-    }
-    ROWS256.set(rows);
-}
+group_fn!(group32, Kind32, Act32, ROWS32, interleave32, tile32i);
+group_fn!(group256, Kind256, Act256, ROWS256, interleave256, tile256i);
