@@ -8,6 +8,15 @@ use lensd_kernels::{
 };
 use rand::{Rng, SeedableRng};
 
+/// Where a block of `ty` keeps its f16 scales (and `Q4_1`'s and the K types' minimum).
+fn scale_fields(ty: BlockType) -> &'static [usize] {
+    match ty {
+        BlockType::Q4_0 | BlockType::Q5_0 | BlockType::Q8_0 => &[0],
+        BlockType::Q4_1 | BlockType::Q4K | BlockType::Q5K => &[0, 2],
+        BlockType::Q6K => &[208],
+    }
+}
+
 /// Random blocks whose f16 fields are finite scales of a realistic size (every other byte is
 /// random, so every bit pattern of the values is exercised).
 fn random_blocks(ty: BlockType, rows: usize, k: usize, rng: &mut impl Rng) -> Vec<u8> {
@@ -17,12 +26,7 @@ fn random_blocks(ty: BlockType, rows: usize, k: usize, rng: &mut impl Rng) -> Ve
         f16::from_f32(rng.random_range(0.0005f32..0.05)).to_le_bytes()
     };
     for b in w.chunks_exact_mut(ty.block_bytes()) {
-        let fields: &[usize] = match ty {
-            BlockType::Q4_0 | BlockType::Q5_0 | BlockType::Q8_0 => &[0],
-            BlockType::Q4_1 | BlockType::Q4K | BlockType::Q5K => &[0, 2],
-            BlockType::Q6K => &[208],
-        };
-        for &at in fields {
+        for &at in scale_fields(ty) {
             b[at..at + 2].copy_from_slice(&scale(rng));
         }
         if ty == BlockType::Q4_1 && rng.random_bool(0.5) {
@@ -163,12 +167,7 @@ fn extreme_values_give_the_portable_products() {
         for pattern in [0xFFu8, 0x80, 0x7F] {
             let mut w = vec![pattern; ty.bytes_for(n, k).unwrap()];
             for b in w.chunks_exact_mut(ty.block_bytes()) {
-                let fields: &[usize] = match ty {
-                    BlockType::Q4_0 | BlockType::Q5_0 | BlockType::Q8_0 => &[0],
-                    BlockType::Q4_1 | BlockType::Q4K | BlockType::Q5K => &[0, 2],
-                    BlockType::Q6K => &[208],
-                };
-                for &at in fields {
+                for &at in scale_fields(ty) {
                     b[at..at + 2].copy_from_slice(&f16::from_f32(0.01).to_le_bytes());
                 }
             }

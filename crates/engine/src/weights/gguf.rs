@@ -74,6 +74,20 @@ impl std::io::Read for Prefix<'_> {
     }
 }
 
+/// Fills `buf` from byte `at` of `file` (`len` bytes), reporting progress through the whole file.
+fn fill_from(
+    path: &Path,
+    file: &dyn ReadAt,
+    buf: &mut [u8],
+    at: usize,
+    len: u64,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<()> {
+    file::fill_at(path, file, buf, at as u64, len, &mut |done, _| {
+        progress(at as u64 + done, len)
+    })
+}
+
 fn header_error(path: &Path, len: u64, e: HeaderError) -> EngineError {
     match e {
         HeaderError::Corrupt(m) => EngineError::format(
@@ -133,14 +147,7 @@ impl GgufFile {
         let header = loop {
             let upto = (have + first.max(1)).min(size);
             let buf = &mut bytes.as_mut_bytes()[have..upto];
-            file::fill_at(
-                path,
-                file.as_ref(),
-                buf,
-                have as u64,
-                len,
-                &mut |done, _| progress(have as u64 + done, len),
-            )?;
+            fill_from(path, file.as_ref(), buf, have, len, progress)?;
             have = upto;
             if !bytes.starts_with(MAGIC) {
                 return Err(EngineError::format(
@@ -169,14 +176,7 @@ impl GgufFile {
         let (rest, made) = std::thread::scope(|s| {
             let making = s.spawn(|| on_header(&head));
             let buf = &mut bytes.as_mut_bytes()[have..];
-            let rest = file::fill_at(
-                path,
-                file.as_ref(),
-                buf,
-                have as u64,
-                len,
-                &mut |done, _| progress(have as u64 + done, len),
-            );
+            let rest = fill_from(path, file.as_ref(), buf, have, len, progress);
             (rest, making.join())
         });
         let made = made.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
