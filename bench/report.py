@@ -100,31 +100,41 @@ GEMMA3 = {"title": "Gemma-3-270M: forward passes and lens analyses",
           "stored": "Q4_K_M", "blocks": "Q4_K, Q5_0, Q6_K and Q8_0 blocks"}
 
 
-def peak_lines(lensd, by, lenses):
-    """How close lensd comes to the machine's measured f32 multiply-add rate."""
+def peak_lines(lensd, by, lenses, lenses_bf16):
+    """How close lensd comes to the machine's measured f32 (and bf16) multiply-add rates."""
     peak = lensd.get("fma_peak_macs_per_s")
     if not peak:
         return []
+    bf16_peak = lensd.get("bf16_peak_macs_per_s")
 
-    def frac(macs, seconds):
-        return f"{macs / seconds / 1e9:.1f} GMAC/s, {100 * macs / seconds / peak:.0f} %"
+    def frac(macs, seconds, of=peak):
+        return f"{macs / seconds / 1e9:.1f} GMAC/s, {100 * macs / seconds / of:.0f} %"
 
     parts = [f"prefill f32 {frac(lensd['prefill_macs'], by['f32']['prefill']['median_seconds'])}",
              f"prefill stored {frac(lensd['prefill_macs'], by['stored']['prefill']['median_seconds'])}"]
     for name in ("logit", "tuned"):
         if name in lenses:
             parts.append(f"{name}-lens analysis {frac(lensd['analysis_macs'], lenses[name]['median_seconds'])}")
-    return [f"Against the physical limit: {lensd['threads']} threads complete {peak / 1e9:.1f} G f32 "
-            "multiply-adds a second when they do nothing else (a micro-benchmark of independent "
-            "fused multiply-adds, in this run). Multiply-adds counted from the model's shapes "
-            "(matrices, attention, unembedding) per second, and their share of that rate: "
-            + "; ".join(parts) + ". (The stored dtype's products are 8-bit integer ones, whose "
-            "own peak is higher; the tuned lens's translators are not counted.)", ""]
+    out = [f"Against the physical limit: {lensd['threads']} threads complete {peak / 1e9:.1f} G f32 "
+           "multiply-adds a second when they do nothing else (a micro-benchmark of independent "
+           "fused multiply-adds, in this run). Multiply-adds counted from the model's shapes "
+           "(matrices, attention, unembedding) per second, and their share of that rate: "
+           + "; ".join(parts) + ". (The stored dtype's products are 8-bit integer ones, whose "
+           "own peak is higher; the tuned lens's translators are not counted.)", ""]
+    if bf16_peak and lenses_bf16:
+        bparts = [f"{name}-lens analysis {frac(lensd['analysis_macs'], lenses_bf16[name]['median_seconds'], bf16_peak)}"
+                  for name in ("logit", "tuned") if name in lenses_bf16]
+        out += [f"With the unembedding in bf16 the same threads' limit is {bf16_peak / 1e9:.1f} G "
+                "bf16 multiply-adds a second (`VDPBF16PS`, measured the same way); the analyses' "
+                "multiply-adds per second and their share of it (the forward pass in them is "
+                "still f32): " + "; ".join(bparts) + ".", ""]
+    return out
 
 
 def forward_section(res, lensd, llama, tl, model=DEMO):
     by = {r["dtype"]: r for r in lensd["results"]}
     lenses = {l["lens"]: l for l in lensd["analysis"]["lenses"]}
+    lenses_bf16 = {l["lens"]: l for l in (lensd.get("analysis_bf16") or {}).get("lenses", [])}
     peer = {l["lens"]: l for l in tl["lenses"]}
     rows, behind = [], []
     stored = f"stored ({model['stored']})"
@@ -144,6 +154,10 @@ def forward_section(res, lensd, llama, tl, model=DEMO):
         if name in lenses and name in peer:
             row(f"full {name}-lens analysis, tokens/s", "f32", lenses[name]["tokens_per_s"],
                 peer[name]["tokens_per_s"], tl["engine"], ("analysis", "f32"))
+    for name in ("logit", "tuned"):
+        if name in lenses_bf16 and name in peer:
+            row(f"full {name}-lens analysis, tokens/s", "f32, bf16 unembedding",
+                lenses_bf16[name]["tokens_per_s"], peer[name]["tokens_per_s"], tl["engine"])
     a = lensd["analysis"]
     out = [
         f"## {model['title']}",
@@ -161,7 +175,11 @@ def forward_section(res, lensd, llama, tl, model=DEMO):
         "as the package's `params.pt`.",
         "",
         f"`stored` keeps the file's {model['blocks']}; `f32` dequantizes at load. "
-        "lensd analyses in f32 and generates in the stored dtype by default.",
+        "lensd analyses in f32 and generates in the stored dtype by default. "
+        + ("`f32, bf16 unembedding` is the f32 analysis with its unembedding (every layer × "
+           "position against the vocabulary) multiplied in bf16 with f32 accumulation "
+           "(`\"unembed\": \"bf16\"`, AVX-512 BF16); the peer stays f32."
+           if lenses_bf16 else "This CPU lacks AVX-512 BF16, so no bf16 unembedding is timed."),
         "",
         table(["measure", "lensd dtype", "lensd", "peer", "peer", "ratio", "where lensd stands"], rows),
         "",
@@ -169,7 +187,7 @@ def forward_section(res, lensd, llama, tl, model=DEMO):
         f"llama.cpp {llama['load_seconds']:.3f} s; transformers (safetensors, f32) "
         f"{tl['model_load_seconds']:.3f} s plus {tl['lens_load_seconds']:.3f} s for the tuned lens.",
         "",
-    ] + peak_lines(lensd, by, lenses) + [
+    ] + peak_lines(lensd, by, lenses, lenses_bf16) + [
         "Equal work, checked before timing:",
         "",
     ]
@@ -199,6 +217,14 @@ def forward_section(res, lensd, llama, tl, model=DEMO):
         out.append(f"- tuned-lens `{l['lens']}`: top-1 equal in {g['same_top1']} of {g['cells']} cells "
                    f"({g['near_tie_mismatches']} near ties), top-1 probability within "
                    f"{g['max_top1_prob_diff']:.1e}, entropy within {g['max_entropy_diff']:.1e} nats.")
+        g = l.get("agreement_bf16")
+        if g:
+            out.append(f"- tuned-lens `{l['lens']}` against lensd's bf16 unembedding: top-1 equal in "
+                       f"{g['same_top1']} of {g['cells']} cells ({g['near_tie_mismatches']} near "
+                       f"ties), top-1 probability within {g['max_top1_prob_diff']:.1e} (the check "
+                       f"allows {g['tolerance']:g}), entropy within {g['max_entropy_diff']:.1e} nats "
+                       f"(allows {g['entropy_tolerance']:g}; bounds from "
+                       "`crates/engine/tests/bf16_unembed.rs`).")
     if tl.get("final_norm", "package") != "package":
         cap = tl.get("final_logit_softcapping")
         out.append("- the tuned-lens package does not know this model's final norm (its "

@@ -46,3 +46,8 @@ pub fn cpu_kernels() -> &'static str {
 pub fn fma_peak_macs_per_s(threads: usize) -> f64 {
     lensd_kernels::peak::fma_macs_per_s(threads, 20_000_000)
 }
+
+/// The same for bf16 multiply-adds, where the CPU has them in hardware (AVX-512 BF16).
+pub fn bf16_peak_macs_per_s(threads: usize) -> Option<f64> {
+    lensd_kernels::peak::bf16_macs_per_s(threads, 10_000_000)
+}

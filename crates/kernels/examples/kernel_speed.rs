@@ -1,5 +1,5 @@
-//! Times `matmul` on random weights of each block type: `cargo run --release -p lensd-kernels
-//! --example kernel_speed -- [threads] [m] [n] [k]`.
+//! Times `matmul` on random weights of each block type, and the bf16 product on one thread:
+//! `cargo run --release -p lensd-kernels --example kernel_speed -- [threads] [m] [n] [k]`.
 
 use lensd_kernels::{matmul_with, BlockType, Level, Parallel};
 use rand::{Rng, SeedableRng};
@@ -41,6 +41,7 @@ fn main() {
     let k = args.get(3).copied().unwrap_or(2048);
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+    bf16_speed(&x, m, n, k, &mut rng);
     for ty in BlockType::ALL {
         let Some(bytes) = ty.bytes_for(n, k) else {
             println!(
@@ -88,4 +89,27 @@ fn main() {
             );
         }
     }
+}
+
+/// The bf16 product of the rows with an f32 matrix of `n` rows, on the calling thread.
+fn bf16_speed(x: &[f32], m: usize, n: usize, k: usize, rng: &mut impl Rng) {
+    use lensd_kernels::bf16;
+    let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let rows = bf16::Bf16Rows::new(x, m, k).unwrap();
+    let (mut out, mut scratch) = (vec![0f32; m * n], Vec::new());
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        bf16::matmul(&w, n, &rows, &mut out, &mut scratch).unwrap();
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    println!(
+        "bf16 (hardware: {}), one thread: {:7.3} ms, {:6.2} GMAC/s; one thread's peak: f32 {:.1}, \
+         bf16 {:.1} GMAC/s",
+        bf16::fast(),
+        best * 1e3,
+        (m * n * k) as f64 / best / 1e9,
+        lensd_kernels::peak::fma_macs_per_s(1, 10_000_000) / 1e9,
+        lensd_kernels::peak::bf16_macs_per_s(1, 10_000_000).unwrap_or(f64::NAN) / 1e9
+    );
 }

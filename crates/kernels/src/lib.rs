@@ -8,7 +8,9 @@
 //! reference; `avx2` computes the same integer sums with AVX2 and is chosen at run time
 //! ([`Level::detect`]). [`matmul_many`] runs several matrices that share an input as one
 //! product, [`dequantize`] widens whole matrices (a base loaded in f32), and [`peak`] measures
-//! the cores' multiply-add rate that benchmarks compare with. Two element-wise kernels sit
+//! the cores' multiply-add rate that benchmarks compare with. [`bf16`] multiplies f32 rows
+//! by an f32 matrix with both rounded to bf16 (AVX-512 BF16), for a lens analysis's
+//! unembedding. Two element-wise kernels sit
 //! beside them: [`logit_stats`], a lens analysis's statistics accumulated a block of logits at
 //! a time, and [`gated`], the gated MLP's `act(gate) · up`.
 //!
@@ -19,6 +21,7 @@
 pub mod act;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+pub mod bf16;
 pub mod blocks;
 mod dequant;
 pub mod gated;

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
 use lensd_engine::generate::argmax;
-use lensd_engine::lens::analyze::{analyze, AnalyzeOptions};
+use lensd_engine::lens::analyze::{analyze, AnalyzeOptions, Unembed};
 use lensd_engine::lens::tuned::TunedLens;
 use lensd_engine::lens::Lens;
 use lensd_engine::model::{KvCache, Logits};
@@ -29,6 +29,9 @@ pub struct BenchOptions {
     pub decode_tokens: usize,
     pub lens_tokens: usize,
     pub reps: usize,
+    /// The unembedding of `--only analysis` (the full run times f32 and, where the CPU has
+    /// AVX-512 BF16, bf16 as well).
+    pub unembed: Unembed,
 }
 
 /// Timings of repeated runs, in seconds.
@@ -98,6 +101,8 @@ pub struct BenchReport {
     /// The physical limit: f32 multiply-adds a second on `threads` threads doing nothing else
     /// (a micro-benchmark of independent fused multiply-adds, measured in this run).
     pub fma_peak_macs_per_s: f64,
+    /// The same for bf16 multiply-adds (`VDPBF16PS`), where the CPU has AVX-512 BF16.
+    pub bf16_peak_macs_per_s: Option<f64>,
     /// Multiply-adds of one prefill (last position's logits) and of one logit-lens analysis
     /// (every layer × position unembedded), from the model's shapes.
     pub prefill_macs: f64,
@@ -112,11 +117,15 @@ pub struct BenchReport {
     /// Full analyses in f32 (the dtype analyses run in), with their top-1 grids so that a peer
     /// can check it computed the same.
     pub analysis: LensAnalysis,
+    /// The same analyses with the unembedding in bf16, where the CPU has AVX-512 BF16.
+    pub analysis_bf16: Option<LensAnalysis>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct LensAnalysis {
     pub dtype: &'static str,
+    /// What the unembedding multiplied in: `f32` or `bf16` (f32 accumulation).
+    pub unembed: &'static str,
     pub tokens: usize,
     pub layers: Vec<usize>,
     pub top_k: usize,
@@ -218,7 +227,7 @@ fn one_dtype(model: &Path, compute: ComputeDtype, o: &BenchOptions) -> Result<Dt
         decode_ids = run.ids;
         Ok(run.seconds)
     })?;
-    let logit = lens_run(&base, "logit", &Lens::Logit, o)?;
+    let logit = lens_run(&base, "logit", &Lens::Logit, Unembed::F32, o)?;
     Ok(DtypeResult {
         dtype: compute.as_str(),
         load_seconds,
@@ -238,11 +247,20 @@ const TOP_K: usize = 5;
 
 /// Times a full analysis of the lens text through one lens at every layer, and keeps the
 /// top-1 grid of the last run.
-fn lens_run(base: &Base, name: &'static str, lens: &Lens, o: &BenchOptions) -> Result<LensRun> {
+fn lens_run(
+    base: &Base,
+    name: &'static str,
+    lens: &Lens,
+    unembed: Unembed,
+    o: &BenchOptions,
+) -> Result<LensRun> {
     let ids = prompt_ids(base, o.lens_tokens)?;
     let layers: Vec<usize> = (0..=base.model.cfg.n_layers).collect();
     let cells = layers.len() * ids.len();
-    let opts = AnalyzeOptions::new(layers, TOP_K);
+    let opts = AnalyzeOptions {
+        unembed,
+        ..AnalyzeOptions::new(layers, TOP_K)
+    };
     let mut last = None;
     let timings = timed(o.reps, || {
         let out = analyze(base, &[lens], &ids, &opts, &mut |_| {
@@ -274,28 +292,44 @@ fn lens_run(base: &Base, name: &'static str, lens: &Lens, o: &BenchOptions) -> R
     })
 }
 
-/// Full analyses through the logit lens and, when given, a tuned lens, in f32.
-fn analyses(model: &Path, tuned: Option<&Path>, o: &BenchOptions) -> Result<LensAnalysis> {
+/// Full analyses through the logit lens and, when given, a tuned lens, in f32 with the
+/// unembedding in f32 and, where the CPU multiplies bf16 in hardware, in bf16.
+fn analyses(
+    model: &Path,
+    tuned: Option<&Path>,
+    o: &BenchOptions,
+) -> Result<(LensAnalysis, Option<LensAnalysis>)> {
     let base = Base::load(
         model,
         LoadOptions {
             compute: ComputeDtype::F32,
         },
     )?;
-    let mut lenses = vec![lens_run(&base, "logit", &Lens::Logit, o)?];
+    let mut lenses = vec![("logit", Lens::Logit)];
     if let Some(dir) = tuned {
         let lens = TunedLens::load(dir, &base.model.cfg)
             .with_context(|| format!("cannot load the tuned lens {}", dir.display()))?;
-        lenses.push(lens_run(&base, "tuned", &Lens::Tuned(lens), o)?);
+        lenses.push(("tuned", Lens::Tuned(lens)));
     }
-    Ok(LensAnalysis {
-        dtype: "f32",
-        tokens: o.lens_tokens,
-        layers: (0..=base.model.cfg.n_layers).collect(),
-        top_k: TOP_K,
-        reps: o.reps,
-        lenses,
-    })
+    let run = |unembed: Unembed| -> Result<LensAnalysis> {
+        Ok(LensAnalysis {
+            dtype: "f32",
+            unembed: unembed.name(),
+            tokens: o.lens_tokens,
+            layers: (0..=base.model.cfg.n_layers).collect(),
+            top_k: TOP_K,
+            reps: o.reps,
+            lenses: lenses
+                .iter()
+                .map(|(name, lens)| lens_run(&base, name, lens, unembed, o))
+                .collect::<Result<_>>()?,
+        })
+    };
+    let bf16 = match Unembed::Bf16.effective() {
+        Unembed::Bf16 => Some(run(Unembed::Bf16)?),
+        Unembed::F32 => None,
+    };
+    Ok((run(Unembed::F32)?, bf16))
 }
 
 pub fn run(model: &Path, tuned: Option<&Path>, o: &BenchOptions) -> Result<BenchReport> {
@@ -307,16 +341,19 @@ pub fn run(model: &Path, tuned: Option<&Path>, o: &BenchOptions) -> Result<Bench
         one_dtype(model, ComputeDtype::Stored, o)?,
         one_dtype(model, ComputeDtype::F32, o)?,
     ];
-    let analysis = analyses(model, tuned, o)?;
+    let (analysis, analysis_bf16) = analyses(model, tuned, o)?;
     let base = Base::load(model, LoadOptions::default())?;
     let cfg = &base.model.cfg;
-    let fma_peak_macs_per_s = lensd_engine::fma_peak_macs_per_s(lensd_engine::compute_threads());
+    let threads = lensd_engine::compute_threads();
+    let fma_peak_macs_per_s = lensd_engine::fma_peak_macs_per_s(threads);
+    let bf16_peak_macs_per_s = lensd_engine::bf16_peak_macs_per_s(threads);
     let ids = prompt_ids(&base, o.prompt_tokens.max(o.lens_tokens))?;
     Ok(BenchReport {
         model: model.display().to_string(),
-        threads: lensd_engine::compute_threads(),
+        threads,
         cpu_kernels: lensd_engine::cpu_kernels(),
         fma_peak_macs_per_s,
+        bf16_peak_macs_per_s,
         prefill_macs: forward_macs(cfg, o.prompt_tokens, 1),
         analysis_macs: forward_macs(cfg, o.lens_tokens, (cfg.n_layers + 1) * o.lens_tokens),
         prompt_tokens: o.prompt_tokens,
@@ -326,6 +363,7 @@ pub fn run(model: &Path, tuned: Option<&Path>, o: &BenchOptions) -> Result<Bench
         ids,
         results,
         analysis,
+        analysis_bf16,
     })
 }
 
@@ -372,7 +410,7 @@ pub fn part(model: &Path, part: Part, compute: ComputeDtype, o: &BenchOptions) -
         })?,
         Part::Analysis => {
             let e0 = expert_seconds(&base);
-            let t = lens_run(&base, "logit", &Lens::Logit, o)?.timings;
+            let t = lens_run(&base, "logit", &Lens::Logit, o.unembed, o)?.timings;
             in_experts += expert_seconds(&base) - e0;
             t
         }

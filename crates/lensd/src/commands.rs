@@ -471,6 +471,7 @@ pub fn run(cmd: Command) -> Result<()> {
             lens,
             only,
             dtype,
+            unembed,
             reps,
             format,
         } => {
@@ -479,6 +480,7 @@ pub fn run(cmd: Command) -> Result<()> {
                 decode_tokens,
                 lens_tokens,
                 reps,
+                unembed,
             };
             if let Some(part) = only {
                 let t = crate::bench::part(&model.model, part, dtype.into(), &opts)?;

@@ -508,6 +508,10 @@ enum Command {
         /// The compute dtype of --only.
         #[arg(long, value_enum, default_value_t = Dtype::F32)]
         dtype: Dtype,
+        /// The unembedding of `--only analysis`: `f32`, or `bf16` (f32 accumulation; f32 where
+        /// the CPU lacks AVX-512 BF16).
+        #[arg(long, default_value = "f32")]
+        unembed: lensd_engine::lens::analyze::Unembed,
         /// Repetitions; the median is reported.
         #[arg(long, default_value_t = 5)]
         reps: usize,

@@ -313,14 +313,19 @@ pub fn bench(r: &BenchReport) -> String {
             bytes(d.weight_bytes_owned + d.weight_bytes_mapped)
         );
     }
-    let a = &r.analysis;
-    let _ = writeln!(s, "analyses in {} (forward pass included):", a.dtype);
-    for l in &a.lenses {
+    for a in std::iter::once(&r.analysis).chain(&r.analysis_bf16) {
         let _ = writeln!(
             s,
-            "{:<7} {:>8.3} s {:>10.1} tokens/s {:>10.0} cells/s",
-            l.lens, l.timings.median_seconds, l.tokens_per_s, l.cells_per_s
+            "analyses in {}, unembedding in {} (forward pass included):",
+            a.dtype, a.unembed
         );
+        for l in &a.lenses {
+            let _ = writeln!(
+                s,
+                "{:<7} {:>8.3} s {:>10.1} tokens/s {:>10.0} cells/s",
+                l.lens, l.timings.median_seconds, l.tokens_per_s, l.cells_per_s
+            );
+        }
     }
     s
 }

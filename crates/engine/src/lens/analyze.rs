@@ -32,6 +32,50 @@ pub struct AnalyzeOptions {
     /// Logit rows per chunk (see [`ROWS_PER_CHUNK`]).
     pub rows_per_chunk: usize,
     pub stats: StatsAt,
+    pub unembed: Unembed,
+}
+
+/// How a CPU analysis multiplies its rows by an f32 unembedding matrix (a base loaded in f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Unembed {
+    /// In f32: the statistics of the exact logits, up to f32 rounding.
+    #[default]
+    F32,
+    /// Rows and matrix rounded to bf16, products accumulated in f32 (`lensd_kernels::bf16`):
+    /// about twice as fast where the CPU has AVX-512 BF16, and f32 elsewhere (where bf16 would
+    /// be slower). Logits move by up to `2⁻⁸ · Σ|xᵢ wᵢ|`; `tests/bf16_unembed.rs` states what
+    /// that does to each statistic.
+    Bf16,
+}
+
+impl Unembed {
+    pub fn name(self) -> &'static str {
+        match self {
+            Unembed::F32 => "f32",
+            Unembed::Bf16 => "bf16",
+        }
+    }
+
+    /// What the products of a CPU analysis run in: bf16 only where asked and fast.
+    pub fn effective(self) -> Unembed {
+        if self == Unembed::Bf16 && lensd_kernels::bf16::fast() {
+            Unembed::Bf16
+        } else {
+            Unembed::F32
+        }
+    }
+}
+
+impl std::str::FromStr for Unembed {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" => Ok(Unembed::F32),
+            "bf16" => Ok(Unembed::Bf16),
+            _ => Err(format!("unembed must be `f32` or `bf16`, got `{s}`")),
+        }
+    }
 }
 
 /// Where each row's statistics are computed.
@@ -55,6 +99,7 @@ impl AnalyzeOptions {
             top_k,
             rows_per_chunk: ROWS_PER_CHUNK,
             stats: StatsAt::Auto,
+            unembed: Unembed::F32,
         }
     }
 }
@@ -165,7 +210,7 @@ pub fn analyze(
                             next: next[r % p],
                         })
                         .collect();
-                    match stream::rows_stats(model, &normed, &refs, opts.top_k)? {
+                    match stream::rows_stats(model, &normed, &refs, opts.top_k, opts.unembed)? {
                         Some(stats) => stats,
                         None => rows_of(&model.unembed(&normed)?)?
                             .par_chunks(cfg.vocab_size)

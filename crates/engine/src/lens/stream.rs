@@ -7,10 +7,12 @@
 //! so the numbers do not depend on how many threads ran them or in which order they finished.
 
 use candle_core::{Storage, Tensor};
+use lensd_kernels::bf16::{self, Bf16Rows};
 use lensd_kernels::logit_stats::{RowAcc, RowQuery};
 use lensd_kernels::{BlockType, Serial};
 use rayon::prelude::*;
 
+use super::analyze::Unembed;
 use super::stats::{FinalDist, RowStats};
 use crate::model::Model;
 use crate::weights::quant_product::block_type;
@@ -26,6 +28,8 @@ const SEGMENT_BLOCKS: usize = 16;
 /// The unembedding matrix `[vocab, d]` as the kernels read it.
 enum Head<'a> {
     F32(&'a [f32]),
+    /// An f32 matrix multiplied with the rows in bf16, accumulated in f32 ([`Unembed::Bf16`]).
+    Bf16(&'a [f32]),
     Quant {
         ty: BlockType,
         data: &'a [u8],
@@ -41,12 +45,14 @@ pub(super) struct RowRef<'a> {
 
 /// Statistics of the rows `normed` (`[R, d]`, final-normed) unembedded by the model's head, or
 /// `None` when the head is not one this path reads (not on the CPU, or a dtype it lacks); the
-/// caller then unembeds whole rows.
+/// caller then unembeds whole rows. An f32 head is multiplied in bf16 where `unembed` asks for
+/// it and the CPU does so in hardware.
 pub(super) fn rows_stats(
     model: &Model,
     normed: &Tensor,
     refs: &[RowRef],
     k: usize,
+    unembed: Unembed,
 ) -> candle_core::Result<Option<Vec<RowStats>>> {
     if !normed.device().is_cpu() {
         return Ok(None);
@@ -70,14 +76,12 @@ pub(super) fn rows_stats(
             if data.len() != model.cfg.vocab_size * model.cfg.d_model {
                 return Ok(None);
             }
-            Ok(Some(run(
-                &Head::F32(data),
-                shape(model),
-                &x,
-                refs,
-                k,
-                softcap,
-            )?))
+            let head = if unembed.effective() == Unembed::Bf16 {
+                Head::Bf16(data)
+            } else {
+                Head::F32(data)
+            };
+            Ok(Some(run(&head, shape(model), &x, refs, k, softcap)?))
         }
         Linear::Quant(q) if q.device().is_cpu() => {
             let d = model.cfg.d_model;
@@ -128,6 +132,15 @@ fn run(
         Some(c) => (c * (v as f64 / c).tanh()) as f32,
         None => v,
     };
+    let rows16 = match head {
+        Head::Bf16(_) => Some(Bf16Rows::new(x, r, d).map_err(kernel_error)?),
+        _ => None,
+    };
+    let ctx = Product {
+        head,
+        rows16: rows16.as_ref(),
+        d,
+    };
     // Each row's value at the final top-1 is only computed in its own block; a band around
     // an estimate lets every block count the values above it (see `logit_stats`).
     let bands: Vec<(f32, f32)> = refs
@@ -135,7 +148,7 @@ fn run(
         .enumerate()
         .map(|(i, rf)| {
             let row = &x[i * d..(i + 1) * d];
-            let (est, tol) = target_band(head, rf.fin.top1 as usize, row, d)?;
+            let (est, tol) = target_band(&ctx, rf.fin.top1 as usize, i, row)?;
             Ok((cap((est - tol) as f32), cap((est + tol) as f32)))
         })
         .collect::<candle_core::Result<_>>()?;
@@ -154,22 +167,25 @@ fn run(
     let segment = VOCAB_BLOCK * SEGMENT_BLOCKS;
     let segments: Vec<Vec<RowAcc>> = (0..vocab.div_ceil(segment))
         .into_par_iter()
-        .map_init(Vec::new, |buf: &mut Vec<f32>, s| {
-            let mut accs = vec![RowAcc::default(); r];
-            let end = ((s + 1) * segment).min(vocab);
-            for v0 in (s * segment..end).step_by(VOCAB_BLOCK) {
-                let n = VOCAB_BLOCK.min(end - v0);
-                buf.resize(r * n, 0.0);
-                product(head, v0, n, d, x, r, buf)?;
-                if softcap.is_some() {
-                    buf.iter_mut().for_each(|v| *v = cap(*v));
+        .map_init(
+            || (Vec::new(), Vec::new()),
+            |(buf, scratch): &mut (Vec<f32>, Vec<u32>), s| {
+                let mut accs = vec![RowAcc::default(); r];
+                let end = ((s + 1) * segment).min(vocab);
+                for v0 in (s * segment..end).step_by(VOCAB_BLOCK) {
+                    let n = VOCAB_BLOCK.min(end - v0);
+                    buf.resize(r * n, 0.0);
+                    ctx.product(v0, n, x, r, buf, scratch)?;
+                    if softcap.is_some() {
+                        buf.iter_mut().for_each(|v| *v = cap(*v));
+                    }
+                    for (i, acc) in accs.iter_mut().enumerate() {
+                        acc.add_block(&buf[i * n..(i + 1) * n], v0, &queries[i]);
+                    }
                 }
-                for (i, acc) in accs.iter_mut().enumerate() {
-                    acc.add_block(&buf[i * n..(i + 1) * n], v0, &queries[i]);
-                }
-            }
-            Ok(accs)
-        })
+                Ok(accs)
+            },
+        )
         .collect::<candle_core::Result<_>>()?;
     let mut segments = segments.into_iter();
     let mut accs = segments
@@ -206,12 +222,26 @@ fn finish(acc: RowAcc, rf: &RowRef) -> RowStats {
     }
 }
 
-/// An estimate of the logit of id `t` for one row and a bound on how far the blocks' computed
-/// value lies from it: twice the worst-case rounding of an f32 sum of `d` products,
+/// What one block's product needs besides the block: the head, and the rows rounded to bf16
+/// once for every block when the head is multiplied in bf16.
+struct Product<'a> {
+    head: &'a Head<'a>,
+    rows16: Option<&'a Bf16Rows>,
+    d: usize,
+}
+
+fn kernel_error(e: lensd_kernels::KernelError) -> candle_core::Error {
+    candle_core::Error::Msg(e.to_string())
+}
+
+/// An estimate of the logit of id `t` for row `i` (`row`) and a bound on how far the blocks'
+/// computed value lies from it: twice the worst-case rounding of an f32 sum of `d` products,
 /// `d · 2⁻²³ · Σ|xᵢ wᵢ|`. For an f32 head the estimate is the product in f64; for a quantized
 /// one it is the same kernel's value (which quantizes the row to 8 bits first, as the blocks
-/// do), differing from the blocks' only in the order of its float additions.
-fn target_band(head: &Head, t: usize, row: &[f32], d: usize) -> candle_core::Result<(f64, f64)> {
+/// do), differing from the blocks' only in the order of its float additions; for a bf16 product
+/// it is the kernel's own sequence of additions ([`bf16::dot`]), equal to the blocks' value.
+fn target_band(ctx: &Product, t: usize, i: usize, row: &[f32]) -> candle_core::Result<(f64, f64)> {
+    let d = ctx.d;
     let magnitude = |w: &[f32]| -> f64 {
         row.iter()
             .zip(w)
@@ -219,11 +249,17 @@ fn target_band(head: &Head, t: usize, row: &[f32], d: usize) -> candle_core::Res
             .sum()
     };
     let bound = |m: f64| m * d as f64 * 2f64.powi(-22) + f32::MIN_POSITIVE as f64;
-    Ok(match head {
+    Ok(match ctx.head {
         Head::F32(w) => {
             let wt = &w[t * d..(t + 1) * d];
             let est = row.iter().zip(wt).map(|(&a, &b)| a as f64 * b as f64).sum();
             (est, bound(magnitude(wt)))
+        }
+        Head::Bf16(w) => {
+            let wt = &w[t * d..(t + 1) * d];
+            let rows16 = ctx.rows16.expect("rounded with the head");
+            let est = bf16::dot(&rows16.row(i), &bf16::row_to_bf16(wt));
+            (est as f64, bound(magnitude(wt)))
         }
         Head::Quant {
             ty,
@@ -231,7 +267,7 @@ fn target_band(head: &Head, t: usize, row: &[f32], d: usize) -> candle_core::Res
             row_bytes,
         } => {
             let mut out = [0f32];
-            product(head, t, 1, d, row, 1, &mut out)?;
+            ctx.product(t, 1, row, 1, &mut out, &mut Vec::new())?;
             let mut wt = vec![0f32; d];
             ty.dequantize(&data[t * row_bytes..(t + 1) * row_bytes], &mut wt);
             (out[0] as f64, bound(magnitude(&wt)))
@@ -239,58 +275,66 @@ fn target_band(head: &Head, t: usize, row: &[f32], d: usize) -> candle_core::Res
     })
 }
 
-/// `out[i][j] = x[i] · W[v0 + j]` for `i < r`, `j < n`, on the calling thread.
-fn product(
-    head: &Head,
-    v0: usize,
-    n: usize,
-    d: usize,
-    x: &[f32],
-    r: usize,
-    out: &mut [f32],
-) -> candle_core::Result<()> {
-    debug_assert_eq!(out.len(), r * n);
-    match head {
-        Head::F32(w) => {
-            let w = &w[v0 * d..(v0 + n) * d];
-            // SAFETY: `x` is r×d (row stride d), `w` is n×d and read as its transpose d×n
-            // (column stride d), `out` is r×n (row stride n); all three are in bounds, and
-            // `out` is not read (`read_dst` is false).
-            unsafe {
-                gemm::gemm(
-                    r,
-                    n,
-                    d,
-                    out.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    false,
-                    x.as_ptr(),
-                    1,
-                    d as isize,
-                    w.as_ptr(),
-                    d as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                )
+impl Product<'_> {
+    /// `out[i][j] = x[i] · W[v0 + j]` for `i < r`, `j < n`, on the calling thread (a bf16
+    /// product takes its rows from `rows16`, `r` of them).
+    fn product(
+        &self,
+        v0: usize,
+        n: usize,
+        x: &[f32],
+        r: usize,
+        out: &mut [f32],
+        scratch: &mut Vec<u32>,
+    ) -> candle_core::Result<()> {
+        let d = self.d;
+        debug_assert_eq!(out.len(), r * n);
+        match self.head {
+            Head::F32(w) => {
+                let w = &w[v0 * d..(v0 + n) * d];
+                // SAFETY: `x` is r×d (row stride d), `w` is n×d and read as its transpose d×n
+                // (column stride d), `out` is r×n (row stride n); all three are in bounds, and
+                // `out` is not read (`read_dst` is false).
+                unsafe {
+                    gemm::gemm(
+                        r,
+                        n,
+                        d,
+                        out.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        false,
+                        x.as_ptr(),
+                        1,
+                        d as isize,
+                        w.as_ptr(),
+                        d as isize,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    )
+                }
+            }
+            Head::Bf16(w) => {
+                let rows16 = self.rows16.expect("rounded with the head");
+                bf16::matmul(&w[v0 * d..(v0 + n) * d], n, rows16, out, scratch)
+                    .map_err(kernel_error)?;
+            }
+            Head::Quant {
+                ty,
+                data,
+                row_bytes,
+            } => {
+                let w = &data[v0 * row_bytes..(v0 + n) * row_bytes];
+                lensd_kernels::matmul(*ty, w, n, d, x, r, out, &Serial).map_err(kernel_error)?;
             }
         }
-        Head::Quant {
-            ty,
-            data,
-            row_bytes,
-        } => {
-            let w = &data[v0 * row_bytes..(v0 + n) * row_bytes];
-            lensd_kernels::matmul(*ty, w, n, d, x, r, out, &Serial)
-                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        }
+        Ok(())
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -383,6 +427,20 @@ mod tests {
             .unwrap();
         check(&Head::F32(&w), &logits, &x, vocab, d, None);
         check(&Head::F32(&w), &logits, &x, vocab, d, Some(3.0));
+    }
+
+    #[test]
+    fn block_statistics_equal_whole_rows_for_a_head_multiplied_in_bf16() {
+        let (vocab, d, r) = (VOCAB_BLOCK * SEGMENT_BLOCKS + 301, 40, 35);
+        let mut w = randn(vocab, d, 5);
+        tied_rows(&mut w, d, vocab);
+        let x: Vec<f32> = randn(r, d, 6).iter().map(|v| v * 6.0).collect();
+        // The reference rows come from the same products on the whole matrix at once.
+        let rows = Bf16Rows::new(&x, r, d).unwrap();
+        let mut logits = vec![0f32; r * vocab];
+        bf16::matmul(&w, vocab, &rows, &mut logits, &mut Vec::new()).unwrap();
+        check(&Head::Bf16(&w), &logits, &x, vocab, d, None);
+        check(&Head::Bf16(&w), &logits, &x, vocab, d, Some(3.0));
     }
 
     #[test]
