@@ -3,7 +3,7 @@
 //! to i16, which cannot saturate: at most 128·127·2) and widened to i32 by `vpmaddwd`. The
 //! integer sums equal the portable ones; only the float additions across blocks differ in order.
 //!
-//! A decoding step's kernels (`one`, `rows4`, here) read the blocks in place; a prompt's
+//! A decoding step's kernel (`one`, here) reads the blocks in place; a prompt's
 //! (`group`, in `prompt`) unpack eight weight rows once for all its activation rows.
 //!
 //! Every function here requires AVX2, FMA and F16C; [`tiles32`] and [`tiles256`] hand out safe
@@ -53,11 +53,6 @@ macro_rules! kernels {
             }
 
             #[target_feature(enable = "avx2,fma,f16c")]
-            unsafe fn rows4_avx2(w: [&[u8]; 4], a: &[$act]) -> [f32; 4] {
-                $tile::<$k, 4, 1>(w, [a]).map(|r| r[0])
-            }
-
-            #[target_feature(enable = "avx2,fma,f16c")]
             unsafe fn group_avx2(w: [&[u8]; GROUP], acts: &[$act], out: &mut [GroupOut]) {
                 $group::<$k>(w, acts, out)
             }
@@ -68,16 +63,12 @@ macro_rules! kernels {
                 unsafe { one_avx2(w, a) }
             }
 
-            fn rows4(w: [&[u8]; 4], a: &[$act]) -> [f32; 4] {
-                unsafe { rows4_avx2(w, a) }
-            }
-
             fn group(w: [&[u8]; GROUP], acts: &[$act], out: &mut [GroupOut]) {
                 unsafe { group_avx2(w, acts, out) }
             }
 
             pub(super) fn tiles() -> Tiles<$act> {
-                Tiles { one, rows4, group }
+                Tiles { one, group }
             }
         }
     };
@@ -157,9 +148,8 @@ fn bits_to_16s(bits: u32) -> __m256i {
 }
 
 /// Asks for the bytes at `at` of the rows the driver hands over next: it walks consecutive rows
-/// of one matrix, so the next tile's row `r` starts `R` rows after this one's. Streaming the
-/// weights from memory is what bounds a decoding step, and the hardware prefetcher alone does
-/// not keep `R` interleaved streams ahead. A prefetch past the matrix's end is a harmless hint.
+/// of one matrix, so the next tile's row `r` starts `R` rows after this one's. A prefetch past
+/// the matrix's end is a harmless hint.
 #[inline(always)]
 unsafe fn prefetch_next_rows<const R: usize>(w: &[&[u8]; R], at: usize) {
     let ahead = R * w[0].len() + at;
@@ -252,9 +242,10 @@ impl Kind32 for Q8_0 {
     }
 }
 
-/// `R` weight rows × `C` activation rows of a 32-value type: `R·C` independent accumulators, so
-/// that the multiply-adds of consecutive blocks do not wait on each other, and each unpacked
-/// weight block and loaded activation block is used `C` and `R` times.
+/// `R` weight rows × `C` activation rows of a 32-value type: `R·C` independent accumulators, and
+/// each unpacked weight block and loaded activation block used `C` and `R` times. A decoding
+/// step's `one` runs it at 1 × 1: four weight rows at once streamed a large matrix more slowly
+/// on a Zen 4 (see `run_rows`).
 ///
 /// # Safety
 /// AVX2, FMA and F16C are present; every row holds the same number of blocks.
