@@ -169,6 +169,7 @@ pub fn run(cmd: Command) -> Result<()> {
             top_k,
             layers,
             dtype,
+            unembed,
             format,
         } => {
             let text = match (text, text_file) {
@@ -191,7 +192,10 @@ pub fn run(cmd: Command) -> Result<()> {
                 })
                 .collect::<Result<Vec<_>>>()?;
             let refs: Vec<&Lens> = lenses.iter().collect();
-            let opts = AnalyzeOptions::new(layers, top_k);
+            let opts = AnalyzeOptions {
+                unembed,
+                ..AnalyzeOptions::new(layers, top_k)
+            };
             let res = analyze(
                 &base,
                 &refs,
@@ -304,6 +308,7 @@ pub fn run(cmd: Command) -> Result<()> {
             allow_origins,
             max_text_chars,
             max_tokens,
+            unembed,
             max_new_tokens,
             rate_per_minute,
             max_connections,
@@ -332,6 +337,7 @@ pub fn run(cmd: Command) -> Result<()> {
                 retention_days,
                 users_may_preload,
                 max_tokens,
+                unembed,
                 web_dir,
                 http,
             };

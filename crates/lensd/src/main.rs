@@ -181,6 +181,10 @@ enum Command {
         /// Compute dtype of the base.
         #[arg(long, value_enum, default_value_t = Dtype::F32)]
         dtype: Dtype,
+        /// The unembedding of an f32 base on a CPU: `f32`, or `bf16` (f32 accumulation; f32
+        /// where the CPU lacks AVX-512 BF16).
+        #[arg(long, env = "LENSD_UNEMBED", default_value = "f32")]
+        unembed: lensd_engine::lens::analyze::Unembed,
         /// Output: a readable table, or one JSON document.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
@@ -321,6 +325,11 @@ enum Command {
         /// Most tokens of an analysed text or a prompt.
         #[arg(long, default_value_t = 4096)]
         max_tokens: usize,
+        /// How analyses on a CPU multiply the rows by a base's f32 unembedding: `f32`, or
+        /// `bf16` (rounded to bf16, accumulated in f32; about twice as fast where the CPU has
+        /// AVX-512 BF16, f32 elsewhere). docs/engine.md says what bf16 does to the statistics.
+        #[arg(long, env = "LENSD_UNEMBED", default_value = "f32")]
+        unembed: lensd_engine::lens::analyze::Unembed,
         /// Most tokens one generation may ask for (the original's page offered up to 1,000).
         #[arg(long, default_value_t = 1000)]
         max_new_tokens: u32,

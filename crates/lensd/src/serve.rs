@@ -32,6 +32,7 @@ pub struct ServeOptions {
     pub retention_days: u64,
     pub users_may_preload: bool,
     pub max_tokens: usize,
+    pub unembed: lensd_engine::lens::analyze::Unembed,
     pub http: HttpArgs,
 }
 
@@ -319,6 +320,14 @@ pub async fn run(mut o: ServeOptions) -> Result<()> {
     }
     let service = Arc::new(Service::start_on(&config, queue, engine).await?);
     service.engine.set_max_input_tokens(o.max_tokens);
+    let unembed = service.engine.set_unembed(o.unembed);
+    if unembed != o.unembed {
+        tracing::warn!(
+            asked = o.unembed.name(),
+            "this CPU lacks AVX-512 BF16: analyses unembed in f32"
+        );
+    }
+    tracing::info!(unembed = unembed.name(), "analyses' unembedding");
     let keys = match &o.keys {
         Some(k) => Keys::from_file(k).map_err(anyhow::Error::msg)?,
         None => Keys::default(),

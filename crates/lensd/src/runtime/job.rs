@@ -111,7 +111,10 @@ impl LocalEngine {
                 let positions_total = (talkative * positions.len()) as u64;
                 if !cell_lenses.is_empty() {
                     let refs: Vec<&Lens> = cell_lenses.iter().map(|(_, l)| *l).collect();
-                    let opts = AnalyzeOptions::new(layers, top_k);
+                    let opts = AnalyzeOptions {
+                        unembed: self.unembed(),
+                        ..AnalyzeOptions::new(layers, top_k)
+                    };
                     let found = analyze(&base, &refs, &ids, &opts, &mut |p| {
                         let mut chunk = p.chunk.clone();
                         chunk.lens = cell_lenses[chunk.lens].0;

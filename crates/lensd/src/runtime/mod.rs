@@ -28,6 +28,7 @@ use lensd_core::residency::{DeviceId, Place};
 use lensd_core::work::{Job, JobFailure, JobOutput};
 use lensd_core::LensKind;
 use lensd_engine::device::{Device, DeviceSpec};
+use lensd_engine::lens::analyze::Unembed;
 use lensd_engine::lens::talkative::TalkativeLens;
 use lensd_engine::lens::{Lens, TunedLens};
 use lensd_engine::lora::Adapter;
@@ -76,6 +77,8 @@ pub struct LocalEngine {
     devices: Arc<Vec<Slot>>,
     /// Most tokens an analysed text or a prompt may have.
     max_input_tokens: Arc<std::sync::atomic::AtomicUsize>,
+    /// Whether analyses multiply an f32 unembedding in bf16 (`lensd serve --unembed`).
+    bf16_unembed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Default for LocalEngine {
@@ -104,6 +107,7 @@ impl LocalEngine {
             loaded: Arc::default(),
             devices: devices::open_all(devices)?,
             max_input_tokens: Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX)),
+            bf16_unembed: Arc::default(),
         })
     }
 
@@ -167,6 +171,23 @@ impl LocalEngine {
     pub fn set_max_input_tokens(&self, n: usize) {
         self.max_input_tokens
             .store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How analyses multiply an f32 unembedding from now on; returns what they will run in
+    /// (bf16 only where the CPU has AVX-512 BF16).
+    pub fn set_unembed(&self, u: Unembed) -> Unembed {
+        let u = u.effective();
+        self.bf16_unembed
+            .store(u == Unembed::Bf16, std::sync::atomic::Ordering::Relaxed);
+        u
+    }
+
+    fn unembed(&self) -> Unembed {
+        if self.bf16_unembed.load(std::sync::atomic::Ordering::Relaxed) {
+            Unembed::Bf16
+        } else {
+            Unembed::F32
+        }
     }
 
     fn check_tokens(&self, n: usize) -> Result<(), JobFailure> {
