@@ -73,7 +73,7 @@ fn through_f16(v: f32) -> f32 {
 /// Quantizes one row (`x.len()` a multiple of 32).
 pub fn quantize_row32(x: &[f32], out: &mut [Act32]) {
     #[cfg(target_arch = "x86_64")]
-    if crate::Level::detect() == crate::Level::Avx2 {
+    if crate::Level::detect().avx2() {
         // SAFETY: the CPU has AVX2 (`detect` checked).
         return unsafe { quantize_row32_avx2(x, out) };
     }
@@ -83,7 +83,7 @@ pub fn quantize_row32(x: &[f32], out: &mut [Act32]) {
 /// Quantizes one row (`x.len()` a multiple of 256).
 pub fn quantize_row256(x: &[f32], out: &mut [Act256]) {
     #[cfg(target_arch = "x86_64")]
-    if crate::Level::detect() == crate::Level::Avx2 {
+    if crate::Level::detect().avx2() {
         // SAFETY: as in `quantize_row32`.
         return unsafe { quantize_row256_avx2(x, out) };
     }

@@ -52,7 +52,7 @@ pub fn dequantize(
 
 fn run(level: Level, ty: BlockType, blocks: &[u8], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if level == Level::Avx2 {
+    if level.avx2() {
         // SAFETY: `Level::detect` found AVX2 and FMA.
         return unsafe { run_avx2(ty, blocks, out) };
     }

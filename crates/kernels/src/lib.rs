@@ -38,25 +38,30 @@ pub use matmul::{
 
 /// Which kernels run. Every level computes the same integer sums; they differ only in the
 /// order of the float additions that combine blocks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
     Portable,
     /// AVX2, FMA and F16C (x86-64 since Haswell and Zen).
     Avx2,
+    /// [`Level::Avx2`] with AVX-512 VNNI (and VL): a prompt's 32-value blocks multiply with
+    /// `vpdpbusd`, four byte products summed into i32 in one instruction (Ice Lake, Zen 4).
+    Avx512Vnni,
 }
 
 impl Level {
-    /// The fastest level this CPU runs. `LENSD_CPU_KERNELS=portable` forces the portable path
-    /// (to compare the two on one machine).
+    /// The fastest level this CPU runs. `LENSD_CPU_KERNELS=portable` or `=avx2` caps it there
+    /// (to compare levels on one machine).
     pub fn detect() -> Level {
         static LEVEL: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
         *LEVEL.get_or_init(|| {
-            if std::env::var("LENSD_CPU_KERNELS").as_deref() == Ok("portable") {
-                return Level::Portable;
-            }
+            let cap = match std::env::var("LENSD_CPU_KERNELS").as_deref() {
+                Ok("portable") => Level::Portable,
+                Ok("avx2") => Level::Avx2,
+                _ => Level::Avx512Vnni,
+            };
             Level::available()
-                .last()
-                .copied()
+                .into_iter()
+                .rfind(|&l| l <= cap)
                 .unwrap_or(Level::Portable)
         })
     }
@@ -71,8 +76,19 @@ impl Level {
             && std::arch::is_x86_feature_detected!("f16c")
         {
             levels.push(Level::Avx2);
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+                && std::arch::is_x86_feature_detected!("avx512vnni")
+            {
+                levels.push(Level::Avx512Vnni);
+            }
         }
         levels
+    }
+
+    /// Whether the level runs the AVX2 code (every level but the portable one).
+    pub fn avx2(self) -> bool {
+        self != Level::Portable
     }
 
     /// Whether this CPU runs the level's code.
@@ -85,6 +101,7 @@ impl Level {
         match self {
             Level::Portable => "portable",
             Level::Avx2 => "avx2",
+            Level::Avx512Vnni => "avx512vnni",
         }
     }
 }

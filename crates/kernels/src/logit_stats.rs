@@ -203,7 +203,7 @@ const LANES: usize = 8;
 
 fn block_sums(level: Level, x: &[f32], p: &[f32], near: f32, above: f32) -> BlockSums {
     #[cfg(target_arch = "x86_64")]
-    if level == Level::Avx2 {
+    if level.avx2() {
         // SAFETY: `Avx2` is only detected on CPUs that have AVX2 and FMA.
         return unsafe { avx2::block_sums(x, p, near, above) };
     }
@@ -213,7 +213,7 @@ fn block_sums(level: Level, x: &[f32], p: &[f32], near: f32, above: f32) -> Bloc
 
 fn exp_sums(level: Level, x: &[f32], shift: f32) -> (f64, f64) {
     #[cfg(target_arch = "x86_64")]
-    if level == Level::Avx2 {
+    if level.avx2() {
         // SAFETY: as in `block_sums`.
         return unsafe { avx2::exp_sums(x, shift) };
     }

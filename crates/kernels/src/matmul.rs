@@ -327,8 +327,8 @@ macro_rules! portable_tiles {
 fn tiles32(level: Level, ty: BlockType) -> Tiles<Act32> {
     use crate::portable as p;
     #[cfg(target_arch = "x86_64")]
-    if level == Level::Avx2 {
-        return crate::avx2::tiles32(ty);
+    if level.avx2() {
+        return crate::avx2::tiles32(ty, level == Level::Avx512Vnni);
     }
     let _ = level;
     match ty {
@@ -343,7 +343,7 @@ fn tiles32(level: Level, ty: BlockType) -> Tiles<Act32> {
 fn tiles256(level: Level, ty: BlockType) -> Tiles<Act256> {
     use crate::portable as p;
     #[cfg(target_arch = "x86_64")]
-    if level == Level::Avx2 {
+    if level.avx2() {
         return crate::avx2::tiles256(ty);
     }
     let _ = level;

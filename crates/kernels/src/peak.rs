@@ -56,7 +56,7 @@ fn best_of_three(threads: usize, iters: u64, per_iter: u64, one: fn(u64, f32) ->
 }
 
 fn macs_per_iter() -> u64 {
-    if Level::detect() == Level::Avx2 {
+    if Level::detect().avx2() {
         96
     } else {
         8
@@ -65,7 +65,7 @@ fn macs_per_iter() -> u64 {
 
 fn one_thread(iters: u64, seed: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if Level::detect() == Level::Avx2 {
+    if Level::detect().avx2() {
         // SAFETY: `detect` found AVX2 and FMA.
         return unsafe { avx2_loop(iters, seed) };
     }

@@ -340,3 +340,26 @@ fn the_fma_peak_measures_work_that_ran() {
         );
     }
 }
+
+/// `vpdpbusd` forms the same integer sums as `vpmaddubsw` and `vpmaddwd`, and the float work
+/// after them is the same: the VNNI level's products equal the AVX2 level's to the bit.
+#[test]
+fn the_vnni_level_gives_the_avx2_levels_bits() {
+    let levels = Level::available();
+    if !levels.contains(&Level::Avx512Vnni) {
+        eprintln!("this CPU lacks AVX-512 VNNI; levels: {levels:?}");
+        return;
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    for ty in BlockType::ALL {
+        for (m, blocks, n) in SHAPES.into_iter().chain([(2, 17, 5), (13, 3, 17)]) {
+            let k = blocks * ty.block_values();
+            let w = random_blocks(ty, n, k, &mut rng);
+            let x = random_x(m * k, &mut rng);
+            let want = run(Level::Avx2, ty, &w, n, k, &x, m);
+            let got = run(Level::Avx512Vnni, ty, &w, n, k, &x, m);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{ty:?} m={m} k={k} n={n}");
+        }
+    }
+}

@@ -19,13 +19,18 @@ mod prompt;
 use crate::BlockType;
 use prompt::{group256, group32};
 
-/// The tile kernels of a 32-value type.
-pub(crate) fn tiles32(ty: BlockType) -> Tiles<Act32> {
-    match ty {
-        BlockType::Q4_0 => q4_0::tiles(),
-        BlockType::Q4_1 => q4_1::tiles(),
-        BlockType::Q5_0 => q5_0::tiles(),
-        BlockType::Q8_0 => q8_0::tiles(),
+/// The tile kernels of a 32-value type; `vnni`: the prompt's with `vpdpbusd` (the CPU has
+/// AVX-512 VNNI and VL).
+pub(crate) fn tiles32(ty: BlockType, vnni: bool) -> Tiles<Act32> {
+    match (ty, vnni) {
+        (BlockType::Q4_0, false) => q4_0::tiles(),
+        (BlockType::Q4_1, false) => q4_1::tiles(),
+        (BlockType::Q5_0, false) => q5_0::tiles(),
+        (BlockType::Q8_0, false) => q8_0::tiles(),
+        (BlockType::Q4_0, true) => q4_0::tiles_vnni(),
+        (BlockType::Q4_1, true) => q4_1::tiles_vnni(),
+        (BlockType::Q5_0, true) => q5_0::tiles_vnni(),
+        (BlockType::Q8_0, true) => q8_0::tiles_vnni(),
         _ => unreachable!("{ty:?} has 256-value blocks"),
     }
 }
@@ -43,9 +48,25 @@ pub(crate) fn tiles256(ty: BlockType) -> Tiles<Act256> {
 /// One block type's kernels as named functions (so that a profile says which ran): safe
 /// wrappers, which the tables hand out, around `target_feature` functions holding the code.
 macro_rules! kernels {
-    ($m:ident, $tile:ident, $group:ident, $act:ty, $k:ty) => {
+    ($m:ident, $tile:ident, $group:ident, $act:ty, $k:ty $(, $vnni:ident)?) => {
         mod $m {
             use super::*;
+            $(
+            #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+            unsafe fn group_vnni(w: [&[u8]; GROUP], acts: &[$act], out: &mut [GroupOut]) {
+                $group::<$k, true>(w, acts, out)
+            }
+
+            // SAFETY: reached only through `matmul_with` at `Level::Avx512Vnni`, which checked
+            // the CPU has AVX2, FMA, F16C and AVX-512 F, VL and VNNI.
+            fn $vnni(w: [&[u8]; GROUP], acts: &[$act], out: &mut [GroupOut]) {
+                unsafe { group_vnni(w, acts, out) }
+            }
+
+            pub(super) fn tiles_vnni() -> Tiles<$act> {
+                Tiles { one, group: $vnni }
+            }
+            )?
 
             #[target_feature(enable = "avx2,fma,f16c")]
             unsafe fn one_avx2(w: &[u8], a: &[$act]) -> f32 {
@@ -54,7 +75,7 @@ macro_rules! kernels {
 
             #[target_feature(enable = "avx2,fma,f16c")]
             unsafe fn group_avx2(w: [&[u8]; GROUP], acts: &[$act], out: &mut [GroupOut]) {
-                $group::<$k>(w, acts, out)
+                $group::<$k, false>(w, acts, out)
             }
 
             // SAFETY (each function): reached only through `matmul_with`, which checked the CPU
@@ -74,10 +95,10 @@ macro_rules! kernels {
     };
 }
 
-kernels!(q4_0, tile32, group32, Act32, Q4_0);
-kernels!(q4_1, tile32, group32, Act32, Q4_1);
-kernels!(q5_0, tile32, group32, Act32, Q5_0);
-kernels!(q8_0, tile32, group32, Act32, Q8_0);
+kernels!(q4_0, tile32, group32, Act32, Q4_0, group_with_vnni);
+kernels!(q4_1, tile32, group32, Act32, Q4_1, group_with_vnni);
+kernels!(q5_0, tile32, group32, Act32, Q5_0, group_with_vnni);
+kernels!(q8_0, tile32, group32, Act32, Q8_0, group_with_vnni);
 kernels!(q4_k, tile256, group256, Act256, QK<false>);
 kernels!(q5_k, tile256, group256, Act256, QK<true>);
 kernels!(q6_k, tile256, group256, Act256, Q6K);

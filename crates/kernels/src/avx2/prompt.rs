@@ -2,7 +2,9 @@
 //! activation rows and interleaved four values at a time, so that one `vpmaddubsw` with four
 //! activation bytes broadcast gives partial sums of all eight rows, one row per 32-bit lane.
 //! Up to `I16_SUMS` `vpmaddubsw` results add as i16 before widening (the most that cannot pass
-//! 32,767 for the type).
+//! 32,767 for the type). With AVX-512 VNNI (`V`), the 32-value types' products are one
+//! `vpdpbusd` each instead, four byte products added into i32 lanes with no intermediate i16:
+//! the same integer sums, so the same results to the bit.
 
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -179,9 +181,13 @@ fn add_products(
 /// taken from the integer sums (`Σ(q − z)·y`, as llama.cpp computes them).
 ///
 /// # Safety
-/// AVX2, FMA and F16C are present; every activation row holds at least `w.len()` blocks.
+/// AVX2, FMA and F16C are present, and with `V` AVX-512 VNNI and VL; every activation row holds
+/// at least `w.len()` blocks.
 #[inline(always)]
-unsafe fn tile32i<K: Kind32, const C: usize>(w: &[Interleaved32], a: [&[Act32]; C]) -> [__m256; C] {
+unsafe fn tile32i<K: Kind32, const V: bool, const C: usize>(
+    w: &[Interleaved32],
+    a: [&[Act32]; C],
+) -> [__m256; C] {
     let nb = w.len();
     assert!(a.iter().all(|a| a.len() >= nb));
     let ones = _mm256_set1_epi16(1);
@@ -204,8 +210,12 @@ unsafe fn tile32i<K: Kind32, const C: usize>(w: &[Interleaved32], a: [&[Act32]; 
                 } else {
                     y
                 };
-                let p = _mm256_maddubs_epi16(q, y);
-                add_products(&mut part[c], &mut sum[c], p, g, K::I16_SUMS, ones);
+                if V {
+                    sum[c] = _mm256_dpbusd_epi32(sum[c], q, y);
+                } else {
+                    let p = _mm256_maddubs_epi16(q, y);
+                    add_products(&mut part[c], &mut sum[c], p, g, K::I16_SUMS, ones);
+                }
             }
         }
         let dw = _mm256_loadu_ps(u.d.as_ptr());
@@ -227,11 +237,13 @@ unsafe fn tile32i<K: Kind32, const C: usize>(w: &[Interleaved32], a: [&[Act32]; 
 }
 
 /// Eight interleaved weight rows × `C` activation rows of a 256-value type, as [`tile32i`].
+/// `V` changes nothing: the K types' sub-block scales multiply pairs of i16 sums in
+/// `vpmaddwd`, which `vpdpbusd`'s i32 sums would need a 32-bit multiply per half for.
 ///
 /// # Safety
 /// As [`tile32i`].
 #[inline(always)]
-unsafe fn tile256i<K: Kind256, const C: usize>(
+unsafe fn tile256i<K: Kind256, const V: bool, const C: usize>(
     w: &[Interleaved256],
     a: [&[Act256]; C],
 ) -> [__m256; C] {
@@ -296,7 +308,7 @@ macro_rules! group_fn {
         /// AVX2, FMA and F16C are present; `acts` holds `out.len()` rows of the weight rows'
         /// block count.
         #[inline(always)]
-        pub(super) unsafe fn $name<K: $kind>(
+        pub(super) unsafe fn $name<K: $kind, const V: bool>(
             w: [&[u8]; GROUP],
             acts: &[$act],
             out: &mut [[f32; GROUP]],
@@ -314,14 +326,14 @@ macro_rules! group_fn {
             let arow = |i: usize| &acts[i * nb..(i + 1) * nb];
             let mut i = 0;
             while i + TILE_ACTS <= m {
-                let v = $tile::<K, TILE_ACTS>(&rows, std::array::from_fn(|c| arow(i + c)));
+                let v = $tile::<K, V, TILE_ACTS>(&rows, std::array::from_fn(|c| arow(i + c)));
                 for (c, v) in v.into_iter().enumerate() {
                     _mm256_storeu_ps(out[i + c].as_mut_ptr(), v);
                 }
                 i += TILE_ACTS;
             }
             for (i, o) in out.iter_mut().enumerate().skip(i) {
-                let [v] = $tile::<K, 1>(&rows, [arow(i)]);
+                let [v] = $tile::<K, V, 1>(&rows, [arow(i)]);
                 _mm256_storeu_ps(o.as_mut_ptr(), v);
             }
             $rows.set(rows);
