@@ -36,9 +36,10 @@ def table(head, rows):
 MEANING = {
     "vec_dot_unopt": "candle's Q4_1 dot product is its portable scalar fallback (`vec_dot_unopt`): "
                      "candle has no SIMD kernel for this block type, where llama.cpp has AVX2/AVX-512 ones",
-    "lensd_kernels::avx2": "lensd's AVX2 products on quantized blocks (lensd-kernels; `rows4`: four "
-                           "weight rows against one activation row, a decoding step's products; "
-                           "`tile`: two weight rows against four prompt rows)",
+    "lensd_kernels::avx2": "lensd's AVX2 products on quantized blocks (lensd-kernels; `one`: one "
+                           "weight row against one activation row, a decoding step's products; "
+                           "`group`: eight weight rows against every prompt row)",
+    "lensd_kernels::bf16": "lensd's bf16 products (AVX-512 BF16) of a bf16 unembedding",
     "lensd_kernels::portable": "lensd's portable products on quantized blocks (the CPU has no AVX2)",
     "lensd_kernels::act": "quantizing activations to 8 bits for the quantized products",
     "gemm_basic": "f32 matrix-vector products (`gemm_basic`) that stream every f32 weight for each "

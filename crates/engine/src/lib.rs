@@ -35,8 +35,8 @@ pub fn compute_threads() -> usize {
     candle_core::utils::get_num_threads()
 }
 
-/// The level of lensd's quantized-block kernels on this CPU: `avx2`, or `portable` (also with
-/// `LENSD_CPU_KERNELS=portable`).
+/// The level of lensd's quantized-block kernels on this CPU: `avx512vnni`, `avx2` or `portable`
+/// (`LENSD_CPU_KERNELS` caps it).
 pub fn cpu_kernels() -> &'static str {
     lensd_kernels::Level::detect().name()
 }

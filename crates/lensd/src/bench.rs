@@ -96,7 +96,8 @@ pub struct DtypeResult {
 pub struct BenchReport {
     pub model: String,
     pub threads: usize,
-    /// The level of lensd's quantized-block kernels this CPU runs (`avx2`, `portable`).
+    /// The level of lensd's quantized-block kernels this CPU runs (`avx512vnni`, `avx2`,
+    /// `portable`).
     pub cpu_kernels: &'static str,
     /// The physical limit: f32 multiply-adds a second on `threads` threads doing nothing else
     /// (a micro-benchmark of independent fused multiply-adds, measured in this run).
