@@ -177,13 +177,20 @@ impl RowAcc {
             return;
         }
         let mut floor = top.get(k - 1).map_or(f32::NEG_INFINITY, |t| t.1);
-        for (j, &v) in x.iter().enumerate() {
-            if top.len() < k || v > floor {
-                let at = top.partition_point(|&(_, t)| t >= v);
-                top.insert(at, ((first + j) as u32, v));
-                top.truncate(k);
-                if top.len() == k {
-                    floor = top[k - 1].1;
+        // Once `top` holds k values only those above its floor enter, and the floor only rises:
+        // a run of 16 values none of which is above it is skipped with one vectorized test.
+        for (c, run) in x.chunks(16).enumerate() {
+            if top.len() == k && !run.iter().fold(false, |any, &v| any | (v > floor)) {
+                continue;
+            }
+            for (j, &v) in run.iter().enumerate() {
+                if top.len() < k || v > floor {
+                    let at = top.partition_point(|&(_, t)| t >= v);
+                    top.insert(at, ((first + 16 * c + j) as u32, v));
+                    top.truncate(k);
+                    if top.len() == k {
+                        floor = top[k - 1].1;
+                    }
                 }
             }
         }
