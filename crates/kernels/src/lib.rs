@@ -5,14 +5,14 @@
 //! block's products are integer sums (exact) and only one float multiply-add per block remains
 //! (per superblock for the K types, whose sub-block scales multiply integers): [`act`] holds
 //! those formats. [`portable`] is the plain-Rust kernel every CPU runs and the tests'
-//! reference; `avx2` computes the same integer sums with AVX2 and is chosen at run time
-//! ([`Level::detect`]). [`matmul_many`] runs several matrices that share an input as one
-//! product, [`dequantize`] widens whole matrices (a base loaded in f32), and [`peak`] measures
-//! the cores' multiply-add rate that benchmarks compare with. [`bf16`] multiplies f32 rows
-//! by an f32 matrix with both rounded to bf16 (AVX-512 BF16), for a lens analysis's
-//! unembedding. Two element-wise kernels sit
-//! beside them: [`logit_stats`], a lens analysis's statistics accumulated a block of logits at
-//! a time, and [`gated`], the gated MLP's `act(gate) · up`.
+//! reference; `avx2` computes the same integer sums with AVX2 (and a prompt's 32-value blocks
+//! with AVX-512 VNNI where the CPU has it) and is chosen at run time ([`Level::detect`]).
+//! [`matmul_many`] runs several matrices that share an input as one product, [`dequantize`]
+//! widens whole matrices (a base loaded in f32), and [`peak`] measures the cores' multiply-add
+//! rates that benchmarks compare with. [`bf16`] multiplies f32 rows by an f32 matrix with both
+//! rounded to bf16 (AVX-512 BF16), for a lens analysis's unembedding. Two element-wise kernels
+//! sit beside them: [`logit_stats`], a lens analysis's statistics accumulated a block of logits
+//! at a time, and [`gated`], the gated MLP's `act(gate) · up`.
 //!
 //! The crate has no tensor type and no thread pool: the caller passes slices and a
 //! [`Parallel`] that runs independent tasks (the engine hands it candle's pool, so the matrix
