@@ -50,14 +50,21 @@ pub enum Level {
 
 impl Level {
     /// The fastest level this CPU runs. `LENSD_CPU_KERNELS=portable` or `=avx2` caps it there
-    /// (to compare levels on one machine).
+    /// (to compare levels on one machine); another value is reported on stderr and ignored.
     pub fn detect() -> Level {
         static LEVEL: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
         *LEVEL.get_or_init(|| {
             let cap = match std::env::var("LENSD_CPU_KERNELS").as_deref() {
                 Ok("portable") => Level::Portable,
                 Ok("avx2") => Level::Avx2,
-                _ => Level::Avx512Vnni,
+                Ok("avx512vnni") | Err(_) => Level::Avx512Vnni,
+                Ok(other) => {
+                    eprintln!(
+                        "LENSD_CPU_KERNELS={other} is not `portable`, `avx2` or `avx512vnni`; \
+                         using the fastest level this CPU runs"
+                    );
+                    Level::Avx512Vnni
+                }
             };
             Level::available()
                 .into_iter()
