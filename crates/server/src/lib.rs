@@ -29,7 +29,8 @@ use std::time::Duration;
 /// Serves `state` on `listener` until `signal` resolves, then shuts down in order: no new work
 /// is accepted and connected clients are told; running and queued work may finish within the
 /// grace period; what remains is cancelled (each request ends with its `cancelled` event and
-/// is stored); then connections close.
+/// is stored); then connections close, and this returns once the WebSocket sessions have
+/// ended too (at most [`SESSIONS_CLOSE`] after the rest).
 pub async fn serve(
     state: Shared,
     listener: tokio::net::TcpListener,
@@ -41,9 +42,19 @@ pub async fn serve(
         signal.await;
         drain(&draining).await;
     });
-    conn::accept(state, listener, app).await;
+    conn::accept(state.clone(), listener, app).await;
+    // A WebSocket session leaves its HTTP connection at the upgrade, so `accept` does not wait
+    // for it: without this wait a server with no work left could end its process before a
+    // session had written `server_shutdown` to its client.
+    let end = tokio::time::Instant::now() + SESSIONS_CLOSE;
+    while state.connections.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     Ok(())
 }
+
+/// How long [`serve`] waits for WebSocket sessions to write their last frames and close.
+pub const SESSIONS_CLOSE: Duration = Duration::from_secs(3);
 
 /// Why work still running when the grace period ends was cancelled.
 pub const SHUTDOWN_REASON: &str = "the server is shutting down";

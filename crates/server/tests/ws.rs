@@ -414,6 +414,43 @@ async fn the_connection_limit_and_shutdown() {
     assert!(end.is_ok(), "the connection closes after the drain");
 }
 
+/// With no work to wait for, the drain passes both phases at once; `serve` still returns only
+/// after the session has told its client and closed, so a process that ends when `serve`
+/// returns does not cut the `server_shutdown` frame off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_returns_after_the_websocket_sessions_have_told_their_clients() {
+    let s = server();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(lensd_server::serve(s.state.clone(), listener, async move {
+        let _ = stopped.await;
+    }));
+    let mut ws = connect(&url, None).await;
+    recv(&mut ws).await;
+    assert_eq!(
+        s.state
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), served)
+        .await
+        .expect("serve returns")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        s.state
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "serve returned with a WebSocket session still open"
+    );
+    let bye = recv(&mut ws).await;
+    assert_eq!(bye["type"], "server_shutdown");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_client_hears_when_another_clients_request_loads_weights() {
     let s = server();
