@@ -111,6 +111,14 @@ unsafe fn avx512_loop(iters: u64, seed: f32) -> f32 {
             *a = _mm512_fmadd_ps(*a, m, c);
         }
     }
+    sum512(&acc)
+}
+
+/// Every lane of the accumulators added up (so that their work is used).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn sum512(acc: &[std::arch::x86_64::__m512]) -> f32 {
+    use std::arch::x86_64::*;
     let sum = acc
         .iter()
         .fold(_mm512_setzero_ps(), |s, a| _mm512_add_ps(s, *a));
@@ -130,8 +138,5 @@ unsafe fn bf16_loop(iters: u64, seed: f32) -> f32 {
             *a = _mm512_dpbf16_ps(*a, m, c);
         }
     }
-    let sum = acc
-        .iter()
-        .fold(_mm512_setzero_ps(), |s, a| _mm512_add_ps(s, *a));
-    _mm512_reduce_add_ps(sum)
+    sum512(&acc)
 }

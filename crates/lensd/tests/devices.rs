@@ -4,6 +4,8 @@
 //! machine's CPU (`LocalEngine::on(&[cpu, cpu])`), so every step runs with real weights here;
 //! on GPUs the same steps move bytes between memories.
 
+mod common;
+
 use std::path::PathBuf;
 
 use lensd::runtime::LocalEngine;
@@ -12,7 +14,7 @@ use lensd_core::analysis::Analysis;
 use lensd_core::layers::LayerSpec;
 use lensd_core::registry::ResourceKey;
 use lensd_core::residency::{DeviceId, Place, Tier};
-use lensd_core::work::{AnalyzeWork, ClientId, JobOutput, Prompt, RequestEvent, Text, Work};
+use lensd_core::work::{AnalyzeWork, Prompt, Text, Work};
 use lensd_engine::DeviceSpec;
 use lensd_sched::queue::QueueConfig;
 
@@ -33,22 +35,7 @@ fn analyze(model: &str) -> Work {
 }
 
 async fn run(service: &Service, model: &str) -> Analysis {
-    let (_, mut rx) = service
-        .scheduler
-        .submit(&ClientId("tester".into()), analyze(model), None)
-        .await
-        .unwrap();
-    while let Some(ev) = rx.recv().await {
-        match ev {
-            RequestEvent::Completed {
-                output: JobOutput::Analysis { mut analyses },
-                ..
-            } => return analyses.remove(0),
-            ev if ev.is_terminal() => panic!("{model}: {ev:?}"),
-            _ => {}
-        }
-    }
-    panic!("{model}: the events ended without a result")
+    common::analysis_of(service, analyze(model), model).await
 }
 
 /// Groups `a` (f32, pinned to `pin` when given) and `b` (stored dtype) on the tiny llama.

@@ -2,13 +2,15 @@
 //! `LocalEngine::set_unembed`, a job's unembedding runs in bf16 where the CPU has AVX-512 BF16
 //! (its statistics move, within the bf16 bounds) and stays f32 elsewhere (identical results).
 
+mod common;
+
 use std::path::PathBuf;
 
 use lensd::runtime::LocalEngine;
 use lensd::service::Service;
 use lensd_core::analysis::Analysis;
 use lensd_core::layers::LayerSpec;
-use lensd_core::work::{AnalyzeWork, ClientId, JobOutput, Prompt, RequestEvent, Text, Work};
+use lensd_core::work::{AnalyzeWork, Prompt, Text, Work};
 use lensd_engine::lens::analyze::Unembed;
 use lensd_sched::queue::QueueConfig;
 
@@ -31,22 +33,7 @@ async fn run(service: &Service) -> Analysis {
         top_k: 3,
         explain: Default::default(),
     });
-    let (_, mut rx) = service
-        .scheduler
-        .submit(&ClientId("tester".into()), work, None)
-        .await
-        .unwrap();
-    while let Some(ev) = rx.recv().await {
-        match ev {
-            RequestEvent::Completed {
-                output: JobOutput::Analysis { mut analyses },
-                ..
-            } => return analyses.remove(0),
-            ev if ev.is_terminal() => panic!("{ev:?}"),
-            _ => {}
-        }
-    }
-    panic!("the events ended without a result")
+    common::analysis_of(service, work, "a-logit").await
 }
 
 fn entropies(a: &Analysis) -> Vec<f32> {

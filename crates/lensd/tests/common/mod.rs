@@ -131,3 +131,29 @@ fn uniform(state: &mut u64) -> f32 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32
 }
+
+/// Submits `work` as the client `tester` and returns the first analysis of its result; any
+/// other end fails the test, naming `what`.
+pub async fn analysis_of(
+    service: &lensd::service::Service,
+    work: lensd_core::work::Work,
+    what: &str,
+) -> lensd_core::analysis::Analysis {
+    use lensd_core::work::{ClientId, JobOutput, RequestEvent};
+    let (_, mut rx) = service
+        .scheduler
+        .submit(&ClientId("tester".into()), work, None)
+        .await
+        .unwrap();
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            RequestEvent::Completed {
+                output: JobOutput::Analysis { mut analyses },
+                ..
+            } => return analyses.remove(0),
+            ev if ev.is_terminal() => panic!("{what}: {ev:?}"),
+            _ => {}
+        }
+    }
+    panic!("{what}: the events ended without a result")
+}
