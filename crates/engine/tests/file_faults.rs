@@ -23,9 +23,11 @@ fn load(path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<Base, String>
 }
 
 #[test]
-fn a_gguf_truncated_while_it_loads_is_an_error_naming_it() {
+fn a_gguf_truncated_while_it_is_read_is_an_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = copy_of(&demo_model(), dir.path());
+    // Without a lease the file is read into memory, and nothing holds the truncation back.
+    FaultyFiles::install().set(&path, Fault::NoLease);
     let mut truncated = false;
     let e = load(&path, &mut |done, total| {
         // After the first chunk, cut the file on disk, as a copy over it would.

@@ -33,6 +33,9 @@ pub struct SwitchRow {
 fn evict_page_cache(path: &Path) -> Result<()> {
     let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     use std::os::fd::AsRawFd;
+    // Pages not yet written back cannot be dropped: write them first.
+    f.sync_data()
+        .with_context(|| format!("cannot write back {}", path.display()))?;
     // SAFETY: a valid descriptor; the call only drops clean cached pages of this file.
     let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
     ensure!(rc == 0, "posix_fadvise failed on {}", path.display());
@@ -73,8 +76,48 @@ fn raw_read_ms(path: &Path) -> Result<f64> {
 fn cold(path: &Path) -> Result<()> {
     for f in files_of(path) {
         evict_page_cache(&f)?;
+        let (resident, pages) = resident_pages(&f)?;
+        // Pages still mapped by a loaded model stay in the page cache: a read would be warm.
+        ensure!(
+            resident * 100 <= pages,
+            "{} keeps {resident} of its {pages} pages in the page cache after eviction: \
+             something still maps it, and a read of it would not come from the disk",
+            f.display()
+        );
     }
     Ok(())
+}
+
+/// How many of the file's pages are in the page cache, and how many it has.
+fn resident_pages(path: &Path) -> Result<(usize, usize)> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let len = f.metadata()?.len() as usize;
+    if len == 0 {
+        return Ok((0, 0));
+    }
+    // SAFETY: the page size is a constant of the system.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as usize;
+    let pages = len.div_ceil(page);
+    let mut vec = vec![0u8; pages];
+    // SAFETY: a fresh read-only mapping of the file, only asked which pages are resident (which
+    // reads none of them), then unmapped.
+    let rc = unsafe {
+        let addr = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+        ensure!(addr != libc::MAP_FAILED, "cannot map {}", path.display());
+        let rc = libc::mincore(addr, len, vec.as_mut_ptr());
+        libc::munmap(addr, len);
+        rc
+    };
+    ensure!(rc == 0, "mincore failed on {}", path.display());
+    Ok((vec.iter().filter(|&&v| v & 1 == 1).count(), pages))
 }
 
 /// Fits one small tuned lens and writes it twice with different content, so that the two
@@ -172,6 +215,11 @@ pub async fn run(model: &Path, corpus: &Path, reps: usize) -> Result<Vec<SwitchR
             }
         }
         times[4].push(timed_acquire(&service, "b").await?);
+        // Free every model before the next round: a stored base maps its file, whose pages
+        // then stay cached.
+        for group in ["f32", "stored"] {
+            service.residency.unload(group, Tier::Disk).await?;
+        }
         drop(service);
         raw[0].push(raw_read_ms(model)?);
         raw[1].push(raw_read_ms(&a)?);

@@ -1,6 +1,6 @@
 //! A file system that fails on purpose, for tests of what users see when a disk misbehaves:
-//! real files, except that chosen paths fail with I/O errors from a given byte on, or arrive
-//! slowly in small reads.
+//! real files, except that chosen paths fail with I/O errors from a given byte on, arrive
+//! slowly in small reads, or cannot be mapped.
 
 use std::collections::HashMap;
 use std::io;
@@ -16,6 +16,9 @@ pub enum Fault {
     ErrorFrom(u64),
     /// Each read returns at most `bytes`, after `delay`, as a slow network disk's do.
     Slow { bytes: usize, delay: Duration },
+    /// Reads normally but grants no lease, as many network file systems do: the file is read
+    /// into memory, never mapped.
+    NoLease,
 }
 
 /// Real files with faults at chosen paths; other paths read normally.
@@ -76,7 +79,7 @@ impl ReadAt for FaultyFile {
             Fault::ErrorFrom(at) if offset + buf.len() as u64 > at => {
                 Err(io::Error::from_raw_os_error(5))
             }
-            Fault::ErrorFrom(_) => self.inner.read_at(buf, offset),
+            Fault::ErrorFrom(_) | Fault::NoLease => self.inner.read_at(buf, offset),
             Fault::Slow { bytes, delay } => {
                 std::thread::sleep(delay);
                 let n = buf.len().min(bytes.max(1));

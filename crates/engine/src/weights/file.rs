@@ -1,15 +1,17 @@
-//! Reading weight files: whole, with positioned reads, into memory the process owns.
+//! Reading weight files: whole, with positioned reads, into memory the process owns, or (for
+//! GGUF files, where a read lease is granted) mapped under that lease ([`super::mapped`]).
 //!
-//! Nothing stays mapped from a file. A file that shrinks, vanishes or fails with an I/O error
-//! while it is read gives an error naming it and the offset, never a bus error that would end
-//! the server; once loaded, nothing depends on the file. Reads go through a [`FileSystem`], so
-//! that tests can put faults underneath.
+//! A file that shrinks, vanishes or fails with an I/O error while it is read gives an error
+//! naming it and the offset, never a bus error that would end the server; once loaded,
+//! nothing depends on the file's staying as it was. Reads go through a [`FileSystem`], so that
+//! tests can put faults underneath.
 
 use std::io;
 use std::ops::Deref;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
+use super::mapped::Mapping;
 use crate::error::{EngineError, Result};
 
 /// Opens files for reading.
@@ -23,6 +25,12 @@ pub trait ReadAt: Send {
     fn size(&self) -> io::Result<u64>;
     /// Reads into `buf` from `offset`; returns how many bytes were read, 0 at the end.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+    /// The whole file mapped under a read lease (`path` names it in messages), where this
+    /// kind of file and the system allow; `None` has the caller read it.
+    fn map(&self, path: &Path) -> Option<Mapping> {
+        let _ = path;
+        None
+    }
 }
 
 /// The operating system's files.
@@ -41,6 +49,10 @@ impl ReadAt for std::fs::File {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         std::os::unix::fs::FileExt::read_at(self, buf, offset)
+    }
+
+    fn map(&self, path: &Path) -> Option<Mapping> {
+        Mapping::open(self, path)
     }
 }
 
@@ -66,18 +78,28 @@ pub fn open(path: &Path) -> Result<Box<dyn ReadAt>> {
         .map_err(|e| EngineError::io(path, e))
 }
 
-/// A whole file's bytes, aligned for every GGUF block and float type.
+/// A whole file's bytes, aligned for every GGUF block and float type: read into memory the
+/// process owns, or mapped from the page cache under a read lease ([`Mapping`]).
 pub struct FileBytes {
-    words: Vec<u128>,
-    len: usize,
+    inner: Inner,
+}
+
+enum Inner {
+    Owned { words: Vec<u128>, len: usize },
+    Mapped(Mapping),
 }
 
 impl Deref for FileBytes {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
-        // SAFETY: `words` holds at least `len` initialized bytes, and u8 has no alignment.
-        unsafe { std::slice::from_raw_parts(self.words.as_ptr() as *const u8, self.len) }
+        match &self.inner {
+            // SAFETY: `words` holds at least `len` initialized bytes, and u8 has no alignment.
+            Inner::Owned { words, len } => unsafe {
+                std::slice::from_raw_parts(words.as_ptr() as *const u8, *len)
+            },
+            Inner::Mapped(m) => m.bytes(),
+        }
     }
 }
 
@@ -85,7 +107,20 @@ impl FileBytes {
     pub(crate) fn zeroed(len: usize) -> Self {
         let words = vec![0u128; len.div_ceil(16)];
         super::advise_huge_pages(words.as_ptr() as *const u8, len);
-        FileBytes { words, len }
+        FileBytes {
+            inner: Inner::Owned { words, len },
+        }
+    }
+
+    /// Room for all of `file` (`len` bytes when opened): its pages mapped where a lease can be
+    /// had, else owned memory. Nothing is read yet: see [`FileBytes::load`].
+    pub(crate) fn for_file(path: &Path, file: &dyn ReadAt, len: usize) -> Self {
+        match file.map(path) {
+            Some(m) => FileBytes {
+                inner: Inner::Mapped(m),
+            },
+            None => Self::zeroed(len),
+        }
     }
 
     /// An aligned copy of `bytes` (tests build tensors without a file).
@@ -96,9 +131,45 @@ impl FileBytes {
         f
     }
 
-    pub(crate) fn as_mut_bytes(&mut self) -> &mut [u8] {
-        // SAFETY: as in `deref`, and `&mut self` makes the borrow unique.
-        unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr() as *mut u8, self.len) }
+    fn as_mut_bytes(&mut self) -> &mut [u8] {
+        match &mut self.inner {
+            // SAFETY: as in `deref`, and `&mut self` makes the borrow unique.
+            Inner::Owned { words, len } => unsafe {
+                std::slice::from_raw_parts_mut(words.as_mut_ptr() as *mut u8, *len)
+            },
+            Inner::Mapped(_) => unreachable!("mapped bytes are filled by `load`, never written"),
+        }
+    }
+
+    /// The mapping, where the bytes are mapped rather than owned.
+    pub(crate) fn mapping(&self) -> Option<&Mapping> {
+        match &self.inner {
+            Inner::Owned { .. } => None,
+            Inner::Mapped(m) => Some(m),
+        }
+    }
+
+    /// Reads bytes `from..to` of `file` into owned bytes, calling `progress(bytes of the file
+    /// done, bytes of the file)` after each chunk (mapped bytes are brought in by
+    /// [`Mapping::lock`]).
+    pub(crate) fn load(
+        &mut self,
+        path: &Path,
+        file: &dyn ReadAt,
+        from: usize,
+        to: usize,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<()> {
+        let len = self.len() as u64;
+        let buf = &mut self.as_mut_bytes()[from..to];
+        fill_at(path, file, buf, from as u64, len, &mut |done, _| {
+            progress(from as u64 + done, len)
+        })
+    }
+
+    /// Whether the bytes are the page cache's, mapped under a lease that still holds.
+    pub fn is_mapped(&self) -> bool {
+        matches!(&self.inner, Inner::Mapped(m) if m.is_shared_with_the_file())
     }
 }
 

@@ -8,6 +8,7 @@ mod file_quant;
 pub mod gguf;
 mod gguf_experts;
 mod gguf_header;
+pub mod mapped;
 pub mod mxfp4;
 pub(crate) mod quant_product;
 pub mod safetensors;
