@@ -241,6 +241,53 @@ mod linux {
         }
     }
 
+    /// Maps `len` bytes of the file `fd` read-only at an address that is a multiple of 2 MiB,
+    /// so that the page cache's 2 MiB folios of it can be mapped whole, one page-table entry
+    /// each: decoding streams every weight per token, and 4 KiB entries cost it a few percent
+    /// in TLB misses.
+    fn map_aligned(fd: RawFd, len: usize, map_len: usize) -> Option<usize> {
+        const HUGE: usize = 2 << 20;
+        // SAFETY: an inaccessible reservation, then the file mapped over an aligned part of
+        // it (`MAP_FIXED` inside a range this function owns), then the rest given back.
+        unsafe {
+            let room = map_len + HUGE;
+            let reserved = libc::mmap(
+                std::ptr::null_mut(),
+                room,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            );
+            if reserved == libc::MAP_FAILED {
+                return None;
+            }
+            let start = reserved as usize;
+            let at = start.next_multiple_of(HUGE);
+            let addr = libc::mmap(
+                at as *mut c_void,
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_FIXED,
+                fd,
+                0,
+            );
+            if addr == libc::MAP_FAILED {
+                libc::munmap(reserved, room);
+                return None;
+            }
+            if at > start {
+                libc::munmap(reserved, at - start);
+            }
+            let end = at + map_len;
+            if start + room > end {
+                libc::munmap(end as *mut c_void, start + room - end);
+            }
+            libc::madvise(addr, map_len, libc::MADV_HUGEPAGE);
+            Some(at)
+        }
+    }
+
     /// A whole regular file mapped read-only under a read lease (see the module's text).
     pub struct Mapping {
         /// A duplicate of the caller's descriptor: the lease lives as long as it is open.
@@ -303,23 +350,12 @@ mod linux {
             if len == 0 {
                 return forget(fd);
             }
-            // SAFETY: a new read-only private mapping of the whole file, placed by the kernel.
-            let addr = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ,
-                    libc::MAP_PRIVATE,
-                    raw,
-                    0,
-                )
-            };
-            if addr == libc::MAP_FAILED {
-                return forget(fd);
-            }
             // SAFETY: the page size is a constant of the system.
             let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as usize;
             let map_len = len.next_multiple_of(page);
+            let Some(addr) = map_aligned(raw, len, map_len) else {
+                return forget(fd);
+            };
             let mut all = entries();
             let entry = all.get_mut(&raw).expect("the entry was made above");
             if entry.released {
@@ -327,14 +363,14 @@ mod linux {
                 all.remove(&raw);
                 drop(all);
                 // SAFETY: the mapping made above, used by nobody.
-                unsafe { libc::munmap(addr, map_len) };
+                unsafe { libc::munmap(addr as *mut c_void, map_len) };
                 return None;
             }
-            entry.region = Some((addr as usize, map_len));
+            entry.region = Some((addr, map_len));
             drop(all);
             Some(Mapping {
                 fd,
-                addr: addr as usize,
+                addr,
                 len,
                 map_len,
             })
