@@ -16,7 +16,7 @@ use crate::model::Model;
 use crate::tokenizer::Tokenizer;
 use crate::weights::gguf::{self, GgufFile};
 use crate::weights::safetensors::HfCheckpoint;
-use crate::weights::{LoadOptions, WeightBytes};
+use crate::weights::{ComputeDtype, LoadOptions, WeightBytes};
 
 pub struct Base {
     pub model: Model,
@@ -77,6 +77,9 @@ impl Base {
         // read.
         let (g, made) = GgufFile::read_with(path, progress, gguf_tokenizer)?;
         let (tokenizer, chat) = made?;
+        if options.compute == ComputeDtype::Stored && device.is_cpu() {
+            g.settle_for_compute();
+        }
         let cfg = g.config()?;
         let w = g.load_weights(&cfg, options.compute, device)?;
         check_vocab(path, &cfg, &tokenizer)?;

@@ -141,3 +141,26 @@ fn a_stored_base_computes_as_before_once_its_file_is_truncated_and_deleted() {
         "the same bits as before the file changed"
     );
 }
+
+#[test]
+fn a_mapping_made_lensds_own_keeps_its_bytes_and_holds_no_writer_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = copy_of(&demo_model(), dir.path());
+    let before = std::fs::read(&path).unwrap();
+    let g = read(&path);
+    if g.is_mapped() {
+        let huge = g.huge_mapped_bytes().expect("smaps names the mapping");
+        assert!(huge <= g.file_len(), "{huge}");
+    }
+    assert!(g.make_own());
+    assert!(!g.is_mapped());
+    // No lease is left: the truncation goes through, and the bytes stay.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    assert!(g.bytes().unwrap() == &before[..]);
+    assert!(g.make_own(), "owning twice is harmless");
+}

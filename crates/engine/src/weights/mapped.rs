@@ -55,6 +55,14 @@ mod other {
         pub fn is_shared_with_the_file(&self) -> bool {
             match self.0 {}
         }
+
+        pub fn huge_mapped_bytes(&self) -> Option<u64> {
+            match self.0 {}
+        }
+
+        pub fn make_own(&self) -> bool {
+            match self.0 {}
+        }
     }
 }
 
@@ -201,6 +209,26 @@ mod linux {
     /// Replaces the file mapping at `addr` (`len` bytes, whole pages) by an anonymous copy of
     /// its bytes at the same addresses; if no memory can be had, by zeros (never a bus error).
     fn copy_in_place(addr: usize, len: usize) -> bool {
+        if copy_only(addr, len) {
+            return true;
+        }
+        // SAFETY: replaces the caller's mapping with zero pages at the same addresses.
+        unsafe {
+            libc::mmap(
+                addr as *mut c_void,
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                -1,
+                0,
+            );
+        }
+        false
+    }
+
+    /// Moves an anonymous copy of the mapping at `addr` (`len` bytes, whole pages) over it;
+    /// `false`, changing nothing, if no memory can be had.
+    fn copy_only(addr: usize, len: usize) -> bool {
         // SAFETY: `addr..addr + len` is a live read-only mapping of a file whose length the
         // lease has held still, so every byte of it reads; the new pages are this function's
         // until `mremap` moves them over the old ones in one step.
@@ -213,31 +241,24 @@ mod linux {
                 -1,
                 0,
             );
-            if copy != libc::MAP_FAILED {
-                super::super::advise_huge_pages(copy as *const u8, len);
-                std::ptr::copy_nonoverlapping(addr as *const u8, copy as *mut u8, len);
-                libc::mprotect(copy, len, libc::PROT_READ);
-                let moved = libc::mremap(
-                    copy,
-                    len,
-                    len,
-                    libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
-                    addr as *mut c_void,
-                );
-                if moved != libc::MAP_FAILED {
-                    return true;
-                }
-                libc::munmap(copy, len);
+            if copy == libc::MAP_FAILED {
+                return false;
             }
-            libc::mmap(
-                addr as *mut c_void,
+            super::super::advise_huge_pages(copy as *const u8, len);
+            std::ptr::copy_nonoverlapping(addr as *const u8, copy as *mut u8, len);
+            libc::mprotect(copy, len, libc::PROT_READ);
+            let moved = libc::mremap(
+                copy,
                 len,
-                libc::PROT_READ,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
-                -1,
-                0,
+                len,
+                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                addr as *mut c_void,
             );
-            false
+            if moved == libc::MAP_FAILED {
+                libc::munmap(copy, len);
+                return false;
+            }
+            true
         }
     }
 
@@ -418,6 +439,46 @@ mod linux {
             entries()
                 .get(&self.fd.as_raw_fd())
                 .is_some_and(|e| !e.released && !e.copied)
+        }
+
+        /// How many of the mapped bytes the page cache's 2 MiB folios cover, each mapped by
+        /// one page-table entry (`FilePmdMapped` of this mapping in `/proc/self/smaps`);
+        /// `None` where that cannot be read.
+        pub fn huge_mapped_bytes(&self) -> Option<u64> {
+            let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+            let head = format!("{:x}-", self.addr);
+            let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&head)).skip(1);
+            lines
+                .by_ref()
+                .take_while(|l| {
+                    l.split_whitespace()
+                        .next()
+                        .is_some_and(|t| t.ends_with(':'))
+                })
+                .find_map(|l| l.strip_prefix("FilePmdMapped:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .map(|kib| kib * 1024)
+        }
+
+        /// Copies the bytes into memory the process owns, at the same addresses, and gives the
+        /// lease up: what a lease break does, on request. `false` if no memory could be had,
+        /// in which case the mapping stays as it was.
+        pub fn make_own(&self) -> bool {
+            let mut all = entries();
+            let Some(entry) = all.get_mut(&self.fd.as_raw_fd()) else {
+                return false;
+            };
+            if entry.released {
+                return true;
+            }
+            if !copy_only(self.addr, self.map_len) {
+                return false;
+            }
+            entry.copied = true;
+            // SAFETY: gives up this descriptor's lease; nothing depends on the file any more.
+            unsafe { libc::fcntl(self.fd.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
+            entry.released = true;
+            true
         }
     }
 
