@@ -19,6 +19,14 @@ fn copy_of(src: &Path, dir: &Path) -> PathBuf {
     dst
 }
 
+/// A copy of the demo GGUF in a fresh folder (kept alive by the caller), with its bytes.
+fn demo_copy() -> (tempfile::TempDir, PathBuf, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = copy_of(&demo_model(), dir.path());
+    let before = std::fs::read(&path).unwrap();
+    (dir, path, before)
+}
+
 /// Reads the file whole; says on stderr when this system gave no lease, so that the test
 /// checked the read path.
 fn read(path: &Path) -> GgufFile {
@@ -34,9 +42,7 @@ fn read(path: &Path) -> GgufFile {
 
 #[test]
 fn a_gguf_truncated_under_its_mapping_keeps_every_byte() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = copy_of(&demo_model(), dir.path());
-    let before = std::fs::read(&path).unwrap();
+    let (_dir, path, before) = demo_copy();
     let g = read(&path);
     let was_mapped = g.is_mapped();
     // The truncation waits until lensd has copied the bytes and given its lease up.
@@ -56,9 +62,7 @@ fn a_gguf_truncated_under_its_mapping_keeps_every_byte() {
 
 #[test]
 fn a_gguf_written_in_place_under_its_mapping_keeps_every_byte() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = copy_of(&demo_model(), dir.path());
-    let before = std::fs::read(&path).unwrap();
+    let (_dir, path, before) = demo_copy();
     let g = read(&path);
     let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     f.seek(SeekFrom::Start(before.len() as u64 / 2)).unwrap();
@@ -144,9 +148,7 @@ fn a_stored_base_computes_as_before_once_its_file_is_truncated_and_deleted() {
 
 #[test]
 fn a_mapping_made_lensds_own_keeps_its_bytes_and_holds_no_writer_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = copy_of(&demo_model(), dir.path());
-    let before = std::fs::read(&path).unwrap();
+    let (_dir, path, before) = demo_copy();
     let g = read(&path);
     if g.is_mapped() {
         let huge = g.huge_mapped_bytes().expect("smaps names the mapping");
