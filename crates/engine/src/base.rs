@@ -77,7 +77,8 @@ impl Base {
         // read.
         let (g, made) = GgufFile::read_with(path, progress, gguf_tokenizer)?;
         let (tokenizer, chat) = made?;
-        if options.compute == ComputeDtype::Stored && device.is_cpu() {
+        // Both keep the file's quantized blocks on the CPU (`f32` multiplies them in f32).
+        if matches!(options.compute, ComputeDtype::Stored | ComputeDtype::F32) && device.is_cpu() {
             g.settle_for_compute();
         }
         let cfg = g.config()?;

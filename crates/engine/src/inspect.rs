@@ -36,7 +36,10 @@ pub struct InspectReport {
     pub kinds: Vec<KindSize>,
     /// Bytes of weights once loaded with each compute dtype.
     pub resident_stored: u64,
+    /// `f32` on the CPU, where quantized matrices the kernels read stay as stored.
     pub resident_f32: u64,
+    /// `f32` on a GPU, every matrix widened.
+    pub resident_f32_widened: u64,
     pub resident_bf16: u64,
     pub tokenizer: Option<String>,
     pub chat_template: bool,
@@ -64,6 +67,8 @@ struct Entry {
     dtype: String,
     elements: u64,
     bytes: u64,
+    /// Kept as stored in `f32` on the CPU ([`crate::weights::Linear::Wide`]).
+    wide: bool,
 }
 
 /// The resident bytes of a GGUF file's weights, from its tensor table: the tensors the model
@@ -89,14 +94,20 @@ fn resident(entries: &[Entry]) -> Resident {
     let mut r = Resident {
         stored: 0,
         f32: 0,
+        f32_widened: 0,
         bf16: 0,
     };
     for e in entries {
-        // Norms are always held as f32; matrices keep their stored bytes, widen to f32 or
-        // become bf16.
+        // Norms are always held as f32; matrices keep their stored bytes, widen to f32 (on the
+        // CPU only those the kernels do not multiply from their blocks) or become bf16.
         let norm = tensor_kind(&e.name) == "norm";
         r.stored += if norm { e.elements * 4 } else { e.bytes };
-        r.f32 += e.elements * 4;
+        r.f32 += if e.wide && !norm {
+            e.bytes
+        } else {
+            e.elements * 4
+        };
+        r.f32_widened += e.elements * 4;
         r.bf16 += e.elements * if norm { 4 } else { 2 };
     }
     r
@@ -111,6 +122,7 @@ fn gguf_entries(g: &GgufFile) -> Vec<Entry> {
             // MXFP4 too: 32 values per 17-byte block, as many as the shape says.
             elements: info.elements(),
             bytes: GgufFile::tensor_bytes(info),
+            wide: info.dtype.wide(),
         })
         .collect()
 }
@@ -132,6 +144,7 @@ fn hf_entries(ck: &HfCheckpoint) -> Vec<Entry> {
                 dtype,
                 elements,
                 bytes,
+                wide: false,
             }
         })
         .collect()
@@ -266,6 +279,7 @@ fn report(
         kinds,
         resident_stored: resident.stored,
         resident_f32: resident.f32,
+        resident_f32_widened: resident.f32_widened,
         resident_bf16: resident.bf16,
         tokenizer,
         chat_template,

@@ -31,6 +31,8 @@ use crate::weights::safetensors::HfCheckpoint;
 pub struct FileProbe {
     hashes: Mutex<HashMap<FileKey, blake3::Hash>>,
     hashed_bytes: AtomicU64,
+    /// Bases compute on GPUs, where an `f32` base widens every matrix.
+    gpus: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -43,6 +45,13 @@ struct FileKey {
 impl FileProbe {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A probe for bases computed on GPUs (`true`) or on the CPU (the default): their `f32`
+    /// bytes differ, as only the CPU multiplies quantized matrices in f32 as stored.
+    pub fn on_gpus(mut self, gpus: bool) -> Self {
+        self.gpus = gpus;
+        self
     }
 
     /// Bytes read for hashing so far. Probing unchanged files again adds nothing.
@@ -101,7 +110,10 @@ impl FileProbe {
             content_id: format!("{}-{}", short(&h.finalize()), dtype.as_str()),
             n_layers: cfg.n_layers,
             d_model: cfg.d_model,
-            resident_bytes: resident.of(dtype),
+            resident_bytes: match dtype {
+                ComputeDtype::F32 if self.gpus => resident.f32_widened,
+                _ => resident.of(dtype),
+            },
             shape: crate::donor::shape_of(&cfg).2,
         })
     }

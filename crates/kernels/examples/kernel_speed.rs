@@ -1,4 +1,5 @@
-//! Times `matmul` on random weights of each block type, and the bf16 product on one thread:
+//! Times `matmul` on random weights of each block type (and the same weights multiplied in f32,
+//! `wide::matmul`), and the bf16 product on one thread:
 //! `cargo run --release -p lensd-kernels --example kernel_speed -- [threads] [m] [n] [k]`.
 
 use lensd_kernels::{matmul_with, BlockType, Level, Parallel};
@@ -72,6 +73,20 @@ fn main() {
             values.len() as f64 * 4.0 / best / 1e9
         );
         let mut out = vec![0f32; m * n];
+        let mut best = f64::MAX;
+        for _ in 0..7 {
+            let t = std::time::Instant::now();
+            let level = Level::detect();
+            lensd_kernels::wide::matmul(level, ty, &w, n, k, &x, m, &mut out, &Scoped(threads))
+                .unwrap();
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        println!(
+            "{ty:?} in f32 ({}): {:7.3} ms, {:6.2} GMAC/s",
+            lensd_kernels::wide::path_name(Level::detect()),
+            best * 1e3,
+            (m * n * k) as f64 / best / 1e9
+        );
         for level in Level::available() {
             let par = Scoped(threads);
             let mut best = f64::MAX;

@@ -10,7 +10,9 @@
 //! [`matmul_many`] runs several matrices that share an input as one product, [`dequantize`]
 //! widens whole matrices (a base loaded in f32), and [`peak`] measures the cores' multiply-add
 //! rates that benchmarks compare with. [`bf16`] multiplies f32 rows by an f32 matrix with both
-//! rounded to bf16 (AVX-512 BF16), for a lens analysis's unembedding. Two element-wise kernels
+//! rounded to bf16 (AVX-512 BF16), for a lens analysis's unembedding. [`wide`] multiplies
+//! quantized matrices in f32 as they are stored, a strip of rows widened at a time (a base
+//! computed in f32 without an f32 copy of its matrices). Two element-wise kernels
 //! sit beside them: [`logit_stats`], a lens analysis's statistics accumulated a block of logits
 //! at a time, and [`gated`], the gated MLP's `act(gate) · up`.
 //!
@@ -29,6 +31,7 @@ pub mod logit_stats;
 mod matmul;
 pub mod peak;
 pub mod portable;
+pub mod wide;
 
 pub use blocks::BlockType;
 pub use dequant::dequantize;
@@ -129,6 +132,8 @@ pub enum KernelError {
         want: usize,
         got: usize,
     },
+    #[error("an output row stride of {ld} is shorter than its {n} columns")]
+    Stride { ld: usize, n: usize },
     #[error("{what} holds {got} values, {want} expected")]
     Length {
         what: &'static str,

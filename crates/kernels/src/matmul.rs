@@ -232,6 +232,11 @@ impl<T> Shared<T> {
         *self.0.add(at) = v
     }
 
+    /// The buffer's first element, for tasks that write strided places (columns of rows).
+    pub fn ptr(&self) -> *mut T {
+        self.0
+    }
+
     /// # Safety
     /// `start..start + len` is inside the buffer, and no other task touches it.
     #[allow(clippy::mut_from_ref)]

@@ -590,8 +590,9 @@ pub fn run(cmd: Command) -> Result<()> {
 /// `check-config`: parse, then (when the document itself is sound) check the files it names.
 fn check_config(file: &Path, format: Format, devices: &[DeviceSpec]) -> Result<()> {
     let engine = LocalEngine::on(devices)?;
+    let gpus = devices.iter().any(|d| *d != DeviceSpec::Cpu);
     let (checked, report) =
-        lensd::service::read_config(file, &FileProbe::new(), &engine.device_list())?;
+        lensd::service::read_config(file, &FileProbe::new().on_gpus(gpus), &engine.device_list())?;
     let summary = checked.map(|c| ConfigSummary::new(&c.config, &c.resolved, c.budgets));
     let errors = report.errors().count();
     let warnings = report.issues.len() - errors;

@@ -125,6 +125,13 @@ pub fn inspect(r: &InspectReport) -> String {
         bytes(r.resident_f32),
         bytes(r.resident_bf16)
     );
+    if r.resident_f32_widened != r.resident_f32 {
+        let _ = writeln!(
+            s,
+            "(f32 keeps the quantized matrices as stored on the CPU; on a GPU it widens them: {})",
+            bytes(r.resident_f32_widened)
+        );
+    }
     s
 }
 

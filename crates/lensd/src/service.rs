@@ -103,8 +103,9 @@ impl Service {
 
     /// [`Service::start_with`] computing with `engine` (its devices).
     pub async fn start_on(path: &Path, queue: QueueConfig, engine: LocalEngine) -> Result<Service> {
-        let probe = FileProbe::new();
-        let checked = checked(path, &probe, &engine.device_list())?;
+        let devices = engine.device_list();
+        let probe = FileProbe::new().on_gpus(devices.iter().any(|d| d.name != "cpu"));
+        let checked = checked(path, &probe, &devices)?;
         let registry = Registry::build(&checked.config, &checked.resolved);
         let options = Options {
             memory: Some(Arc::new(ProcMemory)),

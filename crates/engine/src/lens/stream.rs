@@ -9,7 +9,7 @@
 use candle_core::{Storage, Tensor};
 use lensd_kernels::bf16::{self, Bf16Rows};
 use lensd_kernels::logit_stats::{RowAcc, RowQuery};
-use lensd_kernels::{BlockType, Serial};
+use lensd_kernels::{wide, BlockType, Serial};
 use rayon::prelude::*;
 
 use super::analyze::Unembed;
@@ -34,6 +34,14 @@ enum Head<'a> {
         ty: BlockType,
         data: &'a [u8],
         row_bytes: usize,
+    },
+    /// Quantized blocks multiplied in f32 ([`Linear::Wide`]); with `bf16`, a block's rows are
+    /// widened to f32 and multiplied in bf16 as an f32 head's are.
+    Wide {
+        ty: BlockType,
+        data: &'a [u8],
+        row_bytes: usize,
+        bf16: bool,
     },
 }
 
@@ -83,7 +91,7 @@ pub(super) fn rows_stats(
             };
             Ok(Some(run(&head, shape(model), &x, refs, k, softcap)?))
         }
-        Linear::Quant(q) if q.device().is_cpu() => {
+        Linear::Quant(q) | Linear::Wide(q) if q.device().is_cpu() => {
             let d = model.cfg.d_model;
             let Some((ty, row_bytes)) =
                 block_type(q.dtype()).and_then(|ty| ty.bytes_for(1, d).map(|b| (ty, b)))
@@ -94,18 +102,21 @@ pub(super) fn rows_stats(
             if data.len() != row_bytes * model.cfg.vocab_size {
                 return Ok(None);
             }
-            Ok(Some(run(
-                &Head::Quant {
+            let data = &data;
+            let head = match &model.w.head {
+                Linear::Quant(_) => Head::Quant {
                     ty,
-                    data: &data,
+                    data,
                     row_bytes,
                 },
-                shape(model),
-                &x,
-                refs,
-                k,
-                softcap,
-            )?))
+                _ => Head::Wide {
+                    ty,
+                    data,
+                    row_bytes,
+                    bf16: unembed.effective() == Unembed::Bf16,
+                },
+            };
+            Ok(Some(run(&head, shape(model), &x, refs, k, softcap)?))
         }
         _ => Ok(None),
     }
@@ -133,7 +144,9 @@ fn run(
         None => v,
     };
     let rows16 = match head {
-        Head::Bf16(_) => Some(Bf16Rows::new(x, r, d).map_err(kernel_error)?),
+        Head::Bf16(_) | Head::Wide { bf16: true, .. } => {
+            Some(Bf16Rows::new(x, r, d).map_err(kernel_error)?)
+        }
         _ => None,
     };
     let ctx = Product {
@@ -168,8 +181,8 @@ fn run(
     let segments: Vec<Vec<RowAcc>> = (0..vocab.div_ceil(segment))
         .into_par_iter()
         .map_init(
-            || (Vec::new(), Vec::new()),
-            |(buf, scratch): &mut (Vec<f32>, Vec<u32>), s| {
+            || (Vec::new(), Scratch::default()),
+            |(buf, scratch): &mut (Vec<f32>, Scratch), s| {
                 let mut accs = vec![RowAcc::default(); r];
                 let end = ((s + 1) * segment).min(vocab);
                 for v0 in (s * segment..end).step_by(VOCAB_BLOCK) {
@@ -222,6 +235,15 @@ fn finish(acc: RowAcc, rf: &RowRef) -> RowStats {
     }
 }
 
+/// A thread's buffers for the products of its blocks (their contents do not matter).
+#[derive(Default)]
+struct Scratch {
+    /// A bf16 product's rounded matrix rows.
+    rounded: Vec<u32>,
+    /// A block of quantized rows widened to f32.
+    widened: Vec<f32>,
+}
+
 /// What one block's product needs besides the block: the head, and the rows rounded to bf16
 /// once for every block when the head is multiplied in bf16.
 struct Product<'a> {
@@ -267,10 +289,26 @@ fn target_band(ctx: &Product, t: usize, i: usize, row: &[f32]) -> candle_core::R
             row_bytes,
         } => {
             let mut out = [0f32];
-            ctx.product(t, 1, row, 1, &mut out, &mut Vec::new())?;
+            ctx.product(t, 1, row, 1, &mut out, &mut Scratch::default())?;
             let mut wt = vec![0f32; d];
             ty.dequantize(&data[t * row_bytes..(t + 1) * row_bytes], &mut wt);
             (out[0] as f64, bound(magnitude(&wt)))
+        }
+        Head::Wide {
+            ty,
+            data,
+            row_bytes,
+            bf16: widened_in_bf16,
+        } => {
+            let mut wt = vec![0f32; d];
+            ty.dequantize(&data[t * row_bytes..(t + 1) * row_bytes], &mut wt);
+            let est = if *widened_in_bf16 {
+                let rows16 = ctx.rows16.expect("rounded with the head");
+                bf16::dot(&rows16.row(i), &bf16::row_to_bf16(&wt))
+            } else {
+                lensd_kernels::wide::dot(row, &wt)
+            };
+            (est as f64, bound(magnitude(&wt)))
         }
     })
 }
@@ -285,7 +323,7 @@ impl Product<'_> {
         x: &[f32],
         r: usize,
         out: &mut [f32],
-        scratch: &mut Vec<u32>,
+        scratch: &mut Scratch,
     ) -> candle_core::Result<()> {
         let d = self.d;
         debug_assert_eq!(out.len(), r * n);
@@ -321,8 +359,14 @@ impl Product<'_> {
             }
             Head::Bf16(w) => {
                 let rows16 = self.rows16.expect("rounded with the head");
-                bf16::matmul(&w[v0 * d..(v0 + n) * d], n, rows16, out, scratch)
-                    .map_err(kernel_error)?;
+                bf16::matmul(
+                    &w[v0 * d..(v0 + n) * d],
+                    n,
+                    rows16,
+                    out,
+                    &mut scratch.rounded,
+                )
+                .map_err(kernel_error)?;
             }
             Head::Quant {
                 ty,
@@ -331,6 +375,32 @@ impl Product<'_> {
             } => {
                 let w = &data[v0 * row_bytes..(v0 + n) * row_bytes];
                 lensd_kernels::matmul(*ty, w, n, d, x, r, out, &Serial).map_err(kernel_error)?;
+            }
+            Head::Wide {
+                ty,
+                data,
+                row_bytes,
+                bf16: false,
+            } => {
+                let w = &data[v0 * row_bytes..(v0 + n) * row_bytes];
+                let level = lensd_kernels::Level::detect();
+                let widened = &mut scratch.widened;
+                wide::matmul_serial(level, *ty, w, n, d, x, r, out, n, widened)
+                    .map_err(kernel_error)?;
+            }
+            Head::Wide {
+                ty,
+                data,
+                row_bytes,
+                bf16: true,
+            } => {
+                let rows16 = self.rows16.expect("rounded with the head");
+                let widened = &mut scratch.widened;
+                widened.resize(n * d, 0.0);
+                let w = &data[v0 * row_bytes..(v0 + n) * row_bytes];
+                lensd_kernels::dequantize(*ty, w, widened, &Serial).map_err(kernel_error)?;
+                bf16::matmul(widened, n, rows16, out, &mut scratch.rounded)
+                    .map_err(kernel_error)?;
             }
         }
         Ok(())
@@ -443,9 +513,8 @@ mod tests {
         check(&Head::Bf16(&w), &logits, &x, vocab, d, Some(3.0));
     }
 
-    #[test]
-    fn block_statistics_equal_whole_rows_for_a_quantized_head() {
-        let (vocab, d, r) = (VOCAB_BLOCK * SEGMENT_BLOCKS + 77, 64, 6);
+    /// A `[vocab, d]` head of random rows (some tied) in Q8_0 blocks, and `r` rows of `x`.
+    fn q8_head(vocab: usize, d: usize, r: usize) -> (Vec<u8>, Vec<f32>) {
         let mut w = randn(vocab, d, 3);
         tied_rows(&mut w, d, vocab);
         let x: Vec<f32> = randn(r, d, 4).iter().map(|v| v * 6.0).collect();
@@ -455,7 +524,13 @@ mod tests {
             GgmlDType::Q8_0,
         )
         .unwrap();
-        let data = q.data().unwrap();
+        (q.data().unwrap().into_owned(), x)
+    }
+
+    #[test]
+    fn block_statistics_equal_whole_rows_for_a_quantized_head() {
+        let (vocab, d, r) = (VOCAB_BLOCK * SEGMENT_BLOCKS + 77, 64, 6);
+        let (data, x) = q8_head(vocab, d, r);
         // The reference rows come from the same kernels on the whole matrix at once.
         let mut logits = vec![0f32; r * vocab];
         lensd_kernels::matmul(
@@ -475,5 +550,31 @@ mod tests {
             row_bytes: BlockType::Q8_0.bytes_for(1, d).unwrap(),
         };
         check(&head, &logits, &x, vocab, d, None);
+    }
+
+    #[test]
+    fn block_statistics_equal_whole_rows_for_a_quantized_head_multiplied_in_f32_or_bf16() {
+        let (vocab, d, r) = (VOCAB_BLOCK * SEGMENT_BLOCKS + 77, 64, 14);
+        let (data, x) = q8_head(vocab, d, r);
+        let ty = BlockType::Q8_0;
+        let row_bytes = ty.bytes_for(1, d).unwrap();
+        // f32: the reference rows come from the kernel on the whole matrix at once.
+        let mut logits = vec![0f32; r * vocab];
+        let level = lensd_kernels::Level::detect();
+        wide::matmul(level, ty, &data, vocab, d, &x, r, &mut logits, &Serial).unwrap();
+        let wide_head = |bf16| Head::Wide {
+            ty,
+            data: &data,
+            row_bytes,
+            bf16,
+        };
+        check(&wide_head(false), &logits, &x, vocab, d, None);
+        check(&wide_head(false), &logits, &x, vocab, d, Some(3.0));
+        // bf16: the widened matrix multiplied as an f32 head is.
+        let mut widened = vec![0f32; vocab * d];
+        ty.dequantize(&data, &mut widened);
+        let rows = Bf16Rows::new(&x, r, d).unwrap();
+        bf16::matmul(&widened, vocab, &rows, &mut logits, &mut Vec::new()).unwrap();
+        check(&wide_head(true), &logits, &x, vocab, d, None);
     }
 }

@@ -476,6 +476,7 @@ impl TensorSource for GgufFile {
             shape: info.shape.dims().to_vec(),
             bytes: Self::tensor_bytes(info),
             packed: !info.dtype.is_float(),
+            wide: info.dtype.wide(),
         })
     }
 
@@ -549,6 +550,7 @@ impl TensorSource for GgufFile {
             ComputeDtype::Bf16 => Ok(Linear::Dense(
                 q.dequantize(&Device::Cpu)?.to_dtype(DType::BF16)?,
             )),
+            ComputeDtype::F32 if info.dtype.wide() => Ok(Linear::Wide(Arc::new(q))),
             ComputeDtype::F32 => Ok(Linear::Dense(q.dequantize(&Device::Cpu)?)),
             ComputeDtype::Stored if float => Ok(Linear::Dense(q.dequantize(&Device::Cpu)?)),
             ComputeDtype::Stored => Ok(Linear::Quant(Arc::new(q))),

@@ -101,6 +101,15 @@ impl GgufDType {
             GgufDType::Ggml(GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
         )
     }
+
+    /// Quantized blocks that lensd's kernels multiply in f32 as stored: a base computed in
+    /// `f32` on the CPU keeps such a matrix as the file has it.
+    pub fn wide(self) -> bool {
+        match self {
+            GgufDType::Ggml(d) => super::quant_product::block_type(d).is_some(),
+            GgufDType::Mxfp4 => false,
+        }
+    }
 }
 
 /// The names `lensd inspect` prints: candle's for its types (`Q4K`, `BF16`), `MXFP4`.

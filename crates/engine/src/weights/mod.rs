@@ -92,6 +92,10 @@ pub(crate) fn max_abs(t: &Tensor) -> f32 {
 #[derive(Debug, Clone)]
 pub enum Linear {
     Quant(Arc<QTensor>),
+    /// A quantized matrix computed in f32 (`f32` on the CPU): its blocks are kept as stored
+    /// and widened a strip at a time inside the product ([`lensd_kernels::wide`]), so the
+    /// values are the dequantized matrix's in f32 multiply-adds without an f32 copy of it.
+    Wide(Arc<QTensor>),
     /// A float matrix; inputs are cast to its dtype and outputs back to f32.
     Dense(Tensor),
 }
@@ -101,6 +105,7 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Linear::Quant(q) => quant_product::forward(q, x),
+            Linear::Wide(q) => quant_product::forward_wide(q, x),
             Linear::Dense(w) if w.dtype() == DType::F32 => x.matmul(&w.t()?),
             Linear::Dense(w) => x.to_dtype(w.dtype())?.matmul(&w.t()?)?.to_dtype(DType::F32),
         }
@@ -114,7 +119,7 @@ impl Linear {
             .iter()
             .map(|w| match w {
                 Linear::Quant(q) => Some(q),
-                Linear::Dense(_) => None,
+                Linear::Wide(_) | Linear::Dense(_) => None,
             })
             .collect();
         match qs {
@@ -125,7 +130,7 @@ impl Linear {
 
     pub fn dims(&self) -> Vec<usize> {
         match self {
-            Linear::Quant(q) => q.shape().dims().to_vec(),
+            Linear::Quant(q) | Linear::Wide(q) => q.shape().dims().to_vec(),
             Linear::Dense(w) => w.dims().to_vec(),
         }
     }
@@ -133,20 +138,21 @@ impl Linear {
     /// The matrix as a dense f32 tensor (a copy for quantized storage).
     pub fn to_f32(&self) -> candle_core::Result<Tensor> {
         match self {
-            Linear::Quant(q) => q.dequantize(&q.device()),
+            Linear::Quant(q) | Linear::Wide(q) => q.dequantize(&q.device()),
             Linear::Dense(w) => w.to_dtype(DType::F32),
         }
     }
 
     pub fn device(&self) -> Device {
         match self {
-            Linear::Quant(q) => q.device(),
+            Linear::Quant(q) | Linear::Wide(q) => q.device(),
             Linear::Dense(w) => w.device().clone(),
         }
     }
 
-    /// The same matrix in `device`'s memory, as stored (quantized blocks stay quantized); the
-    /// matrix itself when it is there already.
+    /// The same matrix in `device`'s memory, as stored (quantized blocks stay quantized; a
+    /// matrix computed in f32 from its blocks is widened, as only the CPU has that product);
+    /// the matrix itself when it is there already.
     pub fn to_device(&self, device: &Device) -> candle_core::Result<Linear> {
         if self.device().same_device(device) {
             return Ok(self.clone());
@@ -156,16 +162,17 @@ impl Linear {
                 let storage = QStorage::from_data(q.data()?, device, q.dtype())?;
                 Linear::Quant(Arc::new(QTensor::new(storage, q.shape().clone())?))
             }
+            Linear::Wide(q) => Linear::Dense(q.dequantize(device)?),
             Linear::Dense(w) => Linear::Dense(w.to_device(device)?),
         })
     }
 
     pub fn bytes(&self, mapped: bool) -> WeightBytes {
         let n = match self {
-            Linear::Quant(q) => q.storage_size_in_bytes() as u64,
+            Linear::Quant(q) | Linear::Wide(q) => q.storage_size_in_bytes() as u64,
             Linear::Dense(w) => (w.elem_count() * w.dtype().size_in_bytes()) as u64,
         };
-        if mapped && matches!(self, Linear::Quant(_)) {
+        if mapped && matches!(self, Linear::Quant(_) | Linear::Wide(_)) {
             WeightBytes {
                 mapped: n,
                 owned: 0,
@@ -181,6 +188,7 @@ impl Linear {
     pub fn dtype_name(&self) -> String {
         match self {
             Linear::Quant(q) => format!("{:?}", q.dtype()),
+            Linear::Wide(q) => format!("{:?} in f32", q.dtype()),
             Linear::Dense(w) => format!("{:?}", w.dtype()),
         }
     }
@@ -193,7 +201,7 @@ pub struct Embedding(pub Linear);
 impl Embedding {
     pub fn lookup(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         match &self.0 {
-            Linear::Quant(q) => q.embedding(ids),
+            Linear::Quant(q) | Linear::Wide(q) => q.embedding(ids),
             Linear::Dense(w) => w.index_select(ids, 0)?.to_dtype(DType::F32),
         }
     }
@@ -535,6 +543,9 @@ pub(crate) struct TensorHeader {
     /// Whether a matrix of this dtype is kept as stored with the `stored` compute dtype
     /// (quantized blocks, f16, bf16); others are widened to f32.
     pub packed: bool,
+    /// Whether a matrix of this dtype is also kept as stored with the `f32` compute dtype on
+    /// the CPU (quantized blocks that [`Linear::Wide`] multiplies in f32).
+    pub wide: bool,
 }
 
 impl TensorHeader {
@@ -549,6 +560,7 @@ impl TensorHeader {
         }
         match compute {
             ComputeDtype::Stored if self.packed => self.bytes,
+            ComputeDtype::F32 if self.wide => self.bytes,
             ComputeDtype::Stored | ComputeDtype::F32 => self.elements() * 4,
             ComputeDtype::Bf16 => self.elements() * 2,
         }
@@ -607,7 +619,11 @@ fn required_name(
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Resident {
     pub stored: u64,
+    /// `f32` on the CPU, where quantized matrices of the block types lensd's kernels read stay
+    /// as stored ([`Linear::Wide`]).
     pub f32: u64,
+    /// `f32` on a GPU, where every matrix is widened to f32.
+    pub f32_widened: u64,
     pub bf16: u64,
 }
 
@@ -627,6 +643,7 @@ pub(crate) fn resident(src: &dyn TensorSource, cfg: &ModelConfig) -> Resident {
     let mut r = Resident {
         stored: 0,
         f32: 0,
+        f32_widened: 0,
         bf16: 0,
     };
     for (role, layer) in plan(src, cfg) {
@@ -636,6 +653,7 @@ pub(crate) fn resident(src: &dyn TensorSource, cfg: &ModelConfig) -> Resident {
         r.stored += h.resident(role, ComputeDtype::Stored);
         r.f32 += h.resident(role, ComputeDtype::F32);
         r.bf16 += h.resident(role, ComputeDtype::Bf16);
+        r.f32_widened += TensorHeader { wide: false, ..h }.resident(role, ComputeDtype::F32);
     }
     r
 }

@@ -36,6 +36,27 @@ pub(crate) fn forward(q: &Arc<QTensor>, x: &Tensor) -> candle_core::Result<Tenso
     }
 }
 
+/// `x · Wᵀ` in f32 for a quantized `W` ([`super::Linear::Wide`]): `x`: `[.., in]` f32 →
+/// `[.., out]` f32, widened a strip of rows at a time by lensd's kernels
+/// ([`lensd_kernels::wide`]). A block type they lack, or an input not in f32 on the CPU,
+/// multiplies the dequantized matrix instead (the same products, in another order).
+pub(crate) fn forward_wide(q: &Arc<QTensor>, x: &Tensor) -> candle_core::Result<Tensor> {
+    let fits = |(n, k): (usize, usize)| {
+        let ty = block_type(q.dtype())?;
+        (x.device().is_cpu() && x.dtype() == DType::F32 && x.dims().last() == Some(&k))
+            .then_some((ty, n, k))
+    };
+    match q.shape().dims2().ok().and_then(fits) {
+        Some((ty, n, k)) => x.contiguous()?.apply_op1_no_bwd(&WideProduct {
+            q: q.clone(),
+            ty,
+            n,
+            k,
+        }),
+        None => x.broadcast_matmul(&q.dequantize(&x.device().clone())?.t()?),
+    }
+}
+
 /// `x · Wᵢᵀ` for several matrices in one run of the kernels (see [`lensd_kernels::matmul_many`]),
 /// or `None` when one of them, or `x`, is not something the kernels take (the caller then
 /// multiplies them one by one).
@@ -151,6 +172,45 @@ impl CustomOp1 for QuantProducts {
     }
 }
 
+/// One quantized matrix `(tensor, type, rows, columns)` multiplied in f32.
+struct WideProduct {
+    q: Arc<QTensor>,
+    ty: BlockType,
+    n: usize,
+    k: usize,
+}
+
+impl CustomOp1 for WideProduct {
+    fn name(&self) -> &'static str {
+        "lensd-wide-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, m, mut dims) = input_rows(storage, layout, self.k)?;
+        let w = self.q.data()?;
+        let mut out = vec![0f32; m * self.n];
+        let level = lensd_kernels::Level::detect();
+        lensd_kernels::wide::matmul(
+            level,
+            self.ty,
+            &w,
+            self.n,
+            self.k,
+            x,
+            m,
+            &mut out,
+            &CandlePool,
+        )
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        *dims.last_mut().expect("checked by input_rows") = self.n;
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
+    }
+}
+
 /// The input of a product as `m` rows of `k` values, with its dimensions.
 fn input_rows<'a>(
     storage: &'a CpuStorage,
@@ -229,5 +289,49 @@ mod tests {
                 "{dtype:?}: lensd off by {ours_err}, candle by {candle_err}"
             );
         }
+    }
+
+    /// A matrix kept in blocks and multiplied in f32: each value is the kernels' sequence of
+    /// f32 multiply-adds over the dequantized row, to the bit, for an input of any rank; a
+    /// block type the kernels lack multiplies the dequantized matrix.
+    #[test]
+    fn a_wide_matrix_multiplies_its_dequantized_rows_in_f32() {
+        let dev = &Device::Cpu;
+        let (n, k) = (13, 512);
+        let w = Tensor::randn(0f32, 1.0, (n, k), dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (2, 3, k), dev).unwrap();
+        let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q6K] {
+            let q = Arc::new(QTensor::quantize(&w, dtype).unwrap());
+            let rows: Vec<f32> = q
+                .dequantize(dev)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let got = forward_wide(&q, &x).unwrap();
+            assert_eq!(got.dims(), [2, 3, n]);
+            let got: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
+            for i in 0..6 {
+                for j in 0..n {
+                    let want = lensd_kernels::wide::dot(
+                        &xs[i * k..(i + 1) * k],
+                        &rows[j * k..(j + 1) * k],
+                    );
+                    assert_eq!(
+                        got[i * n + j].to_bits(),
+                        want.to_bits(),
+                        "{dtype:?} [{i}, {j}]"
+                    );
+                }
+            }
+        }
+        let q = Arc::new(QTensor::quantize(&w, GgmlDType::Q2K).unwrap());
+        let want = x
+            .broadcast_matmul(&q.dequantize(dev).unwrap().t().unwrap())
+            .unwrap();
+        let got = forward_wide(&q, &x).unwrap();
+        assert_eq!(max_abs(&(&got - &want).unwrap()), 0.0);
     }
 }

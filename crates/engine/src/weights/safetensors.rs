@@ -294,6 +294,7 @@ impl TensorSource for HfCheckpoint {
                 shape: vec![experts, inp, out],
                 bytes: (experts * out * inp / 2 + experts * out * inp / 32) as u64,
                 packed: true,
+                wide: false,
             });
         }
         let (shape, dtype) = self.tensors.shape_dtype(name)?;
@@ -301,6 +302,7 @@ impl TensorSource for HfCheckpoint {
         Some(TensorHeader {
             bytes: elements * dtype.size_in_bytes() as u64,
             packed: matches!(dtype, DType::F16 | DType::BF16),
+            wide: false,
             shape,
         })
     }
