@@ -113,6 +113,12 @@ pub trait MemoryProbe: Send + Sync + 'static {
     fn heap(&self) -> Option<HeapUsage> {
         None
     }
+
+    /// Bytes of weights the process maps (from their files, or copies of them) instead of
+    /// holding them in the heap, where it knows.
+    fn mapped_weight_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// What the heap allocator holds. Bytes in use grow only with what the program keeps; a leak

@@ -116,6 +116,8 @@ pub struct Sample {
     pub heap_in_use_bytes: Option<u64>,
     pub heap_free_bytes: Option<u64>,
     pub accounted_bytes: Option<u64>,
+    /// Accounted weights that are mapped, not in the heap.
+    pub mapped_weight_bytes: Option<u64>,
     /// The events of finished requests the server keeps, as JSON bytes (`/metrics`).
     pub finished_kept_bytes: Option<u64>,
     /// Leases over every base and lens; `None` when the memory report did not answer.
@@ -177,9 +179,13 @@ pub struct SoakReport {
 }
 
 impl Sample {
-    /// Heap in use beyond the weights and lenses held and the finished requests kept.
+    /// Heap in use beyond the weights and lenses held there (those not mapped) and the
+    /// finished requests kept.
     fn heap_unaccounted(&self) -> Option<u64> {
-        let held = self.accounted_bytes? + self.finished_kept_bytes.unwrap_or(0);
+        let in_heap = self
+            .accounted_bytes?
+            .saturating_sub(self.mapped_weight_bytes.unwrap_or(0));
+        let held = in_heap + self.finished_kept_bytes.unwrap_or(0);
         Some(self.heap_in_use_bytes?.saturating_sub(held))
     }
 }
@@ -255,6 +261,7 @@ async fn sample(addr: &str, o: &SoakOptions, t0: Instant) -> Option<Sample> {
             s.heap_in_use_bytes = m["process_heap_in_use_bytes"].as_u64();
             s.heap_free_bytes = m["process_heap_free_bytes"].as_u64();
             s.accounted_bytes = m["accounted_bytes"].as_u64();
+            s.mapped_weight_bytes = m["process_mapped_weight_bytes"].as_u64();
         }
     }
     if let Ok((200, body)) = http(addr, "GET", "/metrics", None).await {

@@ -21,6 +21,10 @@ fn rss() -> f64 {
     resident_bytes().expect("/proc/self/statm is readable") as f64
 }
 
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().len()
+}
+
 /// Whether this process maps `path` (`/proc/self/maps`).
 fn file_is_mapped(path: &Path) -> bool {
     let path = std::fs::canonicalize(path).unwrap();
@@ -89,11 +93,7 @@ async fn one_base_for_two_groups_and_memory_that_follows_the_lens_bytes() {
     // the whole file. Beyond that, the base's heap is its norms and its tokenizer, built from
     // the vocabulary in the file (16.6 MiB for the demo base): under a quarter of its weights.
     let mapped = file_is_mapped(&model);
-    let file = if mapped {
-        0.0
-    } else {
-        std::fs::metadata(&model).unwrap().len() as f64
-    };
+    let file = if mapped { 0.0 } else { file_len(&model) as f64 };
     eprintln!("the base's file is mapped: {mapped}");
     assert!(
         h1 - h0 >= file && h1 - h0 < file + 0.25 * base_bytes,
@@ -182,6 +182,11 @@ async fn one_base_for_two_groups_and_memory_that_follows_the_lens_bytes() {
         process >= rep.accounted_bytes as f64,
         "owned weights are resident"
     );
+    // The report says which weights are mapped: the base's whole file (its header and
+    // vocabulary too, to the page), or nothing where it was read into the heap.
+    let held = rep.process_mapped_weight_bytes.unwrap() as f64;
+    let page_rounded = (file_len(&model) as f64 / 4096.0).ceil() * 4096.0;
+    assert_eq!(held, if mapped { page_rounded } else { 0.0 });
 
     // A reload that drops the third lens frees it and keeps everything else.
     drop(leases.remove(3));

@@ -24,13 +24,13 @@
 //!
 //! Where no lease is granted (the file is open for writing somewhere, belongs to another user
 //! without `CAP_LEASE`, or lives on a file system without leases), or the signal is taken by
-//! someone else, //! [`Mapping::open`] says so and the caller reads the file into owned memory.
+//! someone else, [`Mapping::open`] says so and the caller reads the file into owned memory.
 
 #[cfg(target_os = "linux")]
-pub use linux::Mapping;
+pub use linux::{held_bytes, Mapping};
 
 #[cfg(not(target_os = "linux"))]
-pub use other::Mapping;
+pub use other::{held_bytes, Mapping};
 
 #[cfg(not(target_os = "linux"))]
 mod other {
@@ -38,6 +38,10 @@ mod other {
 
     /// No mappings here: every file is read into owned memory.
     pub struct Mapping(std::convert::Infallible);
+
+    pub fn held_bytes() -> u64 {
+        0
+    }
 
     impl Mapping {
         pub fn open(_file: &std::fs::File, _path: &Path) -> Option<Mapping> {
@@ -92,6 +96,15 @@ mod linux {
         released: bool,
         /// The bytes were copied into anonymous memory.
         copied: bool,
+    }
+
+    /// Bytes of every live mapping, shared with its file or copied after a lease break:
+    /// weights held outside the heap allocator's count.
+    pub fn held_bytes() -> u64 {
+        entries()
+            .values()
+            .filter_map(|e| e.region.map(|(_, len)| len as u64))
+            .sum()
     }
 
     fn entries() -> MutexGuard<'static, HashMap<RawFd, Entry>> {

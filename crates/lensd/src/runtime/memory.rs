@@ -41,6 +41,10 @@ impl MemoryProbe for ProcMemory {
     fn heap(&self) -> Option<HeapUsage> {
         heap_usage()
     }
+
+    fn mapped_weight_bytes(&self) -> Option<u64> {
+        Some(lensd_engine::weights::mapped::held_bytes())
+    }
 }
 
 /// glibc's count over all its arenas: blocks in use (from the arenas and mapped on their own)

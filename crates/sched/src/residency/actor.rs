@@ -180,6 +180,8 @@ impl Actor {
                     .collect();
                 let mut report = self.state.report(now, rss, &driver);
                 report.process_heap = self.memory.as_ref().and_then(|m| m.heap());
+                report.process_mapped_weight_bytes =
+                    self.memory.as_ref().and_then(|m| m.mapped_weight_bytes());
                 let _ = reply.send(report);
                 (Vec::new(), None)
             }

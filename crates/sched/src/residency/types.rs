@@ -171,6 +171,9 @@ pub struct MemoryReport {
     pub process_resident_bytes: Option<u64>,
     /// The heap allocator's count, where the probe reads one.
     pub process_heap: Option<HeapUsage>,
+    /// Accounted weights that are mapped rather than in the heap (a GGUF file's blocks mapped
+    /// from the page cache), where the probe knows.
+    pub process_mapped_weight_bytes: Option<u64>,
     /// Broken bookkeeping rules, if any; always empty unless there is a bug.
     pub invariant_violations: Vec<String>,
 }

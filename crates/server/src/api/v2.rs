@@ -278,6 +278,9 @@ pub struct MemoryResponse {
     pub process_heap_in_use_bytes: Option<u64>,
     /// Freed heap bytes the allocator keeps for reuse.
     pub process_heap_free_bytes: Option<u64>,
+    /// Accounted weights mapped rather than held in the heap (GGUF files' blocks mapped from
+    /// the page cache): the heap holds `accounted_bytes` less these.
+    pub process_mapped_weight_bytes: Option<u64>,
 }
 
 /// The memory report: every base and lens with its tier (and device) and bytes, one entry per
@@ -349,6 +352,7 @@ pub async fn memory(State(state): State<Shared>, who: Who) -> ApiResult<Json<Mem
         process_resident_bytes: report.process_resident_bytes,
         process_heap_in_use_bytes: report.process_heap.map(|h| h.in_use_bytes),
         process_heap_free_bytes: report.process_heap.map(|h| h.free_bytes),
+        process_mapped_weight_bytes: report.process_mapped_weight_bytes,
     }))
 }
 

@@ -543,6 +543,7 @@ mod tests {
             accounted_bytes: 0,
             process_resident_bytes: None,
             process_heap: None,
+            process_mapped_weight_bytes: None,
             invariant_violations: Vec::new(),
         }
     }

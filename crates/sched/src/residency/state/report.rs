@@ -142,6 +142,7 @@ impl State {
             entries,
             process_resident_bytes,
             process_heap: None,
+            process_mapped_weight_bytes: None,
             invariant_violations: self.violations(),
         }
     }
