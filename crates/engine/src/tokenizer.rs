@@ -9,6 +9,7 @@ mod spm;
 
 use std::path::Path;
 
+use aho_corasick::{AhoCorasick, MatchKind};
 use candle_core::quantized::gguf_file::Value;
 use tokenizers::{AddedToken, Tokenizer as HfTokenizer};
 
@@ -47,11 +48,22 @@ const END_OF_GENERATION_TEXTS: &[&str] = &[
 ];
 
 enum Model {
-    /// Byte-level BPE, run by the `tokenizers` crate: one copy recognises special tokens
-    /// written in the text, the other treats them as ordinary characters.
+    /// A Hugging Face `tokenizer.json`, run by the `tokenizers` crate: one copy recognises
+    /// special tokens written in the text, the other treats them as ordinary characters (their
+    /// options, such as stripping spaces beside them, are the crate's to apply).
     Bpe {
         special: Box<HfTokenizer>,
         plain: Box<HfTokenizer>,
+        special_ids: Vec<u32>,
+    },
+    /// A GGUF file's byte-level BPE, run by the `tokenizers` crate with its control tokens
+    /// treated as text. Where they are to be recognised, the text is first cut at them (the
+    /// longest at the leftmost place, as the crate cuts), so one copy serves both ways.
+    GgufBpe {
+        tk: Box<HfTokenizer>,
+        /// Finds the control tokens' texts, with each pattern's id; `None` when the file has
+        /// none.
+        cut: Option<(AhoCorasick, Vec<u32>)>,
         special_ids: Vec<u32>,
     },
     Spm(Box<Spm>),
@@ -254,21 +266,38 @@ impl Tokenizer {
         let mut special = Vec::new();
         let mut user = Vec::new();
         let mut special_ids = Vec::new();
+        let mut texts = Vec::new();
         for (i, (&text, &kind)) in tokens.iter().zip(kinds).enumerate() {
             if kind.is_special() {
                 special.push(AddedToken::from(text.to_string(), true));
                 special_ids.push(i as u32);
+                texts.push(text);
             } else if kind == TokenKind::UserDefined {
                 user.push(AddedToken::from(text.to_string(), false).normalized(false));
             }
         }
         tk.add_special_tokens(special).map_err(tok_err)?;
         tk.add_tokens(user).map_err(tok_err)?;
-        let mut plain = tk.clone();
-        plain.set_encode_special_tokens(true);
-        Ok(Model::Bpe {
-            special: Box::new(tk),
-            plain: Box::new(plain),
+        tk.set_encode_special_tokens(true);
+        // An empty text never matches in the crate either.
+        let (texts, ids): (Vec<&str>, Vec<u32>) = texts
+            .into_iter()
+            .zip(special_ids.iter().copied())
+            .filter(|(t, _)| !t.is_empty())
+            .unzip();
+        let cut = match texts.is_empty() {
+            true => None,
+            false => Some((
+                AhoCorasick::builder()
+                    .match_kind(MatchKind::LeftmostLongest)
+                    .build(&texts)
+                    .map_err(tok_err)?,
+                ids,
+            )),
+        };
+        Ok(Model::GgufBpe {
+            tk: Box::new(tk),
+            cut,
             special_ids,
         })
     }
@@ -369,7 +398,9 @@ impl Tokenizer {
     /// recognised.
     pub fn is_special(&self, id: u32) -> bool {
         match &self.model {
-            Model::Bpe { special_ids, .. } => special_ids.contains(&id),
+            Model::Bpe { special_ids, .. } | Model::GgufBpe { special_ids, .. } => {
+                special_ids.contains(&id)
+            }
             Model::Spm(s) => s.piece(id).is_some_and(|p| p.kind.is_special()),
         }
     }
@@ -383,6 +414,26 @@ impl Tokenizer {
             } => {
                 let tk = if special { s } else { plain };
                 Ok(tk.encode(text, false).map_err(tok_err)?.get_ids().to_vec())
+            }
+            Model::GgufBpe { tk, cut, .. } => {
+                let plain = |part: &str| -> Result<Vec<u32>> {
+                    Ok(tk.encode(part, false).map_err(tok_err)?.get_ids().to_vec())
+                };
+                let Some((cut, ids)) = cut.as_ref().filter(|_| special) else {
+                    return plain(text);
+                };
+                let (mut out, mut at) = (Vec::new(), 0);
+                for m in cut.find_iter(text) {
+                    if m.start() > at {
+                        out.extend(plain(&text[at..m.start()])?);
+                    }
+                    out.push(ids[m.pattern().as_usize()]);
+                    at = m.end();
+                }
+                if at < text.len() || out.is_empty() {
+                    out.extend(plain(&text[at..])?);
+                }
+                Ok(out)
             }
             Model::Spm(s) => s.encode(text, special).map_err(tok_err),
         }
@@ -404,7 +455,9 @@ impl Tokenizer {
     /// The text of `ids`, special tokens written out.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         match &self.model {
-            Model::Bpe { special, .. } => special.decode(ids, false).map_err(tok_err),
+            Model::Bpe { special: tk, .. } | Model::GgufBpe { tk, .. } => {
+                tk.decode(ids, false).map_err(tok_err)
+            }
             Model::Spm(s) => Ok(s.decode(ids)),
         }
     }
@@ -412,7 +465,9 @@ impl Tokenizer {
     /// The readable text of one token (bytes that are not valid UTF-8 alone show as `�`).
     pub fn token_text(&self, id: u32) -> String {
         match &self.model {
-            Model::Bpe { special, .. } => special.decode(&[id], false).unwrap_or_default(),
+            Model::Bpe { special: tk, .. } | Model::GgufBpe { tk, .. } => {
+                tk.decode(&[id], false).unwrap_or_default()
+            }
             Model::Spm(s) => {
                 let mut bytes = Vec::new();
                 s.piece_bytes(id, &mut bytes);
@@ -423,14 +478,14 @@ impl Tokenizer {
 
     pub fn token_to_id(&self, text: &str) -> Option<u32> {
         match &self.model {
-            Model::Bpe { special, .. } => special.token_to_id(text),
+            Model::Bpe { special: tk, .. } | Model::GgufBpe { tk, .. } => tk.token_to_id(text),
             Model::Spm(s) => s.token_to_id(text),
         }
     }
 
     pub fn vocab_size(&self) -> usize {
         match &self.model {
-            Model::Bpe { special, .. } => special.get_vocab_size(true),
+            Model::Bpe { special: tk, .. } | Model::GgufBpe { tk, .. } => tk.get_vocab_size(true),
             Model::Spm(s) => s.len(),
         }
     }

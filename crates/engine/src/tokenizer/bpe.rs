@@ -120,45 +120,81 @@ pub fn from_gguf(g: &GgufFile, tokens: &[&str]) -> Result<(HfTokenizer, bool)> {
             ),
         )
     })?;
-    let merges = super::string_array(g, "tokenizer.ggml.merges")?;
-    let vocab: Vocab = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.to_string(), i as u32))
-        .collect();
-    let merges = merges
-        .iter()
-        .map(|m| {
-            // llama.cpp splits at the first space after the first byte, so that a merge
-            // whose left side is a space-like piece still parses.
-            m.bytes()
-                .skip(1)
-                .position(|b| b == b' ')
-                .map(|at| (m[..at + 1].to_string(), m[at + 2..].to_string()))
-                .ok_or_else(|| EngineError::format(path, format!("merge `{m}` is not two tokens")))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    // Each merge must join two tokens into a third. The tokenizers crate assumes it (a merged
-    // piece longer than every token overruns its buffer), so it is checked here first.
-    for (a, b) in &merges {
-        for piece in [a.as_str(), b.as_str(), &format!("{a}{b}")] {
-            if !vocab.contains_key(piece) {
-                return Err(EngineError::format(
-                    path,
-                    format!("merge `{a} {b}`: `{piece}` is not a token of the vocabulary"),
-                ));
-            }
-        }
+    let texts = super::string_array(g, "tokenizer.ggml.merges")?;
+    // The vocabulary's map and the merges' pairs are made on two threads.
+    let (vocab, merges): (Vocab, Result<Vec<(String, String)>>) = rayon::join(
+        || {
+            tokens
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.to_string(), i as u32))
+                .collect()
+        },
+        || {
+            texts
+                .iter()
+                .map(|m| {
+                    let (a, b) = split_merge(path, m)?;
+                    Ok((a.to_string(), b.to_string()))
+                })
+                .collect()
+        },
+    );
+    let merges = merges?;
+    // Each merge must join two tokens into a third. The tokenizers crate checks that each
+    // piece is a token, but copies the merged piece into a buffer as long as the longest token
+    // first, and panics when it is longer: that is checked here.
+    let longest = tokens.iter().map(|t| t.len()).max().unwrap_or(0);
+    if merges.iter().any(|(a, b)| a.len() + b.len() > longest) {
+        return Err(bad_merge(path, tokens, &texts));
     }
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
         .ignore_merges(pre.ignore_merges)
         .build()
-        .map_err(|e| EngineError::format(path, format!("cannot build the BPE vocabulary: {e}")))?;
+        .map_err(
+            |e| match e.downcast_ref::<tokenizers::models::bpe::Error>() {
+                Some(tokenizers::models::bpe::Error::MergeTokenOutOfVocabulary(_)) => {
+                    bad_merge(path, tokens, &texts)
+                }
+                _ => EngineError::format(path, format!("cannot build the BPE vocabulary: {e}")),
+            },
+        )?;
     let mut tk = HfTokenizer::new(bpe);
     tk.with_pre_tokenizer(Some(pre.split));
     tk.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
     Ok((tk, pre.default_add_bos))
+}
+
+/// A merge's two pieces: llama.cpp splits at the first space after the first byte, so that a
+/// merge whose left side is a space-like piece still parses.
+fn split_merge<'m>(path: &std::path::Path, m: &'m str) -> Result<(&'m str, &'m str)> {
+    m.bytes()
+        .skip(1)
+        .position(|b| b == b' ')
+        .map(|at| (&m[..at + 1], &m[at + 2..]))
+        .ok_or_else(|| EngineError::format(path, format!("merge `{m}` is not two tokens")))
+}
+
+/// The error naming the first merge of `texts` whose pieces or result are not tokens (the
+/// slow search, run once a merge is known to be bad).
+fn bad_merge(path: &std::path::Path, tokens: &[&str], texts: &[&str]) -> EngineError {
+    let vocab: std::collections::HashSet<&str> = tokens.iter().copied().collect();
+    for m in texts {
+        let (a, b) = match split_merge(path, m) {
+            Ok(pair) => pair,
+            Err(e) => return e,
+        };
+        for piece in [a, b, &format!("{a}{b}")] {
+            if !vocab.contains(piece) {
+                return EngineError::format(
+                    path,
+                    format!("merge `{a} {b}`: `{piece}` is not a token of the vocabulary"),
+                );
+            }
+        }
+    }
+    EngineError::format(path, "a merge does not join two tokens into a third")
 }
 
 #[cfg(test)]
