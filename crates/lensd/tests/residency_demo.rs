@@ -91,7 +91,7 @@ async fn one_base_for_two_groups_and_memory_that_follows_the_lens_bytes() {
     // An f32 base keeps the file's quantized blocks: mapped from the page cache (where Linux
     // grants lensd a lease on the file), they are no heap; read into memory, the heap holds
     // the whole file. Beyond that, the base's heap is its norms and its tokenizer, built from
-    // the vocabulary in the file (16.6 MiB for the demo base): under a quarter of its weights.
+    // the vocabulary in the file (8.5 MiB for the demo base): under a quarter of its weights.
     let mapped = file_is_mapped(&model);
     let file = if mapped { 0.0 } else { file_len(&model) as f64 };
     eprintln!("the base's file is mapped: {mapped}");
