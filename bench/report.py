@@ -44,6 +44,13 @@ MEANING = {
     "lensd_kernels::act": "quantizing activations to 8 bits for the quantized products",
     "gemm_basic": "f32 matrix-vector products (`gemm_basic`) that stream every f32 weight for each "
                   "decoded token: the f32 base is 5.5× the bytes of the Q4_1 file llama.cpp reads",
+    "lensd_kernels::wide::dequantize": "widening quantized weights to f32, a strip of rows at a "
+                                       "time, for an f32 base's products (lensd-kernels `wide`); "
+                                       "with one row to multiply (a decoding step) it is most of "
+                                       "each product, where the stored dtype multiplies the "
+                                       "blocks as they are",
+    "lensd_kernels::wide::tiles": "lensd's f32 products of the widened weight rows (`wide`)",
+    "__memset": "zeroing fresh buffers",
     "show_cpuinfo": "the kernel formatting /proc/cpuinfo, which a thread-count lookup reads",
     "__rust_begin_short_backtrace": "the compute threads' own loop (the pool's waiting for work "
                                     "is inlined there)",
