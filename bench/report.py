@@ -258,8 +258,10 @@ def switch_section(sw):
                      r["original"] + (f" ({orig / r['lensd_ms']:,.0f}× lensd)" if orig else "")])
     return ["## Switching", "",
             "`lensd bench-switch`: moving between models through the residency manager on the demo "
-            "model. The same GGUF in two compute dtypes acts as two bases (the device budget holds "
-            "one); a fitted tuned lens written twice acts as two lenses of a group. Lower is better. "
+            "model. The same GGUF in two compute dtypes acts as two bases (each freed before the "
+            "other is read from disk, and the f32 one moved to the host before coming back from "
+            "there); a fitted tuned lens written twice acts as two lenses of a group. Lower is "
+            "better. "
             "Beside each switch that reads a disk: the time to merely read the same files with a "
             "cold page cache, the physical limit (in brackets, how many times that lensd takes); "
             "and the original site's documented time for the same kind of switch (for 9–27B bases "

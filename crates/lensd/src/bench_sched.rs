@@ -254,6 +254,16 @@ async fn real(
 ) -> Result<SchedRow> {
     let dir = tempfile::tempdir()?;
     let cfg = dir.path().join("model_groups.json");
+    // Room for the larger base and half the smaller: one at a time.
+    let probe = lensd_engine::probe::FileProbe::new();
+    let bytes = |dtype| -> Result<u64> {
+        Ok(probe
+            .base_facts(model, dtype)
+            .with_context(|| format!("cannot read {}", model.display()))?
+            .resident_bytes)
+    };
+    let (f32_bytes, stored_bytes) = (bytes(ComputeDtype::F32)?, bytes(ComputeDtype::Stored)?);
+    let device_budget = f32_bytes.max(stored_bytes) + f32_bytes.min(stored_bytes) / 2;
     let doc = serde_json::json!({
         "model_groups": [
             {"group_id": "f32", "group_name": "f32", "base_model_path": model, "compute_dtype": "f32",
@@ -261,7 +271,7 @@ async fn real(
             {"group_id": "stored", "group_name": "stored", "base_model_path": model, "compute_dtype": "stored",
              "models": [{"id": "m1", "name": "logit", "lens": "logit"}]}
         ],
-        "settings": {"device_budget": "600MiB", "host_budget": "16MiB"}
+        "settings": {"device_budget": format!("{device_budget}B"), "host_budget": "16MiB"}
     });
     std::fs::write(&cfg, doc.to_string())?;
     let service = Service::start_with(
