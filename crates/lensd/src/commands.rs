@@ -459,6 +459,9 @@ pub fn run(cmd: Command) -> Result<()> {
             format,
         } => {
             load(&model.model, crate::Dtype::Stored)?;
+            // The allocator as `lensd serve` sets it, whose switches this measures: a lens's
+            // translators (1.3 MiB each for the demo) are then mapped blocks of their own.
+            lensd::runtime::map_large_blocks();
             let runtime = tokio::runtime::Runtime::new()?;
             let rows = runtime.block_on(crate::bench_switch::run(&model.model, &corpus, reps))?;
             match format {
