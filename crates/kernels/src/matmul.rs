@@ -100,20 +100,7 @@ pub fn matmul_many_with(
     par: &dyn Parallel,
 ) -> Result<(), KernelError> {
     for &Matrix { ty, w, n } in mats {
-        let block = ty.block_values();
-        if !k.is_multiple_of(block) {
-            return Err(KernelError::RowNotWholeBlocks { ty, k, block });
-        }
-        let want = ty.bytes_for(n, k).unwrap_or(usize::MAX);
-        if w.len() != want {
-            return Err(KernelError::WeightBytes {
-                ty,
-                rows: n,
-                k,
-                want,
-                got: w.len(),
-            });
-        }
+        check_weights(ty, w, n, k)?;
     }
     let total: usize = mats.iter().map(|a| a.n).sum();
     check_len("the input", m * k, x.len())?;
@@ -204,7 +191,31 @@ fn quantize_rows<A: Send>(
     });
 }
 
-fn check_len(what: &'static str, want: usize, got: usize) -> Result<(), KernelError> {
+/// `w` holds `n` whole rows of `k` values in `ty`'s blocks.
+pub(crate) fn check_weights(
+    ty: BlockType,
+    w: &[u8],
+    n: usize,
+    k: usize,
+) -> Result<(), KernelError> {
+    let block = ty.block_values();
+    if !k.is_multiple_of(block) {
+        return Err(KernelError::RowNotWholeBlocks { ty, k, block });
+    }
+    let want = ty.bytes_for(n, k).unwrap_or(usize::MAX);
+    if w.len() != want {
+        return Err(KernelError::WeightBytes {
+            ty,
+            rows: n,
+            k,
+            want,
+            got: w.len(),
+        });
+    }
+    Ok(())
+}
+
+pub(crate) fn check_len(what: &'static str, want: usize, got: usize) -> Result<(), KernelError> {
     if want == got {
         Ok(())
     } else {

@@ -11,7 +11,7 @@
 
 use std::ops::Range;
 
-use crate::matmul::{Parallel, Shared, TASK_MACS};
+use crate::matmul::{check_len, check_weights, Parallel, Shared, TASK_MACS};
 use crate::{BlockType, KernelError, Level};
 
 /// Partial sums of a value: the lanes of one AVX-512 register.
@@ -95,28 +95,8 @@ fn check(
     x: &[f32],
     m: usize,
 ) -> Result<(), KernelError> {
-    let block = ty.block_values();
-    if !k.is_multiple_of(block) {
-        return Err(KernelError::RowNotWholeBlocks { ty, k, block });
-    }
-    let want = ty.bytes_for(n, k).unwrap_or(usize::MAX);
-    if w.len() != want {
-        return Err(KernelError::WeightBytes {
-            ty,
-            rows: n,
-            k,
-            want,
-            got: w.len(),
-        });
-    }
-    if x.len() != m * k {
-        return Err(KernelError::Length {
-            what: "the input",
-            want: m * k,
-            got: x.len(),
-        });
-    }
-    Ok(())
+    check_weights(ty, w, n, k)?;
+    check_len("the input", m * k, x.len())
 }
 
 /// `out[i·ld + j] = dot(x[i], W[j])` for the `m` rows of `x` (`k` values each) and the `n`
@@ -173,13 +153,7 @@ pub fn matmul(
     par: &dyn Parallel,
 ) -> Result<(), KernelError> {
     check(ty, w, n, k, x, m)?;
-    if out.len() != m * n {
-        return Err(KernelError::Length {
-            what: "the output",
-            want: m * n,
-            got: out.len(),
-        });
-    }
+    check_len("the output", m * n, out.len())?;
     if m == 0 || n == 0 {
         return Ok(());
     }

@@ -3,13 +3,11 @@
 
 use half::f16;
 use lensd_kernels::act::{quantize_row256, quantize_row32, Act256, Act32};
-use lensd_kernels::{
-    matmul_many_with, matmul_with, BlockType, KernelError, Level, Matrix, Parallel, Serial,
-};
+use lensd_kernels::{matmul_many_with, matmul_with, BlockType, KernelError, Level, Matrix, Serial};
 use rand::SeedableRng;
 
 mod common;
-use common::{random_blocks, random_x, scale_fields};
+use common::{random_blocks, random_x, scale_fields, EveryTaskOnItsOwnThread};
 
 fn run(level: Level, ty: BlockType, w: &[u8], n: usize, k: usize, x: &[f32], m: usize) -> Vec<f32> {
     let mut out = vec![f32::NAN; m * n];
@@ -145,19 +143,6 @@ fn extreme_values_give_the_portable_products() {
                 }
             }
         }
-    }
-}
-
-/// Runs every task range on its own scoped thread, in reverse, to show tasks are independent.
-struct EveryTaskOnItsOwnThread;
-
-impl Parallel for EveryTaskOnItsOwnThread {
-    fn run(&self, tasks: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
-        std::thread::scope(|s| {
-            for t in (0..tasks).rev() {
-                s.spawn(move || f(t..t + 1));
-            }
-        });
     }
 }
 

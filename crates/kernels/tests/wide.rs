@@ -3,11 +3,11 @@
 //! rows and threads; and bad sizes are errors naming what was wrong.
 
 use lensd_kernels::wide::{dot, matmul, matmul_serial, path_name};
-use lensd_kernels::{BlockType, KernelError, Level, Parallel, Serial};
+use lensd_kernels::{BlockType, KernelError, Level, Serial};
 use rand::SeedableRng;
 
 mod common;
-use common::{random_blocks, random_x};
+use common::{random_blocks, random_x, EveryTaskOnItsOwnThread};
 
 /// The definition: each weight row dequantized, then `dot` with each row of `x`.
 fn reference(ty: BlockType, w: &[u8], n: usize, k: usize, x: &[f32], m: usize) -> Vec<f32> {
@@ -60,23 +60,6 @@ fn every_value_is_the_defined_sequence_at_every_level() {
                 same_bits(&out, &want, &what);
             }
         }
-    }
-}
-
-/// Each task on a thread of its own, in reverse order.
-struct EveryTaskOnItsOwnThread;
-
-impl Parallel for EveryTaskOnItsOwnThread {
-    fn run(&self, tasks: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
-        std::thread::scope(|s| {
-            for t in (0..tasks).rev() {
-                s.spawn(move || f(t..t + 1));
-            }
-        });
-    }
-
-    fn threads(&self) -> usize {
-        3
     }
 }
 

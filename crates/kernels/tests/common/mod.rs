@@ -1,7 +1,7 @@
 //! Random inputs that the kernels' tests share.
 
 use half::f16;
-use lensd_kernels::BlockType;
+use lensd_kernels::{BlockType, Parallel};
 use rand::Rng;
 
 /// Where a block of `ty` keeps its f16 scales (and `Q4_1`'s and the K types' minimum).
@@ -45,4 +45,17 @@ pub fn random_x(len: usize, rng: &mut impl Rng) -> Vec<f32> {
             }
         })
         .collect()
+}
+
+/// Runs every task range on its own scoped thread, in reverse, to show tasks are independent.
+pub struct EveryTaskOnItsOwnThread;
+
+impl Parallel for EveryTaskOnItsOwnThread {
+    fn run(&self, tasks: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
+        std::thread::scope(|s| {
+            for t in (0..tasks).rev() {
+                s.spawn(move || f(t..t + 1));
+            }
+        });
+    }
 }
