@@ -111,7 +111,7 @@ fn bf16_speed(x: &[f32], m: usize, n: usize, k: usize, rng: &mut impl Rng) {
     use lensd_kernels::bf16;
     let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
     let rows = bf16::Bf16Rows::new(x, m, k).unwrap();
-    let (mut out, mut scratch) = (vec![0f32; m * n], Vec::new());
+    let (mut out, mut scratch) = (vec![0f32; m * n], bf16::Scratch::default());
     let mut best = f64::MAX;
     for _ in 0..5 {
         let t = std::time::Instant::now();

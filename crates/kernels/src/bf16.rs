@@ -11,7 +11,7 @@
 //! known to the bit: the tests compare them exactly, and a caller can recompute one value
 //! without the kernel.
 
-use crate::KernelError;
+use crate::{BlockType, KernelError};
 
 /// `v` rounded to bf16 as `VCVTNE2PS2BF16` rounds it: to nearest, ties to even; an f32
 /// subnormal becomes a zero of its sign, a NaN a quiet NaN.
@@ -131,15 +131,47 @@ impl Bf16Rows {
     }
 }
 
+/// The matrix of a product: rows of f32, or rows of quantized blocks, each widened to f32 as
+/// the product reads it (so that no f32 copy of the matrix is written).
+#[derive(Clone, Copy)]
+enum Matrix<'a> {
+    F32(&'a [f32]),
+    Blocks { ty: BlockType, data: &'a [u8] },
+}
+
+impl Matrix<'_> {
+    /// Matrix row `j` of `d` values as bf16 pairs, on the portable path.
+    fn row_bf16(&self, j: usize, d: usize, n: usize) -> Vec<u16> {
+        match *self {
+            Matrix::F32(w) => row_to_bf16(&w[j * d..(j + 1) * d]),
+            Matrix::Blocks { ty, data } => {
+                let rb = data.len() / n;
+                let mut row = vec![0f32; d];
+                ty.dequantize(&data[j * rb..(j + 1) * rb], &mut row);
+                row_to_bf16(&row)
+            }
+        }
+    }
+}
+
+/// A thread's buffers for the products (their contents do not matter between calls).
+#[derive(Default)]
+pub struct Scratch {
+    /// Matrix rows rounded to bf16 and spread over their panels.
+    rounded: Vec<u32>,
+    /// One quantized matrix row widened to f32.
+    widened: Vec<f32>,
+}
+
 /// `out[i * n + j] = dot(x[i], W[j])` for every row `i` of `x` and `j < n`, where `w` holds `n`
 /// rows of `x`'s `d` values in f32, rounded to bf16 as they are read. Runs on the calling
-/// thread; `scratch` holds the rounded rows between calls (its contents do not matter).
+/// thread.
 pub fn matmul(
     w: &[f32],
     n: usize,
     x: &Bf16Rows,
     out: &mut [f32],
-    scratch: &mut Vec<u32>,
+    scratch: &mut Scratch,
 ) -> Result<(), KernelError> {
     if w.len() != n * x.d {
         return Err(KernelError::Length {
@@ -148,6 +180,32 @@ pub fn matmul(
             got: w.len(),
         });
     }
+    product(Matrix::F32(w), n, x, out, scratch)
+}
+
+/// [`matmul`] for a matrix of `n` rows of quantized blocks (`ty`, `x`'s `d` values a row):
+/// each row is widened to f32 as [`BlockType::dequantize`] widens it, then rounded to bf16,
+/// one row at a time as the product reads it. The values are those of [`matmul`] on the
+/// dequantized matrix, to the bit.
+pub fn matmul_blocks(
+    ty: BlockType,
+    data: &[u8],
+    n: usize,
+    x: &Bf16Rows,
+    out: &mut [f32],
+    scratch: &mut Scratch,
+) -> Result<(), KernelError> {
+    crate::matmul::check_weights(ty, data, n, x.d)?;
+    product(Matrix::Blocks { ty, data }, n, x, out, scratch)
+}
+
+fn product(
+    w: Matrix,
+    n: usize,
+    x: &Bf16Rows,
+    out: &mut [f32],
+    scratch: &mut Scratch,
+) -> Result<(), KernelError> {
     if out.len() != x.rows * n {
         return Err(KernelError::Length {
             what: "the output",
@@ -160,14 +218,14 @@ pub fn matmul(
     }
     #[cfg(target_arch = "x86_64")]
     if fast() {
-        // SAFETY: `fast` found AVX-512 F, BW and BF16; the sizes were checked above.
+        // SAFETY: `fast` found AVX-512 F, BW and BF16; the sizes were checked by the callers.
         unsafe { avx512::matmul(w, n, x, out, scratch) };
         return Ok(());
     }
     let _ = scratch;
     let rows: Vec<Vec<u16>> = (0..x.rows).map(|i| x.row(i)).collect();
     for j in 0..n {
-        let wj = row_to_bf16(&w[j * x.d..(j + 1) * x.d]);
+        let wj = w.row_bf16(j, x.d, n);
         for (i, xi) in rows.iter().enumerate() {
             out[i * n + j] = dot(xi, &wj);
         }
@@ -179,7 +237,7 @@ pub fn matmul(
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{Bf16Rows, GROUP_ROWS};
+    use super::{Bf16Rows, Matrix, Scratch, GROUP_ROWS};
 
     /// Matrix rows of a panel: one per lane, so that a product's 16 values are consecutive
     /// outputs of one row.
@@ -189,15 +247,19 @@ mod avx512 {
 
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub(super) unsafe fn matmul(
-        w: &[f32],
+        w: Matrix,
         n: usize,
         x: &Bf16Rows,
         out: &mut [f32],
-        scratch: &mut Vec<u32>,
+        scratch: &mut Scratch,
     ) {
         let (d, pairs) = (x.d, x.pairs);
-        scratch.resize((PANELS * PANEL + 1) * pairs, 0);
-        let (panels, row) = scratch.split_at_mut(PANELS * PANEL * pairs);
+        scratch.rounded.resize((PANELS * PANEL + 1) * pairs, 0);
+        let (panels, row) = scratch.rounded.split_at_mut(PANELS * PANEL * pairs);
+        let widened = &mut scratch.widened;
+        if let Matrix::Blocks { .. } = w {
+            widened.resize(d, 0.0);
+        }
         let groups = x.groups.len() / (pairs * GROUP_ROWS);
         for j0 in (0..n).step_by(PANELS * PANEL) {
             let len = (n - j0).min(PANELS * PANEL);
@@ -205,7 +267,16 @@ mod avx512 {
             for r in 0..PANELS * PANEL {
                 let panel = &mut panels[(r / PANEL) * PANEL * pairs..][..PANEL * pairs];
                 if r < len {
-                    round_row(&w[(j0 + r) * d..(j0 + r + 1) * d], row);
+                    let j = j0 + r;
+                    match w {
+                        Matrix::F32(w) => round_row(&w[j * d..(j + 1) * d], row),
+                        Matrix::Blocks { ty, data } => {
+                            let rb = data.len() / n;
+                            // Inlined here, so compiled with this function's instructions.
+                            ty.dequantize(&data[j * rb..(j + 1) * rb], widened);
+                            round_row(widened, row);
+                        }
+                    }
                 }
                 for (p, &v) in row.iter().enumerate() {
                     panel[p * PANEL + r % PANEL] = if r < len { v } else { 0 };

@@ -3,9 +3,14 @@
 //! fallback), the rounding equal to the hardware's on ties, subnormals and overflow, and every
 //! value within the bound of two bf16 roundings of the exact product.
 
-use lensd_kernels::bf16::{dot, fast, from_bf16, matmul, row_to_bf16, to_bf16, Bf16Rows};
-use lensd_kernels::KernelError;
+use lensd_kernels::bf16::{
+    dot, fast, from_bf16, matmul, matmul_blocks, row_to_bf16, to_bf16, Bf16Rows, Scratch,
+};
+use lensd_kernels::{BlockType, KernelError};
 use rand::{Rng, SeedableRng};
+
+mod common;
+use common::random_blocks;
 
 fn randn(len: usize, rng: &mut impl Rng) -> Vec<f32> {
     (0..len).map(|_| rng.random_range(-2.0f32..2.0)).collect()
@@ -14,7 +19,7 @@ fn randn(len: usize, rng: &mut impl Rng) -> Vec<f32> {
 fn product(w: &[f32], n: usize, x: &[f32], rows: usize, d: usize) -> Vec<f32> {
     let packed = Bf16Rows::new(x, rows, d).unwrap();
     let mut out = vec![f32::NAN; rows * n];
-    let mut scratch = Vec::new();
+    let mut scratch = Scratch::default();
     matmul(w, n, &packed, &mut out, &mut scratch).unwrap();
     out
 }
@@ -132,7 +137,7 @@ fn sizes_that_do_not_fit_are_named() {
         })
     );
     let packed = Bf16Rows::new(&x, 2, 3).unwrap();
-    let mut scratch = Vec::new();
+    let mut scratch = Scratch::default();
     let mut out = vec![0f32; 4];
     assert_eq!(
         matmul(&[0.0; 5], 2, &packed, &mut out, &mut scratch),
@@ -150,4 +155,55 @@ fn sizes_that_do_not_fit_are_named() {
             got: 3
         })
     );
+}
+
+#[test]
+fn a_quantized_matrix_gives_the_products_of_its_dequantized_rows_to_the_bit() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    // Matrix rows around the 16 of a panel and the 32 a pass rounds; one to three blocks a row.
+    for ty in BlockType::ALL {
+        let b = ty.block_values();
+        for &(rows, n, d) in &[(1, 1, b), (13, 31, 2 * b), (25, 33, 3 * b), (12, 16, b)] {
+            let data = random_blocks(ty, n, d, &mut rng);
+            let mut w = vec![0f32; n * d];
+            ty.dequantize(&data, &mut w);
+            let x = randn(rows * d, &mut rng);
+            let packed = Bf16Rows::new(&x, rows, d).unwrap();
+            let mut got = vec![f32::NAN; rows * n];
+            matmul_blocks(ty, &data, n, &packed, &mut got, &mut Scratch::default()).unwrap();
+            let want = product(&w, n, &x, rows, d);
+            let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{ty:?}, {rows}x{n}x{d}");
+        }
+    }
+    // Rows that are not whole blocks, and a matrix of the wrong size, are named.
+    let packed = Bf16Rows::new(&[0.0; 40], 1, 40).unwrap();
+    let mut out = vec![0f32; 2];
+    assert_eq!(
+        matmul_blocks(
+            BlockType::Q8_0,
+            &[0; 68],
+            2,
+            &packed,
+            &mut out,
+            &mut Scratch::default()
+        ),
+        Err(KernelError::RowNotWholeBlocks {
+            ty: BlockType::Q8_0,
+            k: 40,
+            block: 32
+        })
+    );
+    let packed = Bf16Rows::new(&[0.0; 32], 1, 32).unwrap();
+    assert!(matches!(
+        matmul_blocks(
+            BlockType::Q8_0,
+            &[0; 67],
+            2,
+            &packed,
+            &mut out,
+            &mut Scratch::default()
+        ),
+        Err(KernelError::WeightBytes { got: 67, .. })
+    ));
 }

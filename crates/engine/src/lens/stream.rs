@@ -238,9 +238,9 @@ fn finish(acc: RowAcc, rf: &RowRef) -> RowStats {
 /// A thread's buffers for the products of its blocks (their contents do not matter).
 #[derive(Default)]
 struct Scratch {
-    /// A bf16 product's rounded matrix rows.
-    rounded: Vec<u32>,
-    /// A block of quantized rows widened to f32.
+    /// A bf16 product's buffers.
+    bf16: bf16::Scratch,
+    /// A strip of quantized rows widened to f32 for an f32 product.
     widened: Vec<f32>,
 }
 
@@ -359,14 +359,8 @@ impl Product<'_> {
             }
             Head::Bf16(w) => {
                 let rows16 = self.rows16.expect("rounded with the head");
-                bf16::matmul(
-                    &w[v0 * d..(v0 + n) * d],
-                    n,
-                    rows16,
-                    out,
-                    &mut scratch.rounded,
-                )
-                .map_err(kernel_error)?;
+                bf16::matmul(&w[v0 * d..(v0 + n) * d], n, rows16, out, &mut scratch.bf16)
+                    .map_err(kernel_error)?;
             }
             Head::Quant {
                 ty,
@@ -395,11 +389,8 @@ impl Product<'_> {
                 bf16: true,
             } => {
                 let rows16 = self.rows16.expect("rounded with the head");
-                let widened = &mut scratch.widened;
-                widened.resize(n * d, 0.0);
                 let w = &data[v0 * row_bytes..(v0 + n) * row_bytes];
-                lensd_kernels::dequantize(*ty, w, widened, &Serial).map_err(kernel_error)?;
-                bf16::matmul(widened, n, rows16, out, &mut scratch.rounded)
+                bf16::matmul_blocks(*ty, w, n, rows16, out, &mut scratch.bf16)
                     .map_err(kernel_error)?;
             }
         }
@@ -508,7 +499,7 @@ mod tests {
         // The reference rows come from the same products on the whole matrix at once.
         let rows = Bf16Rows::new(&x, r, d).unwrap();
         let mut logits = vec![0f32; r * vocab];
-        bf16::matmul(&w, vocab, &rows, &mut logits, &mut Vec::new()).unwrap();
+        bf16::matmul(&w, vocab, &rows, &mut logits, &mut Default::default()).unwrap();
         check(&Head::Bf16(&w), &logits, &x, vocab, d, None);
         check(&Head::Bf16(&w), &logits, &x, vocab, d, Some(3.0));
     }
@@ -574,7 +565,7 @@ mod tests {
         let mut widened = vec![0f32; vocab * d];
         ty.dequantize(&data, &mut widened);
         let rows = Bf16Rows::new(&x, r, d).unwrap();
-        bf16::matmul(&widened, vocab, &rows, &mut logits, &mut Vec::new()).unwrap();
+        bf16::matmul(&widened, vocab, &rows, &mut logits, &mut Default::default()).unwrap();
         check(&wide_head(true), &logits, &x, vocab, d, None);
     }
 }

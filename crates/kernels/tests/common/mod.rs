@@ -1,5 +1,8 @@
 //! Random inputs that the kernels' tests share.
 
+// Each test crate that includes this module uses a part of it.
+#![allow(dead_code)]
+
 use half::f16;
 use lensd_kernels::{BlockType, Parallel};
 use rand::Rng;
