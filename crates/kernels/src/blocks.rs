@@ -176,23 +176,39 @@ pub fn q6k_value(b: &[u8], e: usize) -> u8 {
 // with AVX2 (`crate::dequantize`), they vectorize; their products are the same f32 operations,
 // in the same order, as llama.cpp's reference (tests/llamacpp_dequant.rs checks bit equality).
 
+/// A 32-value block's 16 packed bytes and its two halves of output, as arrays: with their
+/// lengths known, the loops over them compile to whole vectors without bounds checks.
+#[inline(always)]
+fn halves<'a>(
+    q: &'a [u8],
+    o: &'a mut [f32],
+) -> (&'a [u8; 16], &'a mut [f32; 16], &'a mut [f32; 16]) {
+    let q: &[u8; 16] = q.try_into().expect("16 packed bytes");
+    let (lo, hi) = o.split_at_mut(16);
+    (
+        q,
+        lo.try_into().expect("a block of 32 values"),
+        hi.try_into().expect("a block of 32 values"),
+    )
+}
+
 #[inline(always)]
 fn dequant_q4_0(b: &[u8], o: &mut [f32]) {
     let d = f16_at(b, 0);
-    let (lo, hi) = o.split_at_mut(16);
+    let (q, lo, hi) = halves(&b[2..18], o);
     for i in 0..16 {
-        lo[i] = d * ((b[2 + i] & 15) as f32 - 8.0);
-        hi[i] = d * ((b[2 + i] >> 4) as f32 - 8.0);
+        lo[i] = d * ((q[i] & 15) as f32 - 8.0);
+        hi[i] = d * ((q[i] >> 4) as f32 - 8.0);
     }
 }
 
 #[inline(always)]
 fn dequant_q4_1(b: &[u8], o: &mut [f32]) {
     let (d, m) = (f16_at(b, 0), f16_at(b, 2));
-    let (lo, hi) = o.split_at_mut(16);
+    let (q, lo, hi) = halves(&b[4..20], o);
     for i in 0..16 {
-        lo[i] = d * (b[4 + i] & 15) as f32 + m;
-        hi[i] = d * (b[4 + i] >> 4) as f32 + m;
+        lo[i] = d * (q[i] & 15) as f32 + m;
+        hi[i] = d * (q[i] >> 4) as f32 + m;
     }
 }
 
@@ -200,10 +216,10 @@ fn dequant_q4_1(b: &[u8], o: &mut [f32]) {
 fn dequant_q5_0(b: &[u8], o: &mut [f32]) {
     let d = f16_at(b, 0);
     let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-    let (lo, hi) = o.split_at_mut(16);
+    let (q, lo, hi) = halves(&b[6..22], o);
     for i in 0..16 {
-        let l = (b[6 + i] & 15) as u32 | ((qh >> i) & 1) << 4;
-        let h = (b[6 + i] >> 4) as u32 | ((qh >> (i + 16)) & 1) << 4;
+        let l = (q[i] & 15) as u32 | ((qh >> i) & 1) << 4;
+        let h = (q[i] >> 4) as u32 | ((qh >> (i + 16)) & 1) << 4;
         lo[i] = d * (l as f32 - 16.0);
         hi[i] = d * (h as f32 - 16.0);
     }
