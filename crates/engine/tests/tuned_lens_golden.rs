@@ -180,7 +180,7 @@ fn streamed_chunks_reassemble_into_the_result_and_cancel_between_chunks() {
     .unwrap();
     // 4 layers and 8 rows per chunk: chunks of 2 positions.
     let opts = AnalyzeOptions {
-        rows_per_chunk: 8,
+        rows_per_chunk: Some(8),
         ..AnalyzeOptions::new(vec![0, 1, 2, 3], 3)
     };
     let mut chunks = Vec::new();

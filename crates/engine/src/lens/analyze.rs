@@ -24,13 +24,24 @@ use crate::model::Logits;
 /// second on a small CPU, which bounds how long a cancellation waits.
 pub const ROWS_PER_CHUNK: usize = 512;
 
+/// On the host a chunk also holds about this many multiply-adds of unembedding, where that is
+/// more rows than [`ROWS_PER_CHUNK`]: the host path keeps only a vocabulary block per thread,
+/// and each chunk reads the whole unembedding once more (widening and rounding it where it is
+/// quantized or multiplied in bf16), so a small vocabulary's rows are taken in larger chunks.
+/// 2³⁵ is 1,214 of the demo model's rows (about a fifth of a second on 2 cores in bf16), and
+/// fewer than 512 of Gemma-3's, which keeps 512. Demo analyses took 0.53 s in chunks of 1,024
+/// rows against 0.57-0.63 s in chunks of 512 (`lensd bench --only analysis --unembed bf16`,
+/// alternating runs); 2,048 were no faster than 1,024.
+pub const HOST_CHUNK_MACS: usize = 1 << 35;
+
 #[derive(Debug, Clone)]
 pub struct AnalyzeOptions {
     /// Layers `0..=L` to read; `L` is the model's own output.
     pub layers: Vec<usize>,
     pub top_k: usize,
-    /// Logit rows per chunk (see [`ROWS_PER_CHUNK`]).
-    pub rows_per_chunk: usize,
+    /// Logit rows per chunk; `None` for [`ROWS_PER_CHUNK`], or more on the host (see
+    /// [`HOST_CHUNK_MACS`]).
+    pub rows_per_chunk: Option<usize>,
     pub stats: StatsAt,
     pub unembed: Unembed,
 }
@@ -97,7 +108,7 @@ impl AnalyzeOptions {
         AnalyzeOptions {
             layers,
             top_k,
-            rows_per_chunk: ROWS_PER_CHUNK,
+            rows_per_chunk: None,
             stats: StatsAt::Auto,
             unembed: Unembed::F32,
         }
@@ -144,7 +155,6 @@ pub fn analyze(
     let last = out.tap(n_layers).expect("final layer is always tapped");
     let t = ids.len();
     let nl = opts.layers.len();
-    let chunk = (opts.rows_per_chunk / nl).clamp(1, t);
     let rows_total = t * nl * lenses.len();
     let mut rows_done = 0;
     let tokens: Vec<TokenInfo> = ids
@@ -175,6 +185,12 @@ pub fn analyze(
         StatsAt::Host => false,
         StatsAt::Device => true,
     };
+    let rows_per_chunk = match opts.rows_per_chunk {
+        Some(rows) => rows,
+        None if on_device => ROWS_PER_CHUNK,
+        None => ROWS_PER_CHUNK.max(HOST_CHUNK_MACS / (cfg.vocab_size * cfg.d_model).max(1)),
+    };
+    let chunk = (rows_per_chunk / nl).clamp(1, t);
     for p0 in (0..t).step_by(chunk) {
         let p = chunk.min(t - p0);
         let fin_logits = model.unembed(&model.final_norm(&last.narrow(0, p0, p)?)?)?;
