@@ -254,8 +254,8 @@ mod avx512 {
         scratch: &mut Scratch,
     ) {
         let (d, pairs) = (x.d, x.pairs);
-        scratch.rounded.resize((PANELS * PANEL + 1) * pairs, 0);
-        let (panels, row) = scratch.rounded.split_at_mut(PANELS * PANEL * pairs);
+        scratch.rounded.resize((PANELS + 1) * PANEL * pairs, 0);
+        let (panels, rows) = scratch.rounded.split_at_mut(PANELS * PANEL * pairs);
         let widened = &mut scratch.widened;
         if let Matrix::Blocks { .. } = w {
             widened.resize(d, 0.0);
@@ -263,11 +263,15 @@ mod avx512 {
         let groups = x.groups.len() / (pairs * GROUP_ROWS);
         for j0 in (0..n).step_by(PANELS * PANEL) {
             let len = (n - j0).min(PANELS * PANEL);
-            // Each matrix row rounded, then spread over its lane of the panel.
-            for r in 0..PANELS * PANEL {
-                let panel = &mut panels[(r / PANEL) * PANEL * pairs..][..PANEL * pairs];
-                if r < len {
-                    let j = j0 + r;
+            // Each panel's matrix rows rounded one after the other (zeros past the matrix's
+            // end), then transposed so that each row lies in its lane of the panel.
+            for (s, panel) in panels.chunks_exact_mut(PANEL * pairs).enumerate() {
+                for (r, row) in rows.chunks_exact_mut(pairs).enumerate() {
+                    let j = j0 + s * PANEL + r;
+                    if j >= j0 + len {
+                        row.fill(0);
+                        continue;
+                    }
                     match w {
                         Matrix::F32(w) => round_row(&w[j * d..(j + 1) * d], row),
                         Matrix::Blocks { ty, data } => {
@@ -278,9 +282,7 @@ mod avx512 {
                         }
                     }
                 }
-                for (p, &v) in row.iter().enumerate() {
-                    panel[p * PANEL + r % PANEL] = if r < len { v } else { 0 };
-                }
+                transpose(rows, pairs, panel);
             }
             for g in 0..groups {
                 let first = g * GROUP_ROWS;
@@ -300,6 +302,63 @@ mod avx512 {
                         _mm512_mask_storeu_ps(o.add(s * PANEL), mask(s * PANEL), *v);
                     }
                 }
+            }
+        }
+    }
+
+    /// `rows` (16 rows of `pairs` values) into `panel` (`pairs` groups of 16, value `p` of
+    /// row `r` at `16·p + r`): 16 × 16 values at a time in registers, the rest one by one.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn transpose(rows: &[u32], pairs: usize, panel: &mut [u32]) {
+        debug_assert!(rows.len() == PANEL * pairs && panel.len() == PANEL * pairs);
+        let whole = pairs - pairs % PANEL;
+        let (src, dst) = (rows.as_ptr() as *const i32, panel.as_mut_ptr() as *mut i32);
+        for p0 in (0..whole).step_by(PANEL) {
+            // SAFETY: row r's values p0..p0 + 16 lie within `rows` (p0 + 16 ≤ pairs).
+            let r: [__m512i; 16] = std::array::from_fn(|i| unsafe {
+                _mm512_loadu_si512(src.add(i * pairs + p0).cast())
+            });
+            // Within each 128-bit lane: pairs of rows interleaved, then fours of rows.
+            let t: [__m512i; 16] = std::array::from_fn(|i| {
+                let (a, b) = (r[i & !1], r[i | 1]);
+                if i % 2 == 0 {
+                    _mm512_unpacklo_epi32(a, b)
+                } else {
+                    _mm512_unpackhi_epi32(a, b)
+                }
+            });
+            // u[4q + c] holds, in lane L, value 4L + c of rows 4q..4q + 4.
+            let u: [__m512i; 16] = std::array::from_fn(|i| {
+                let (q, c) = (i / 4, i % 4);
+                let (a, b) = (t[4 * q + c / 2], t[4 * q + 2 + c / 2]);
+                if c % 2 == 0 {
+                    _mm512_unpacklo_epi64(a, b)
+                } else {
+                    _mm512_unpackhi_epi64(a, b)
+                }
+            });
+            for c in 0..4 {
+                // Lanes 0 and 2, then 1 and 3, of rows 0..8 and of rows 8..16.
+                let v0 = _mm512_shuffle_i32x4::<0x88>(u[c], u[4 + c]);
+                let v1 = _mm512_shuffle_i32x4::<0xDD>(u[c], u[4 + c]);
+                let v2 = _mm512_shuffle_i32x4::<0x88>(u[8 + c], u[12 + c]);
+                let v3 = _mm512_shuffle_i32x4::<0xDD>(u[8 + c], u[12 + c]);
+                // Value p0 + c + 4m of all 16 rows, for m = 0..4.
+                let cols = [
+                    _mm512_shuffle_i32x4::<0x88>(v0, v2),
+                    _mm512_shuffle_i32x4::<0x88>(v1, v3),
+                    _mm512_shuffle_i32x4::<0xDD>(v0, v2),
+                    _mm512_shuffle_i32x4::<0xDD>(v1, v3),
+                ];
+                for (m, col) in cols.into_iter().enumerate() {
+                    // SAFETY: value p0 + c + 4m < pairs of every row: 16 values in `panel`.
+                    _mm512_storeu_si512(dst.add((p0 + c + 4 * m) * PANEL).cast(), col);
+                }
+            }
+        }
+        for p in whole..pairs {
+            for r in 0..PANEL {
+                panel[p * PANEL + r] = rows[r * pairs + p];
             }
         }
     }
