@@ -238,14 +238,14 @@ fn block_sums_any(x: &[f32], p: &[f32], near: f32, hi: f32) -> BlockSums {
     for (xs, ps) in xc.chunks_exact(LANES).zip(pc.chunks_exact(LANES)) {
         for i in 0..LANES {
             max[i] = if xs[i] > max[i] { xs[i] } else { max[i] };
-            px[i] += ps[i] * xs[i];
+            px[i] = ps[i].mul_add(xs[i], px[i]);
             above[i] += (xs[i] > hi) as u32;
             from_near[i] += (xs[i] >= near) as u32;
         }
     }
     for (i, (&v, &pv)) in xr.iter().zip(pr).enumerate() {
         max[i] = if v > max[i] { v } else { max[i] };
-        px[i] += pv * v;
+        px[i] = pv.mul_add(v, px[i]);
         above[i] += (v > hi) as u32;
         from_near[i] += (v >= near) as u32;
     }
@@ -277,14 +277,14 @@ fn exp_sums_any(x: &[f32], shift: f32) -> (f64, f64) {
             let d = xs[i] - shift;
             let e = exp_nonpositive(d);
             s[i] += e;
-            sd[i] += e * d;
+            sd[i] = e.mul_add(d, sd[i]);
         }
     }
     for (i, &v) in xr.iter().enumerate() {
         let d = v - shift;
         let e = exp_nonpositive(d);
         s[i] += e;
-        sd[i] += e * d;
+        sd[i] = e.mul_add(d, sd[i]);
     }
     lane_sums(s, sd)
 }
@@ -296,8 +296,9 @@ fn lane_sums(s: [f32; LANES], sd: [f32; LANES]) -> (f64, f64) {
     )
 }
 
-/// The portable code's operations on eight lanes at once, in the same order (multiplies and
-/// adds, not fused), so that both levels give the same bits.
+/// The portable code's operations on eight lanes at once, in the same order (its `mul_add`s
+/// as fused multiply-adds, its other multiplies and adds unfused), so that both levels give
+/// the same bits.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
@@ -323,7 +324,7 @@ mod avx2 {
                 )
             };
             max = _mm256_blendv_ps(max, v, _mm256_cmp_ps::<_CMP_GT_OQ>(v, max));
-            px = _mm256_add_ps(px, _mm256_mul_ps(pv, v));
+            px = _mm256_fmadd_ps(pv, v, px);
             let gt = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GT_OQ>(v, vhi));
             above = _mm256_add_epi32(above, _mm256_and_si256(gt, one));
             let ge = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(v, vnear));
@@ -340,7 +341,7 @@ mod avx2 {
         let (mut m, mut s, mut a, mut f) = lanes;
         for (i, (&v, &pv)) in x[n..].iter().zip(&p[n..x.len()]).enumerate() {
             m[i] = if v > m[i] { v } else { m[i] };
-            s[i] += pv * v;
+            s[i] = pv.mul_add(v, s[i]);
             a[i] += (v > hi) as u32;
             f[i] += (v >= near) as u32;
         }
@@ -358,7 +359,7 @@ mod avx2 {
             let d = _mm256_sub_ps(v, vshift);
             let e = exp(d);
             s = _mm256_add_ps(s, e);
-            sd = _mm256_add_ps(sd, _mm256_mul_ps(e, d));
+            sd = _mm256_fmadd_ps(e, d, sd);
         }
         let (mut ls, mut lsd) = ([0f32; LANES], [0f32; LANES]);
         // SAFETY: each array holds 8 lanes.
@@ -370,7 +371,7 @@ mod avx2 {
             let d = v - shift;
             let e = super::exp_nonpositive(d);
             ls[i] += e;
-            lsd[i] += e * d;
+            lsd[i] = e.mul_add(d, lsd[i]);
         }
         lane_sums(ls, lsd)
     }
@@ -381,24 +382,16 @@ mod avx2 {
         let c = _mm256_set1_ps;
         let low = c(-87.0);
         let d = _mm256_blendv_ps(d, low, _mm256_cmp_ps::<_CMP_LT_OQ>(d, low));
-        let t = _mm256_add_ps(
-            _mm256_mul_ps(d, c(std::f32::consts::LOG2_E)),
-            c(12_582_912.0),
-        );
+        let t = _mm256_fmadd_ps(d, c(std::f32::consts::LOG2_E), c(12_582_912.0));
         let n = _mm256_sub_ps(t, c(12_582_912.0));
         let ni = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(0x4B40_0000));
-        let r = _mm256_sub_ps(
-            _mm256_sub_ps(d, _mm256_mul_ps(n, c(super::LN2_HI))),
-            _mm256_mul_ps(n, c(super::LN2_LO)),
-        );
+        let r = _mm256_fnmadd_ps(n, c(super::LN2_HI), d);
+        let r = _mm256_fnmadd_ps(n, c(super::LN2_LO), r);
         let mut poly = c(super::EXP_POLY[0]);
         for &k in &super::EXP_POLY[1..] {
-            poly = _mm256_add_ps(_mm256_mul_ps(poly, r), c(k));
+            poly = _mm256_fmadd_ps(poly, r, c(k));
         }
-        let er = _mm256_add_ps(
-            _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(poly, r), r), r),
-            c(1.0),
-        );
+        let er = _mm256_add_ps(_mm256_fmadd_ps(poly, _mm256_mul_ps(r, r), r), c(1.0));
         let pow = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
             ni,
             _mm256_set1_epi32(127),
@@ -434,15 +427,15 @@ pub fn exp_nonpositive(d: f32) -> f32 {
 pub(crate) fn exp_reduced(d: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // Round to nearest: adding 1.5·2²³ leaves the integer in the mantissa's low bits.
-    let t = d * LOG2E + 12_582_912.0;
+    let t = d.mul_add(LOG2E, 12_582_912.0);
     let n = t - 12_582_912.0;
     let ni = (t.to_bits() as i32).wrapping_sub(0x4B40_0000);
-    let r = d - n * LN2_HI - n * LN2_LO;
+    let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, d));
     let mut poly = EXP_POLY[0];
     for &k in &EXP_POLY[1..] {
-        poly = poly * r + k;
+        poly = poly.mul_add(r, k);
     }
-    let er = poly * r * r + r + 1.0;
+    let er = poly.mul_add(r * r, r) + 1.0;
     er * f32::from_bits(((ni + 127) as u32) << 23)
 }
 
