@@ -1,7 +1,7 @@
-//! GGUF files mapped under a read lease (`weights::mapped`): a file truncated or written in
-//! place while lensd maps it waits until lensd holds its own copy, so a loaded base keeps the
-//! bytes it was loaded with and computes as before, never meeting a bus error. Where no lease
-//! can be had, the file is read into memory.
+//! GGUF files and tuned lenses' translators mapped under a read lease (`weights::mapped`): a
+//! file truncated or written in place while lensd maps it waits until lensd holds its own
+//! copy, so a loaded base or lens keeps the bytes it was loaded with and computes as before,
+//! never meeting a bus error. Where no lease can be had, the file is read into memory.
 
 mod common;
 
@@ -9,6 +9,7 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use common::demo_model;
+use lensd_engine::lens::tuned::{TunedLens, TunedLensConfig};
 use lensd_engine::model::Logits;
 use lensd_engine::weights::gguf::GgufFile;
 use lensd_engine::{Base, ComputeDtype, LoadOptions};
@@ -165,4 +166,87 @@ fn a_mapping_made_lensds_own_keeps_its_bytes_and_holds_no_writer_back() {
         .unwrap();
     assert!(g.bytes().unwrap() == &before[..]);
     assert!(g.make_own(), "owning twice is harmless");
+}
+
+/// A tuned lens of `layers` random translators of width `d`, saved in `dir`.
+fn random_lens(dir: &Path, d: usize, layers: usize) -> TunedLens {
+    use candle_core::{Device, Tensor};
+    let config = TunedLensConfig {
+        base_model_name_or_path: String::new(),
+        d_model: d,
+        num_hidden_layers: layers,
+        bias: true,
+        base_model_revision: None,
+        unembed_hash: None,
+        lens_type: "linear_tuned_lens".into(),
+    };
+    let cpu = Device::Cpu;
+    let weights = (0..layers)
+        .map(|_| Tensor::randn(0f32, 0.05, (d, d), &cpu).unwrap())
+        .collect();
+    let biases = (0..layers)
+        .map(|_| Tensor::randn(0f32, 0.1, d, &cpu).unwrap())
+        .collect();
+    let lens = TunedLens::from_parts(config, weights, biases);
+    lens.save(dir).unwrap();
+    TunedLens::open(dir).unwrap()
+}
+
+/// Every layer's translation of the same rows, as bits.
+fn translations(lens: &TunedLens, h: &candle_core::Tensor) -> Vec<Vec<u32>> {
+    (0..lens.config.num_hidden_layers)
+        .map(|l| {
+            let y = lens.transform(l, h).unwrap();
+            let v: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+            v.iter().map(|v| v.to_bits()).collect()
+        })
+        .collect()
+}
+
+#[test]
+fn a_tuned_lens_mapped_translates_as_read_and_keeps_its_translators_when_its_file_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, layers) = (96, 3);
+    let mapped = random_lens(dir.path(), d, layers);
+    let params = dir.path().join("params.safetensors");
+    if !mapped.is_mapped() {
+        eprintln!("no read lease on {}: the lens was read", params.display());
+    }
+    assert_eq!(mapped.is_shared_with_the_file(), mapped.is_mapped());
+    // A writer elsewhere gets no lease: this copy is read into memory.
+    let writer = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&params)
+        .unwrap();
+    let read = TunedLens::open(dir.path()).unwrap();
+    assert!(
+        !read.is_mapped(),
+        "no lease is granted on a file open for writing"
+    );
+    drop(writer);
+    assert_eq!(mapped.bytes(), read.bytes());
+    let h = candle_core::Tensor::randn(0f32, 1.0, (7, d), &candle_core::Device::Cpu).unwrap();
+    let want = translations(&read, &h);
+    assert_eq!(
+        translations(&mapped, &h),
+        want,
+        "the same bits mapped or read"
+    );
+    // The file truncated under the mapping: lensd copies the translators first, then the
+    // truncation goes on, and the lens translates as before.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&params)
+        .unwrap()
+        .set_len(100)
+        .unwrap();
+    assert!(!mapped.is_shared_with_the_file());
+    assert_eq!(
+        translations(&mapped, &h),
+        want,
+        "the same bits after the change"
+    );
+    // A lens file cut short is an error naming it, whether mapped or read.
+    let err = TunedLens::open(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("params.safetensors"), "{err}");
 }

@@ -34,6 +34,17 @@ fn maps_name(path: &Path) -> bool {
     maps.lines().any(|l| l.ends_with(name))
 }
 
+/// The file's size rounded up to whole pages, as a mapping of it holds.
+fn page_rounded(path: &Path) -> u64 {
+    file_len(path).next_multiple_of(4096)
+}
+
+/// Bytes of the weight files lensd maps, by its report.
+async fn mapped_bytes(service: &Service) -> u64 {
+    let rep = service.residency.report().await.unwrap();
+    rep.process_mapped_weight_bytes.unwrap()
+}
+
 /// Heap bytes in use by glibc's count.
 fn heap() -> f64 {
     heap_usage().expect("glibc counts its heap").in_use_bytes as f64
@@ -95,13 +106,7 @@ async fn one_base_for_two_groups_and_memory_that_follows_the_lens_bytes() {
     // the vocabulary in the file (8.5 MiB for the demo base): under a quarter of its weights.
     // Whether lensd holds the file mapped, by its own count of live mappings; the heap below
     // checks that count (a file read into memory while called mapped would show there).
-    let held_now = service
-        .residency
-        .report()
-        .await
-        .unwrap()
-        .process_mapped_weight_bytes
-        .unwrap();
+    let held_now = mapped_bytes(&service).await;
     let mapped = held_now > 0;
     let named = maps_name(&model);
     eprintln!("the base's file is mapped: {mapped} (named in /proc/self/maps: {named})");
@@ -131,22 +136,36 @@ async fn one_base_for_two_groups_and_memory_that_follows_the_lens_bytes() {
 
     let mut last = r1;
     let mut last_heap = h1;
+    let mut last_held = held_now;
+    let lens_file = page_rounded(&lenses[0].join("params.safetensors"));
+    let mut lenses_mapped = Vec::new();
     for id in ["t1", "t2", "t3"] {
         leases.push(service.residency.acquire(id).await.unwrap());
         let now = rss();
         let h = heap();
+        let held = mapped_bytes(&service).await;
         eprintln!(
-            "{id} heap: +{:.3} MiB for {:.3} MiB",
+            "{id} heap: +{:.3} MiB, mapped +{:.3} MiB for {:.3} MiB",
             (h - last_heap) / MIB,
+            (held - last_held) as f64 / MIB,
             lens_bytes / MIB
         );
-        // A lens's heap is its translators' bytes, to within 1 %.
+        // A lens's translators are mapped from its file (the whole file, to the page) or read
+        // into the heap; its heap is then its biases alone (under 1 % of its bytes), or else
+        // its translators' bytes to within 1 %.
+        let mapped = held > last_held;
+        if mapped {
+            assert_eq!(held - last_held, lens_file, "{id} maps its whole file");
+        }
+        let heap_bytes = if mapped { 0.0 } else { lens_bytes };
         assert!(
-            (h - last_heap - lens_bytes).abs() < 0.01 * lens_bytes,
+            (h - last_heap - heap_bytes).abs() < 0.01 * lens_bytes,
             "{id} heap grew {:.3} MiB",
             (h - last_heap) / MIB
         );
+        lenses_mapped.push(mapped);
         last_heap = h;
+        last_held = held;
         eprintln!(
             "{id}: +{:.1} MiB for {:.1} MiB of translators",
             (now - last) / MIB,
@@ -198,10 +217,11 @@ async fn one_base_for_two_groups_and_memory_that_follows_the_lens_bytes() {
         "owned weights are resident"
     );
     // The report says which weights are mapped: the base's whole file (its header and
-    // vocabulary too, to the page), or nothing where it was read into the heap.
-    let held = rep.process_mapped_weight_bytes.unwrap() as f64;
-    let page_rounded = (file_len(&model) as f64 / 4096.0).ceil() * 4096.0;
-    assert_eq!(held, if mapped { page_rounded } else { 0.0 });
+    // vocabulary too, to the page) and each mapped lens's, nothing of what was read.
+    let held = rep.process_mapped_weight_bytes.unwrap();
+    let lens_files = lenses_mapped.iter().filter(|&&m| m).count() as u64 * lens_file;
+    let base_file = if mapped { page_rounded(&model) } else { 0 };
+    assert_eq!(held, base_file + lens_files);
 
     // A reload that drops the third lens frees it and keeps everything else.
     drop(leases.remove(3));
@@ -231,11 +251,13 @@ async fn one_base_for_two_groups_and_memory_that_follows_the_lens_bytes() {
         (before - after) / MIB,
         (heap_before - heap_after) / MIB
     );
-    // Every byte accounted to the two lenses leaves the heap, and the base's too where they
-    // were read into it; all of them leave the process's resident memory.
+    // Every byte accounted to the two lenses and the base leaves the heap where it was read
+    // into it; all of them leave the process's resident memory.
     let base_heap = if mapped { 0.0 } else { base_bytes };
+    let lens_heap = |m: bool| if m { 0.0 } else { lens_bytes };
+    let lenses_heap = lens_heap(lenses_mapped[0]) + lens_heap(lenses_mapped[1]);
     assert!(
-        heap_before - heap_after >= base_heap + 2.0 * lens_bytes,
+        heap_before - heap_after >= base_heap + lenses_heap,
         "the heap gave back {:.3} MiB",
         (heap_before - heap_after) / MIB
     );

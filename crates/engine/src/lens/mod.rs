@@ -9,6 +9,7 @@ pub mod stats;
 mod stream;
 pub mod talkative;
 pub mod tuned;
+mod tuned_mapped;
 
 use std::path::Path;
 

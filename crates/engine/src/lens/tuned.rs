@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::tuned_mapped::{self, MappedMatrix};
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 
@@ -41,8 +42,32 @@ fn linear_kind() -> String {
 pub struct TunedLens {
     pub config: TunedLensConfig,
     /// `(W [d, d] in PyTorch's out × in layout, b [d])` per layer `0..L`.
-    translators: Vec<(Tensor, Option<Tensor>)>,
+    translators: Vec<(Matrix, Option<Tensor>)>,
     pub source: PathBuf,
+}
+
+/// A translator's `W`: a tensor, or f32 values in a mapping of the lens's file.
+#[derive(Debug, Clone)]
+enum Matrix {
+    Tensor(Tensor),
+    Mapped(MappedMatrix),
+}
+
+impl Matrix {
+    fn elem_count(&self) -> usize {
+        match self {
+            Matrix::Tensor(t) => t.elem_count(),
+            Matrix::Mapped(m) => m.d() * m.d(),
+        }
+    }
+
+    /// The matrix as a tensor on `device` (a copy of a mapped one).
+    fn tensor_on(&self, device: &Device) -> candle_core::Result<Tensor> {
+        match self {
+            Matrix::Tensor(t) => t.to_device(device),
+            Matrix::Mapped(m) => Tensor::from_slice(m.values(), (m.d(), m.d()), device),
+        }
+    }
 }
 
 impl TunedLens {
@@ -59,7 +84,7 @@ impl TunedLens {
         let translators = weights
             .into_iter()
             .zip(biases)
-            .map(|(w, b)| (w, Some(b)))
+            .map(|(w, b)| (Matrix::Tensor(w), Some(b)))
             .collect();
         TunedLens {
             config,
@@ -128,6 +153,20 @@ impl TunedLens {
     fn open_with(dir: &Path, config: TunedLensConfig) -> Result<Self> {
         let st = dir.join("params.safetensors");
         let pt = dir.join("params.pt");
+        if st.is_file() {
+            let (d, layers) = (config.d_model, config.num_hidden_layers);
+            if let Some(mapped) = tuned_mapped::open(&st, d, layers, config.bias)? {
+                let translators = mapped
+                    .into_iter()
+                    .map(|(w, b)| (Matrix::Mapped(w), b))
+                    .collect();
+                return Ok(TunedLens {
+                    config,
+                    translators,
+                    source: dir.to_path_buf(),
+                });
+            }
+        }
         let (params_path, tensors) = if st.is_file() {
             let t = crate::weights::tensor_file::read_safetensors(&st)?;
             (st, t)
@@ -158,7 +197,10 @@ impl TunedLens {
         std::fs::write(&cfg_path, json).map_err(|e| EngineError::io(&cfg_path, e))?;
         let mut map = HashMap::new();
         for (i, (w, b)) in self.translators.iter().enumerate() {
-            map.insert(format!("{i}.weight"), w.to_dtype(DType::F32)?);
+            map.insert(
+                format!("{i}.weight"),
+                w.tensor_on(&Device::Cpu)?.to_dtype(DType::F32)?,
+            );
             if let Some(b) = b {
                 map.insert(format!("{i}.bias"), b.to_dtype(DType::F32)?);
             }
@@ -175,10 +217,12 @@ impl TunedLens {
             .translators
             .iter()
             .map(|(w, b)| {
-                Ok((
-                    w.to_device(device)?,
-                    b.as_ref().map(|b| b.to_device(device)).transpose()?,
-                ))
+                let w = match w {
+                    // A mapped translator stays in its mapping on the CPU.
+                    Matrix::Mapped(_) if device.is_cpu() => w.clone(),
+                    _ => Matrix::Tensor(w.tensor_on(device)?),
+                };
+                Ok((w, b.as_ref().map(|b| b.to_device(device)).transpose()?))
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(TunedLens {
@@ -193,11 +237,42 @@ impl TunedLens {
         let Some((w, b)) = self.translators.get(layer) else {
             return Ok(h.clone());
         };
-        let y = (h + h.matmul(&w.t()?)?)?;
-        match b {
-            Some(b) => y.broadcast_add(b),
-            None => Ok(y),
+        let on_cpu = h.device().is_cpu() && h.dtype() == DType::F32;
+        match w {
+            Matrix::Mapped(m) if on_cpu => tuned_mapped::affine(h, m.values(), b.as_ref()),
+            Matrix::Mapped(_) => candle_core::bail!("a mapped translator is multiplied on the CPU"),
+            Matrix::Tensor(w) => {
+                // On the CPU, the same product as a mapped translator's, to the same bits.
+                if on_cpu {
+                    if let Some(y) =
+                        tuned_mapped::with_cpu_f32(w, |w| tuned_mapped::affine(h, w, b.as_ref()))
+                    {
+                        return y;
+                    }
+                }
+                let y = (h + h.matmul(&w.t()?)?)?;
+                match b {
+                    Some(b) => y.broadcast_add(b),
+                    None => Ok(y),
+                }
+            }
         }
+    }
+
+    /// Whether the translators lie in a mapping of the lens's file (still shared with the page
+    /// cache, or copied into lensd's memory after the file changed).
+    pub fn is_mapped(&self) -> bool {
+        self.translators
+            .iter()
+            .any(|(w, _)| matches!(w, Matrix::Mapped(_)))
+    }
+
+    /// Whether the translators are mapped and still the page cache's.
+    pub fn is_shared_with_the_file(&self) -> bool {
+        self.translators.iter().any(|(w, _)| match w {
+            Matrix::Mapped(m) => m.is_shared_with_the_file(),
+            Matrix::Tensor(_) => false,
+        })
     }
 
     pub fn bytes(&self) -> u64 {
@@ -215,7 +290,7 @@ fn read_translators(
     path: &Path,
     config: &TunedLensConfig,
     mut tensors: HashMap<String, Tensor>,
-) -> Result<Vec<(Tensor, Option<Tensor>)>> {
+) -> Result<Vec<(Matrix, Option<Tensor>)>> {
     let d = config.d_model;
     let mut out = Vec::with_capacity(config.num_hidden_layers);
     let mut take = |name: String, shape: &[usize]| -> Result<Tensor> {
@@ -246,7 +321,7 @@ fn read_translators(
         } else {
             None
         };
-        out.push((w, b));
+        out.push((Matrix::Tensor(w), b));
     }
     if let Some(extra) = tensors.keys().min() {
         return Err(EngineError::lens(

@@ -111,6 +111,60 @@ pub fn read_safetensors_where(
     Ok(out)
 }
 
+/// Where a tensor of a safetensors file lies: its dtype's name, its shape, and its bytes
+/// `start..end` counted from the start of the file.
+pub(crate) struct Extent {
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    pub start: usize,
+    pub end: usize,
+}
+
+/// The tensors of a whole safetensors file held in memory (`bytes`), by name, each checked to
+/// lie inside the file with as many bytes as its dtype and shape need; `None` for a file that
+/// is not one, or holds a dtype other than F32, F16 and BF16 (whoever reads the file the
+/// usual way reports what is wrong).
+pub(crate) fn extents(bytes: &[u8]) -> Option<BTreeMap<String, Extent>> {
+    let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    if n > MAX_HEADER {
+        return None;
+    }
+    let data = 8 + n as usize;
+    let mut infos: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(bytes.get(8..data)?).ok()?;
+    infos.remove("__metadata__");
+    infos
+        .into_iter()
+        .map(|(name, v)| {
+            let info: Info = serde_json::from_value(v).ok()?;
+            let size = match info.dtype.as_str() {
+                "F32" => 4,
+                "F16" | "BF16" => 2,
+                _ => return None,
+            };
+            let elems = info
+                .shape
+                .iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))?;
+            let (start, end) = info.data_offsets;
+            let (start, end) = (
+                data.checked_add(start as usize)?,
+                data.checked_add(end as usize)?,
+            );
+            if start > end || end - start != elems.checked_mul(size)? || end > bytes.len() {
+                return None;
+            }
+            let extent = Extent {
+                dtype: info.dtype,
+                shape: info.shape,
+                start,
+                end,
+            };
+            Some((name, extent))
+        })
+        .collect()
+}
+
 /// `elems` values of `T` read from byte `offset` into a tensor of `shape`.
 fn read_typed<T: WithDType>(
     path: &Path,
