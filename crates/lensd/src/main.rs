@@ -57,7 +57,8 @@ enum Format {
 enum Dtype {
     /// Keep the file's quantization (smallest; best for generation).
     Stored,
-    /// Dequantize every matrix to f32 (fastest prefill on CPU; best for analysis there).
+    /// Multiply in f32 (the accuracy analyses want; on the CPU the file's blocks are kept and
+    /// widened as they are multiplied, on a GPU every matrix is widened at load).
     F32,
     /// Every matrix in bf16, the residual stream and statistics in f32 (GPUs).
     Bf16,
