@@ -182,7 +182,7 @@ def forward_section(res, lensd, llama, tl, model=DEMO):
         "with the GGUF dequantized to f32 and saved as safetensors, and lensd's tuned lens saved "
         "as the package's `params.pt`.",
         "",
-        f"`stored` keeps the file's {model['blocks']}; `f32` dequantizes at load. "
+        f"`stored` keeps the file's {model['blocks']}; `f32` keeps them too and widens them to f32 as it multiplies. "
         "lensd analyses in f32 and generates in the stored dtype by default. "
         + ("`f32, bf16 unembedding` is the f32 analysis with its unembedding (every layer × "
            "position against the vocabulary) multiplied in bf16 with f32 accumulation "
