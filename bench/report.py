@@ -125,7 +125,7 @@ def peak_lines(lensd, by, lenses, lenses_bf16):
             parts.append(f"{name}-lens analysis {frac(lensd['analysis_macs'], lenses[name]['median_seconds'])}")
     out = [f"Against the physical limit: {lensd['threads']} threads complete {peak / 1e9:.1f} G f32 "
            "multiply-adds a second when they do nothing else (a micro-benchmark of independent "
-           "fused multiply-adds, in this run). Multiply-adds counted from the model's shapes "
+           "fused multiply-adds, in this run: the best of three before the timed work and three after). Multiply-adds counted from the model's shapes "
            "(matrices, attention, unembedding) per second, and their share of that rate: "
            + "; ".join(parts) + ". (The stored dtype's products are 8-bit integer ones, whose "
            "own peak is higher; the tuned lens's translators are not counted.)", ""]
