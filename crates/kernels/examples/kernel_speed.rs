@@ -87,6 +87,20 @@ fn main() {
             best * 1e3,
             (m * n * k) as f64 / best / 1e9
         );
+        // The analyses' product in panels, on one thread.
+        let (mut best, mut scratch) = (f64::MAX, Vec::new());
+        for _ in 0..7 {
+            let t = std::time::Instant::now();
+            let level = Level::detect();
+            lensd_kernels::panel::matmul(level, ty, &w, n, k, &x, m, &mut out, &mut scratch)
+                .unwrap();
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        println!(
+            "{ty:?} in f32 panels, one thread: {:7.3} ms, {:6.2} GMAC/s",
+            best * 1e3,
+            (m * n * k) as f64 / best / 1e9
+        );
         for level in Level::available() {
             let par = Scoped(threads);
             let mut best = f64::MAX;

@@ -50,7 +50,7 @@ pub fn dequantize(
     Ok(())
 }
 
-fn run(level: Level, ty: BlockType, blocks: &[u8], out: &mut [f32]) {
+pub(crate) fn run(level: Level, ty: BlockType, blocks: &[u8], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if level.avx2() {
         // SAFETY: `Level::detect` found AVX2 and FMA.

@@ -29,6 +29,7 @@ mod dequant;
 pub mod gated;
 pub mod logit_stats;
 mod matmul;
+pub mod panel;
 pub mod peak;
 pub mod portable;
 pub mod wide;

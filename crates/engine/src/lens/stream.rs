@@ -9,7 +9,7 @@
 use candle_core::{Storage, Tensor};
 use lensd_kernels::bf16::{self, Bf16Rows};
 use lensd_kernels::logit_stats::{RowAcc, RowQuery};
-use lensd_kernels::{wide, BlockType, Serial};
+use lensd_kernels::{panel, BlockType, Serial};
 use rayon::prelude::*;
 
 use super::analyze::Unembed;
@@ -35,8 +35,10 @@ enum Head<'a> {
         data: &'a [u8],
         row_bytes: usize,
     },
-    /// Quantized blocks multiplied in f32 ([`Linear::Wide`]); with `bf16`, a block's rows are
-    /// widened to f32 and multiplied in bf16 as an f32 head's are.
+    /// Quantized blocks multiplied in f32 ([`Linear::Wide`]): in panels of widened rows
+    /// ([`lensd_kernels::panel`], whose sums run in order of `k`, where the forward pass's
+    /// `wide` products fold 16 lanes; the rank's band covers either order). With `bf16`, a
+    /// block's rows are widened to f32 and multiplied in bf16 as an f32 head's are.
     Wide {
         ty: BlockType,
         data: &'a [u8],
@@ -306,7 +308,7 @@ fn target_band(ctx: &Product, t: usize, i: usize, row: &[f32]) -> candle_core::R
                 let rows16 = ctx.rows16.expect("rounded with the head");
                 bf16::dot(&rows16.row(i), &bf16::row_to_bf16(&wt))
             } else {
-                lensd_kernels::wide::dot(row, &wt)
+                lensd_kernels::panel::dot(row, &wt)
             };
             (est as f64, bound(magnitude(&wt)))
         }
@@ -379,8 +381,7 @@ impl Product<'_> {
                 let w = &data[v0 * row_bytes..(v0 + n) * row_bytes];
                 let level = lensd_kernels::Level::detect();
                 let widened = &mut scratch.widened;
-                wide::matmul_serial(level, *ty, w, n, d, x, r, out, n, widened)
-                    .map_err(kernel_error)?;
+                panel::matmul(level, *ty, w, n, d, x, r, out, widened).map_err(kernel_error)?;
             }
             Head::Wide {
                 ty,
@@ -552,7 +553,8 @@ mod tests {
         // f32: the reference rows come from the kernel on the whole matrix at once.
         let mut logits = vec![0f32; r * vocab];
         let level = lensd_kernels::Level::detect();
-        wide::matmul(level, ty, &data, vocab, d, &x, r, &mut logits, &Serial).unwrap();
+        let mut scratch = Vec::new();
+        panel::matmul(level, ty, &data, vocab, d, &x, r, &mut logits, &mut scratch).unwrap();
         let wide_head = |bf16| Head::Wide {
             ty,
             data: &data,
