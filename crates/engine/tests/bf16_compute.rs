@@ -116,11 +116,38 @@ fn statistics_computed_on_the_device_equal_the_hosts() {
         .unwrap();
     let host = analyse(base, &ids, StatsAt::Host);
     let device = analyse(base, &ids, StatsAt::Device);
+    // The host unembeds an f32 base's quantized head in panels (sums in order of k), the
+    // device path with the forward pass's products (16 lanes folded): the logits differ in
+    // the order of their additions (by up to about 1e-4 at the first layers, whose activations
+    // are outsized), so probabilities agree within 1e-3 of themselves, as entropy and KL do
+    // below, and two ids of the top-k may trade places only where their probabilities do.
+    let mut swaps = 0;
     for (hl, dl) in host.layers.iter().zip(&device.layers) {
         for (h, d) in hl.positions.iter().zip(&dl.positions) {
-            let ids = |c: &lensd_core::Cell| c.top.iter().map(|t| t.id).collect::<Vec<_>>();
-            assert_eq!(ids(h), ids(d), "layer {}", hl.layer);
-            assert_eq!(h.final_rank, d.final_rank, "layer {}", hl.layer);
+            assert_eq!(h.top.len(), d.top.len());
+            for (a, b) in h.top.iter().zip(&d.top) {
+                let near = |x: f32, y: f32| (x - y).abs() <= 1e-3 * x.max(y) + 1e-7;
+                assert!(near(a.prob, b.prob), "layer {}: {a:?} {b:?}", hl.layer);
+                if a.id != b.id {
+                    let twin = h.top.iter().find(|t| t.id == b.id);
+                    assert!(
+                        twin.is_some_and(|t| near(t.prob, b.prob)),
+                        "layer {}: {:?} against {:?}",
+                        hl.layer,
+                        h.top,
+                        d.top
+                    );
+                    swaps += 1;
+                }
+            }
+            // The same goes for the values counted above the final top-1's: one deep in the
+            // vocabulary (rank 7,213 of 49,152) may count one more or less.
+            let (hr, dr) = (h.final_rank as i64, d.final_rank as i64);
+            assert!(
+                (hr - dr).abs() <= hr / 1000,
+                "layer {}: rank {hr} against {dr}",
+                hl.layer
+            );
             assert!((h.entropy - d.entropy).abs() < 1e-3, "layer {}", hl.layer);
             assert!((h.kl_to_final - d.kl_to_final).abs() < 1e-3);
             match (h.next_token_ce, d.next_token_ce) {
@@ -129,6 +156,7 @@ fn statistics_computed_on_the_device_equal_the_hosts() {
             }
         }
     }
+    eprintln!("{swaps} top-k places held by near-tied ids in the other order");
 }
 
 #[test]
