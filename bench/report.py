@@ -50,6 +50,8 @@ MEANING = {
                                        "each product, where the stored dtype multiplies the "
                                        "blocks as they are",
     "lensd_kernels::wide::tiles": "lensd's f32 products of the widened weight rows (`wide`)",
+    "lensd_kernels::panel": "an analysis's f32 unembedding of a quantized head in panels of "
+                            "widened rows (lensd-kernels `panel`)",
     "__memset": "zeroing fresh buffers",
     "show_cpuinfo": "the kernel formatting /proc/cpuinfo, which a thread-count lookup reads",
     "__rust_begin_short_backtrace": "the compute threads' own loop (the pool's waiting for work "
