@@ -96,6 +96,23 @@ fn analysis_reads_every_layer_and_ends_at_the_models_prediction() {
             assert!(c.top.windows(2).all(|w| w[0].prob >= w[1].prob));
         }
     }
+    // Layers in any order, the final one among them, give each layer's cells as before (the
+    // final layer's are read from the model's own logits).
+    let some = AnalyzeOptions::new(vec![30, 2, 17], 5);
+    let b = analyze(base, &[&Lens::Logit], &ids, &some, &mut |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap()
+    .remove(0);
+    let layers: Vec<usize> = b.layers.iter().map(|r| r.layer).collect();
+    assert_eq!(layers, [30, 2, 17]);
+    for row in &b.layers {
+        assert_eq!(
+            row.positions, a.layers[row.layer].positions,
+            "layer {}",
+            row.layer
+        );
+    }
     // Cancelling from the progress callback stops the analysis.
     let r = analyze(base, &[&Lens::Logit], &ids, &opts, &mut |_| {
         ControlFlow::Break(())

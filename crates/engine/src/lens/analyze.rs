@@ -193,47 +193,67 @@ pub fn analyze(
     let chunk = (rows_per_chunk / nl).clamp(1, t);
     for p0 in (0..t).step_by(chunk) {
         let p = chunk.min(t - p0);
-        let fin_logits = model.unembed(&model.final_norm(&last.narrow(0, p0, p)?)?)?;
+        let fin_normed = model.final_norm(&last.narrow(0, p0, p)?)?;
         let next: Vec<Option<u32>> = (0..p).map(|i| ids.get(p0 + i + 1).copied()).collect();
-        let finals = if on_device {
-            Finals::Device(DeviceFinal::from_logits(&fin_logits)?)
+        // On the host the model's own logits come from the products the lens rows take, and a
+        // lens that reads the final layer as the model does takes its row from them.
+        let (finals, fin_rows) = if on_device {
+            let fin = DeviceFinal::from_logits(&model.unembed(&fin_normed)?)?;
+            (Finals::Device(fin), Vec::new())
         } else {
-            let fin_rows = rows_of(&fin_logits)?;
-            Finals::Host(
-                fin_rows
-                    .par_chunks(cfg.vocab_size)
-                    .map(FinalDist::from_logits)
-                    .collect(),
-            )
+            let fin_rows = match stream::logits(model, &fin_normed)? {
+                Some(rows) => rows,
+                None => rows_of(&model.unembed(&fin_normed)?)?,
+            };
+            let fin = fin_rows
+                .par_chunks(cfg.vocab_size)
+                .map(FinalDist::from_logits)
+                .collect();
+            (Finals::Host(fin), fin_rows)
         };
         for (li, lens) in lenses.iter().enumerate() {
-            let mut parts = Vec::with_capacity(nl);
-            for &layer in &opts.layers {
-                let h = out.tap(layer).expect("tapped").narrow(0, p0, p)?;
-                parts.push(lens.transform(layer, &h)?);
-            }
-            let rows = Tensor::cat(&parts, 0)?;
-            let normed = model.final_norm(&rows)?;
-            // Row r holds layer r / p at position p0 + r % p.
-            let stats: Vec<RowStats> = match &finals {
+            let reuse_final = !on_device && lens.reads_as_the_model(n_layers);
+            let unembedded: Vec<usize> = opts
+                .layers
+                .iter()
+                .copied()
+                .filter(|&layer| !(reuse_final && layer == n_layers))
+                .collect();
+            // Row r holds layer unembedded[r / p] at position p0 + r % p.
+            let stats = match &finals {
                 Finals::Device(fin) => {
+                    let normed = lens_rows(model, lens, &out, &unembedded, p0, p)?;
                     device_stats::rows_stats(&model.unembed(&normed)?, fin, &next, opts.top_k)?
                 }
                 Finals::Host(fin) => {
-                    let refs: Vec<RowRef> = (0..normed.dim(0)?)
-                        .map(|r| RowRef {
-                            fin: &fin[r % p],
-                            next: next[r % p],
-                        })
-                        .collect();
-                    match stream::rows_stats(model, &normed, &refs, opts.top_k, opts.unembed)? {
-                        Some(stats) => stats,
-                        None => rows_of(&model.unembed(&normed)?)?
-                            .par_chunks(cfg.vocab_size)
-                            .zip(&refs)
-                            .map(|(z, rf)| row_stats(z, rf.fin, rf.next, opts.top_k))
-                            .collect(),
+                    let refs = |rows: usize| -> Vec<RowRef> {
+                        (0..rows)
+                            .map(|r| RowRef {
+                                fin: &fin[r % p],
+                                next: next[r % p],
+                            })
+                            .collect()
+                    };
+                    let mut stats = if unembedded.is_empty() {
+                        Vec::new()
+                    } else {
+                        let normed = lens_rows(model, lens, &out, &unembedded, p0, p)?;
+                        let refs = refs(normed.dim(0)?);
+                        match stream::rows_stats(model, &normed, &refs, opts.top_k, opts.unembed)? {
+                            Some(stats) => stats,
+                            None => rows_of(&model.unembed(&normed)?)?
+                                .par_chunks(cfg.vocab_size)
+                                .zip(&refs)
+                                .map(|(z, rf)| row_stats(z, rf.fin, rf.next, opts.top_k))
+                                .collect(),
+                        }
+                    };
+                    if reuse_final && unembedded.len() < opts.layers.len() {
+                        let fin_stats =
+                            stream::logits_stats(&fin_rows, cfg.vocab_size, &refs(p), opts.top_k)?;
+                        stats = in_layer_order(&opts.layers, n_layers, stats, &fin_stats, p);
                     }
+                    stats
                 }
             };
             let cells: Vec<Cell> = stats.into_iter().map(|s| cell(base, s)).collect();
@@ -267,6 +287,45 @@ pub fn analyze(
         }
     }
     Ok(results)
+}
+
+/// The final-normed rows `[layers.len() · p, d]` of `lens` at `layers` (layer-major) for the
+/// positions `p0..p0 + p`.
+fn lens_rows(
+    model: &crate::model::Model,
+    lens: &Lens,
+    out: &crate::model::ForwardOutput,
+    layers: &[usize],
+    p0: usize,
+    p: usize,
+) -> candle_core::Result<Tensor> {
+    let mut parts = Vec::with_capacity(layers.len());
+    for &layer in layers {
+        let h = out.tap(layer).expect("tapped").narrow(0, p0, p)?;
+        parts.push(lens.transform(layer, &h)?);
+    }
+    model.final_norm(&Tensor::cat(&parts, 0)?)
+}
+
+/// The statistics of `layers` (layer-major, `p` positions each): those of the final layer
+/// `n_layers` from `fin`, the others in order from `rest`.
+fn in_layer_order(
+    layers: &[usize],
+    n_layers: usize,
+    rest: Vec<RowStats>,
+    fin: &[RowStats],
+    p: usize,
+) -> Vec<RowStats> {
+    let mut rest = rest.into_iter();
+    let mut all = Vec::with_capacity(layers.len() * p);
+    for &layer in layers {
+        if layer == n_layers {
+            all.extend_from_slice(fin);
+        } else {
+            all.extend(rest.by_ref().take(p));
+        }
+    }
+    all
 }
 
 /// The model's own distribution at a chunk's positions, where the statistics are computed.

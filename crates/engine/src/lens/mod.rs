@@ -55,6 +55,15 @@ impl Lens {
         })
     }
 
+    /// Whether the lens reads layer `layer` as it is (no translator): at the final layer, as the
+    /// model reads its own output.
+    pub fn reads_as_the_model(&self, layer: usize) -> bool {
+        match self {
+            Lens::Logit => true,
+            Lens::Tuned(t) => !t.translates(layer),
+        }
+    }
+
     /// Moves rows `[R, d]` of layer `layer`'s residual stream into the final layer's basis.
     pub fn transform(&self, layer: usize, h: &Tensor) -> candle_core::Result<Tensor> {
         match self {

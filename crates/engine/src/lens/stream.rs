@@ -64,6 +64,104 @@ pub(super) fn rows_stats(
     k: usize,
     unembed: Unembed,
 ) -> candle_core::Result<Option<Vec<RowStats>>> {
+    let softcap = model.cfg.final_softcap;
+    with_head(model, normed, unembed, |head, shape, x| {
+        run(head, shape, x, refs, k, softcap)
+    })
+}
+
+/// The logits `[R, vocab]` of the rows `normed` (final-normed, soft-capped as the model's output
+/// is) from the products [`rows_stats`] takes in f32, so that a lens that reads a row as the
+/// model does gets these values from either; `None` where [`rows_stats`] would be.
+pub(super) fn logits(model: &Model, normed: &Tensor) -> candle_core::Result<Option<Vec<f32>>> {
+    let softcap = model.cfg.final_softcap;
+    with_head(model, normed, Unembed::F32, |head, shape, x| {
+        whole_rows(head, shape, x, softcap)
+    })
+}
+
+/// The logits `[R, vocab]` of the rows `x` by `head`, block by block as [`run`] takes them.
+fn whole_rows(
+    head: &Head,
+    (vocab, d): (usize, usize),
+    x: &[f32],
+    softcap: Option<f64>,
+) -> candle_core::Result<Vec<f32>> {
+    let r = x.len() / d;
+    let ctx = Product {
+        head,
+        rows16: None,
+        d,
+    };
+    let segment = VOCAB_BLOCK * SEGMENT_BLOCKS;
+    let parts: Vec<Vec<f32>> = (0..vocab.div_ceil(segment))
+        .into_par_iter()
+        .map_init(Scratch::default, |scratch, s| {
+            let (v0, end) = (s * segment, ((s + 1) * segment).min(vocab));
+            let mut part = vec![0f32; r * (end - v0)];
+            for b0 in (v0..end).step_by(VOCAB_BLOCK) {
+                let n = VOCAB_BLOCK.min(end - b0);
+                let mut block = vec![0f32; r * n];
+                ctx.product(b0, n, x, r, &mut block, scratch)?;
+                for (i, row) in block.chunks_exact(n).enumerate() {
+                    let at = i * (end - v0) + b0 - v0;
+                    part[at..at + n].copy_from_slice(row);
+                }
+            }
+            if let Some(c) = softcap {
+                part.iter_mut().for_each(|v| *v = cap(c, *v));
+            }
+            Ok(part)
+        })
+        .collect::<candle_core::Result<_>>()?;
+    let mut out = vec![0f32; r * vocab];
+    for (s, part) in parts.iter().enumerate() {
+        let v0 = s * segment;
+        let n = part.len() / r.max(1);
+        for (i, row) in part.chunks_exact(n.max(1)).enumerate() {
+            out[i * vocab + v0..i * vocab + v0 + n].copy_from_slice(row);
+        }
+    }
+    Ok(out)
+}
+
+/// Statistics of whole rows of logits (`[R, vocab]`, `logits`), reduced block by block in the
+/// order [`rows_stats`] reduces its blocks, so that a row gives the same numbers from either.
+pub(super) fn logits_stats(
+    logits: &[f32],
+    vocab: usize,
+    refs: &[RowRef],
+    k: usize,
+) -> candle_core::Result<Vec<RowStats>> {
+    let r = refs.len();
+    if logits.len() != r * vocab {
+        candle_core::bail!("{} logits for {r} rows of {vocab}", logits.len());
+    }
+    // The target's value is known: its band is the value itself.
+    let queries: Vec<RowQuery> = refs
+        .iter()
+        .enumerate()
+        .map(|(i, rf)| {
+            let v = logits[i * vocab + rf.fin.top1 as usize];
+            query(rf, (v, v), k)
+        })
+        .collect();
+    reduce(vocab, refs, &queries, k, |v0, n, buf, _| {
+        for (i, row) in buf.chunks_exact_mut(n).enumerate() {
+            row.copy_from_slice(&logits[i * vocab + v0..i * vocab + v0 + n]);
+        }
+        Ok(())
+    })
+}
+
+/// `f(head, (vocab, d), x)` with the model's head as the kernels read it and the rows `normed`
+/// as f32 values, or `None` when the head is not one they read.
+fn with_head<T>(
+    model: &Model,
+    normed: &Tensor,
+    unembed: Unembed,
+    f: impl FnOnce(&Head, (usize, usize), &[f32]) -> candle_core::Result<T>,
+) -> candle_core::Result<Option<T>> {
     if !normed.device().is_cpu() {
         return Ok(None);
     }
@@ -71,7 +169,6 @@ pub(super) fn rows_stats(
         .to_dtype(candle_core::DType::F32)?
         .flatten_all()?
         .to_vec1()?;
-    let softcap = model.cfg.final_softcap;
     match &model.w.head {
         Linear::Dense(w) if w.dtype() == candle_core::DType::F32 && w.device().is_cpu() => {
             let w = w.contiguous()?;
@@ -91,7 +188,7 @@ pub(super) fn rows_stats(
             } else {
                 Head::F32(data)
             };
-            Ok(Some(run(&head, shape(model), &x, refs, k, softcap)?))
+            Ok(Some(f(&head, shape(model), &x)?))
         }
         Linear::Quant(q) | Linear::Wide(q) if q.device().is_cpu() => {
             let d = model.cfg.d_model;
@@ -118,7 +215,7 @@ pub(super) fn rows_stats(
                     bf16: unembed.effective() == Unembed::Bf16,
                 },
             };
-            Ok(Some(run(&head, shape(model), &x, refs, k, softcap)?))
+            Ok(Some(f(&head, shape(model), &x)?))
         }
         _ => Ok(None),
     }
@@ -141,10 +238,7 @@ fn run(
     if x.len() != r * d {
         candle_core::bail!("{} values for {r} rows of {d}", x.len());
     }
-    let cap = |v: f32| match softcap {
-        Some(c) => (c * (v as f64 / c).tanh()) as f32,
-        None => v,
-    };
+    let capped = |v: f32| softcap.map_or(v, |c| cap(c, v));
     let rows16 = match head {
         Head::Bf16(_) | Head::Wide { bf16: true, .. } => {
             Some(Bf16Rows::new(x, r, d).map_err(kernel_error)?)
@@ -158,27 +252,56 @@ fn run(
     };
     // Each row's value at the final top-1 is only computed in its own block; a band around
     // an estimate lets every block count the values above it (see `logit_stats`).
-    let bands: Vec<(f32, f32)> = refs
+    let queries: Vec<RowQuery> = refs
         .iter()
         .enumerate()
         .map(|(i, rf)| {
             let row = &x[i * d..(i + 1) * d];
             let (est, tol) = target_band(&ctx, rf.fin.top1 as usize, i, row)?;
-            Ok((cap((est - tol) as f32), cap((est + tol) as f32)))
+            let band = (capped((est - tol) as f32), capped((est + tol) as f32));
+            Ok(query(rf, band, k))
         })
         .collect::<candle_core::Result<_>>()?;
-    let queries: Vec<RowQuery> = refs
-        .iter()
-        .zip(&bands)
-        .map(|(rf, &(near, above))| RowQuery {
-            p: &rf.fin.probs,
-            target_id: rf.fin.top1,
-            near,
-            above,
-            pick: rf.next,
-            k,
-        })
-        .collect();
+    reduce(vocab, refs, &queries, k, |v0, n, buf, scratch| {
+        ctx.product(v0, n, x, r, buf, scratch)?;
+        if softcap.is_some() {
+            buf.iter_mut().for_each(|v| *v = capped(*v));
+        }
+        Ok(())
+    })
+}
+
+/// A soft cap's value of `v`.
+fn cap(c: f64, v: f32) -> f32 {
+    (c * (v as f64 / c).tanh()) as f32
+}
+
+/// What a row is measured against, with the band `(near, above)` its target's value lies in.
+fn query<'a>(rf: &RowRef<'a>, (near, above): (f32, f32), k: usize) -> RowQuery<'a> {
+    RowQuery {
+        p: &rf.fin.probs,
+        target_id: rf.fin.top1,
+        near,
+        above,
+        pick: rf.next,
+        k,
+    }
+}
+
+/// Statistics of the rows whose logits `block(v0, n, buf, scratch)` writes into `buf` (`R` rows
+/// of the `n` ids from `v0`): the vocabulary's segments reduced in parallel and combined in
+/// order.
+fn reduce<F>(
+    vocab: usize,
+    refs: &[RowRef],
+    queries: &[RowQuery],
+    k: usize,
+    block: F,
+) -> candle_core::Result<Vec<RowStats>>
+where
+    F: Fn(usize, usize, &mut [f32], &mut Scratch) -> candle_core::Result<()> + Sync,
+{
+    let r = refs.len();
     let segment = VOCAB_BLOCK * SEGMENT_BLOCKS;
     let segments: Vec<Vec<RowAcc>> = (0..vocab.div_ceil(segment))
         .into_par_iter()
@@ -190,10 +313,7 @@ fn run(
                 for v0 in (s * segment..end).step_by(VOCAB_BLOCK) {
                     let n = VOCAB_BLOCK.min(end - v0);
                     buf.resize(r * n, 0.0);
-                    ctx.product(v0, n, x, r, buf, scratch)?;
-                    if softcap.is_some() {
-                        buf.iter_mut().for_each(|v| *v = cap(*v));
-                    }
+                    block(v0, n, &mut buf[..r * n], scratch)?;
                     for (i, acc) in accs.iter_mut().enumerate() {
                         acc.add_block(&buf[i * n..(i + 1) * n], v0, &queries[i]);
                     }
@@ -450,6 +570,45 @@ mod tests {
                 (a, b) => assert_eq!(a, b),
             }
         }
+    }
+
+    /// The statistics of rows unembedded whole ([`whole_rows`], as the model's own logits are
+    /// taken) equal those of the same rows reduced block by block as they are multiplied.
+    fn check_whole_rows(head: &Head, x: &[f32], vocab: usize, d: usize, cap: Option<f64>) {
+        let r = x.len() / d;
+        let fins: Vec<FinalDist> = randn(2, vocab, 11)
+            .chunks(vocab)
+            .map(|z| FinalDist::from_logits(&z.iter().map(|v| v * 8.0).collect::<Vec<_>>()))
+            .collect();
+        let refs: Vec<RowRef> = (0..r)
+            .map(|i| RowRef {
+                fin: &fins[i % 2],
+                next: (i % 3 != 2).then_some((i * 613 % vocab) as u32),
+            })
+            .collect();
+        let logits = whole_rows(head, (vocab, d), x, cap).unwrap();
+        let whole = logits_stats(&logits, vocab, &refs, 6).unwrap();
+        assert_eq!(whole, run(head, (vocab, d), x, &refs, 6, cap).unwrap());
+        assert!(logits_stats(&logits[1..], vocab, &refs, 6).is_err());
+    }
+
+    #[test]
+    fn whole_rows_give_the_statistics_of_their_blocks() {
+        let (vocab, d, r) = (2 * VOCAB_BLOCK * SEGMENT_BLOCKS + 300, 48, 5);
+        let mut w = randn(vocab, d, 1);
+        tied_rows(&mut w, d, vocab);
+        let x: Vec<f32> = randn(r, d, 2).iter().map(|v| v * 6.0).collect();
+        check_whole_rows(&Head::F32(&w), &x, vocab, d, None);
+        check_whole_rows(&Head::F32(&w), &x, vocab, d, Some(3.0));
+        let (data, x) = q8_head(VOCAB_BLOCK * SEGMENT_BLOCKS + 77, 64, 13);
+        let ty = BlockType::Q8_0;
+        let head = Head::Wide {
+            ty,
+            data: &data,
+            row_bytes: ty.bytes_for(1, 64).unwrap(),
+            bf16: false,
+        };
+        check_whole_rows(&head, &x, VOCAB_BLOCK * SEGMENT_BLOCKS + 77, 64, None);
     }
 
     /// Rows whose final top-1 shares its unembedding row with other ids: their logits tie

@@ -232,6 +232,11 @@ impl TunedLens {
         })
     }
 
+    /// Whether layer `layer` has a translator (every layer below `L` does).
+    pub fn translates(&self, layer: usize) -> bool {
+        layer < self.translators.len()
+    }
+
     /// `h + h·Wᵀ + b` for layers below `L`; the final layer is the model's own output.
     pub fn transform(&self, layer: usize, h: &Tensor) -> candle_core::Result<Tensor> {
         let Some((w, b)) = self.translators.get(layer) else {
