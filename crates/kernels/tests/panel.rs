@@ -3,7 +3,7 @@
 //! level this CPU runs, for row counts around each level's tile and matrices around the panel;
 //! and bad sizes are errors naming what was wrong.
 
-use lensd_kernels::panel::{dot, matmul};
+use lensd_kernels::panel::{dot, matmul, matmul_tiles};
 use lensd_kernels::{BlockType, KernelError, Level};
 use rand::SeedableRng;
 
@@ -39,6 +39,31 @@ fn every_level_gives_the_sequence_of_dot_to_the_bit() {
                 let got: Vec<u32> = out.iter().map(|v| v.to_bits()).collect();
                 assert_eq!(got, want, "{ty:?} {m}x{n}x{k} at {level:?}");
             }
+        }
+    }
+}
+
+#[test]
+fn tiles_give_every_row_once_in_order_with_the_products_values() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+    let ty = BlockType::Q4_1;
+    let (n, k) = (70, 64);
+    let w = random_blocks(ty, n, k, &mut rng);
+    for m in [1, 5, 12, 13, 40] {
+        let x = random_x(m * k, &mut rng);
+        for level in Level::available() {
+            let mut want = vec![0f32; m * n];
+            matmul(level, ty, &w, n, k, &x, m, &mut want, &mut Vec::new()).unwrap();
+            let mut got = Vec::new();
+            let mut scratch = Vec::new();
+            matmul_tiles(level, ty, &w, n, k, &x, m, &mut scratch, &mut |i0, rows| {
+                assert_eq!(i0 * n, got.len(), "{m} rows at {level:?}: tiles in order");
+                assert!(!rows.is_empty() && rows.len() % n == 0);
+                got.extend_from_slice(rows);
+            })
+            .unwrap();
+            let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{m} rows at {level:?}");
         }
     }
 }

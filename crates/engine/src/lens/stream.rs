@@ -146,10 +146,13 @@ pub(super) fn logits_stats(
             query(rf, (v, v), k)
         })
         .collect();
-    reduce(vocab, refs, &queries, k, |v0, n, buf, _| {
+    reduce(vocab, refs, &queries, k, |v0, n, scratch, emit| {
+        let buf = &mut scratch.block;
+        buf.resize(r * n, 0.0);
         for (i, row) in buf.chunks_exact_mut(n).enumerate() {
             row.copy_from_slice(&logits[i * vocab + v0..i * vocab + v0 + n]);
         }
+        emit(0, buf);
         Ok(())
     })
 }
@@ -262,12 +265,13 @@ fn run(
             Ok(query(rf, band, k))
         })
         .collect::<candle_core::Result<_>>()?;
-    reduce(vocab, refs, &queries, k, |v0, n, buf, scratch| {
-        ctx.product(v0, n, x, r, buf, scratch)?;
-        if softcap.is_some() {
-            buf.iter_mut().for_each(|v| *v = capped(*v));
-        }
-        Ok(())
+    reduce(vocab, refs, &queries, k, |v0, n, scratch, emit| {
+        ctx.product_rows(v0, n, x, r, scratch, &mut |i0, rows| {
+            if softcap.is_some() {
+                rows.iter_mut().for_each(|v| *v = capped(*v));
+            }
+            emit(i0, rows)
+        })
     })
 }
 
@@ -288,9 +292,9 @@ fn query<'a>(rf: &RowRef<'a>, (near, above): (f32, f32), k: usize) -> RowQuery<'
     }
 }
 
-/// Statistics of the rows whose logits `block(v0, n, buf, scratch)` writes into `buf` (`R` rows
-/// of the `n` ids from `v0`): the vocabulary's segments reduced in parallel and combined in
-/// order.
+/// Statistics of the rows whose logits `block(v0, n, scratch, emit)` computes for the `n` ids
+/// from `v0`, passing them to `emit(i0, rows)` (rows `i0..`, `n` values each) as they are
+/// computed: the vocabulary's segments reduced in parallel and combined in order.
 fn reduce<F>(
     vocab: usize,
     refs: &[RowRef],
@@ -299,28 +303,26 @@ fn reduce<F>(
     block: F,
 ) -> candle_core::Result<Vec<RowStats>>
 where
-    F: Fn(usize, usize, &mut [f32], &mut Scratch) -> candle_core::Result<()> + Sync,
+    F: Fn(usize, usize, &mut Scratch, &mut dyn FnMut(usize, &mut [f32])) -> candle_core::Result<()>
+        + Sync,
 {
     let r = refs.len();
     let segment = VOCAB_BLOCK * SEGMENT_BLOCKS;
     let segments: Vec<Vec<RowAcc>> = (0..vocab.div_ceil(segment))
         .into_par_iter()
-        .map_init(
-            || (Vec::new(), Scratch::default()),
-            |(buf, scratch): &mut (Vec<f32>, Scratch), s| {
-                let mut accs = vec![RowAcc::default(); r];
-                let end = ((s + 1) * segment).min(vocab);
-                for v0 in (s * segment..end).step_by(VOCAB_BLOCK) {
-                    let n = VOCAB_BLOCK.min(end - v0);
-                    buf.resize(r * n, 0.0);
-                    block(v0, n, &mut buf[..r * n], scratch)?;
-                    for (i, acc) in accs.iter_mut().enumerate() {
-                        acc.add_block(&buf[i * n..(i + 1) * n], v0, &queries[i]);
+        .map_init(Scratch::default, |scratch, s| {
+            let mut accs = vec![RowAcc::default(); r];
+            let end = ((s + 1) * segment).min(vocab);
+            for v0 in (s * segment..end).step_by(VOCAB_BLOCK) {
+                let n = VOCAB_BLOCK.min(end - v0);
+                block(v0, n, scratch, &mut |i0, rows| {
+                    for (j, row) in rows.chunks_exact(n).enumerate() {
+                        accs[i0 + j].add_block(row, v0, &queries[i0 + j]);
                     }
-                }
-                Ok(accs)
-            },
-        )
+                })?;
+            }
+            Ok(accs)
+        })
         .collect::<candle_core::Result<_>>()?;
     let mut segments = segments.into_iter();
     let mut accs = segments
@@ -360,9 +362,11 @@ fn finish(acc: RowAcc, rf: &RowRef) -> RowStats {
 /// A thread's buffers for the products of its blocks (their contents do not matter).
 #[derive(Default)]
 struct Scratch {
+    /// A block's logits for every row.
+    block: Vec<f32>,
     /// A bf16 product's buffers.
     bf16: bf16::Scratch,
-    /// A strip of quantized rows widened to f32 for an f32 product.
+    /// Quantized rows widened to f32 for an f32 product.
     widened: Vec<f32>,
 }
 
@@ -436,6 +440,40 @@ fn target_band(ctx: &Product, t: usize, i: usize, row: &[f32]) -> candle_core::R
 }
 
 impl Product<'_> {
+    /// [`Product::product`]'s values passed to `emit(i0, rows)` (rows `i0..` of the block, `n`
+    /// values each): a tile of rows at a time while they are in cache where the product runs in
+    /// tiles, else the whole block at once.
+    fn product_rows(
+        &self,
+        v0: usize,
+        n: usize,
+        x: &[f32],
+        r: usize,
+        scratch: &mut Scratch,
+        emit: &mut dyn FnMut(usize, &mut [f32]),
+    ) -> candle_core::Result<()> {
+        if let Head::Wide {
+            ty,
+            data,
+            row_bytes,
+            bf16: false,
+        } = self.head
+        {
+            let w = &data[v0 * row_bytes..(v0 + n) * row_bytes];
+            let level = lensd_kernels::Level::detect();
+            return panel::matmul_tiles(level, *ty, w, n, self.d, x, r, &mut scratch.widened, emit)
+                .map_err(kernel_error);
+        }
+        let mut buf = std::mem::take(&mut scratch.block);
+        buf.resize(r * n, 0.0);
+        let done = self.product(v0, n, x, r, &mut buf, scratch);
+        if done.is_ok() {
+            emit(0, &mut buf);
+        }
+        scratch.block = buf;
+        done
+    }
+
     /// `out[i][j] = x[i] · W[v0 + j]` for `i < r`, `j < n`, on the calling thread (a bf16
     /// product takes its rows from `rows16`, `r` of them).
     fn product(
