@@ -15,6 +15,8 @@ use crate::{BlockType, KernelError, Level};
 
 /// Weight rows of a panel: two registers of 16 lanes.
 const PANEL: usize = 32;
+/// Weight rows [`matmul`] lays out at once.
+const GROUP: usize = 16 * PANEL;
 
 /// `Σₖ x[k]·w[k]` as [`matmul`] computes it: in order of `k`, each product fused with the sum.
 pub fn dot(x: &[f32], w: &[f32]) -> f32 {
@@ -42,14 +44,24 @@ pub fn matmul(
     check_weights(ty, w, n, k)?;
     check_len("the input", m * k, x.len())?;
     check_len("the output", m * n, out.len())?;
-    matmul_tiles(level, ty, w, n, k, x, m, scratch, &mut |i0, rows| {
-        out[i0 * n..i0 * n + rows.len()].copy_from_slice(rows)
-    })
+    // Groups of weight rows, so that the panels laid out at once stay a few hundred KB.
+    let row_bytes = w.len().checked_div(n).unwrap_or(0);
+    for j0 in (0..n).step_by(GROUP) {
+        let len = GROUP.min(n - j0);
+        let wg = &w[j0 * row_bytes..(j0 + len) * row_bytes];
+        matmul_tiles(level, ty, wg, len, k, x, m, scratch, &mut |i0, rows| {
+            for (i, row) in rows.chunks_exact(len).enumerate() {
+                out[(i0 + i) * n + j0..(i0 + i) * n + j0 + len].copy_from_slice(row);
+            }
+        })?;
+    }
+    Ok(())
 }
 
 /// [`matmul`]'s values a tile of rows at a time, while they are in cache: `f(i0, rows)`
 /// receives rows `i0..i0 + rows.len() / n` of the product (`n` values each, in order), and may
-/// change them. Every row of `x` is given once, in order.
+/// change them. Every row of `x` is given once, in order. `scratch` grows to hold every panel of
+/// `w` (`n·k` values and a few rows), so `n` is best a block of a few hundred rows.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_tiles(
     level: Level,
@@ -75,38 +87,30 @@ pub fn matmul_tiles(
     let path = Path::for_level(level);
     let r = path.rows();
     let panels = n.div_ceil(PANEL);
-    // Every panel of `w`, one row being widened, a tile of rows of `x` (where the last tile is
-    // short) and the tile's product.
-    scratch.resize(panels * PANEL * k + k + r * k + r * n, 0.0);
+    // Every panel of `w`, a panel's rows widened, and a tile's product.
+    scratch.resize(panels * PANEL * k + PANEL * k + r * n, 0.0);
     let (all, rest) = scratch.split_at_mut(panels * PANEL * k);
-    let (row, rest) = rest.split_at_mut(k);
-    let (padded, tile_out) = rest.split_at_mut(r * k);
+    let (widened, tile_out) = rest.split_at_mut(PANEL * k);
     let row_bytes = w.len() / n;
     for (p, panel) in all.chunks_exact_mut(PANEL * k).enumerate() {
-        for r in 0..PANEL {
-            let j = p * PANEL + r;
-            if j < n {
-                crate::dequant::run(level, ty, &w[j * row_bytes..(j + 1) * row_bytes], row);
-            } else {
-                row.fill(0.0);
-            }
-            for (c, &v) in row.iter().enumerate() {
-                panel[c * PANEL + r] = v;
+        let len = PANEL.min(n - p * PANEL);
+        let rows = &w[p * PANEL * row_bytes..(p * PANEL + len) * row_bytes];
+        crate::dequant::run(level, ty, rows, &mut widened[..len * k]);
+        widened[len * k..].fill(0.0);
+        // Value by value: the 32 rows' values at `c` are read from 32 lines that stay in cache
+        // for the next 15 values, and written to one.
+        for (c, out) in panel.chunks_exact_mut(PANEL).enumerate() {
+            for (r, v) in out.iter_mut().enumerate() {
+                *v = widened[r * k + c];
             }
         }
     }
     for i0 in (0..m).step_by(r) {
         let rows = r.min(m - i0);
-        let xs = if rows == r {
-            &x[i0 * k..(i0 + r) * k]
-        } else {
-            padded[..rows * k].copy_from_slice(&x[i0 * k..(i0 + rows) * k]);
-            padded[rows * k..].fill(0.0);
-            &padded[..]
-        };
+        let xs = &x[i0 * k..(i0 + rows) * k];
         for (p, panel) in all.chunks_exact(PANEL * k).enumerate() {
             let len = PANEL.min(n - p * PANEL);
-            path.tile(panel, k, xs, &mut tile_out[p * PANEL..], n, len);
+            path.tile(rows, panel, k, xs, &mut tile_out[p * PANEL..], n, len);
         }
         f(i0, &mut tile_out[..rows * n]);
     }
@@ -151,30 +155,79 @@ impl Path {
         }
     }
 
-    /// [`Path::rows`] rows of `x` against the panel: `out[r·ld + j] = dot(x[r], W[j])` for
-    /// `j < len`.
-    fn tile(self, panel: &[f32], k: usize, x: &[f32], out: &mut [f32], ld: usize, len: usize) {
+    /// `rows` (at most [`Path::rows`]) rows of `x` against the panel: `out[r·ld + j] =
+    /// dot(x[r], W[j])` for `j < len`.
+    #[allow(clippy::too_many_arguments)]
+    fn tile(
+        self,
+        rows: usize,
+        panel: &[f32],
+        k: usize,
+        x: &[f32],
+        out: &mut [f32],
+        ld: usize,
+        len: usize,
+    ) {
         match self {
-            Path::Portable => tile::<4>(panel, k, x, out, ld, len),
+            Path::Portable => tile_of::<4>(rows, panel, k, x, out, ld, len),
             // SAFETY: `for_level` chose the path where the CPU has its instructions.
             #[cfg(target_arch = "x86_64")]
-            Path::Avx2 => unsafe { tile_avx2(panel, k, x, out, ld, len) },
+            Path::Avx2 => unsafe { tile_avx2(rows, panel, k, x, out, ld, len) },
             #[cfg(target_arch = "x86_64")]
-            Path::Avx512 => unsafe { tile_avx512(panel, k, x, out, ld, len) },
+            Path::Avx512 => unsafe { tile_avx512(rows, panel, k, x, out, ld, len) },
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn tile_avx512(panel: &[f32], k: usize, x: &[f32], out: &mut [f32], ld: usize, len: usize) {
-    tile::<12>(panel, k, x, out, ld, len)
+unsafe fn tile_avx512(
+    rows: usize,
+    panel: &[f32],
+    k: usize,
+    x: &[f32],
+    out: &mut [f32],
+    ld: usize,
+    len: usize,
+) {
+    tile_of::<12>(rows, panel, k, x, out, ld, len)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_avx2(panel: &[f32], k: usize, x: &[f32], out: &mut [f32], ld: usize, len: usize) {
-    tile::<3>(panel, k, x, out, ld, len)
+unsafe fn tile_avx2(
+    rows: usize,
+    panel: &[f32],
+    k: usize,
+    x: &[f32],
+    out: &mut [f32],
+    ld: usize,
+    len: usize,
+) {
+    tile_of::<3>(rows, panel, k, x, out, ld, len)
+}
+
+/// [`tile`] with its row count made a constant, at most `MAX`: a short last tile keeps its
+/// sums in registers too.
+#[inline(always)]
+fn tile_of<const MAX: usize>(
+    rows: usize,
+    panel: &[f32],
+    k: usize,
+    x: &[f32],
+    out: &mut [f32],
+    ld: usize,
+    len: usize,
+) {
+    macro_rules! by_rows {
+        ($($r:literal),*) => {
+            match rows {
+                $($r if $r <= MAX => tile::<$r>(panel, k, x, out, ld, len),)*
+                _ => unreachable!("a tile of {rows} rows, at most {MAX}"),
+            }
+        };
+    }
+    by_rows!(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12)
 }
 
 /// `R` rows of `x` against the panel: `out[r·ld + j] = dot(x[r], W[j])` for `j < len`.

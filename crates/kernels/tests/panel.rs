@@ -49,7 +49,7 @@ fn tiles_give_every_row_once_in_order_with_the_products_values() {
     let ty = BlockType::Q4_1;
     let (n, k) = (70, 64);
     let w = random_blocks(ty, n, k, &mut rng);
-    for m in [1, 5, 12, 13, 40] {
+    for m in [1, 2, 5, 8, 12, 13, 23, 40] {
         let x = random_x(m * k, &mut rng);
         for level in Level::available() {
             let mut want = vec![0f32; m * n];

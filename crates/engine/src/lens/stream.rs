@@ -9,7 +9,7 @@
 use candle_core::{Storage, Tensor};
 use lensd_kernels::bf16::{self, Bf16Rows};
 use lensd_kernels::logit_stats::{RowAcc, RowQuery};
-use lensd_kernels::{panel, BlockType, Serial};
+use lensd_kernels::{panel, BlockType, Serial, Shared};
 use rayon::prelude::*;
 
 use super::analyze::Unembed;
@@ -93,35 +93,29 @@ fn whole_rows(
         rows16: None,
         d,
     };
-    let segment = VOCAB_BLOCK * SEGMENT_BLOCKS;
-    let parts: Vec<Vec<f32>> = (0..vocab.div_ceil(segment))
-        .into_par_iter()
-        .map_init(Scratch::default, |scratch, s| {
-            let (v0, end) = (s * segment, ((s + 1) * segment).min(vocab));
-            let mut part = vec![0f32; r * (end - v0)];
-            for b0 in (v0..end).step_by(VOCAB_BLOCK) {
-                let n = VOCAB_BLOCK.min(end - b0);
-                let mut block = vec![0f32; r * n];
-                ctx.product(b0, n, x, r, &mut block, scratch)?;
-                for (i, row) in block.chunks_exact(n).enumerate() {
-                    let at = i * (end - v0) + b0 - v0;
-                    part[at..at + n].copy_from_slice(row);
-                }
-            }
-            if let Some(c) = softcap {
-                part.iter_mut().for_each(|v| *v = cap(c, *v));
-            }
-            Ok(part)
-        })
-        .collect::<candle_core::Result<_>>()?;
     let mut out = vec![0f32; r * vocab];
-    for (s, part) in parts.iter().enumerate() {
-        let v0 = s * segment;
-        let n = part.len() / r.max(1);
-        for (i, row) in part.chunks_exact(n.max(1)).enumerate() {
-            out[i * vocab + v0..i * vocab + v0 + n].copy_from_slice(row);
-        }
-    }
+    let shared = Shared::new(&mut out);
+    let segment = VOCAB_BLOCK * SEGMENT_BLOCKS;
+    (0..vocab.div_ceil(segment))
+        .into_par_iter()
+        .try_for_each_init(Scratch::default, |scratch, s| {
+            let end = ((s + 1) * segment).min(vocab);
+            for v0 in (s * segment..end).step_by(VOCAB_BLOCK) {
+                let n = VOCAB_BLOCK.min(end - v0);
+                ctx.product_rows(v0, n, x, r, scratch, &mut |i0, rows| {
+                    for (j, row) in rows.chunks_exact_mut(n).enumerate() {
+                        if let Some(c) = softcap {
+                            row.iter_mut().for_each(|v| *v = cap(c, *v));
+                        }
+                        // SAFETY: this block alone writes ids `v0..v0 + n` of row `i0 + j`,
+                        // inside `out` (`r` rows of `vocab`), which is read after every
+                        // segment has returned.
+                        unsafe { shared.slice((i0 + j) * vocab + v0, n) }.copy_from_slice(row);
+                    }
+                })?;
+            }
+            Ok::<_, candle_core::Error>(())
+        })?;
     Ok(out)
 }
 
