@@ -28,12 +28,14 @@ pub const ROWS_PER_CHUNK: usize = 512;
 /// more rows than [`ROWS_PER_CHUNK`]: the host path keeps only a vocabulary block per thread
 /// (or a tile of rows, in f32), and each chunk reads the whole unembedding once more (widening
 /// and rounding it where it is quantized or multiplied in bf16), so a small vocabulary's rows
-/// are taken in larger chunks. 2³⁶ is 2,428 of the demo model's rows (under a second on 2
-/// cores in f32), and fewer than 512 of Gemma-3's, which keeps 512. Demo analyses in f32 took
-/// 0.79-0.86 s (the median of five runs 0.84 s) in chunks of 2³⁶ against 0.82-0.94 s (0.86 s)
-/// in chunks of 2³⁵, five alternating runs of `lensd bench --only analysis --dtype f32`; in
-/// bf16, chunks of 1,024 rows had taken 0.53 s against 0.57-0.63 s in chunks of 512.
-pub const HOST_CHUNK_MACS: usize = 1 << 36;
+/// are taken in larger chunks. 2³⁵ is 1,214 of the demo model's rows (about a fifth of a
+/// second on 2 cores in bf16), and fewer than 512 of Gemma-3's, which keeps 512. Demo analyses
+/// took 0.53 s in chunks of 1,024 rows against 0.57-0.63 s in chunks of 512 (`lensd bench
+/// --only analysis --unembed bf16`, alternating runs); 2,048 were no faster than 1,024. In f32,
+/// chunks of 2³⁶ were about 2 % faster than 2³⁵ in five alternating runs, but a cancelled
+/// analysis waits for its chunk: in `bench/run.sh` cancelling took 714 ms (median) against
+/// 444 ms, so the chunk stays 2³⁵.
+pub const HOST_CHUNK_MACS: usize = 1 << 35;
 
 #[derive(Debug, Clone)]
 pub struct AnalyzeOptions {
