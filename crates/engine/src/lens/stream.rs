@@ -92,6 +92,7 @@ fn whole_rows(
         head,
         rows16: None,
         d,
+        softcap,
     };
     let mut out = vec![0f32; r * vocab];
     let shared = Shared::new(&mut out);
@@ -103,10 +104,7 @@ fn whole_rows(
             for v0 in (s * segment..end).step_by(VOCAB_BLOCK) {
                 let n = VOCAB_BLOCK.min(end - v0);
                 ctx.product_rows(v0, n, x, r, scratch, &mut |i0, rows| {
-                    for (j, row) in rows.chunks_exact_mut(n).enumerate() {
-                        if let Some(c) = softcap {
-                            row.iter_mut().for_each(|v| *v = cap(c, *v));
-                        }
+                    for (j, row) in rows.chunks_exact(n).enumerate() {
                         // SAFETY: this block alone writes ids `v0..v0 + n` of row `i0 + j`,
                         // inside `out` (`r` rows of `vocab`), which is read after every
                         // segment has returned.
@@ -246,6 +244,7 @@ fn run(
         head,
         rows16: rows16.as_ref(),
         d,
+        softcap,
     };
     // Each row's value at the final top-1 is only computed in its own block; a band around
     // an estimate lets every block count the values above it (see `logit_stats`).
@@ -260,12 +259,7 @@ fn run(
         })
         .collect::<candle_core::Result<_>>()?;
     reduce(vocab, refs, &queries, k, |v0, n, scratch, emit| {
-        ctx.product_rows(v0, n, x, r, scratch, &mut |i0, rows| {
-            if softcap.is_some() {
-                rows.iter_mut().for_each(|v| *v = capped(*v));
-            }
-            emit(i0, rows)
-        })
+        ctx.product_rows(v0, n, x, r, scratch, emit)
     })
 }
 
@@ -364,12 +358,13 @@ struct Scratch {
     widened: Vec<f32>,
 }
 
-/// What one block's product needs besides the block: the head, and the rows rounded to bf16
-/// once for every block when the head is multiplied in bf16.
+/// What one block's product needs besides the block: the head, the rows rounded to bf16 once
+/// for every block when the head is multiplied in bf16, and the model's soft cap.
 struct Product<'a> {
     head: &'a Head<'a>,
     rows16: Option<&'a Bf16Rows>,
     d: usize,
+    softcap: Option<f64>,
 }
 
 fn kernel_error(e: lensd_kernels::KernelError) -> candle_core::Error {
@@ -434,9 +429,16 @@ fn target_band(ctx: &Product, t: usize, i: usize, row: &[f32]) -> candle_core::R
 }
 
 impl Product<'_> {
-    /// [`Product::product`]'s values passed to `emit(i0, rows)` (rows `i0..` of the block, `n`
-    /// values each): a tile of rows at a time while they are in cache where the product runs in
-    /// tiles, else the whole block at once.
+    /// The model's soft cap applied to `values`, as its output applies it.
+    fn cap_all(&self, values: &mut [f32]) {
+        if let Some(c) = self.softcap {
+            values.iter_mut().for_each(|v| *v = cap(c, *v));
+        }
+    }
+
+    /// [`Product::product`]'s values, soft-capped, passed to `emit(i0, rows)` (rows `i0..` of
+    /// the block, `n` values each): a tile of rows at a time while they are in cache where the
+    /// product runs in tiles, else the whole block at once.
     fn product_rows(
         &self,
         v0: usize,
@@ -455,13 +457,28 @@ impl Product<'_> {
         {
             let w = &data[v0 * row_bytes..(v0 + n) * row_bytes];
             let level = lensd_kernels::Level::detect();
-            return panel::matmul_tiles(level, *ty, w, n, self.d, x, r, &mut scratch.widened, emit)
-                .map_err(kernel_error);
+            let widened = &mut scratch.widened;
+            return panel::matmul_tiles(
+                level,
+                *ty,
+                w,
+                n,
+                self.d,
+                x,
+                r,
+                widened,
+                &mut |i0, rows| {
+                    self.cap_all(rows);
+                    emit(i0, rows)
+                },
+            )
+            .map_err(kernel_error);
         }
         let mut buf = std::mem::take(&mut scratch.block);
         buf.resize(r * n, 0.0);
         let done = self.product(v0, n, x, r, &mut buf, scratch);
         if done.is_ok() {
+            self.cap_all(&mut buf);
             emit(0, &mut buf);
         }
         scratch.block = buf;
